@@ -1,0 +1,144 @@
+"""Proof of work (``src/consensus/pow.{h,cpp}`` and ``CBlockIndex::GetBlockProof``).
+
+Every function is bug-compatible with the C++, because these numbers decide
+which blocks are valid and which chain wins: the sign bit of a compact value is
+ignored on decode and never normalised on encode (``chain D7``/``D8``), retarget
+clamps compare compact integers (``D9``), and block work is the C++
+approximation, not Bitcoin's (``D11``).  All 256-bit values are little-endian
+integers (``chain`` 1.1).
+"""
+from __future__ import annotations
+
+from dilithion.core.chainparams import MAX_DIFFICULTY_BITS, MIN_DIFFICULTY_BITS, ChainParams
+
+__all__ = [
+    "MAX_UINT256", "compact_to_big", "big_to_compact", "hash_less_than", "check_proof_of_work",
+    "get_block_proof", "add_chain_work", "retarget", "calculate_next_work_required",
+    "get_next_work_required", "get_median_time_past", "check_block_timestamp",
+    "calculate_block_subsidy", "MAX_FUTURE_BLOCK_TIME", "MEDIAN_TIME_SPAN",
+]
+
+MAX_UINT256 = (1 << 256) - 1
+MAX_FUTURE_BLOCK_TIME = 7200
+MEDIAN_TIME_SPAN = 11
+
+
+def _as_int(value: bytes | int) -> int:
+    return value if isinstance(value, int) else int.from_bytes(value, "little")
+
+
+def compact_to_big(bits: int) -> int:
+    """``CompactToBig``: size 0 or > 32 gives 0; bit 23 is silently discarded."""
+    size = bits >> 24
+    word = bits & 0x007FFFFF
+    if size < 1 or size > 32:
+        return 0
+    if size <= 3:
+        return word >> (8 * (3 - size))
+    return (word << (8 * (size - 3))) & MAX_UINT256
+
+
+def big_to_compact(target: int) -> int:
+    """``BigToCompact``: no sign-bit normalisation (``chain D8``)."""
+    if target == 0:
+        return 0
+    size = (target.bit_length() + 7) // 8
+    if size <= 3:
+        compact = target << (8 * (3 - size))
+    else:
+        compact = target >> (8 * (size - 3))
+    return compact | (size << 24)
+
+
+def hash_less_than(block_hash: bytes | int, target: int) -> bool:
+    """Numeric ``hash < target`` over the little-endian value (equal is not less)."""
+    return _as_int(block_hash) < target
+
+
+def check_proof_of_work(block_hash: bytes | int, bits: int,
+                        params: ChainParams | None = None) -> bool:
+    """``CheckProofOfWork``: ``nBits`` inside the allowed range and hash < target.
+
+    The range is the C++ ``[0x1d00ffff, 0x1f0fffff]`` on mainnet and testnet;
+    regtest widens the easy end (see :mod:`dilithion.core.chainparams`).
+    """
+    lo = params.pow_min_bits if params else MIN_DIFFICULTY_BITS
+    hi = params.pow_max_bits if params else MAX_DIFFICULTY_BITS
+    if bits < lo or bits > hi:
+        return False
+    return hash_less_than(block_hash, compact_to_big(bits))
+
+
+def get_block_proof(bits: int) -> int:
+    """``GetBlockProof``: ``floor((2^64-1)/m) * 256^(32-size)``, truncated to 256 bits."""
+    if compact_to_big(bits) == 0:
+        return MAX_UINT256
+    size = bits >> 24
+    mantissa = bits & 0x00FFFFFF            # the sign bit IS included here
+    if mantissa == 0:
+        return MAX_UINT256
+    work_mantissa = 0xFFFFFFFFFFFFFFFF // mantissa
+    pos = 32 - size
+    # The C++ writes the 8 bytes of work_mantissa at data[pos..pos+7]; bytes past 31 are lost.
+    return (work_mantissa % (1 << (8 * size))) << (8 * pos)
+
+
+def add_chain_work(parent_work: int, bits: int) -> int:
+    """``BuildChainWork``: parent work plus block proof, saturating at 2^256-1."""
+    return min(parent_work + get_block_proof(bits), MAX_UINT256)
+
+
+def retarget(old_bits: int, actual_timespan: int, target_timespan: int) -> int:
+    """The arithmetic shared by ``CalculateNextWorkRequired`` and ``GetNextWorkRequired``."""
+    actual = max(target_timespan // 4, min(actual_timespan, target_timespan * 4))
+    new_target = (compact_to_big(old_bits) * actual // target_timespan) & MAX_UINT256
+    compact = big_to_compact(new_target)
+    return min(max(compact, MIN_DIFFICULTY_BITS), MAX_DIFFICULTY_BITS)
+
+
+def calculate_next_work_required(old_bits: int, actual_timespan: int,
+                                 params: ChainParams) -> int:
+    return retarget(old_bits, actual_timespan, params.difficulty_adjustment * params.block_time)
+
+
+def get_next_work_required(last, params: ChainParams) -> int:
+    """``GetNextWorkRequired`` over a block index with ``height``, ``bits``, ``time``, ``prev``.
+
+    This is the *intended* rule (walking real parents).  The C++ node never
+    reaches it with a linked index and so always mines the genesis bits
+    (``chain D12``); callers choose which behaviour they want.
+    """
+    if last is None:
+        return params.genesis_bits
+    interval = params.difficulty_adjustment
+    if (last.height + 1) % interval != 0:
+        return last.bits or params.genesis_bits
+    first = last
+    for _ in range(interval - 1):
+        first = first.prev
+        if first is None:
+            return last.bits
+    actual = (last.time - first.time) & 0xFFFFFFFF      # unsigned 32-bit, as the C++
+    return calculate_next_work_required(last.bits, actual, params)
+
+
+def get_median_time_past(index) -> int:
+    times = []
+    while index is not None and len(times) < MEDIAN_TIME_SPAN:
+        times.append(index.time)
+        index = index.prev
+    times.sort()
+    return times[len(times) // 2]
+
+
+def check_block_timestamp(time: int, prev, now: int) -> bool:
+    """``CheckBlockTimestamp``: not more than 2 h ahead, and after the median time past."""
+    if time > now + MAX_FUTURE_BLOCK_TIME:
+        return False
+    return prev is None or time > get_median_time_past(prev)
+
+
+def calculate_block_subsidy(height: int, initial: int = 50 * 100_000_000,
+                            halving_interval: int = 210_000) -> int:
+    halvings = height // halving_interval
+    return 0 if halvings >= 64 else initial >> halvings

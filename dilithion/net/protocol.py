@@ -1,0 +1,304 @@
+"""Wire structures and messages: the port of ``src/net/protocol.{h,cpp}``.
+
+One class per wire structure, each with a symmetric ``serialize`` /
+``deserialize`` pair, in the style of Bitcoin Core's
+``test_framework/messages.py``.  Message classes carry their ``command`` and
+turn a payload into an object or back; framing (magic, checksum) lives in
+:mod:`dilithion.net.serialize`.  Every ``deserialize`` raises only
+:class:`~dilithion.net.serialize.SerializationError`.
+
+Layouts are the C++ node's, not Bitcoin's: ``version`` has no address fields and
+a mandatory relay byte (``net D-08``), ``addr`` ports are little-endian
+(``net D-31``), and a block's ``vtx`` is opaque (``net D-33``).
+"""
+from __future__ import annotations
+
+import enum
+import time as _time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from dilithion.core.chainparams import MAINNET_MAGIC, REGTEST_MAGIC, TESTNET_MAGIC
+from dilithion.net.serialize import (MAX_MESSAGE_SIZE, DataStream, MessageHeader, NetMessage,
+                                     SerializationError)
+from dilithion.primitives.block import Block, Uint256
+from dilithion.primitives.transaction import Transaction
+
+__all__ = [
+    "MAINNET_MAGIC", "TESTNET_MAGIC", "REGTEST_MAGIC", "PROTOCOL_VERSION", "MIN_PEER_PROTO_VERSION",
+    "DEFAULT_PORT", "TESTNET_PORT", "MAX_MESSAGE_SIZE", "MAX_INV_SIZE", "MAX_HEADERS_SIZE",
+    "CPP_USER_AGENT", "USER_AGENT", "ServiceFlags", "InvType", "Inv", "Address", "MessageHeader",
+    "NetMessage", "SerializationError", "MsgVersion", "MsgVerack", "MsgPing", "MsgPong",
+    "MsgGetaddr", "MsgAddr", "MsgInv", "MsgGetdata", "MsgBlock", "MsgTx", "MESSAGE_TYPES",
+    "decode_payload",
+]
+
+PROTOCOL_VERSION = 70001
+MIN_PEER_PROTO_VERSION = 70001
+DEFAULT_PORT = 8444
+TESTNET_PORT = 18444
+MAX_INV_SIZE = 50_000
+MAX_HEADERS_SIZE = 2000
+#: What the C++ node announces; peers with this agent get C++-compatible treatment.
+CPP_USER_AGENT = b"/Dilithion:0.1.0/"
+USER_AGENT = b"/DilithionPy:0.1.0/"
+
+
+class ServiceFlags(enum.IntFlag):
+    NODE_NONE = 0
+    NODE_NETWORK = 1
+    NODE_BLOOM = 4
+    NODE_WITNESS = 8
+    NODE_NETWORK_LIMITED = 1024
+
+
+class InvType(enum.IntEnum):
+    MSG_TX_INV = 1
+    MSG_BLOCK_INV = 2
+    MSG_FILTERED_BLOCK = 3
+    MSG_CMPCT_BLOCK = 4
+
+
+INV_SIZE = 36
+ADDRESS_SIZE = 30
+
+
+@dataclass(frozen=True, order=True)
+class Inv:
+    """An inventory item (``CInv``): u32 type and a raw 32-byte hash."""
+
+    type: int
+    hash: bytes
+
+    def serialize_to(self, s: DataStream) -> None:
+        s.write_uint32(self.type).write_uint256(self.hash)
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "Inv":
+        return cls(s.read_uint32("inv type"), s.read_uint256("inv hash"))
+
+    def to_string(self) -> str:
+        name = {1: "tx", 2: "block"}.get(self.type, f"type{self.type}")
+        return f"{name} {Uint256(self.hash).get_hex()}"
+
+
+@dataclass
+class Address:
+    """A network address (``CAddress``) as carried in ``addr``: 30 bytes, port LE."""
+
+    time: int = 0
+    services: int = ServiceFlags.NODE_NETWORK
+    ip: bytes = bytes(16)
+    port: int = 0
+
+    @classmethod
+    def from_ipv4(cls, dotted: str, port: int, services: int = ServiceFlags.NODE_NETWORK,
+                  time: int | None = None) -> "Address":
+        octets = bytes(int(p) for p in dotted.split("."))
+        if len(octets) != 4:
+            raise ValueError(f"not a dotted IPv4 address: {dotted!r}")
+        return cls(int(_time.time()) if time is None else time, services,
+                   bytes(10) + b"\xff\xff" + octets, port)
+
+    def is_ipv4(self) -> bool:
+        return self.ip[:12] == bytes(10) + b"\xff\xff"
+
+    def to_string_ip(self) -> str:
+        if self.is_ipv4():
+            return ".".join(str(b) for b in self.ip[12:])
+        return f"[{self.ip[0]:02x}{self.ip[1]:02x}::{self.ip[14]:02x}{self.ip[15]:02x}]"
+
+    def serialize_to(self, s: DataStream) -> None:
+        s.write_uint32(self.time).write_uint64(self.services).write(self.ip).write_uint16(self.port)
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "Address":
+        return cls(s.read_uint32("addr time"), s.read_uint64("addr services"),
+                   s.read(16, "addr ip"), s.read_uint16("addr port"))
+
+
+class Message:
+    """Base of all message classes: ``command`` plus payload (de)serialization."""
+
+    command: ClassVar[str] = ""
+    #: Bytes after the known fields are ignored by the C++ for this message.
+    allow_trailing: ClassVar[bool] = False
+
+    def serialize_to(self, s: DataStream) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "Message":  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        s = DataStream()
+        self.serialize_to(s)
+        return s.get_data()
+
+    @classmethod
+    def deserialize(cls, payload: bytes) -> "Message":
+        s = DataStream(payload)
+        msg = cls.deserialize_from(s)
+        if not cls.allow_trailing:
+            s.expect_end(f"{cls.command} payload")
+        return msg
+
+    def to_net_message(self, magic: int) -> NetMessage:
+        return NetMessage(magic, self.command, self.serialize())
+
+
+@dataclass
+class MsgVersion(Message):
+    """``version`` as the C++ lays it out (51 bytes with its own user agent).
+
+    The C++ always sends nonce 0 and start height 0 and ignores both on receipt,
+    so the Python node may send a random nonce (self-connection detection) and
+    its real height (catch-up) without confusing a C++ peer.
+    """
+
+    command: ClassVar[str] = "version"
+    allow_trailing: ClassVar[bool] = True
+
+    version: int = PROTOCOL_VERSION
+    services: int = ServiceFlags.NODE_NETWORK
+    timestamp: int = 0
+    nonce: int = 0
+    user_agent: bytes = USER_AGENT
+    start_height: int = 0
+    relay: bool = True
+
+    def serialize_to(self, s: DataStream) -> None:
+        (s.write_int32(self.version).write_uint64(self.services).write_int64(self.timestamp)
+         .write_uint64(self.nonce).write_string(self.user_agent).write_int32(self.start_height)
+         .write_uint8(1 if self.relay else 0))
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "MsgVersion":
+        return cls(version=s.read_int32("version"), services=s.read_uint64("services"),
+                   timestamp=s.read_int64("timestamp"), nonce=s.read_uint64("nonce"),
+                   user_agent=s.read_string("user agent"),
+                   start_height=s.read_int32("start height"), relay=s.read_uint8("relay") != 0)
+
+
+class _EmptyMessage(Message):
+    allow_trailing: ClassVar[bool] = True
+
+    def serialize_to(self, s: DataStream) -> None:
+        pass
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "_EmptyMessage":
+        return cls()
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MsgVerack(_EmptyMessage):
+    command: ClassVar[str] = "verack"
+
+
+class MsgGetaddr(_EmptyMessage):
+    command: ClassVar[str] = "getaddr"
+
+
+@dataclass
+class MsgPing(Message):
+    command: ClassVar[str] = "ping"
+    allow_trailing: ClassVar[bool] = True
+    nonce: int = 0
+
+    def serialize_to(self, s: DataStream) -> None:
+        s.write_uint64(self.nonce)
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "MsgPing":
+        return cls(s.read_uint64(f"{cls.command} nonce"))
+
+
+@dataclass
+class MsgPong(MsgPing):
+    command: ClassVar[str] = "pong"
+
+
+@dataclass
+class MsgAddr(Message):
+    command: ClassVar[str] = "addr"
+    addrs: list[Address] = field(default_factory=list)
+
+    def serialize_to(self, s: DataStream) -> None:
+        s.write_compact_size(len(self.addrs))
+        for a in self.addrs:
+            a.serialize_to(s)
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "MsgAddr":
+        n = s.read_count(MAX_INV_SIZE, "addr count", ADDRESS_SIZE)
+        return cls([Address.deserialize_from(s) for _ in range(n)])
+
+
+@dataclass
+class MsgInv(Message):
+    command: ClassVar[str] = "inv"
+    inv: list[Inv] = field(default_factory=list)
+
+    def serialize_to(self, s: DataStream) -> None:
+        s.write_compact_size(len(self.inv))
+        for item in self.inv:
+            item.serialize_to(s)
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "MsgInv":
+        n = s.read_count(MAX_INV_SIZE, f"{cls.command} count", INV_SIZE)
+        return cls([Inv.deserialize_from(s) for _ in range(n)])
+
+
+@dataclass
+class MsgGetdata(MsgInv):
+    command: ClassVar[str] = "getdata"
+
+
+@dataclass
+class MsgBlock(Message):
+    """``block``: the C++ ignores bytes after ``vtx``, and so does this parser."""
+
+    command: ClassVar[str] = "block"
+    allow_trailing: ClassVar[bool] = True
+    block: Block = field(default_factory=Block)
+
+    def serialize_to(self, s: DataStream) -> None:
+        s.write(self.block.serialize())
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "MsgBlock":
+        return cls(Block.deserialize_from(s))
+
+
+@dataclass
+class MsgTx(Message):
+    command: ClassVar[str] = "tx"
+    tx: Transaction = field(default_factory=Transaction)
+
+    def serialize_to(self, s: DataStream) -> None:
+        self.tx.serialize_to(s)
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "MsgTx":
+        return cls(Transaction.deserialize_from(s))
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.command: cls
+    for cls in (MsgVersion, MsgVerack, MsgPing, MsgPong, MsgGetaddr, MsgAddr, MsgInv, MsgGetdata,
+                MsgBlock, MsgTx)
+}
+
+
+def decode_payload(command: str, payload: bytes) -> Message | None:
+    """Decode a payload by command; ``None`` for commands the node ignores (as the C++)."""
+    cls = MESSAGE_TYPES.get(command)
+    return cls.deserialize(payload) if cls else None
