@@ -1,0 +1,76 @@
+"""Prometheus metrics for one node (the C++ team's mainnet-readiness list).
+
+Each node has its own ``CollectorRegistry`` so several nodes in one process do
+not share counters.  Names are the seed's; ``docs/OPERATIONS.md`` defines what
+``block_propagation_time_seconds`` measures.  All objects here are thread-safe
+(``prometheus_client`` locks internally), so any thread may update them.
+"""
+from __future__ import annotations
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector, start_http_server)
+
+__all__ = ["NodeMetrics", "PROPAGATION_BUCKETS"]
+
+#: 1 ms to 60 s, roughly doubling: fine resolution for loopback, coarse for WAN.
+PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                       10.0, 20.0, 30.0, 45.0, 60.0)
+
+
+class NodeMetrics:
+    """The metric families of one node, registered in a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 process_metrics: bool = True) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.block_propagation_time = Histogram(
+            "block_propagation_time_seconds",
+            "Announcing node: from block connected as tip to announcement written to a peer "
+            "socket; receiving node: from announcement (inv) received to block connected",
+            ["role"], buckets=PROPAGATION_BUCKETS, registry=r)
+        self.block_broadcast_failures = Counter(
+            "block_broadcast_failures", "Per-peer block announcements that failed for good",
+            registry=r)
+        self.send_timeout_errors = Counter(
+            "send_timeout_errors", "Peers disconnected because their send queue made no progress "
+            "within the send deadline", registry=r)
+        self.peer_broadcast_success_rate = Gauge(
+            "peer_broadcast_success_rate", "Fraction of per-peer announcements of the last "
+            "broadcast that were delivered (0..1)", registry=r)
+        self.connected_peers = Gauge(
+            "connected_peers_count", "Peers with a completed handshake", registry=r)
+        self.socket_errors = Counter(
+            "socket_errors", "Socket errors on peer connections (reset, refused, broken pipe)",
+            registry=r)
+        self.peer_disconnections = Counter(
+            "peer_disconnections", "Peer connections closed, any reason", ["reason"], registry=r)
+        self.message_queue_depth = Gauge(
+            "message_queue_depth", "Tasks waiting in the asynchronous broadcast queue", registry=r)
+        self.bytes_sent = Counter(
+            "bytes_sent", "Bytes written to peer sockets", registry=r)
+        self.bytes_received = Counter(
+            "bytes_received", "Bytes read from peer sockets", registry=r)
+        self.blocks_connected = Counter(
+            "blocks_connected", "Blocks connected to the active chain", registry=r)
+        self.chain_height = Gauge("chain_height", "Height of the active chain tip", registry=r)
+        self.misbehaviour_events = Counter(
+            "peer_misbehaviour", "Bad-input events scored against peers", ["reason"], registry=r)
+        for role in ("announce", "receive"):
+            self.block_propagation_time.labels(role=role)
+        for reason in ("closed", "timeout", "send_timeout", "misbehaviour", "shutdown"):
+            self.peer_disconnections.labels(reason=reason)
+        if process_metrics:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        self._server = None
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Expose ``/metrics`` over HTTP on ``addr:port`` (a daemon thread)."""
+        self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
