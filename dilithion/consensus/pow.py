@@ -88,17 +88,27 @@ def add_chain_work(parent_work: int, bits: int) -> int:
     return min(parent_work + get_block_proof(bits), MAX_UINT256)
 
 
-def retarget(old_bits: int, actual_timespan: int, target_timespan: int) -> int:
-    """The arithmetic shared by ``CalculateNextWorkRequired`` and ``GetNextWorkRequired``."""
+def retarget(old_bits: int, actual_timespan: int, target_timespan: int,
+             min_bits: int = MIN_DIFFICULTY_BITS, max_bits: int = MAX_DIFFICULTY_BITS) -> int:
+    """The arithmetic shared by ``CalculateNextWorkRequired`` and ``GetNextWorkRequired``.
+
+    The timespan is clamped to [span/4, 4*span]; the new target is the exact
+    ``target * actual // span`` truncated to 256 bits (what the C++ 320-bit long
+    multiplication and division give); the result is clamped by comparing the
+    *compact integers*, not the targets (``chain D9``).  ``min_bits``/``max_bits``
+    default to the C++ range; regtest passes its own wider easy end.
+    """
     actual = max(target_timespan // 4, min(actual_timespan, target_timespan * 4))
     new_target = (compact_to_big(old_bits) * actual // target_timespan) & MAX_UINT256
     compact = big_to_compact(new_target)
-    return min(max(compact, MIN_DIFFICULTY_BITS), MAX_DIFFICULTY_BITS)
+    return min(max(compact, min_bits), max_bits)
 
 
 def calculate_next_work_required(old_bits: int, actual_timespan: int,
                                  params: ChainParams) -> int:
-    return retarget(old_bits, actual_timespan, params.difficulty_adjustment * params.block_time)
+    """``CalculateNextWorkRequired`` with the span and ``nBits`` range of ``params``."""
+    return retarget(old_bits, actual_timespan, params.difficulty_adjustment * params.block_time,
+                    params.pow_min_bits, params.pow_max_bits)
 
 
 def get_next_work_required(last, params: ChainParams) -> int:
@@ -123,6 +133,7 @@ def get_next_work_required(last, params: ChainParams) -> int:
 
 
 def get_median_time_past(index) -> int:
+    """``GetMedianTimePast``: median of the last (at most) 11 ``nTime`` values."""
     times = []
     while index is not None and len(times) < MEDIAN_TIME_SPAN:
         times.append(index.time)
@@ -140,5 +151,13 @@ def check_block_timestamp(time: int, prev, now: int) -> bool:
 
 def calculate_block_subsidy(height: int, initial: int = 50 * 100_000_000,
                             halving_interval: int = 210_000) -> int:
-    halvings = height // halving_interval
+    """``CalculateBlockSubsidy``: 50 DIL halved every 210,000 blocks (``chain`` 3.7, D13).
+
+    The C++ computes the halving count in unsigned 32-bit arithmetic; from 33
+    halvings on the shift already yields 0, so the ``>= 64`` cut-off never
+    changes a result but is kept for fidelity.
+    """
+    if height < 0:
+        raise ValueError(f"block height cannot be negative: {height}")
+    halvings = (height // halving_interval) & 0xFFFFFFFF
     return 0 if halvings >= 64 else initial >> halvings

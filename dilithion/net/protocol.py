@@ -70,6 +70,14 @@ class Inv:
     type: int
     hash: bytes
 
+    def __post_init__(self) -> None:
+        # Always hold a Uint256 (a bytes subclass, so comparisons with plain bytes
+        # still work) and fail at construction, not at send time, on a bad length.
+        if not isinstance(self.hash, Uint256):
+            object.__setattr__(self, "hash", Uint256(bytes(self.hash)))
+        if not 0 <= self.type <= 0xFFFFFFFF:
+            raise ValueError(f"inv type must fit in a u32, got {self.type}")
+
     def serialize_to(self, s: DataStream) -> None:
         s.write_uint32(self.type).write_uint256(self.hash)
 
@@ -91,6 +99,12 @@ class Address:
     ip: bytes = bytes(16)
     port: int = 0
 
+    def __post_init__(self) -> None:
+        if len(self.ip) != 16:
+            raise ValueError(f"an address ip is 16 bytes (IPv6 or IPv4-mapped), got {len(self.ip)}")
+        if not 0 <= self.port <= 0xFFFF:
+            raise ValueError(f"port out of range: {self.port}")
+
     @classmethod
     def from_ipv4(cls, dotted: str, port: int, services: int = ServiceFlags.NODE_NETWORK,
                   time: int | None = None) -> "Address":
@@ -104,6 +118,7 @@ class Address:
         return self.ip[:12] == bytes(10) + b"\xff\xff"
 
     def to_string_ip(self) -> str:
+        """Dotted quad for IPv4-mapped, else the C++'s lossy ``[b0b1::b14b15]`` form."""
         if self.is_ipv4():
             return ".".join(str(b) for b in self.ip[12:])
         return f"[{self.ip[0]:02x}{self.ip[1]:02x}::{self.ip[14]:02x}{self.ip[15]:02x}]"
@@ -182,6 +197,8 @@ class MsgVersion(Message):
 
 
 class _EmptyMessage(Message):
+    """A payload-less message; any payload is accepted and ignored (``net`` 3.2)."""
+
     allow_trailing: ClassVar[bool] = True
 
     def serialize_to(self, s: DataStream) -> None:
@@ -208,6 +225,8 @@ class MsgGetaddr(_EmptyMessage):
 
 @dataclass
 class MsgPing(Message):
+    """``ping``/``pong``: a u64 nonce; extra bytes are ignored, as the C++ does."""
+
     command: ClassVar[str] = "ping"
     allow_trailing: ClassVar[bool] = True
     nonce: int = 0
@@ -227,6 +246,12 @@ class MsgPong(MsgPing):
 
 @dataclass
 class MsgAddr(Message):
+    """``addr``: count (at most ``MAX_INV_SIZE``, as the C++) then 30-byte addresses.
+
+    Unlike the C++, trailing bytes after the last entry are rejected (the C++
+    never sends any).
+    """
+
     command: ClassVar[str] = "addr"
     addrs: list[Address] = field(default_factory=list)
 
@@ -243,6 +268,12 @@ class MsgAddr(Message):
 
 @dataclass
 class MsgInv(Message):
+    """``inv`` (and, as subclass, ``getdata``): count <= 50,000 then 36-byte items.
+
+    A count that cannot fit in the remaining bytes fails before any list is
+    built; trailing bytes are rejected (the C++ ignores them and never sends any).
+    """
+
     command: ClassVar[str] = "inv"
     inv: list[Inv] = field(default_factory=list)
 
@@ -280,6 +311,13 @@ class MsgBlock(Message):
 
 @dataclass
 class MsgTx(Message):
+    """``tx``: one transaction, parsed with the ``CTransaction::Deserialize`` limits.
+
+    The C++ P2P path parses without any limit and ignores trailing bytes
+    (``net`` 3.10, D-09); here the 100,000 input/output and 10,000-byte script
+    limits apply and the payload must be consumed exactly.
+    """
+
     command: ClassVar[str] = "tx"
     tx: Transaction = field(default_factory=Transaction)
 

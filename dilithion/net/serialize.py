@@ -188,6 +188,8 @@ class DataStream:
         cannot possibly fit in the remaining bytes is rejected before any
         allocation happens.
         """
+        if item_size < 1:
+            raise ValueError(f"item_size must be at least 1, got {item_size}")
         start = self.read_pos
         n = self.read_compact_size(what)
         if n > limit:
@@ -200,6 +202,8 @@ class DataStream:
         return n
 
     def read_var_bytes(self, what: str = "bytes", limit: int | None = None) -> bytes:
+        """CompactSize length then that many bytes; the length is checked against
+        ``limit`` and against the bytes present before anything is copied."""
         start = self.read_pos
         n = self.read_compact_size(f"length of {what}")
         if limit is not None and n > limit:
@@ -231,6 +235,9 @@ class MessageHeader:
     __slots__ = ("magic", "command", "payload_size", "checksum")
 
     def __init__(self, magic: int, command: bytes, payload_size: int, checksum: bytes) -> None:
+        if len(command) != 12 or len(checksum) != 4:
+            raise ValueError(f"command must be 12 bytes and checksum 4, got {len(command)} "
+                             f"and {len(checksum)}")
         self.magic = magic
         self.command = command
         self.payload_size = payload_size
@@ -248,8 +255,20 @@ class MessageHeader:
     def serialize(self) -> bytes:
         return _HEADER.pack(self.magic, self.command, self.payload_size, self.checksum)
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MessageHeader):
+            return NotImplemented
+        return self.serialize() == other.serialize()
+
+    __hash__ = None  # mutable
+
     @classmethod
     def deserialize(cls, data: bytes) -> "MessageHeader":
+        """The first 24 bytes of ``data`` (a receive buffer may hold more).
+
+        No validity check here: the C++ reads the fields first and judges them
+        in ``IsValid``; call :meth:`check` for that.
+        """
         if len(data) < MESSAGE_HEADER_SIZE:
             raise SerializationError(
                 f"message header needs {MESSAGE_HEADER_SIZE} bytes, got {len(data)}"
@@ -308,12 +327,37 @@ class NetMessage:
         header.check(expected_magic)
         payload = data[MESSAGE_HEADER_SIZE:]
         if len(payload) != header.payload_size:
+            what = "missing" if len(payload) < header.payload_size else "trailing"
             raise SerializationError(
-                f"payload is {len(payload)} bytes but the header announces {header.payload_size}"
-            )
+                f"{header.get_command()!r} message: payload is {len(payload)} bytes at offset "
+                f"{MESSAGE_HEADER_SIZE} but the header announces {header.payload_size} "
+                f"({what} bytes)")
         msg = cls.from_parts(header, payload)
         msg.verify_checksum()
         return msg
+
+    def check(self, expected_magic: int) -> None:
+        """``CNetMessage::IsValid``: header rules, payload length and checksum.
+
+        Raises :class:`SerializationError` naming the first rule broken.  The
+        C++ sender refuses to send a message that fails this, and so should we.
+        """
+        self.header.check(expected_magic)
+        if len(self.payload) != self.header.payload_size:
+            raise SerializationError(
+                f"payload is {len(self.payload)} bytes but the header announces "
+                f"{self.header.payload_size}")
+        self.verify_checksum()
+
+    def is_valid(self, expected_magic: int) -> bool:
+        try:
+            self.check(expected_magic)
+        except SerializationError:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"NetMessage({self.header!r}, payload={len(self.payload)} bytes)"
 
     def verify_checksum(self) -> None:
         actual = calculate_checksum(self.payload)
