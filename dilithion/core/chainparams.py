@@ -98,7 +98,13 @@ class ChainParams:
 
 
 def params_for(network: Network | str) -> ChainParams:
-    """Chain parameters by network or by name (``mainnet``, ``testnet``, ``regtest``)."""
-    net = Network[network.upper()] if isinstance(network, str) else Network(network)
+    """Chain parameters by network or by name (``mainnet``, ``testnet``, ``regtest``).
+
+    Raises ``ValueError`` for an unknown name or number.
+    """
+    try:
+        net = Network[network.upper()] if isinstance(network, str) else Network(network)
+    except KeyError:
+        raise ValueError(f"unknown network {network!r} (mainnet, testnet or regtest)") from None
     return {Network.MAINNET: ChainParams.mainnet, Network.TESTNET: ChainParams.testnet,
             Network.REGTEST: ChainParams.regtest}[net]()
