@@ -1,0 +1,412 @@
+"""Block and transaction relay: what the node does with ``inv``/``getdata``/``block``/``tx``.
+
+The C++ node (``net`` 3.7–3.10, 6) fetches announced blocks and serves stored
+ones, but it echoes known blocks back to the announcer (``net D-14``), never
+relays a received block (``net D-17``), never downloads history, and keeps a
+block with an unknown parent forever (``net D-18``, ``chain D21``).  This
+module keeps the wire behaviour C++ peers rely on and fixes the rest:
+
+* **fetch**: unknown announced blocks are requested with one ``getdata``;
+  requests in flight are not repeated until they expire (30 s);
+* **orphans**: a block whose parent we lack makes us ask *its sender* for the
+  parent, again and again, until the chain connects (a C++ peer serves any
+  stored block by hash, so this also catches a fresh node up from a C++ peer);
+* **relay**: every new tip is announced through ``ctx.broadcaster`` to every
+  peer except the one the block came from;
+* **catch-up**: after a handshake we announce our main chain to a peer that is
+  behind, ascending, in ``inv`` batches of at most 500 hashes; when the peer
+  shows it has the last hash of a batch (``getdata`` for it, or the C++ echo of
+  it, or an ``inv`` of it) the next batch follows (Bitcoin's ``hashContinue``).
+  C++ peers always advertise height 0, so they get the chain from height 1; a
+  C++ peer is never told about a block whose parent it may lack, because it
+  would store that block as unconnectable forever (``chain D21``).
+
+Metric ``block_propagation_time{role="receive"}``: from the first time this
+node learned of a block hash (an ``inv`` item, an unsolicited ``block``, or the
+missing parent of an orphan) until the block was connected to the main chain.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
+from dilithion.net.protocol import Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetdata, MsgInv
+from dilithion.net.tx_relay import TxRelay, TxRelayManager
+from dilithion.primitives.block import Uint256
+
+__all__ = ["P2PHandlers", "INV_BATCH", "BLOCK_REQUEST_TIMEOUT_S"]
+
+#: Most hashes in one catch-up ``inv`` (Bitcoin's ``MAX_BLOCKS_IN_TRANSIT``-like batch).
+INV_BATCH = 500
+#: A block requested by ``getdata`` may be requested again (from anyone) after this.
+BLOCK_REQUEST_TIMEOUT_S = 30.0
+#: A catch-up batch nobody continued is abandoned after this; tip announcements resume.
+CATCHUP_TIMEOUT_S = 60.0
+#: Misbehaviour score for a block that fails validation (bans at 100).
+INVALID_BLOCK_SCORE = 100
+#: Most addresses returned for ``getaddr``.
+MAX_ADDR_REPLY = 1000
+
+
+def _block_status():
+    from dilithion.consensus.chain import BlockStatus
+    return BlockStatus
+
+
+class _KnownSet:
+    """Bounded insertion-ordered set of block hashes a peer is known to have."""
+
+    CAP = 20_000
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[bytes, None] = OrderedDict()
+
+    def add(self, h: bytes) -> None:
+        self._items[h] = None
+        self._items.move_to_end(h)
+        if len(self._items) > self.CAP:
+            self._items.popitem(last=False)
+
+    def __contains__(self, h: object) -> bool:
+        return h in self._items
+
+
+@dataclass
+class _PeerSync:
+    """Per-peer relay state (guarded by ``P2PHandlers._lock``)."""
+
+    is_cpp: bool
+    known: _KnownSet = field(default_factory=_KnownSet)
+    best_known_height: int = 0
+    batch_last: bytes | None = None     # continuation trigger of the running catch-up
+    batch_sent: float = 0.0
+    next_height: int = 0                # first height of the next catch-up batch
+    sent_addr: bool = False
+
+    def catching_up(self, now: float) -> bool:
+        return self.batch_last is not None and now - self.batch_sent < CATCHUP_TIMEOUT_S
+
+
+class P2PHandlers:
+    """Registers the block/tx/addr handlers on ``connman`` and a tip listener on
+    ``ctx.chainstate``.
+
+    Threads: handlers run on the transport's message-handler thread; the tip
+    listener runs on whichever thread connected the block (handler thread or a
+    mining thread); ``_may_announce`` runs on broadcaster workers.  ``_lock``
+    guards ``_peers``, ``_in_flight`` and ``_first_seen``; it is never held
+    while calling the chain state or the transport.
+    """
+
+    def __init__(self, ctx, connman) -> None:
+        self.ctx = ctx
+        self.connman = connman
+        self._lock = threading.Lock()
+        self._peers: dict[int, _PeerSync] = {}
+        self._in_flight: dict[bytes, tuple[int, float]] = {}
+        self._first_seen: OrderedDict[bytes, float] = OrderedDict()
+        self._origin = threading.local()     # peer whose block is being processed on this thread
+        if ctx.tx_relay is None:
+            ctx.tx_relay = TxRelayManager()
+        self.tx = TxRelay(ctx, connman, ctx.tx_relay)
+        self._owns_broadcaster = ctx.broadcaster is None
+        if self._owns_broadcaster:
+            ctx.broadcaster = AsyncBroadcaster(ctx, connman)
+            ctx.broadcaster.start()
+        ctx.broadcaster.peer_filter = self._may_announce
+        for command, fn in (("inv", self.on_inv), ("getdata", self.on_getdata),
+                            ("block", self.on_block), ("tx", self.on_tx),
+                            ("getaddr", self.on_getaddr), ("addr", self.on_addr)):
+            connman.register_handler(command, fn)
+        connman.add_handshake_listener(self.on_handshake)
+        connman.add_disconnect_listener(self.on_disconnect)
+        if ctx.chainstate is not None:
+            ctx.chainstate.add_tip_listener(self.on_tip_changed)
+
+    def close(self) -> None:
+        """Stop the broadcaster if this object created it."""
+        if self._owns_broadcaster and self.ctx.broadcaster is not None:
+            self.ctx.broadcaster.stop()
+
+    # ------------------------------------------------------------ peer state
+    def _sync(self, peer) -> _PeerSync:
+        with self._lock:
+            sync = self._peers.get(peer.id)
+            if sync is None:
+                sync = self._peers[peer.id] = _PeerSync(is_cpp=peer.is_cpp())
+            return sync
+
+    def on_handshake(self, peer) -> None:
+        """Start catch-up for a peer that is behind us (C++ peers: always from height 1)."""
+        sync = self._sync(peer)
+        their_height = 0 if sync.is_cpp else max(0, int(peer.start_height))
+        if self.ctx.chainstate is not None and self.ctx.chainstate.height() > their_height:
+            self._send_catchup_batch(peer.id, sync, their_height + 1)
+
+    def on_disconnect(self, peer, reason: str = "") -> None:
+        with self._lock:
+            self._peers.pop(peer.id, None)
+            for h in [h for h, (pid, _t) in self._in_flight.items() if pid == peer.id]:
+                del self._in_flight[h]
+        self.ctx.tx_relay.peer_disconnected(peer.id)
+        if self.ctx.broadcaster is not None and hasattr(self.ctx.broadcaster, "peer_disconnected"):
+            self.ctx.broadcaster.peer_disconnected(peer.id)
+
+    def _send_catchup_batch(self, peer_id: int, sync: _PeerSync, from_height: int) -> None:
+        """Announce main-chain hashes ``from_height`` upwards (one ``inv``) or finish."""
+        chain = self.ctx.chainstate
+        hashes = chain.main_chain_hashes(from_height, INV_BATCH) if from_height >= 1 else []
+        with self._lock:
+            if not hashes:
+                sync.batch_last = None
+                return
+            sync.batch_last = bytes(hashes[-1])
+            sync.batch_sent = time.monotonic()
+            sync.next_height = from_height + len(hashes)
+        msg = MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(h)) for h in hashes])
+        if self.connman.send_message(peer_id, msg):
+            logger.info(f"[P2P] Announcing {len(hashes)} block(s) (heights {from_height}.."
+                        f"{from_height + len(hashes) - 1}) to peer {peer_id} for catch-up")
+        else:
+            logger.warning(f"[P2P] Could not queue catch-up inv for peer {peer_id}")
+            with self._lock:
+                sync.batch_last = None
+
+    def _resume_height(self, sync: _PeerSync) -> int:
+        """First main-chain height whose parent the peer is known to have."""
+        chain = self.ctx.chainstate
+        h = min(sync.best_known_height, chain.height())
+        while h > 0:
+            mh = chain.main_chain_hash_at(h)
+            with self._lock:
+                if mh is not None and bytes(mh) in sync.known:
+                    break
+            h -= 1
+        return h + 1
+
+    def _note_has(self, peer, block_hash: bytes) -> None:
+        """Record that ``peer`` has (or is about to have) a block; continue its
+        catch-up if that block ends the current batch."""
+        h = bytes(block_hash)
+        sync = self._sync(peer)
+        index = self.ctx.chainstate.get_index(Uint256(h))
+        with self._lock:
+            sync.known.add(h)
+            if index is not None:
+                sync.best_known_height = max(sync.best_known_height, index.height)
+            continue_batch = sync.batch_last == h
+        if continue_batch:
+            chain = self.ctx.chainstate
+            start = sync.next_height
+            prev = chain.main_chain_hash_at(start - 1)
+            if prev is None or bytes(prev) != h:   # reorg since the batch was sent
+                start = self._resume_height(sync)
+            self._send_catchup_batch(peer.id, sync, start)
+
+    def _may_announce(self, peer, task: BroadcastTask) -> bool:
+        """Broadcaster veto: skip peers that have the block or are still catching
+        up, and C++ peers that may lack its parent (those get a catch-up instead)."""
+        if not task.is_block:
+            return True
+        sync = self._sync(peer)
+        h = bytes(task.hash)
+        with self._lock:
+            if h in sync.known or sync.catching_up(time.monotonic()):
+                return False
+        if not sync.is_cpp:
+            return True
+        index = self.ctx.chainstate.get_index(task.hash)
+        if index is None or index.prev is None:
+            return False
+        with self._lock:
+            parent_known = index.prev.height == 0 or bytes(index.prev.hash) in sync.known
+        if parent_known:
+            return True
+        self._send_catchup_batch(peer.id, sync, self._resume_height(sync))
+        return False
+
+    # ------------------------------------------------------------ block requests
+    def _claim_request(self, h: bytes, peer_id: int, now: float) -> bool:
+        """Mark ``h`` requested from ``peer_id`` unless an unexpired request exists."""
+        with self._lock:
+            cur = self._in_flight.get(h)
+            if cur is not None and now - cur[1] < BLOCK_REQUEST_TIMEOUT_S:
+                return False
+            self._in_flight[h] = (peer_id, now)
+            if len(self._in_flight) > 10_000:
+                for k in [k for k, (_p, t) in self._in_flight.items()
+                          if now - t >= BLOCK_REQUEST_TIMEOUT_S]:
+                    del self._in_flight[k]
+            return True
+
+    def _learned_of(self, h: bytes, now: float) -> None:
+        with self._lock:
+            if h not in self._first_seen:
+                self._first_seen[h] = now
+                while len(self._first_seen) > 20_000:
+                    self._first_seen.popitem(last=False)
+
+    def in_flight_count(self) -> int:
+        with self._lock:
+            return len(self._in_flight)
+
+    def _have_block(self, h: bytes) -> bool:
+        return self.ctx.chainstate.get_index(Uint256(h)) is not None
+
+    def _request(self, peer, invs: list[Inv], n_blocks: int) -> None:
+        if not invs:
+            return
+        if n_blocks:
+            logger.info(f"[P2P] Requesting {n_blocks} block(s) from peer {peer.id}")
+        if not self.connman.send_message(peer.id, MsgGetdata(invs)):
+            logger.warning(f"[P2P] Could not queue getdata for peer {peer.id}")
+            with self._lock:
+                for inv in invs:
+                    if inv.type == InvType.MSG_BLOCK_INV:
+                        self._in_flight.pop(inv.hash, None)
+
+    # ------------------------------------------------------------ handlers
+    def on_inv(self, peer, msg) -> None:
+        """Request unknown blocks (one ``getdata``, no echo of known ones: ``net D-14``)."""
+        now = time.monotonic()
+        wanted: list[Inv] = []
+        txids: list[bytes] = []
+        for item in dict.fromkeys(msg.inv):
+            if item.type == InvType.MSG_BLOCK_INV:
+                h = bytes(item.hash)
+                self._note_has(peer, h)
+                if self._have_block(h):
+                    continue
+                logger.info(f"[P2P] Peer {peer.id} announced new block: {Uint256(h).short()}...")
+                self._learned_of(h, now)
+                if self._claim_request(h, peer.id, now):
+                    wanted.append(Inv(InvType.MSG_BLOCK_INV, h))
+            elif item.type == InvType.MSG_TX_INV:
+                txids.append(bytes(item.hash))
+        n_blocks = len(wanted)
+        if txids:
+            wanted += self.tx.items_to_request(peer, txids)
+        self._request(peer, wanted, n_blocks)
+
+    def on_getdata(self, peer, msg) -> None:
+        """Serve stored blocks (any chain status) and mempool transactions; no
+        ``notfound`` for unknown items (``net D-15``)."""
+        txids: list[bytes] = []
+        for item in msg.inv:
+            if item.type == InvType.MSG_BLOCK_INV:
+                self._serve_block(peer, bytes(item.hash))
+            elif item.type == InvType.MSG_TX_INV:
+                txids.append(bytes(item.hash))
+        if txids:
+            self.tx.serve(peer, txids)
+
+    def _serve_block(self, peer, h: bytes) -> None:
+        block = self.ctx.chainstate.get_block(Uint256(h))
+        if block is None:
+            logger.info(f"[P2P] Peer {peer.id} requested unknown block: {Uint256(h).short()}...")
+            return
+        if self.connman.send_message(peer.id, MsgBlock(block)):
+            logger.info(f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
+            self._note_has(peer, h)   # after the block is queued: a continuation inv follows it
+        else:
+            logger.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
+
+    def on_block(self, peer, msg) -> None:
+        """Connect a received block (solicited or not); chase missing parents."""
+        chain = self.ctx.chainstate
+        block = msg.block
+        now = time.monotonic()
+        h = chain.hash_block(block)
+        hb = bytes(h)
+        logger.info(f"[P2P] Received block from peer {peer.id}: {h.short()}...")
+        with self._lock:
+            self._in_flight.pop(hb, None)
+        self._learned_of(hb, now)
+        self._origin.peer_id = peer.id
+        try:
+            result = chain.process_new_block(block, block_hash=h)
+        finally:
+            self._origin.peer_id = None
+        self._note_has(peer, hb)
+        status = _block_status()
+        if result.status in (status.TIP, status.REORG):
+            self._observe_received(result.connected)
+            if result.status == status.REORG:
+                tip = chain.tip()
+                logger.info(f"[P2P] ⚠️  CHAIN REORGANIZATION occurred!\n  New tip: "
+                            f"{tip.hash.short()} (height {tip.height})")
+            logger.info("[P2P] Block activated successfully")
+            logger.info(f"[P2P] Updated best block to height {chain.height()}")
+        elif result.status == status.ORPHAN:
+            self._chase_parent(peer, result.missing_parent)
+        elif result.status == status.SIDE:
+            self._observe_received(result.connected)
+            logger.info("[P2P] Block is valid but not on best chain (orphan)")
+        elif result.status == status.DUPLICATE:
+            logger.debug("[P2P] Block already in chain state, skipping")
+        elif result.status == status.INVALID:
+            logger.error(f"[P2P] ERROR: Invalid block {h.short()}... from peer {peer.id}: "
+                         f"{result.reason}")
+            self.connman.misbehaving(peer.id, INVALID_BLOCK_SCORE, f"invalid block: {result.reason}")
+
+    def _chase_parent(self, peer, missing) -> None:
+        """Ask the sender of an orphan for its missing parent (walks back to a known block)."""
+        if missing is None:
+            return
+        parent = bytes(missing)
+        now = time.monotonic()
+        logger.error(f"[P2P] ERROR: Cannot find parent block {Uint256(parent).short()}...\n"
+                     f"  This is an orphan block - requesting the parent from peer {peer.id}")
+        self._learned_of(parent, now)
+        if self._claim_request(parent, peer.id, now):
+            self._request(peer, [Inv(InvType.MSG_BLOCK_INV, parent)], 1)
+
+    def _observe_received(self, connected) -> None:
+        metrics = self.ctx.metrics
+        now = time.monotonic()
+        for block in connected or ():
+            h = bytes(self.ctx.chainstate.hash_block(block))
+            with self._lock:
+                t0 = self._first_seen.pop(h, None)
+            if t0 is not None and metrics is not None:
+                metrics.block_propagation_time.labels(role="receive").observe(now - t0)
+
+    def on_tx(self, peer, msg) -> None:
+        self.tx.on_tx(peer, msg.tx)
+
+    def on_getaddr(self, peer, msg) -> None:
+        """Reply once per connection with the listening addresses we dialled
+        (inbound peers' ports are ephemeral).  The C++ never answers (``net`` 3.5)."""
+        sync = self._sync(peer)
+        with self._lock:
+            if sync.sent_addr:
+                return
+            sync.sent_addr = True
+        addrs = []
+        for p in self.connman.peer_manager.handshake_complete_peers():
+            if p.inbound or p.id == peer.id:
+                continue
+            try:
+                addrs.append(Address.from_ipv4(p.host, p.port))
+            except ValueError:
+                continue
+        if addrs:
+            self.connman.send_message(peer.id, MsgAddr(addrs[:MAX_ADDR_REPLY]))
+
+    def on_addr(self, peer, msg) -> None:
+        """Addresses are only logged: the node dials what it is told (``--connect``/``--addnode``)."""
+        logger.debug(f"[P2P] Received {len(msg.addrs)} address(es) from peer {peer.id}")
+
+    # ------------------------------------------------------------ tip listener
+    def on_tip_changed(self, new_tip, connected, disconnected) -> None:
+        """Announce the new tip to every peer except the block's sender (``net D-17``
+        fixed).  After a reorg or a batch connection only the tip is announced:
+        Python peers fetch the rest by their orphan walk, C++ peers by catch-up."""
+        origin = getattr(self._origin, "peer_id", None)
+        if self.ctx.broadcaster is not None:
+            self.ctx.broadcaster.broadcast_block(new_tip.hash, exclude_peer=origin)
