@@ -1,0 +1,705 @@
+"""``dilithion-node``: the node program (``src/node/dilithion-node.cpp``, ``cli`` 1).
+
+Start-up prints the C++ operator lines in the C++ order (``cli`` 1.7), wires the
+components onto one :class:`NodeContext`, runs a one-second main loop and shuts
+down on SIGINT/SIGTERM or RPC ``stop``.  Deliberate differences from the C++:
+
+* no built-in public seeds: without ``--connect``/``--addnode`` the node
+  listens and dials nobody (``cli`` 1.11); with no arguments at all it starts a
+  local regtest miner instead of joining the public testnet (``cli`` 1.5);
+* the default data directory is under the home directory, not the working
+  directory (``cli 6.1.8``, ``chain D38``);
+* host names in ``--connect``/``--addnode`` are resolved, not an abort
+  (``cli 6.1.4``); configured peers are redialled with back-off when dropped;
+* numbers must be whole numbers (no ``stoi`` leniency) and ``--help`` exits 0
+  (``cli 6.1.5``); every start-up failure exits 1 instead of aborting (1.10);
+* the signal handler only sets an event; the main thread does the stopping
+  (``cli 6.1.6``), and shutdown takes about a second, not up to 30 s (6.1.7);
+* the P2P listener binds 127.0.0.1 on regtest and 0.0.0.0 on mainnet/testnet
+  (``--bind`` overrides); RPC binds 127.0.0.1 unless ``--rpcbind`` says otherwise.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+from loguru import logger
+
+from dilithion.core.chainparams import ChainParams, params_for
+
+__all__ = ["NodeConfig", "NodeStartupError", "DilithionNode", "parse_port", "parse_threads",
+           "configure_logging", "main", "cli"]
+
+VERSION = "1.0.0"
+BANNER_RULE = "======================================"
+#: Seconds between reconnection attempts to a configured peer: doubles up to the cap.
+RECONNECT_INITIAL_DELAY = 2.0
+RECONNECT_MAX_DELAY = 60.0
+#: The main loop prints the hash rate this often (the C++ prints every 10th iteration).
+HASH_RATE_LOG_INTERVAL = 10.0
+
+
+class NodeStartupError(Exception):
+    """A start-up step failed; ``lines`` go to stderr and the process exits 1."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__(lines[0] if lines else "startup failed")
+        self.lines = lines
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class NodeConfig:
+    """Everything the command line decides (``NodeConfig`` in the C++)."""
+
+    network: str = "mainnet"
+    datadir: Path | None = None
+    p2p_port: int = 0
+    rpc_port: int = 0
+    bind: str | None = None
+    rpcbind: str = "127.0.0.1"
+    connect_nodes: list[str] = field(default_factory=list)
+    add_nodes: list[str] = field(default_factory=list)
+    start_mining: bool = False
+    mining_threads: int = 0          # 0 = auto
+    strict: bool = False
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
+    log_level: str = "INFO"
+    quick_start: bool = False
+
+    @property
+    def params(self) -> ChainParams:
+        return params_for(self.network)
+
+    def apply_defaults(self) -> None:
+        """Fill what the command line left open from the network's parameters."""
+        params = self.params
+        if self.datadir is None:
+            self.datadir = Path.home() / params.data_dir_name
+        self.datadir = Path(self.datadir).expanduser()
+        self.p2p_port = self.p2p_port or params.p2p_port
+        self.rpc_port = self.rpc_port or params.rpc_port
+        if self.bind is None:
+            self.bind = "127.0.0.1" if params.is_regtest() else "0.0.0.0"
+        if self.metrics_port is None and os.environ.get("DIL_METRICS_ENABLED") == "1":
+            self.metrics_port = parse_port(os.environ.get("DIL_METRICS_PORT", "9100"),
+                                           "DIL_METRICS_PORT", "metrics")
+
+
+def _parse_int(text: str, arg: str, kind: str, low: int, high: int) -> int:
+    """Whole decimal number in ``[low, high]`` with the C++ error wording (``cli`` 1.3).
+
+    Unlike ``std::stoi`` trailing junk is refused (``cli 6.1.5``).
+    """
+    body = text.strip()
+    digits = body[1:] if body[:1] in "+-" else body
+    if not digits.isascii() or not digits.isdigit():
+        raise click.BadParameter(_FORMAT_ERRORS[kind].format(arg=arg))
+    value = int(body)
+    if not -2**31 <= value < 2**31:
+        raise click.BadParameter(_RANGE_ERRORS[kind].format(arg=arg))
+    if not low <= value <= high:
+        raise click.BadParameter(_BOUNDS_ERRORS[kind].format(arg=arg))
+    return value
+
+
+_BOUNDS_ERRORS = {"rpc": "Error: Invalid RPC port (must be 1-65535): {arg}",
+                  "p2p": "Error: Invalid P2P port (must be 1-65535): {arg}",
+                  "metrics": "Error: Invalid metrics port (must be 1-65535): {arg}",
+                  "threads": "Error: Invalid thread count (must be 1-256 or 'auto'): {arg}"}
+_FORMAT_ERRORS = {"rpc": "Error: Invalid RPC port format (not a number): {arg}",
+                  "p2p": "Error: Invalid P2P port format (not a number): {arg}",
+                  "metrics": "Error: Invalid metrics port format (not a number): {arg}",
+                  "threads": "Error: Invalid thread count (must be a number or 'auto'): {arg}"}
+_RANGE_ERRORS = {"rpc": "Error: RPC port number out of range: {arg}",
+                 "p2p": "Error: P2P port number out of range: {arg}",
+                 "metrics": "Error: Metrics port number out of range: {arg}",
+                 "threads": "Error: Thread count number out of range: {arg}"}
+
+
+def parse_port(text: str, option: str, kind: str) -> int:
+    return _parse_int(text, f"{option}={text}", kind, 1, 65535)
+
+
+def parse_threads(text: str) -> int:
+    """``auto``/``AUTO`` → 0 (every CPU), else 1-256."""
+    if text in ("auto", "AUTO"):
+        return 0
+    return _parse_int(text, f"--threads={text}", "threads", 1, 256)
+
+
+class _PortType(click.ParamType):
+    name = "port"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        return parse_port(value, f"--{param.name.replace('_', '-')}" if param else "--port",
+                          self.kind)
+
+
+class _ThreadsType(click.ParamType):
+    name = "n|auto"
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, int) else parse_threads(value)
+
+
+def usage_text(prog: str) -> str:
+    """The usage text: the C++ layout, with this node's flags and defaults."""
+    return f"""Dilithion Node v{VERSION} - Post-Quantum Cryptocurrency (Python reference node)
+
+Usage: {prog} [options]
+
+QUICK START:
+  {prog}              No arguments = local regtest node that mines
+                            • Regtest network (private, coins have no value)
+                            • Data directory ~/.dilithion-regtest
+                            • Connects to nobody, 1 mining thread
+
+Options:
+  --testnet             Use testnet
+  --regtest             Use the local regression-test network (Python only)
+  --datadir=<path>      Data directory (default: ~/<network directory>)
+  --port=<port>         P2P network port (default: network-specific)
+  --bind=<ip>           P2P listen address (default: 127.0.0.1 regtest, 0.0.0.0 otherwise)
+  --rpcport=<port>      RPC server port (default: network-specific)
+  --rpcbind=<ip>        RPC listen address (default: 127.0.0.1)
+  --connect=<host:port> Connect to node (repeatable; --connect=none dials nobody)
+  --addnode=<host:port> Add node to connect to (repeatable)
+  --mine                Start mining automatically
+  --threads=<n|auto>    Mining threads (number or 'auto' = every CPU)
+  --strict              Apply the intended consensus rules the C++ node skips
+  --metrics-port=<port> Serve Prometheus metrics on this port
+  --metrics-bind=<ip>   Metrics listen address (default: 127.0.0.1)
+  --log-level=<level>   TRACE, DEBUG, INFO, WARNING or ERROR (default: INFO or $DIL_LOG_LEVEL)
+  --help, -h            Show this help message
+
+Network Defaults:
+  Mainnet:  datadir=~/.dilithion         port=8444  rpcport=8332
+  Testnet:  datadir=~/.dilithion-testnet port=18444 rpcport=18332
+  Regtest:  datadir=~/.dilithion-regtest port=19444 rpcport=19332
+
+No public seed nodes are built in: without --connect/--addnode the node only listens.
+
+Environment:
+  DIL_LOG_LEVEL         default log level
+  DIL_P2P_LOG=1         log every P2P message (DEBUG lines marked p2p)
+  DIL_METRICS_ENABLED=1 with DIL_METRICS_PORT=<port>: serve metrics without --metrics-port
+
+Post-Quantum Security Stack:
+  Mining:      RandomX (CPU-friendly, ASIC-resistant)
+  Signatures:  CRYSTALS-Dilithium3 / ML-DSA-65 (NIST PQC standard)
+  Hashing:     SHA-3/Keccak-256 (quantum-resistant)
+"""
+
+
+# --------------------------------------------------------------------------- logging
+def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> None:
+    """One stdout sink (below ERROR) and one stderr sink (ERROR and above).
+
+    ``DIL_P2P_LOG=1`` lets the transport's per-message DEBUG records (``p2p``
+    marker in ``extra``) through even when the level is INFO.
+    """
+    level = (level or os.environ.get("DIL_LOG_LEVEL") or "INFO").upper()
+    if p2p_log is None:
+        p2p_log = os.environ.get("DIL_P2P_LOG") == "1"
+    threshold = logger.level(level).no
+    debug_no = logger.level("DEBUG").no
+
+    def wanted(record) -> bool:
+        no = record["level"].no
+        if record["extra"].get("p2p"):
+            # Per-message lines: shown with DIL_P2P_LOG=1 whatever the level,
+            # hidden without it even at DEBUG (they would drown everything else).
+            return no >= debug_no if p2p_log else no > debug_no and no >= threshold
+        return no >= threshold
+
+    def fmt(record) -> str:
+        if record["level"].no == logger.level("INFO").no:
+            return "{time:YYYY-MM-DD HH:mm:ss.SSS} {message}\n{exception}"
+        return "{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: {message}\n{exception}"
+
+    error_no = logger.level("ERROR").no
+    logger.remove()
+    logger.add(sys.stdout, level=0, format=fmt, colorize=False,
+               filter=lambda r: r["level"].no < error_no and wanted(r))
+    logger.add(sys.stderr, level=0, format=fmt, colorize=False,
+               filter=lambda r: r["level"].no >= error_no and wanted(r))
+
+
+# --------------------------------------------------------------------------- peers
+@dataclass
+class _ConfiguredPeer:
+    """A ``--connect``/``--addnode`` entry the main loop keeps connected.
+
+    Owned by the main thread only (start-up and the main loop).
+    """
+
+    entry: str
+    host: str
+    port: int
+    kind: str                       # "connect" or "addnode"
+    peer_id: int | None = None
+    next_attempt: float = 0.0
+    delay: float = RECONNECT_INITIAL_DELAY
+
+
+def parse_peer_entry(entry: str) -> tuple[str, int]:
+    """``host:port`` → (IPv4 address, port); host names are resolved (``cli 6.1.4``).
+
+    Raises ``ValueError`` with the C++ ``[FAIL]`` wording.
+    """
+    from dilithion.net.dns import resolve
+    if ":" not in entry:
+        raise ValueError(f"    [FAIL] Invalid address format: {entry} (expected ip:port)")
+    host, _, port_text = entry.rpartition(":")
+    if not port_text.isdigit():
+        raise ValueError(f"    [FAIL] Invalid port format in address: {entry} (expected ip:port)")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"    [FAIL] Invalid port number in address: {entry} (must be 1-65535)")
+    if host == "localhost":
+        host = "127.0.0.1"
+    addresses = resolve(host) if host else []
+    if not addresses or addresses[0] == "0.0.0.0":
+        raise ValueError(f"    [FAIL] Invalid IP address: {host}")
+    return addresses[0], port
+
+
+# --------------------------------------------------------------------------- the node
+class DilithionNode:
+    """Start-up, main loop and shutdown of one node process.
+
+    Owned by the main thread.  Other threads touch it only through
+    ``ctx.shutdown_requested`` (signal handler, RPC ``stop``).
+    """
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.ctx = None
+        self.mining_key = None
+        self._peers: list[_ConfiguredPeer] = []
+        self._signal: int | None = None
+        #: Becomes ``ctx.shutdown_requested``; exists before the context so an early
+        #: signal is not lost (``cli 6.1.6``).
+        self._stop_event = threading.Event()
+        self._closers: list[tuple[str | None, object]] = []   # (log line, callable), LIFO
+
+    # ---- lifecycle ---------------------------------------------------------
+    def run(self) -> int:
+        """Start, loop until asked to stop, shut down; the process exit status."""
+        self.install_signal_handlers()
+        try:
+            self.start()
+        except NodeStartupError as exc:
+            for line in exc.lines:
+                logger.error(line)
+            self.shutdown(quiet=True)
+            return 1
+        except Exception as exc:  # noqa: BLE001 - any start-up failure is one message + exit 1
+            logger.opt(exception=exc).error(f"Fatal error: {exc}")
+            self.shutdown(quiet=True)
+            return 1
+        self.main_loop()
+        self.shutdown()
+        return 0
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        """Only records the request: the main loop does the work (``cli 6.1.6``)."""
+        self._signal = signum
+        self._stop_event.set()
+
+    def _closer(self, line: str | None, fn) -> None:
+        self._closers.append((line, fn))
+
+    def start(self) -> None:
+        cfg = self.config
+        params = cfg.params
+        for line in (BANNER_RULE, f"Dilithion Node v{VERSION}", "Post-Quantum Cryptocurrency",
+                     BANNER_RULE, ""):
+            logger.info(line)
+        logger.info({"mainnet": "Network: MAINNET",
+                     "testnet": "Network: TESTNET (256x easier difficulty)",
+                     "regtest": "Network: REGTEST (local test network, Python only)"}[cfg.network])
+        logger.info(f"Data directory: {cfg.datadir}")
+        logger.info(f"P2P port: {cfg.p2p_port}")
+        logger.info(f"RPC port: {cfg.rpc_port}")
+        if cfg.connect_nodes:
+            logger.info(f"Connect to: {', '.join(cfg.connect_nodes)}")
+        if cfg.add_nodes:
+            logger.info(f"Additional nodes: {', '.join(cfg.add_nodes)}")
+        if cfg.strict:
+            logger.info("Consensus: --strict (intended rules the C++ node skips)")
+        logger.info("")
+
+        self._open_storage(params)
+        self._start_metrics()
+        self._init_p2p()
+        self._init_wallet_and_miner()
+        self._start_p2p()
+        self._connect_configured_peers()
+        self._start_rpc()
+        self._start_mining()
+        for line in ("", BANNER_RULE, "Node Status: RUNNING", BANNER_RULE, "", "RPC Interface:",
+                     f"  URL: http://{cfg.rpcbind}:{self.ctx.rpc_server.port}",
+                     "  Methods: see `dilithion-cli help`", "",
+                     "Press Ctrl+C to stop", ""):
+            logger.info(line)
+
+    def _open_storage(self, params: ChainParams) -> None:
+        from dilithion.crypto.randomx_hash import RandomXHasher
+        from dilithion.node.context import NodeContext
+        cfg = self.config
+        logger.info("Initializing blockchain storage...")
+        try:
+            cfg.datadir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NodeStartupError(f"Cannot create data directory {cfg.datadir}: "
+                                   f"{exc.strerror or exc}")
+        from dilithion.node.blockchain_storage import BlockchainDB, StorageError
+        from dilithion.node.utxo_set import UTXOSet
+        from dilithion.node.mempool import TxMemPool
+        from dilithion.consensus.chain import ChainState
+        from dilithion.node.metrics import NodeMetrics
+        # The context is made without a hasher first: building the RandomX cache
+        # is its own start-up step (10) below.
+        ctx = NodeContext(chain_params=params, datadir=cfg.datadir, hasher=None,
+                          strict=cfg.strict, shutdown_requested=self._stop_event)
+        self.ctx = ctx
+        ctx.metrics = NodeMetrics()
+        try:
+            ctx.blockchain = BlockchainDB(str(cfg.datadir / "blocks"))
+        except (StorageError, OSError) as exc:
+            raise NodeStartupError("Failed to open blockchain database", f"  {exc}")
+        self._closer("  Closing blockchain database...", ctx.blockchain.close)
+        logger.info("  [OK] Blockchain database opened")
+        logger.info("Initializing UTXO set...")
+        try:
+            ctx.utxo_set = UTXOSet(str(cfg.datadir / "chainstate"))
+        except (StorageError, OSError) as exc:
+            raise NodeStartupError("Failed to open UTXO database", f"  {exc}")
+        except Exception as exc:  # plyvel errors from another owner's module
+            raise NodeStartupError("Failed to open UTXO database", f"  {exc}")
+        self._closer("  Closing UTXO database...", ctx.utxo_set.close)
+        logger.info("  [OK] UTXO set opened")
+        logger.info("Initializing mempool...")
+        ctx.mempool = TxMemPool()
+        logger.info("  [OK] Mempool initialized")
+        logger.info("Initializing RandomX...")
+        ctx.hasher = RandomXHasher.for_key()
+        logger.info("  [OK] RandomX initialized")
+        logger.info("Initializing chain state...")
+        ctx.chainstate = ChainState(ctx)
+        logger.info("  [OK] Chain state initialized")
+        logger.info("Loading genesis block...")
+        try:
+            ctx.chainstate.load()
+        except StorageError as exc:
+            raise NodeStartupError("ERROR: Cannot load chain state from database", f"  {exc}")
+        tip = ctx.chainstate.tip()
+        genesis = ctx.chainstate.main_chain_hash_at(0)
+        logger.info(f"  Network: {params.get_network_name()}")
+        logger.info(f"  Genesis hash: {genesis.get_hex() if genesis else '?'}")
+        logger.info(f"  Genesis time: {params.genesis_time}")
+        logger.info("  [OK] Genesis block verified")
+        logger.info(f"  Best block hash: {tip.hash.short()}...")
+        logger.info(f"  [OK] Loaded chain state: {tip.height + 1} blocks (height {tip.height})")
+        ctx.metrics.chain_height.set(tip.height)
+
+    def _start_metrics(self) -> None:
+        cfg = self.config
+        if cfg.metrics_port is None:
+            return
+        logger.info("Starting metrics server...")
+        try:
+            self.ctx.metrics.serve(cfg.metrics_port, cfg.metrics_bind)
+        except OSError as exc:
+            raise NodeStartupError(f"Failed to start metrics server on port {cfg.metrics_port}",
+                                   f"Error: {exc.strerror or exc}")
+        self._closer("  Stopping metrics server...", self.ctx.metrics.stop)
+        logger.info(f"  [OK] Metrics served on http://{cfg.metrics_bind}:{cfg.metrics_port}/metrics")
+
+    def _init_p2p(self) -> None:
+        from dilithion.net.async_broadcaster import AsyncBroadcaster
+        from dilithion.net.net import ConnectionManager
+        from dilithion.node.p2p_handlers import P2PHandlers
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing P2P components...")
+        ctx.connman = ConnectionManager(ctx, listen_host=cfg.bind, listen_port=cfg.p2p_port,
+                                        send_timeout_ms=ctx.chain_params.send_timeout_ms)
+        ctx.peer_manager = ctx.connman.peer_manager
+        ctx.broadcaster = AsyncBroadcaster(ctx, ctx.connman)
+        self.p2p_handlers = P2PHandlers(ctx, ctx.connman)
+        logger.info("  [OK] P2P components ready (not started)")
+
+    def _init_wallet_and_miner(self) -> None:
+        from dilithion.mining.controller import MiningController, default_thread_count
+        from dilithion.node.wallet_key import (MINING_KEY_FILE, MiningKeyError,
+                                               load_or_create_mining_key)
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing wallet...")
+        existed = (cfg.datadir / MINING_KEY_FILE).exists()
+        if not existed:
+            logger.info("  Generating initial address...")
+        try:
+            self.mining_key = load_or_create_mining_key(cfg.datadir)
+        except MiningKeyError as exc:
+            raise NodeStartupError(f"ERROR: {exc}")
+        if existed:
+            logger.info(f"  [OK] Mining key loaded: {self.mining_key.address()}")
+        else:
+            logger.info(f"  [OK] Initial address: {self.mining_key.address()} "
+                        f"(key saved to {cfg.datadir / MINING_KEY_FILE})")
+        logger.info("Initializing mining controller...")
+        threads = cfg.mining_threads or default_thread_count()
+        ctx.miner = MiningController(ctx, threads, pub_key_hash=self.mining_key.pub_key_hash())
+        self._closer(None, self._stop_miner)
+        logger.info(f"  [OK] Mining controller initialized ({threads} threads)")
+
+    def _stop_miner(self) -> None:
+        if self.ctx.miner.is_mining():
+            logger.info("  Stopping mining...")
+            self.ctx.miner.stop()
+
+    def _start_p2p(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        logger.info("Starting P2P networking server...")
+        try:
+            ctx.connman.start()
+        except OSError as exc:
+            raise NodeStartupError(f"Failed to bind P2P socket on port {cfg.p2p_port}",
+                                   f"Error: {exc.strerror or exc}")
+        self._closer("  Stopping P2P server...", self._stop_p2p)
+        ctx.broadcaster.start()
+        logger.info(f"  [OK] P2P server listening on {cfg.bind}:{ctx.connman.listen_port}")
+
+    def _stop_p2p(self) -> None:
+        self.ctx.broadcaster.stop()
+        self.ctx.connman.stop()
+
+    def _connect_configured_peers(self) -> None:
+        """Dial every ``--connect``/``--addnode`` entry once (``cli`` 1.7 step 18)."""
+        cfg = self.config
+        entries = [(e, "connect") for e in cfg.connect_nodes if e.lower() != "none"] + \
+                  [(e, "addnode") for e in cfg.add_nodes]
+        if not entries:
+            if any(e.lower() == "none" for e in cfg.connect_nodes):
+                logger.info("Outbound connections disabled (--connect=none)")
+            else:
+                logger.info("No --connect/--addnode given: listening only (no built-in seeds)")
+            return
+        if cfg.connect_nodes:
+            logger.info("Initiating outbound connections...")
+        for entry, kind in entries:
+            logger.info(f"  {'Connecting to' if kind == 'connect' else 'Adding node'} {entry}...")
+            try:
+                host, port = parse_peer_entry(entry)
+            except ValueError as exc:
+                logger.error(str(exc))
+                continue
+            peer = _ConfiguredPeer(entry, host, port, kind)
+            self._peers.append(peer)
+            self._dial(peer, first=True)
+
+    def _dial(self, peer: _ConfiguredPeer, first: bool = False) -> None:
+        peer.peer_id = self.ctx.connman.connect(peer.host, peer.port)
+        if peer.peer_id is not None:
+            verb = "Connected to" if peer.kind == "connect" else "Added node"
+            logger.info(f"    [OK] {verb} {peer.entry} (peer_id={peer.peer_id})"
+                        if first else f"[P2P] Reconnecting to {peer.entry} (peer_id={peer.peer_id})")
+            peer.next_attempt = time.monotonic() + peer.delay
+        else:
+            verb = "connect to" if peer.kind == "connect" else "add node"
+            logger.warning(f"    [FAIL] Failed to {verb} {peer.entry}"
+                           if first else f"[P2P] Failed to reconnect to {peer.entry}")
+            peer.next_attempt = time.monotonic() + peer.delay
+            peer.delay = min(peer.delay * 2, RECONNECT_MAX_DELAY)
+
+    def _keep_configured_peers(self) -> None:
+        """Redial configured peers whose connection is gone, with exponential back-off."""
+        pm = self.ctx.connman.peer_manager
+        now = time.monotonic()
+        for peer in self._peers:
+            current = pm.get_peer(peer.peer_id) if peer.peer_id is not None else None
+            if current is not None:
+                if current.is_handshake_complete():
+                    peer.delay = RECONNECT_INITIAL_DELAY
+                continue
+            if now >= peer.next_attempt:
+                if peer.peer_id is not None:
+                    peer.delay = min(peer.delay * 2, RECONNECT_MAX_DELAY) \
+                        if now - peer.next_attempt < peer.delay else peer.delay
+                self._dial(peer)
+
+    def _start_rpc(self) -> None:
+        from dilithion.rpc.server import RPCServer
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing RPC server...")
+        server = RPCServer(ctx, host=cfg.rpcbind, port=cfg.rpc_port)
+        try:
+            server.start()
+        except OSError as exc:
+            raise NodeStartupError(f"Failed to start RPC server on port {cfg.rpc_port}",
+                                   f"Error: {exc.strerror or exc}")
+        ctx.rpc_server = server
+        self._closer("  Stopping RPC server...", server.stop)
+        logger.info(f"  [OK] RPC server listening on {cfg.rpcbind}:{server.port}")
+
+    def _start_mining(self) -> None:
+        cfg, miner = self.config, self.ctx.miner
+        if not cfg.start_mining:
+            return
+        tip = self.ctx.chainstate.tip()
+        logger.info("")
+        logger.info("Starting mining...")
+        logger.info(f"  Building on block height {tip.height}")
+        logger.info(f"  Mining block height {tip.height + 1}")
+        logger.info(f"  Coinbase pays: {self.mining_key.address()}")
+        miner.start()
+        logger.info(f"  [OK] Mining started with {miner.thread_count()} threads")
+
+    # ---- main loop and shutdown ------------------------------------------------
+    def main_loop(self) -> None:
+        """Once a second: redial configured peers; every 10 s log the hash rate."""
+        ctx = self.ctx
+        next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
+        while not ctx.shutdown_requested.wait(1.0):
+            self._keep_configured_peers()
+            if ctx.miner.is_mining() and time.monotonic() >= next_rate_log:
+                next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
+                logger.info(f"[Mining] Hash rate: {ctx.miner.get_hash_rate():.0f} H/s, "
+                            f"Total hashes: {ctx.miner.total_hashes()}")
+
+    def shutdown(self, quiet: bool = False) -> None:
+        """Stop everything that was started, newest first; close the databases last."""
+        if self._signal is not None:
+            logger.info("")
+            logger.info(f"Received signal {self._signal}, shutting down gracefully...")
+        self._stop_event.set()
+        if not quiet:
+            logger.info("")
+            logger.info("Shutting down...")
+        # Components first (they use the databases), databases last: the closers
+        # list is in start-up order, so walking it backwards does exactly that.
+        for line, fn in reversed(self._closers):
+            if line and not quiet:
+                logger.info(line)
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                logger.opt(exception=exc).error(f"Error during shutdown: {exc}")
+        self._closers.clear()
+        if not quiet:
+            logger.info("")
+            logger.info("Dilithion node stopped cleanly")
+
+
+# --------------------------------------------------------------------------- command line
+class _NodeCommand(click.Command):
+    """Replaces click's error handling: C++ messages on stderr, usage on stdout, exit 1."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        prog = prog_name or os.path.basename(sys.argv[0]) or "dilithion-node"
+        if not args:
+            sys.exit(main(quick_start_config()))
+        try:
+            return super().main(args, prog_name=prog, standalone_mode=False, **extra)
+        except click.NoSuchOption as exc:
+            message = f"Unknown option: {_offending_arg(args, exc.option_name)}"
+        except click.BadParameter as exc:
+            message = exc.message
+        except click.UsageError as exc:
+            message = f"Error: {exc.format_message()}"
+            extra_arg = next((a for a in args if not a.startswith("-")), None)
+            if "unexpected extra argument" in exc.format_message() and extra_arg:
+                message = f"Unknown option: {extra_arg}"
+        except click.Abort:
+            sys.exit(1)
+        click.echo(message, err=True)
+        click.echo(usage_text(prog))
+        sys.exit(1)
+
+
+def _offending_arg(args: list[str], option_name: str) -> str:
+    return next((a for a in args if a == option_name or a.startswith(option_name + "=")),
+                option_name)
+
+
+def _show_help(ctx: click.Context, param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(usage_text(ctx.info_name or "dilithion-node"))
+        ctx.exit(0)
+
+
+def quick_start_config() -> NodeConfig:
+    """No arguments: a local regtest node that mines with one thread (``cli`` 1.5)."""
+    return NodeConfig(network="regtest", start_mining=True, mining_threads=1, quick_start=True)
+
+
+@click.command(cls=_NodeCommand, context_settings={"help_option_names": []})
+@click.option("--testnet", is_flag=True)
+@click.option("--regtest", is_flag=True)
+@click.option("--datadir", type=str, default=None)
+@click.option("--port", "port", type=_PortType("p2p"), default=None)
+@click.option("--rpcport", type=_PortType("rpc"), default=None)
+@click.option("--bind", type=str, default=None)
+@click.option("--rpcbind", type=str, default="127.0.0.1")
+@click.option("--connect", multiple=True)
+@click.option("--addnode", multiple=True)
+@click.option("--mine", is_flag=True)
+@click.option("--threads", type=_ThreadsType(), default="auto")
+@click.option("--strict", is_flag=True)
+@click.option("--metrics-port", type=_PortType("metrics"), default=None)
+@click.option("--metrics-bind", type=str, default="127.0.0.1")
+@click.option("--log-level", type=click.Choice(["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING",
+                                                "ERROR", "CRITICAL"], case_sensitive=False),
+              default=None)
+@click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_help)
+def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
+        threads, strict, metrics_port, metrics_bind, log_level):
+    """Run a Dilithion node."""
+    if testnet and regtest:
+        raise click.UsageError("--testnet and --regtest cannot be combined")
+    config = NodeConfig(
+        network="testnet" if testnet else "regtest" if regtest else "mainnet",
+        datadir=Path(datadir) if datadir else None, p2p_port=port or 0, rpc_port=rpcport or 0,
+        bind=bind, rpcbind=rpcbind, connect_nodes=list(connect), add_nodes=list(addnode),
+        start_mining=mine, mining_threads=threads, strict=strict, metrics_port=metrics_port,
+        metrics_bind=metrics_bind, log_level=log_level or os.environ.get("DIL_LOG_LEVEL") or "INFO")
+    sys.exit(main(config))
+
+
+def main(config: NodeConfig) -> int:
+    """Run a node with ``config``; the process exit status."""
+    try:
+        config.apply_defaults()
+    except click.BadParameter as exc:
+        click.echo(exc.message, err=True)
+        return 1
+    configure_logging(config.log_level)
+    if config.quick_start:
+        logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "
+                    f"data directory {config.datadir} (run with --help for options)")
+    return DilithionNode(config).run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    cli()
