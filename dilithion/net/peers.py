@@ -1,0 +1,213 @@
+"""Peers, the peer table and bans: the port of ``src/net/peers.{h,cpp}``.
+
+Differences from the C++ (``net`` 4.4, 4.5): the misbehaviour score is live
+(bad input is scored and, past :attr:`PeerManager.BAN_THRESHOLD`, the host is
+refused for ``ban_time`` seconds), bans expire, the outbound limit of 8 is
+enforced (``net D-26``), and a peer leaves the table when its connection
+closes (``net D-19``, ``D-20``).  The dormant address database and the
+hard-coded seeds are not ported (the node never dials anything implicitly).
+"""
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass, field
+
+from dilithion.net.protocol import CPP_USER_AGENT
+
+__all__ = ["Peer", "PeerManager"]
+
+
+@dataclass(eq=False)
+class Peer:
+    """One connection's identity and protocol state (``CPeer``).
+
+    Written by the network thread (byte counters, ``last_send``/``last_recv``,
+    ``state`` on connect/close) and by the message-handler thread (``version``
+    fields and handshake ``state``); readers elsewhere take snapshots.  Each
+    field has a single writer thread, so no lock is needed for consistency of
+    one field; ``misbehavior_score`` is changed only under
+    ``PeerManager._cs_peers``.  Times are wall-clock seconds (for RPC).
+    """
+
+    class State(enum.IntEnum):
+        STATE_DISCONNECTED = 0
+        STATE_CONNECTING = 1
+        STATE_CONNECTED = 2
+        STATE_VERSION_SENT = 3
+        STATE_HANDSHAKE_COMPLETE = 4
+        STATE_BANNED = 5
+
+    id: int
+    host: str
+    port: int
+    inbound: bool
+    state: "Peer.State" = State.STATE_DISCONNECTED
+    version: int = 0
+    user_agent: bytes = b""
+    start_height: int = 0
+    relay: bool = True
+    services: int = 0
+    nonce: int = 0
+    connect_time: float = field(default_factory=time.time)
+    last_send: float = 0.0
+    last_recv: float = 0.0
+    bytes_sent: int = 0
+    bytes_recv: int = 0
+    misbehavior_score: int = 0
+    #: Handshake bookkeeping, written by the message-handler thread only.
+    version_received: bool = False
+    verack_received: bool = False
+    #: Round-trip time of the last answered ping, in seconds (None before one).
+    ping_time: float | None = None
+
+    def is_connected(self) -> bool:
+        return self.State.STATE_CONNECTED <= self.state < self.State.STATE_BANNED
+
+    def is_handshake_complete(self) -> bool:
+        return self.state == self.State.STATE_HANDSHAKE_COMPLETE
+
+    def is_cpp(self) -> bool:
+        """The C++ node: start height always 0, no tx relay (``net D-08``, ``D-16``)."""
+        return self.user_agent == CPP_USER_AGENT
+
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def to_string(self) -> str:
+        return (f"Peer(id={self.id}, addr={self.address()}, state={int(self.state)}, "
+                f"version={self.version}, agent={self.user_agent.decode('ascii', 'replace')})")
+
+
+class PeerManager:
+    """The peer table and the ban list (``CPeerManager``).
+
+    Shared by every thread; ``_cs_peers`` guards ``_peers``, ``_bans`` and the
+    misbehaviour scores.  Peer ids start at 1 and are never reused (``net`` 4.3).
+    """
+
+    MAX_TOTAL_CONNECTIONS = 125
+    MAX_OUTBOUND_CONNECTIONS = 8
+    BAN_THRESHOLD = 100
+    DEFAULT_BAN_TIME = 3600  # the C++'s 86,400 s is dormant there; one hour here
+
+    def __init__(self, max_peers: int = MAX_TOTAL_CONNECTIONS,
+                 max_outbound: int = MAX_OUTBOUND_CONNECTIONS,
+                 ban_time: float = DEFAULT_BAN_TIME) -> None:
+        self.max_peers = max_peers
+        self.max_outbound = max_outbound
+        self.ban_time = ban_time
+        self._cs_peers = threading.Lock()
+        self._peers: dict[int, Peer] = {}
+        self._bans: dict[str, float] = {}  # host -> wall-clock expiry
+        self._next_id = 1
+
+    # -- table -----------------------------------------------------------------
+    def add_peer(self, host: str, port: int, inbound: bool) -> Peer | None:
+        """A new table entry, or None when full, over the outbound limit, or banned."""
+        with self._cs_peers:
+            if self._is_banned_locked(host) or not self._has_room_locked(inbound):
+                return None
+            peer = Peer(self._next_id, host, port, inbound)
+            self._next_id += 1
+            self._peers[peer.id] = peer
+            return peer
+
+    def _has_room_locked(self, inbound: bool) -> bool:
+        if len(self._peers) >= self.max_peers:
+            return False
+        if not inbound:
+            outbound = sum(1 for p in self._peers.values() if not p.inbound)
+            return outbound < self.max_outbound
+        return True
+
+    def can_accept_connection(self, inbound: bool = True) -> bool:
+        with self._cs_peers:
+            return self._has_room_locked(inbound)
+
+    def remove_peer(self, peer_id: int) -> Peer | None:
+        with self._cs_peers:
+            peer = self._peers.pop(peer_id, None)
+        if peer is not None and peer.state != Peer.State.STATE_BANNED:
+            peer.state = Peer.State.STATE_DISCONNECTED
+        return peer
+
+    def get_peer(self, peer_id: int) -> Peer | None:
+        with self._cs_peers:
+            return self._peers.get(peer_id)
+
+    def get_all_peers(self) -> list[Peer]:
+        with self._cs_peers:
+            return [self._peers[k] for k in sorted(self._peers)]
+
+    def get_connected_peers(self) -> list[Peer]:
+        """Snapshot of peers with an open connection, ascending id."""
+        return [p for p in self.get_all_peers() if p.is_connected()]
+
+    def handshake_complete_peers(self) -> list[Peer]:
+        return [p for p in self.get_all_peers() if p.is_handshake_complete()]
+
+    def get_connection_count(self) -> int:
+        with self._cs_peers:
+            return len(self._peers)
+
+    def get_outbound_count(self) -> int:
+        with self._cs_peers:
+            return sum(1 for p in self._peers.values() if not p.inbound)
+
+    def get_inbound_count(self) -> int:
+        with self._cs_peers:
+            return sum(1 for p in self._peers.values() if p.inbound)
+
+    # -- misbehaviour and bans ---------------------------------------------------
+    def misbehaving(self, peer_id: int, howmuch: int) -> bool:
+        """Add to the peer's score; True when this call crossed the ban threshold.
+
+        Crossing bans the peer's host for ``ban_time``; the caller closes the
+        connection.  Returns False for unknown peers and for peers already banned.
+        """
+        with self._cs_peers:
+            peer = self._peers.get(peer_id)
+            if peer is None:
+                return False
+            before = peer.misbehavior_score
+            peer.misbehavior_score += howmuch
+            if before < self.BAN_THRESHOLD <= peer.misbehavior_score:
+                self._bans[peer.host] = time.time() + self.ban_time
+                peer.state = Peer.State.STATE_BANNED
+                return True
+            return False
+
+    def ban_ip(self, host: str, ban_time_seconds: float | None = None) -> None:
+        with self._cs_peers:
+            self._bans[host] = time.time() + (self.ban_time if ban_time_seconds is None
+                                              else ban_time_seconds)
+
+    def unban_ip(self, host: str) -> None:
+        with self._cs_peers:
+            self._bans.pop(host, None)
+
+    def clear_bans(self) -> None:
+        with self._cs_peers:
+            self._bans.clear()
+
+    def is_banned(self, host: str) -> bool:
+        with self._cs_peers:
+            return self._is_banned_locked(host)
+
+    def _is_banned_locked(self, host: str) -> bool:
+        until = self._bans.get(host)
+        if until is None:
+            return False
+        if time.time() >= until:
+            del self._bans[host]
+            return False
+        return True
+
+    def banned(self) -> dict[str, float]:
+        """host -> expiry (wall clock) of the bans still in force."""
+        with self._cs_peers:
+            for host in list(self._bans):
+                self._is_banned_locked(host)
+            return dict(self._bans)

@@ -1,0 +1,116 @@
+"""A tiny raw-socket test peer: connect, send framed messages, read framed messages.
+
+It is deliberately independent of the node's transport code (blocking socket,
+its own framing), so tests can send bytes the node would never produce.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+from dilithion.net.protocol import MsgVerack, MsgVersion, decode_payload
+from dilithion.net.serialize import MESSAGE_HEADER_SIZE, MessageHeader, NetMessage, calculate_checksum
+
+__all__ = ["RawPeer", "frame", "frame_raw"]
+
+
+def frame(magic: int, msg) -> bytes:
+    """The wire bytes of a protocol message object."""
+    return msg.to_net_message(magic).serialize()
+
+
+def frame_raw(magic: int, command: bytes | str, payload: bytes = b"",
+              checksum: bytes | None = None, size: int | None = None) -> bytes:
+    """Hand-made wire bytes: any command bytes, checksum or announced size."""
+    cmd = command.encode() if isinstance(command, str) else command
+    cmd = cmd.ljust(12, b"\0")[:12]
+    return (struct.pack("<I12sI", magic, cmd, len(payload) if size is None else size)
+            + (calculate_checksum(payload) if checksum is None else checksum) + payload)
+
+
+class RawPeer:
+    """One blocking TCP connection to a node, speaking raw frames."""
+
+    def __init__(self, port: int, magic: int, host: str = "127.0.0.1", rcvbuf: int | None = None,
+                 timeout: float = 5.0) -> None:
+        self.magic = magic
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    # -- sending -----------------------------------------------------------
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, msg) -> None:
+        self.send_raw(frame(self.magic, msg))
+
+    # -- receiving ---------------------------------------------------------
+    def recv_message(self, timeout: float = 5.0) -> NetMessage | None:
+        """The next whole message, or None on EOF; raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= MESSAGE_HEADER_SIZE:
+                header = MessageHeader.deserialize(self.buf)
+                end = MESSAGE_HEADER_SIZE + header.payload_size
+                if len(self.buf) >= end:
+                    msg = NetMessage.deserialize(self.buf[:end], self.magic)
+                    self.buf = self.buf[end:]
+                    return msg
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no complete message")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                raise TimeoutError("no complete message") from None
+            except ConnectionError:
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+
+    def wait_for(self, command: str, timeout: float = 5.0):
+        """Read until a message with ``command`` arrives; returns it decoded."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv_message(max(0.01, deadline - time.monotonic()))
+            if msg is None:
+                raise ConnectionError(f"closed while waiting for {command}")
+            if msg.command == command:
+                return decode_payload(command, msg.payload)
+
+    def is_closed(self, timeout: float = 5.0) -> bool:
+        """True once the node closes the connection (reads and discards data)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.recv_message(max(0.01, deadline - time.monotonic())) is None:
+                    return True
+            except TimeoutError:
+                return False
+        return False
+
+    def handshake(self, version: MsgVersion | None = None, timeout: float = 5.0) -> MsgVersion:
+        """version -> (their version, their verack) -> verack; returns their version."""
+        self.send(version or MsgVersion(timestamp=int(time.time()), nonce=42,
+                                        user_agent=b"/p2p_util:0.1/"))
+        theirs = self.wait_for("version", timeout)
+        self.wait_for("verack", timeout)
+        self.send(MsgVerack())
+        return theirs
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "RawPeer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
