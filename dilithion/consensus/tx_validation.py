@@ -29,10 +29,11 @@ from dilithion.consensus import params
 from dilithion.consensus.fees import calculate_min_fee, fee_rejection_reason
 from dilithion.crypto import mldsa
 from dilithion.crypto.sha3 import sha3_256, sha3_256d
+from dilithion.net.serialize import SerializationError
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn
 
 __all__ = [
-    "TxValidationError", "Coin", "CoinsView", "check_transaction_basic", "check_transaction_inputs",
+    "TxValidationError", "Coin", "CoinsView", "parse_transaction", "check_transaction_basic", "check_transaction_inputs",
     "signature_hash", "signature_message", "sign_input", "verify_script", "check_transaction",
     "standard_rejection_reason", "is_standard_transaction", "get_transaction_weight",
     "get_minimum_fee", "money_range",
@@ -66,6 +67,18 @@ class CoinsView(Protocol):
 def money_range(value: int) -> bool:
     """``MoneyRange``: ``0 <= value <= MAX_MONEY``."""
     return 0 <= value <= params.MAX_MONEY
+
+
+def parse_transaction(raw: bytes) -> Transaction:
+    """Decode one transaction exactly (no trailing bytes) for ``tx`` messages and RPC.
+
+    Decoding failures become :class:`TxValidationError` so callers handle one
+    error type for "cannot accept this transaction".
+    """
+    try:
+        return Transaction.deserialize(raw)[0]
+    except SerializationError as exc:
+        raise TxValidationError(f"TX decode failed: {exc}") from None
 
 
 # -- context-free checks (CheckTransactionBasic) --------------------------------
