@@ -68,6 +68,14 @@ def test_header_layout_is_80_le_bytes():
     assert not h.is_null() and BlockHeader().is_null()
 
 
+def test_header_holds_uint256_even_when_given_plain_bytes():
+    h = BlockHeader(hash_prev_block=b"\x01" * 32, hash_merkle_root=bytearray(32))
+    assert isinstance(h.hash_prev_block, Uint256) and isinstance(h.hash_merkle_root, Uint256)
+    assert h.hash_prev_block.get_hex() == "01" * 32
+    with pytest.raises(ValueError):
+        BlockHeader(hash_prev_block=b"\x01" * 31)
+
+
 def test_header_deserialize_errors():
     raw = BlockHeader(bits=1).serialize()
     with pytest.raises(SerializationError, match="wanted 32 bytes for header hashMerkleRoot at offset 36, 1 remain"):

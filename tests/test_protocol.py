@@ -90,6 +90,7 @@ def test_addr_vector_port_is_little_endian():
     assert payload == _h("01 00880e69 0100000000000000 00000000000000000000ffff867a04a4 0c48")
     back = MsgAddr.deserialize(payload).addrs[0]
     assert back == a and back.to_string_ip() == "134.122.4.164" and back.is_ipv4()
+    assert back.to_string() == "134.122.4.164:18444"
 
 
 def test_address_text_forms():

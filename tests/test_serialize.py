@@ -76,6 +76,17 @@ def test_every_fixed_size_read_fails_one_byte_short(reader, size):
     assert f"{size - 1} remain" in text
 
 
+def test_seek_and_clear():
+    s = DataStream(b"\x01\x02\x03")
+    s.read_uint16()
+    s.seek(1)
+    assert s.read_uint8() == 2
+    with pytest.raises(SerializationError, match="seek to 4 outside a 3-byte stream"):
+        s.seek(4)
+    s.clear()
+    assert s.size() == 0 and s.tell() == 0 and s.eof()
+
+
 def test_read_negative_length_is_an_error():
     with pytest.raises(SerializationError, match="negative length"):
         DataStream(b"abc").read(-1)

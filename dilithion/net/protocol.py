@@ -123,6 +123,9 @@ class Address:
             return ".".join(str(b) for b in self.ip[12:])
         return f"[{self.ip[0]:02x}{self.ip[1]:02x}::{self.ip[14]:02x}{self.ip[15]:02x}]"
 
+    def to_string(self) -> str:
+        return f"{self.to_string_ip()}:{self.port}"
+
     def serialize_to(self, s: DataStream) -> None:
         s.write_uint32(self.time).write_uint64(self.services).write(self.ip).write_uint16(self.port)
 

@@ -90,6 +90,16 @@ class DataStream:
     def get_data(self) -> bytes:
         return bytes(self._buf)
 
+    def seek(self, pos: int) -> None:
+        """Move the read cursor (``CDataStream::seek``); must stay inside the buffer."""
+        if not 0 <= pos <= len(self._buf):
+            raise SerializationError(f"seek to {pos} outside a {len(self._buf)}-byte stream")
+        self.read_pos = pos
+
+    def clear(self) -> None:
+        self._buf.clear()
+        self.read_pos = 0
+
     def expect_end(self, what: str) -> None:
         """Reject trailing bytes where the format allows none."""
         if self.remaining():

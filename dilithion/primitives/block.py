@@ -86,7 +86,16 @@ class BlockHeader:
     bits: int = 0
     nonce: int = 0
 
+    def __post_init__(self) -> None:
+        # Accept plain 32-byte values but always hold Uint256, so get_hex() works on
+        # every header and a wrong length fails here rather than as a short header.
+        for name in ("hash_prev_block", "hash_merkle_root"):
+            value = getattr(self, name)
+            if not isinstance(value, Uint256):
+                setattr(self, name, Uint256(bytes(value)))
+
     def serialize(self) -> bytes:
+        """The 80 bytes RandomX hashes, all integers little-endian (``chain`` 1.3, D1)."""
         return (struct.pack("<i", self.version) + self.hash_prev_block + self.hash_merkle_root
                 + _HEADER_TAIL.pack(self.time, self.bits, self.nonce))
 
