@@ -1,0 +1,411 @@
+"""The node's RPC methods (the ``RPC_*`` handlers of ``src/rpc/server.cpp``).
+
+Each handler takes the bound named parameters (:mod:`dilithion.rpc.params`)
+and returns a JSON-serialisable result.  Result shapes and messages follow the
+C++ handlers wherever the C++ would have succeeded (``cli`` 3.9), so a client
+written for either node sees the same JSON; where the C++ answer is wrong the
+Python answer is the true one (``cli 6.3 #37``, listed in ``docs/RPC.md``).
+
+A component that is not wired into the context (``None``) yields -32603
+``<Component> not initialized``, the C++ messages.  The C++ checks components
+in a fixed order per method; the same order is kept here.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import ipaddress
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from loguru import logger
+
+from dilithion.consensus.pow import compact_to_big, get_median_time_past
+from dilithion.net.protocol import PROTOCOL_VERSION, USER_AGENT
+from dilithion.net.serialize import SerializationError
+from dilithion.primitives.block import Uint256
+from dilithion.primitives.transaction import Transaction
+
+__all__ = ["RPCError", "RPCMethod", "NodeRPC",
+           "RPC_PARSE_ERROR", "RPC_INVALID_REQUEST", "RPC_METHOD_NOT_FOUND", "RPC_INVALID_PARAMS",
+           "RPC_INTERNAL_ERROR", "RPC_MISC_ERROR", "RPC_INVALID_ADDRESS_OR_KEY",
+           "RPC_INVALID_PARAMETER", "RPC_DESERIALIZATION_ERROR", "RPC_VERIFY_REJECTED",
+           "RPC_CLIENT_NODE_NOT_CONNECTED"]
+
+# JSON-RPC 2.0 codes
+RPC_PARSE_ERROR = -32700
+RPC_INVALID_REQUEST = -32600
+RPC_METHOD_NOT_FOUND = -32601
+RPC_INVALID_PARAMS = -32602
+RPC_INTERNAL_ERROR = -32603
+# application codes (the values bitcoind uses for the same situations)
+RPC_MISC_ERROR = -1
+RPC_INVALID_ADDRESS_OR_KEY = -5          # block / transaction not found
+RPC_INVALID_PARAMETER = -8               # well-typed but unacceptable value
+RPC_DESERIALIZATION_ERROR = -22          # hex or transaction bytes do not decode
+RPC_VERIFY_REJECTED = -26                # transaction refused by validation / mempool
+RPC_CLIENT_NODE_NOT_CONNECTED = -29      # disconnectnode / addnode remove: no such peer
+
+
+class RPCError(Exception):
+    """A handler's refusal, sent as a JSON-RPC error object."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RPCMethod:
+    name: str
+    description: str
+    handler: Callable[..., Any]
+
+
+_REGISTRY: list[tuple[str, str, str]] = []          # (rpc name, description, attribute)
+
+
+def rpc_method(name: str, description: str):
+    """Register ``rpc_<name>`` with its one-line ``help`` description (registration order)."""
+    def register(func):
+        _REGISTRY.append((name, description, func.__name__))
+        return func
+    return register
+
+
+def _parse_hash(text: str, what: str) -> Uint256:
+    """Exactly 64 hex digits (the C++ ``SetHex`` accepts almost anything, ``cli 6.3 #29``)."""
+    try:
+        return Uint256.from_hex(text)
+    except ValueError:
+        raise RPCError(RPC_INVALID_PARAMETER,
+                       f"Invalid {what} parameter format (expected 64 hex digits)") from None
+
+
+def _parse_tx_hex(text: str) -> Transaction:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise RPCError(RPC_DESERIALIZATION_ERROR, "Invalid hex string") from None
+    if not raw:
+        raise RPCError(RPC_DESERIALIZATION_ERROR, "Invalid hex string")
+    try:
+        return Transaction.from_bytes(raw)
+    except (SerializationError, ValueError) as exc:
+        raise RPCError(RPC_DESERIALIZATION_ERROR, f"Failed to deserialize transaction: {exc}") from None
+
+
+def _parse_node_address(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` -> (host, port); -8 for anything else."""
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise RPCError(RPC_INVALID_PARAMETER, f"Invalid node address: {text}")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+        port = int(port_text) if port_text else default_port
+        if not (port_text.isdigit() or not port_text) or not 1 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise RPCError(RPC_INVALID_PARAMETER, f"Invalid node address: {text}"
+                       " (expected <ipv4>[:<port>] or [<ipv6>]:<port>)") from None
+    return host, port
+
+
+def _chain_name(params) -> str:
+    """``main``/``test``/``regtest``: the C++ always says ``main`` (``cli 6.3 #37``)."""
+    return {"mainnet": "main", "testnet": "test"}.get(params.get_network_name(),
+                                                     params.get_network_name())
+
+
+class NodeRPC:
+    """The method table bound to one node's :class:`~dilithion.node.context.NodeContext`.
+
+    Called concurrently from the RPC handler threads (the C++ runs every
+    method under one mutex, ``cli 6.3 #33``); it keeps no state of its own and
+    relies on each component's lock (``chainstate.lock`` for multi-step chain
+    reads).
+    """
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self._methods = {name: RPCMethod(name, desc, getattr(self, attr))
+                         for name, desc, attr in _REGISTRY}
+
+    def methods(self) -> dict[str, RPCMethod]:
+        return dict(self._methods)
+
+    # -- component access --------------------------------------------------------
+    _LABELS = {"blockchain": "Blockchain", "chainstate": "Chain state", "mempool": "Mempool",
+               "utxo_set": "UTXO set", "miner": "Miner", "connman": "P2P connection manager",
+               "broadcaster": "Broadcaster"}
+
+    def _need(self, *components: str):
+        """The first named component, after checking all of them in C++ order."""
+        found = []
+        for name in components:
+            value = getattr(self.ctx, name, None)
+            if value is None:
+                raise RPCError(RPC_INTERNAL_ERROR, f"{self._LABELS[name]} not initialized")
+            found.append(value)
+        return found[0] if len(found) == 1 else found
+
+    # -- chain ---------------------------------------------------------------------
+    @rpc_method("getblockcount", "Get the current block height")
+    def rpc_getblockcount(self) -> int:
+        return self._need("chainstate").height()
+
+    @rpc_method("getbestblockhash", "Get the hash of the best (tip) block")
+    def rpc_getbestblockhash(self) -> str:
+        _, cs = self._need("blockchain", "chainstate")
+        tip = cs.tip()
+        if tip is None:
+            raise RPCError(RPC_INTERNAL_ERROR, "Failed to read best block")
+        return tip.hash.get_hex()
+
+    @rpc_method("getblockhash", "Get block hash by height")
+    def rpc_getblockhash(self, height: int) -> dict:
+        """``{"blockhash": ...}`` as the C++, but always the main-chain block (``cli 6.3 #37``)."""
+        cs, _ = self._need("chainstate", "blockchain")
+        if height < 0:
+            raise RPCError(RPC_INVALID_PARAMETER, "Height parameter out of range")
+        block_hash = cs.main_chain_hash_at(height)
+        if block_hash is None:
+            raise RPCError(RPC_INVALID_PARAMETER, f"No block found at height {height}")
+        return {"blockhash": block_hash.get_hex()}
+
+    @rpc_method("getblock", "Get block by hash")
+    def rpc_getblock(self, hash: str) -> dict:  # noqa: A002 - the RPC parameter's name
+        _, cs = self._need("blockchain", "chainstate")
+        block_hash = _parse_hash(hash, "hash")
+        with cs.lock:
+            block = cs.get_block(block_hash)
+            if block is None:
+                raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Block not found")
+            index = cs.get_index(block_hash)
+            height = index.height if index is not None else -1
+            on_main = index is not None and cs.main_chain_hash_at(height) == block_hash
+            confirmations = cs.height() - height + 1 if on_main else -1
+        h = block.header
+        txids = self._block_txids(block)
+        return {
+            "hash": block_hash.get_hex(),
+            "height": height,
+            "version": h.version,
+            "previousblockhash": Uint256(h.hash_prev_block).get_hex(),
+            "merkleroot": Uint256(h.hash_merkle_root).get_hex(),
+            "time": h.time,
+            "bits": f"0x{h.bits:x}",
+            "nonce": h.nonce,
+            "tx_count": len(txids) if txids is not None else int(bool(block.vtx)),
+            # additions (not in the C++ result)
+            "confirmations": confirmations,
+            "tx": txids if txids is not None else [],
+        }
+
+    @staticmethod
+    def _block_txids(block) -> list[str] | None:
+        """Display txids of the block's transactions, None if ``vtx`` does not parse."""
+        from dilithion.consensus.validation import block_transactions
+        try:
+            return [tx.get_hash()[::-1].hex() for tx in block_transactions(block)]
+        except (SerializationError, ValueError):
+            return None
+
+    @rpc_method("getblockchaininfo", "Get blockchain information")
+    def rpc_getblockchaininfo(self) -> dict:
+        _, cs = self._need("blockchain", "chainstate")
+        params = self.ctx.chain_params
+        with cs.lock:
+            tip = cs.tip()
+            if tip is None:
+                raise RPCError(RPC_INTERNAL_ERROR, "Failed to read best block")
+            return {
+                "chain": _chain_name(params),
+                "blocks": tip.height,
+                "bestblockhash": tip.hash.get_hex(),
+                "difficulty": compact_to_big(params.pow_max_bits) / compact_to_big(tip.bits),
+                "mediantime": get_median_time_past(tip),
+                "chainwork": f"{tip.chain_work:064x}",
+            }
+
+    @rpc_method("getchaintips", "Get the tip of the active chain")
+    def rpc_getchaintips(self) -> list:
+        cs = self._need("chainstate")
+        tip = cs.tip()
+        if tip is None:
+            return []
+        return [{"height": tip.height, "hash": tip.hash.get_hex(), "branchlen": 0,
+                 "status": "active"}]
+
+    # -- mempool and transactions -----------------------------------------------------
+    @rpc_method("getmempoolinfo", "Get mempool statistics")
+    def rpc_getmempoolinfo(self) -> dict:
+        mempool = self._need("mempool")
+        rates = [entry.fee / max(1, entry.size) for entry in mempool.get_ordered_txs()]
+        size_bytes = mempool.total_bytes()
+        return {"size": mempool.size(), "bytes": size_bytes, "usage": size_bytes,
+                "min_fee_rate": float(f"{min(rates):.6g}") if rates else 0,
+                "max_fee_rate": float(f"{max(rates):.6g}") if rates else 0}
+
+    @rpc_method("getrawmempool", "List the txids in the mempool (highest fee rate first)")
+    def rpc_getrawmempool(self) -> list:
+        mempool = self._need("mempool")
+        return [Uint256(entry.tx.get_hash()).get_hex() for entry in mempool.get_ordered_txs()]
+
+    @rpc_method("sendrawtransaction", "Broadcast a raw transaction to the network")
+    def rpc_sendrawtransaction(self, hex: str) -> str:  # noqa: A002
+        """Validate, add to the mempool and announce (the C++ never announces, ``net`` tx relay)."""
+        self._need("mempool", "utxo_set", "chainstate")
+        tx = _parse_tx_hex(hex)
+        from dilithion.node.mempool import TxValidationError, accept_to_memory_pool
+        try:
+            txid = accept_to_memory_pool(self.ctx, tx)
+        except TxValidationError as exc:
+            raise RPCError(RPC_VERIFY_REJECTED, f"Transaction rejected: {exc}") from None
+        txid = Uint256(bytes(txid))
+        if self.ctx.broadcaster is not None:
+            self.ctx.broadcaster.broadcast_tx(txid)
+        else:
+            logger.warning(f"[RPC] tx {txid.short()}... accepted but not announced: no broadcaster")
+        return txid.get_hex()
+
+    @rpc_method("decoderawtransaction", "Decode a raw transaction")
+    def rpc_decoderawtransaction(self, hex: str) -> dict:  # noqa: A002
+        tx = _parse_tx_hex(hex)
+        return {"txid": Uint256(tx.get_hash()).get_hex(), "version": tx.version,
+                "locktime": tx.lock_time, "vin_count": len(tx.vin), "vout_count": len(tx.vout)}
+
+    # -- network -------------------------------------------------------------------
+    @rpc_method("getpeerinfo", "Get peer information")
+    def rpc_getpeerinfo(self) -> list:
+        connman = self.ctx.connman
+        return [] if connman is None else connman.peer_info()
+
+    @rpc_method("getnetworkinfo", "Get network information")
+    def rpc_getnetworkinfo(self) -> dict:
+        """The real user agent and protocol (the C++ reports constants that it does not use)."""
+        connman = self.ctx.connman
+        return {"version": _package_version(), "subversion": USER_AGENT.decode("ascii"),
+                "protocolversion": PROTOCOL_VERSION,
+                "connections": connman.connected_count() if connman is not None else 0}
+
+    @rpc_method("addnode", "Connect to a peer (command add, onetry or remove)")
+    def rpc_addnode(self, node: str, command: str = "add") -> None:
+        """``add``/``onetry`` dial the peer now; ``remove`` disconnects it (C++: no-op)."""
+        if command not in ("add", "onetry", "remove"):
+            raise RPCError(RPC_INVALID_PARAMETER,
+                           f"Invalid command parameter: {command} (expected add, remove or onetry)")
+        connman = self._need("connman")
+        host, port = _parse_node_address(node, self.ctx.chain_params.p2p_port)
+        if command == "remove":
+            self._disconnect_matching(connman, host, port, node)
+            return None
+        if connman.connect(host, port) is None:
+            raise RPCError(RPC_MISC_ERROR, f"Failed to connect to {node}")
+        return None
+
+    @rpc_method("disconnectnode", "Disconnect a peer by address or node id")
+    def rpc_disconnectnode(self, address: str | None = None, nodeid: int | None = None) -> None:
+        if (address is None) == (nodeid is None):
+            raise RPCError(RPC_INVALID_PARAMETER, "Give exactly one of address or nodeid")
+        connman = self._need("connman")
+        if nodeid is not None:
+            if not any(_peer_id(p) == nodeid for p in connman.peer_info()):
+                raise RPCError(RPC_CLIENT_NODE_NOT_CONNECTED,
+                               f"Node not found in connected nodes: {nodeid}")
+            connman.disconnect(nodeid, "disconnectnode")
+            return None
+        host, port = _parse_node_address(address, self.ctx.chain_params.p2p_port)
+        self._disconnect_matching(connman, host, port, address)
+        return None
+
+    @staticmethod
+    def _disconnect_matching(connman, host: str, port: int, text: str) -> None:
+        matches = [_peer_id(p) for p in connman.peer_info() if _peer_address(p) == (host, port)]
+        if not matches:
+            raise RPCError(RPC_CLIENT_NODE_NOT_CONNECTED, f"Node not found in connected nodes: {text}")
+        for peer_id in matches:
+            connman.disconnect(peer_id, "disconnectnode")
+
+    @rpc_method("getbroadcastinfo", "Get block/transaction broadcast queue diagnostics")
+    def rpc_getbroadcastinfo(self) -> dict:
+        return self._need("broadcaster").diagnostics()
+
+    # -- mining ----------------------------------------------------------------------
+    @rpc_method("getmininginfo", "Get mining status and hashrate")
+    def rpc_getmininginfo(self) -> dict:
+        miner = self._need("miner")
+        cs = self.ctx.chainstate
+        return {"mining": miner.is_mining(), "hashrate": int(miner.get_hash_rate()),
+                "threads": miner.thread_count(),
+                "blocks": cs.height() if cs is not None else -1,
+                "chain": _chain_name(self.ctx.chain_params)}
+
+    @rpc_method("startmining", "Start mining on the node's key")
+    def rpc_startmining(self) -> bool:
+        miner = self._need("miner")
+        if not miner.is_mining():
+            miner.start()
+            logger.info(f"[RPC] Mining started with {miner.thread_count()} threads")
+        return True
+
+    @rpc_method("stopmining", "Stop mining")
+    def rpc_stopmining(self) -> bool:
+        miner = self._need("miner")
+        if miner.is_mining():
+            miner.stop()
+            logger.info("[RPC] Mining stopped")
+        return True
+
+    # -- control ---------------------------------------------------------------------
+    @rpc_method("help", "This help message (help <command>: that command only)")
+    def rpc_help(self, command: str | None = None):
+        lines = {name: f"{name} - {m.description}" for name, m in self._methods.items()}
+        if command is None:
+            return {"commands": list(lines.values())}
+        if command not in lines:
+            raise RPCError(RPC_INVALID_PARAMETER, f"Unknown command: {command}")
+        return lines[command]
+
+    @rpc_method("stop", "Stop the Dilithion node")
+    def rpc_stop(self, confirm: bool = True) -> str:
+        """Stops the whole node (the C++ stops only its RPC server, ``cli 6.3 #36``).
+
+        ``confirm`` is accepted for C++ clients but not required, as in
+        bitcoind; an explicit ``false`` refuses.
+        """
+        if not confirm:
+            raise RPCError(RPC_INVALID_PARAMETER, "Shutdown not confirmed (confirm is false)")
+        logger.info("[RPC] stop requested: shutting down the node")
+        self.ctx.shutdown_requested.set()
+        return "Dilithion node stopping"
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("dilithion")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _peer_id(info: dict):
+    return info.get("id", info.get("peer_id"))
+
+
+def _peer_address(info: dict) -> tuple[str, int] | None:
+    """(ip, port) of a ``peer_info`` entry, whatever its address key is called."""
+    if "ip" in info and "port" in info:
+        return str(info["ip"]), int(info["port"])
+    text = info.get("addr") or info.get("address")
+    if not isinstance(text, str):
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
