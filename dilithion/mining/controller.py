@@ -243,13 +243,13 @@ class MiningController:
             return []
         budget = self._ctx.chain_params.max_block_size - COINBASE_RESERVE_BYTES
         chosen: list[tuple[Transaction, int]] = []
-        for entry in mempool.get_ordered_txs():
-            tx, fee = _tx_and_fee(entry)
-            size = len(tx.serialize())
-            if size > budget:
-                break     # stop rather than skip: a later child may need this parent
-            budget -= size
-            chosen.append((tx, fee))
+        # Pooled transactions spend only confirmed outputs (the mempool admits no
+        # in-pool chains), so any subset in fee-rate order is a valid block body.
+        for entry in mempool.get_ordered_entries():
+            if entry.size > budget:
+                continue
+            budget -= entry.size
+            chosen.append((entry.tx, entry.fee))
         return chosen
 
     # ------------------------------------------------------------------ threads
@@ -362,9 +362,3 @@ def _log_block_found(block: Block, block_hash: Uint256) -> None:
                  "======================================", ""):
         logger.info(line)
 
-
-def _tx_and_fee(entry) -> tuple[Transaction, int]:
-    """Accept the mempool's ordered entries as ``(tx, fee)`` pairs or as entry objects."""
-    if isinstance(entry, tuple):
-        return entry[0], int(entry[1])
-    return entry.tx, int(entry.fee)
