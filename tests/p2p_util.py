@@ -12,7 +12,7 @@ import time
 from dilithion.net.protocol import MsgVerack, MsgVersion, decode_payload
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, MessageHeader, NetMessage, calculate_checksum
 
-__all__ = ["RawPeer", "frame", "frame_raw"]
+__all__ = ["RawPeer", "NodeFactory", "frame", "frame_raw", "metric", "wait_until"]
 
 
 def frame(magic: int, msg) -> bytes:
@@ -114,3 +114,47 @@ class RawPeer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true (returns True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class NodeFactory:
+    """Builds started ConnectionManagers on fresh contexts and stops them all at the end.
+
+    Each manager gets its own context, metrics and peer table, so bans of the
+    shared loopback host never leak between tests.
+    """
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self.managers = []
+
+    def __call__(self, params=None, **kwargs):
+        from dilithion.core.chainparams import ChainParams
+        from dilithion.net.net import ConnectionManager
+        from dilithion.node.context import NodeContext
+        from dilithion.node.metrics import NodeMetrics
+
+        ctx = NodeContext(params or ChainParams.regtest(), self.tmp_path / f"n{len(self.managers)}",
+                          metrics=NodeMetrics(process_metrics=False))
+        cm = ConnectionManager(ctx, **kwargs)
+        cm.start()
+        self.managers.append(cm)
+        return cm
+
+    def stop_all(self) -> None:
+        for cm in self.managers:
+            cm.stop()
+
+
+def metric(cm, name: str, **labels) -> float:
+    """Current value of a sample in the manager's node metrics (0 when absent)."""
+    return cm.ctx.metrics.registry.get_sample_value(name, labels) or 0.0

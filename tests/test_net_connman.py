@@ -1,0 +1,317 @@
+"""ConnectionManager on real loopback sockets: handshakes, limits, timers,
+slow readers, dead peers and shutdown (net D-11, D-13, D-19, D-20, D-26)."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from dilithion.core.chainparams import ChainParams
+from dilithion.net.protocol import (Inv, MsgBlock, MsgGetaddr, MsgInv, MsgPing, MsgPong, MsgVerack,
+                                    MsgVersion)
+from dilithion.primitives.block import Block, BlockHeader, Uint256
+
+from p2p_util import NodeFactory, RawPeer, frame, frame_raw, metric, wait_until
+
+MAGIC = ChainParams.regtest().magic
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    factory = NodeFactory(tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+def _ids(cm):
+    return [p.id for p in cm.peer_manager.handshake_complete_peers()]
+
+
+def test_handshake_both_directions(nodes):
+    a, b = nodes(), nodes()
+    events = {"a": [], "b": []}
+    a.add_handshake_listener(lambda p: events["a"].append(p.id))
+    b.add_handshake_listener(lambda p: events["b"].append(p.id))
+    ab = a.connect("127.0.0.1", b.listen_port)
+    ba = b.connect("127.0.0.1", a.listen_port)
+    assert a.wait_for_handshake(ab, 5) and b.wait_for_handshake(ba, 5)
+    assert wait_until(lambda: len(events["a"]) == 2 and len(events["b"]) == 2)
+    for cm in (a, b):
+        info = cm.peer_info()
+        assert sorted(i["inbound"] for i in info) == [False, True]
+        assert all(i["handshake"] and i["subver"] == "/DilithionPy:0.1.0/" for i in info)
+        assert metric(cm, "connected_peers_count") == 2
+
+
+def test_version_first_and_verack_only_once(nodes):
+    """Our version precedes our verack; a second version is scored, not demoting (D-11)."""
+    cm = nodes()
+    with RawPeer(cm.listen_port, MAGIC) as raw:
+        assert raw.recv_message().command == "version"
+        raw.send(MsgVersion(nonce=42, user_agent=b"/p2p_util:0.1/"))
+        raw.wait_for("verack")
+        raw.send(MsgVerack())
+        assert wait_until(lambda: _ids(cm))
+        raw.send(MsgVersion(nonce=43, user_agent=b"/again/"))
+        raw.send(MsgPing(9))
+        raw.wait_for("pong")  # nothing but the pong came back: no second verack
+        peer = cm.peer_manager.handshake_complete_peers()[0]
+        assert peer.is_handshake_complete() and peer.misbehavior_score == 10
+        assert peer.user_agent == b"/p2p_util:0.1/"
+
+
+def test_verack_before_version_and_no_gating_for_ping(nodes):
+    cm = nodes()
+    got = []
+    cm.register_handler("inv", lambda p, m: got.append(m))
+    with RawPeer(cm.listen_port, MAGIC) as raw:
+        raw.send(MsgInv([Inv(2, bytes(32))]))  # before the handshake: ignored
+        raw.send(MsgPing(1))                    # ping is answered in any state
+        assert raw.wait_for("pong").nonce == 1
+        raw.send(MsgVerack())
+        raw.send(MsgVersion(nonce=5))
+        raw.wait_for("verack")
+        assert wait_until(lambda: _ids(cm))
+        raw.send(MsgInv([Inv(2, b"\x01" * 32)]))
+        assert wait_until(lambda: got)
+        assert got == [MsgInv([Inv(2, b"\x01" * 32)])]
+
+
+def test_unknown_command_ignored_without_penalty(nodes):
+    cm = nodes()
+    with RawPeer(cm.listen_port, MAGIC) as raw:
+        raw.handshake()
+        raw.send_raw(frame_raw(MAGIC, "getheaders", b"\x00" * 10))
+        raw.send(MsgPing(3))
+        raw.wait_for("pong")
+        assert cm.peer_info()[0]["banscore"] == 0
+
+
+def test_handler_errors_are_scored_or_logged_and_thread_survives(nodes):
+    cm = nodes()
+    calls = []
+
+    def bad_value(peer, msg):
+        calls.append("value")
+        raise ValueError("no such block")
+
+    def crash(peer, msg):
+        calls.append("crash")
+        raise RuntimeError("bug")
+
+    cm.register_handler("inv", bad_value)
+    cm.register_handler("getaddr", crash)
+    with RawPeer(cm.listen_port, MAGIC) as raw:
+        raw.handshake()
+        raw.send(MsgInv([]))
+        raw.send(MsgGetaddr())
+        raw.send(MsgPing(4))
+        raw.wait_for("pong")
+        assert wait_until(lambda: calls == ["value", "crash"])
+        assert wait_until(lambda: cm.peer_info()[0]["banscore"] == 10)
+        raw.send(MsgInv([]))
+        assert wait_until(lambda: calls.count("value") == 2)
+
+
+def test_self_connection_detected(nodes):
+    cm = nodes()
+    closed = []
+    cm.add_disconnect_listener(lambda p, reason: closed.append(reason))
+    pid = cm.connect("127.0.0.1", cm.listen_port)
+    assert pid is not None
+    assert not cm.wait_for_handshake(pid, 3)
+    assert wait_until(lambda: cm.connected_count() == 0 and len(closed) == 2)
+    assert "self-connection" in closed
+
+
+def test_outbound_limit_and_connect_validation(nodes):
+    target = nodes()
+    cm = nodes(max_outbound=2)
+    assert cm.connect("127.0.0.1", target.listen_port) is not None
+    assert cm.connect("localhost", target.listen_port) is not None
+    assert cm.connect("127.0.0.1", target.listen_port) is None      # D-26: 8 (here 2) enforced
+    assert cm.connect("not-an-ip", 1) is None
+    assert cm.connect("127.0.0.1", 0) is None
+
+
+def test_connect_refused_is_removed(nodes):
+    cm = nodes()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    pid = cm.connect("127.0.0.1", port)
+    assert pid is not None
+    assert wait_until(lambda: cm.peer_manager.get_peer(pid) is None)
+    assert metric(cm, "socket_errors_total") >= 1
+
+
+def _block_message(size: int) -> MsgBlock:
+    header = BlockHeader(1, Uint256.ZERO, Uint256.ZERO, 0, 0x207fffff, 0)
+    return MsgBlock(Block(header, b"\xab" * size))
+
+
+def test_slow_reader_is_cut_at_send_deadline_without_delaying_others(nodes):
+    cm = nodes(send_timeout_ms=500, send_queue_cap=64 * 1024 * 1024)
+    with RawPeer(cm.listen_port, MAGIC, rcvbuf=4096) as slow, RawPeer(cm.listen_port, MAGIC) as fast:
+        slow.handshake()
+        fast.handshake()
+        assert wait_until(lambda: len(_ids(cm)) == 2)
+        slow_id = next(p.id for p in cm.peer_manager.get_all_peers()
+                       if p.port == slow.sock.getsockname()[1])
+        big = _block_message(1024 * 1024)
+        sent = 0
+        while sent < 24:  # far more than loopback kernel buffers hold
+            assert cm.send_message(slow_id, big)
+            sent += 1
+        assert cm.queued_bytes(slow_id) > 0
+        # the other peer is served at once while the slow one is stuck
+        for n in range(5):
+            t0 = time.monotonic()
+            fast.send(MsgPing(n))
+            assert fast.wait_for("pong").nonce == n
+            assert time.monotonic() - t0 < 0.2
+        t0 = time.monotonic()
+        assert wait_until(lambda: cm.peer_manager.get_peer(slow_id) is None, timeout=5)
+        assert time.monotonic() - t0 < 2.0
+        assert metric(cm, "send_timeout_errors_total") == 1
+        assert metric(cm, "peer_disconnections_total", reason="send_timeout") == 1
+        assert slow.is_closed(5)  # socket really closed (D-20)
+        fast.send(MsgPing(99))
+        assert fast.wait_for("pong").nonce == 99
+
+
+def test_send_queue_backpressure(nodes):
+    cm = nodes(send_timeout_ms=10_000, send_queue_cap=256 * 1024)
+    with RawPeer(cm.listen_port, MAGIC, rcvbuf=4096) as slow:
+        slow.handshake()
+        assert wait_until(lambda: _ids(cm))
+        pid = _ids(cm)[0]
+        msg = _block_message(64 * 1024)
+        results = [cm.send_message(pid, msg) for _ in range(200)]
+        assert results[0] and not all(results)
+        assert cm.queued_bytes(pid) <= 256 * 1024 + 70 * 1024
+    assert cm.send_message(12345, MsgPing(1)) is False
+
+
+def test_send_timeout_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIL_SEND_TIMEOUT", "1234")
+    factory = NodeFactory(tmp_path)
+    try:
+        assert factory().send_timeout == pytest.approx(1.234)
+        assert factory(send_timeout_ms=700).send_timeout == pytest.approx(0.7)
+    finally:
+        factory.stop_all()
+    monkeypatch.delenv("DIL_SEND_TIMEOUT")
+    factory = NodeFactory(tmp_path / "x")
+    try:
+        assert factory().send_timeout == 5.0                           # regtest default
+        assert factory(ChainParams.mainnet()).send_timeout == 10.0
+    finally:
+        factory.stop_all()
+
+
+def test_peer_killed_mid_stream(nodes):
+    cm = nodes()
+    closed = []
+    cm.add_disconnect_listener(lambda p, reason: closed.append((p.id, reason)))
+    with RawPeer(cm.listen_port, MAGIC) as other:
+        other.handshake()
+        victim = RawPeer(cm.listen_port, MAGIC)
+        victim.handshake()
+        assert wait_until(lambda: len(_ids(cm)) == 2)
+        data = frame(MAGIC, MsgInv([Inv(2, bytes(32))] * 100))
+        victim.send_raw(data[: len(data) // 2])
+        victim.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        victim.close()  # RST, mid-message
+        assert wait_until(lambda: len(closed) == 1 and cm.connected_count() == 1)
+        other.send(MsgPing(1))
+        assert other.wait_for("pong").nonce == 1
+
+
+def test_inbound_limit_with_200_simultaneous_peers(nodes):
+    cm = nodes(max_peers=125)
+    socks = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", cm.listen_port), timeout=5)
+            socks.append(s)
+        assert wait_until(lambda: cm.peer_manager.get_connection_count() == 125, timeout=10)
+        time.sleep(0.3)
+        closed = 0
+        for s in socks:
+            s.settimeout(0.5)
+            try:
+                data = s.recv(4096)  # accepted ones get our version, refused ones EOF
+            except (TimeoutError, ConnectionError):
+                data = b"?"
+            closed += data == b""
+        assert closed == 75
+        assert cm.peer_manager.get_connection_count() == 125
+    finally:
+        for s in socks:
+            s.close()
+    assert wait_until(lambda: cm.peer_manager.get_connection_count() == 0, timeout=10)
+
+
+def test_keepalive_ping_and_inactivity_timeout(nodes):
+    cm = nodes(ping_interval=0.2, inactivity_timeout=0.8)
+    with RawPeer(cm.listen_port, MAGIC) as lively, RawPeer(cm.listen_port, MAGIC) as silent:
+        lively.handshake()
+        silent.handshake()
+        assert wait_until(lambda: len(_ids(cm)) == 2)
+        lively_port = lively.sock.getsockname()[1]
+        deadline = time.monotonic() + 2.0
+        pings = 0
+        while time.monotonic() < deadline:  # answer every ping for longer than the timeout
+            ping = lively.wait_for("ping", 1.0)
+            lively.send(MsgPong(ping.nonce))
+            pings += 1
+        assert pings >= 3
+        assert silent.is_closed(2)
+        peers = cm.peer_manager.handshake_complete_peers()
+        assert [p.port for p in peers] == [lively_port]
+        assert peers[0].ping_time is not None
+        assert metric(cm, "peer_disconnections_total", reason="timeout") == 1
+
+
+def test_handshake_timeout(nodes):
+    cm = nodes(handshake_timeout=0.4)
+    with RawPeer(cm.listen_port, MAGIC) as mute:
+        assert mute.recv_message().command == "version"
+        t0 = time.monotonic()
+        assert mute.is_closed(3)
+        assert 0.3 < time.monotonic() - t0 < 2.0
+    assert cm.connected_count() == 0
+
+
+def test_stop_joins_quickly_with_peers(nodes, tmp_path):
+    a, b = nodes(), nodes()
+    for _ in range(3):
+        b.connect("127.0.0.1", a.listen_port)
+    raws = [RawPeer(a.listen_port, MAGIC) for _ in range(5)]
+    assert wait_until(lambda: a.peer_manager.get_connection_count() == 8)
+    t0 = time.monotonic()
+    a.stop()
+    assert time.monotonic() - t0 < 1.0
+    assert not any(t.name.startswith("p2p") and t.is_alive() and t in (a._net_thread, a._msg_thread)
+                   for t in threading.enumerate())
+    assert all(r.is_closed(2) for r in raws)
+    assert wait_until(lambda: b.connected_count() == 0)
+    for r in raws:
+        r.close()
+
+
+def test_disconnect_api_closes_socket(nodes):
+    cm = nodes()
+    reasons = []
+    cm.add_disconnect_listener(lambda p, r: reasons.append(r))
+    with RawPeer(cm.listen_port, MAGIC) as raw:
+        raw.handshake()
+        assert wait_until(lambda: _ids(cm))
+        cm.disconnect(_ids(cm)[0], "test says so")
+        assert raw.is_closed(2)
+    assert wait_until(lambda: reasons == ["test says so"])
+    assert metric(cm, "peer_disconnections_total", reason="requested") == 1
