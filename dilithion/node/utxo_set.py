@@ -102,7 +102,7 @@ def _encode_undo(prev_best: BestBlock | None,
         s.write_uint8(0)
     else:
         s.write_uint8(1).write(_BEST_VALUE.pack(prev_best.hash, prev_best.height))
-    s.write_uint32(len(before))
+    s.write_compact_size(len(before))
     for outpoint, coin in before:
         outpoint.serialize_to(s)
         if coin is None:
@@ -165,7 +165,9 @@ class UTXOSet:
             if next(self._db.iterator(include_value=False), None) is not None:
                 raise UTXOStorageError(f"{self.path} holds a database without a format marker "
                                        f"(not a Python chainstate; the C++ layout is not read)")
-            self._db.put(_VERSION, bytes((FORMAT_VERSION,)), sync=self._sync)
+            with self._db.write_batch(transaction=True, sync=self._sync) as batch:
+                batch.put(_VERSION, bytes((FORMAT_VERSION,)))
+                batch.put(_STATS, _STATS_VALUE.pack(0, 0, 0))
         elif version != bytes((FORMAT_VERSION,)):
             raise UTXOStorageError(f"{self.path} has chainstate format {version.hex()}, "
                                    f"this node reads {FORMAT_VERSION}")
