@@ -14,7 +14,7 @@ from dilithion.crypto.mldsa import (ADDRESS_VERSION, PUBLIC_KEY_SIZE, SEED_SIZE,
                                     extract_pub_key_hash, hash_pub_key, pub_key_hash_to_address,
                                     verify)
 from dilithion.crypto.randomx_hash import RANDOMX_KEY, RandomXHasher
-from dilithion.crypto.sha3 import sha3_256, sha3_256d, sha3_512
+from dilithion.crypto.sha3 import sha3_256, sha3_256_uint256, sha3_256d, sha3_512
 
 REFERENCE_PUBKEY = bytes(i & 0xFF for i in range(1952))
 
@@ -30,6 +30,9 @@ def test_sha3_is_fips202_not_keccak():
     assert sha3_512(b"abc") == hashlib.sha3_512(b"abc").digest()
     assert sha3_256d(b"") == sha3_256(sha3_256(b""))
     assert sha3_256d(b"")[:4].hex() == "a1292c11"       # the empty-payload message checksum
+    assert sha3_256_uint256(bytes(32)) == sha3_256(bytes(32))
+    with pytest.raises(ValueError):
+        sha3_256_uint256(bytes(31))
 
 
 # -- RandomX --------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from dilithion.consensus.pow import (MAX_UINT256, add_chain_work, big_to_compact,
+from dilithion.consensus.pow import (BLOCK_TARGET_SPACING, MAX_UINT256, add_chain_work,
+                                     big_to_compact, chain_work_greater_than,
                                      calculate_block_subsidy, calculate_next_work_required,
                                      check_block_timestamp, check_proof_of_work, compact_to_big,
                                      get_block_proof, get_median_time_past, get_next_work_required,
@@ -99,6 +100,14 @@ def test_block_proof_edge_cases():
     assert get_block_proof(0x03000001) == ((2**64 - 1) % 2**24) << (8 * 29)
     assert get_block_proof(0x02000100) == ((2**64 - 1) // 0x100 % 2**16) << (8 * 30)
     assert get_block_proof(0x01000001) == MAX_UINT256          # the word shifts to zero
+
+
+def test_chain_work_greater_than_is_strict_and_numeric():
+    low = Uint256.from_int(5)
+    high = Uint256(bytes(31) + b"\x01")          # memcmp-smaller, numerically larger
+    assert chain_work_greater_than(high, low) and not chain_work_greater_than(low, high)
+    assert not chain_work_greater_than(low, 5) and chain_work_greater_than(6, low)
+    assert BLOCK_TARGET_SPACING == 240
 
 
 def test_chain_work_accumulates_and_saturates():

@@ -66,6 +66,8 @@ def test_header_layout_is_80_le_bytes():
                    + bytes.fromhex("0000061f") + b"\xff" * 4)
     assert BlockHeader.deserialize(raw) == h
     assert not h.is_null() and BlockHeader().is_null()
+    h.set_null()
+    assert h.is_null() and h.serialize() == bytes(80)
 
 
 def test_header_holds_uint256_even_when_given_plain_bytes():
@@ -165,6 +167,8 @@ def test_coinbase_predicate_and_null():
     two_null_inputs = Transaction(vin=[TxIn(), TxIn()])
     assert not two_null_inputs.is_coinbase()
     assert TxOut().is_null() and not TxOut(1).is_null()
+    spend.set_null()
+    assert spend.is_null() and spend == Transaction()
 
 
 def test_value_out_overflow():

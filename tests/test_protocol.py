@@ -6,7 +6,8 @@ import pytest
 from dilithion.net.protocol import (CPP_USER_AGENT, MAINNET_MAGIC, MAX_INV_SIZE, MESSAGE_TYPES,
                                     TESTNET_MAGIC, Address, Inv, InvType, MsgAddr, MsgBlock,
                                     MsgGetaddr, MsgGetdata, MsgInv, MsgPing, MsgPong, MsgTx,
-                                    MsgVerack, MsgVersion, decode_payload)
+                                    MsgVerack, MsgVersion, MessageType, decode_payload,
+                                    get_message_command)
 from dilithion.net.serialize import NetMessage, SerializationError, ser_compact_size
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
@@ -136,6 +137,14 @@ def test_decode_payload_dispatch_and_unknown_commands():
     assert decode_payload("verack", b"ignored") == MsgVerack()
     for unknown in ("getheaders", "headers", "getblocks", "mempool", "reject", "nonsense"):
         assert decode_payload(unknown, b"\x00" * 5) is None
+
+
+def test_message_type_names_match_the_command_classes():
+    names = [get_message_command(t) for t in MessageType]
+    assert names[:10] == [cls.command for cls in (MsgVersion, MsgVerack, MsgPing, MsgPong, MsgGetaddr,
+                                                  MsgAddr, MsgInv, MsgGetdata, MsgBlock, MsgTx)]
+    assert names[10:] == ["getheaders", "headers", "getblocks", "mempool", "reject"]
+    assert get_message_command(99) == "unknown"
 
 
 def test_message_equality_is_by_type_and_fields():

@@ -15,10 +15,13 @@ __all__ = [
     "MAX_UINT256", "compact_to_big", "big_to_compact", "hash_less_than", "check_proof_of_work",
     "get_block_proof", "add_chain_work", "retarget", "calculate_next_work_required",
     "get_next_work_required", "get_median_time_past", "check_block_timestamp",
-    "calculate_block_subsidy", "MAX_FUTURE_BLOCK_TIME", "MEDIAN_TIME_SPAN",
+    "calculate_block_subsidy", "MAX_FUTURE_BLOCK_TIME", "MEDIAN_TIME_SPAN", "BLOCK_TARGET_SPACING",
+    "chain_work_greater_than",
 ]
 
 MAX_UINT256 = (1 << 256) - 1
+#: ``pow.h`` constant; unused by the C++ (chain params' ``blockTime`` is what retargets use).
+BLOCK_TARGET_SPACING = 240
 MAX_FUTURE_BLOCK_TIME = 7200
 MEDIAN_TIME_SPAN = 11
 
@@ -53,6 +56,11 @@ def big_to_compact(target: int) -> int:
 def hash_less_than(block_hash: bytes | int, target: int) -> bool:
     """Numeric ``hash < target`` over the little-endian value (equal is not less)."""
     return _as_int(block_hash) < target
+
+
+def chain_work_greater_than(a: bytes | int, b: bytes | int) -> bool:
+    """``ChainWorkGreaterThan``: numeric ``a > b``; ties keep the current tip."""
+    return _as_int(a) > _as_int(b)
 
 
 def check_proof_of_work(block_hash: bytes | int, bits: int,

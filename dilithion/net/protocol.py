@@ -30,7 +30,7 @@ __all__ = [
     "CPP_USER_AGENT", "USER_AGENT", "ServiceFlags", "InvType", "Inv", "Address", "MessageHeader",
     "NetMessage", "SerializationError", "MsgVersion", "MsgVerack", "MsgPing", "MsgPong",
     "MsgGetaddr", "MsgAddr", "MsgInv", "MsgGetdata", "MsgBlock", "MsgTx", "MESSAGE_TYPES",
-    "decode_payload",
+    "decode_payload", "MessageType", "get_message_command",
 ]
 
 PROTOCOL_VERSION = 70001
@@ -50,6 +50,37 @@ class ServiceFlags(enum.IntFlag):
     NODE_BLOOM = 4
     NODE_WITNESS = 8
     NODE_NETWORK_LIMITED = 1024
+
+
+class MessageType(enum.IntEnum):
+    """``NetProtocol::MessageType``; the last five are defined but never sent or handled."""
+
+    MSG_VERSION = 0
+    MSG_VERACK = 1
+    MSG_PING = 2
+    MSG_PONG = 3
+    MSG_GETADDR = 4
+    MSG_ADDR = 5
+    MSG_INV = 6
+    MSG_GETDATA = 7
+    MSG_BLOCK = 8
+    MSG_TX = 9
+    MSG_GETHEADERS = 10
+    MSG_HEADERS = 11
+    MSG_GETBLOCKS = 12
+    MSG_MEMPOOL = 13
+    MSG_REJECT = 14
+
+
+def get_message_command(msg_type: MessageType) -> str:
+    """``GetMessageCommand``: the wire name, e.g. ``MSG_GETDATA`` -> ``"getdata"``.
+
+    Values outside the enum give ``"unknown"``, as the C++ ``default`` case does.
+    """
+    try:
+        return MessageType(msg_type).name[4:].lower()
+    except ValueError:
+        return "unknown"
 
 
 class InvType(enum.IntEnum):

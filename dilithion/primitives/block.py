@@ -120,7 +120,12 @@ class BlockHeader:
         s.expect_end("block header")
         return header
 
+    def set_null(self) -> None:
+        self.version, self.time, self.bits, self.nonce = 0, 0, 0, 0
+        self.hash_prev_block = self.hash_merkle_root = Uint256.ZERO
+
     def is_null(self) -> bool:
+        """``IsNull``: the C++ looks only at ``nBits``."""
         return self.bits == 0
 
     def get_hash(self, hasher) -> Uint256:

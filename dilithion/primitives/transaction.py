@@ -139,6 +139,9 @@ class Transaction:
     def get_serialized_size(self) -> int:
         return len(self.serialize())
 
+    def set_null(self) -> None:
+        self.version, self.vin, self.vout, self.lock_time = 1, [], [], 0
+
     def is_null(self) -> bool:
         return not self.vin and not self.vout
 
