@@ -631,26 +631,25 @@ class ConnectionManager:
         if conn.closed:
             return
         conn.closed = True
+        peer = conn.peer
+        m = self.ctx.metrics
+        if m is not None:  # counted first, so an observer of the closed socket sees it
+            m.peer_disconnections.labels(reason=category).inc()
         if conn.mask:
             try:
                 self._selector.unregister(conn.sock.sock)
             except (KeyError, ValueError):
                 pass
             conn.mask = 0
+        with self._cs_conns:
+            self._conns.pop(peer.id, None)
+        self._local_nonces.discard(conn.local_nonce)
+        self.peer_manager.remove_peer(peer.id)
         conn.sock.close()
         conn.sendq.clear()
-        with self._cs_conns:
-            self._conns.pop(conn.peer.id, None)
-        self._local_nonces.discard(conn.local_nonce)
-        peer = conn.peer
-        was_complete = peer.is_handshake_complete()
-        self.peer_manager.remove_peer(peer.id)
         logger.info(f"[P2P] Peer {peer.id} ({peer.address()}) disconnected: {reason}")
-        m = self.ctx.metrics
         if m is not None:
-            m.peer_disconnections.labels(reason=category).inc()
-            if was_complete:
-                m.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
+            m.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
         with self._handshake_cond:
             self._handshake_cond.notify_all()
         self._handler_queue.put(("closed", peer, reason))
