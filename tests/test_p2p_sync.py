@@ -1,0 +1,234 @@
+"""Block relay between real nodes: fetch, orphan walk-back, catch-up, relay along a line.
+
+Every test uses real sockets on loopback, real LevelDB chain state in tmp dirs
+and real RandomX; the mined regtest chain is shared for the session.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dilithion.net.protocol import (CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetdata, MsgInv,
+                                    MsgPing, MsgVersion)
+from dilithion.node import p2p_handlers
+from dilithion.primitives.block import Block, BlockHeader, Uint256
+from p2p_node_util import REGTEST, Node, regtest_chain, wait_until
+from p2p_util import RawPeer
+
+BLOCK = InvType.MSG_BLOCK_INV
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    made: list[Node] = []
+
+    def make(name: str, **kw) -> Node:
+        node = Node(tmp_path / name, **kw)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def raw_peer(node: Node, agent: bytes = b"/p2p_util:0.1/", start_height: int = 0,
+             relay: bool = True) -> RawPeer:
+    pm = node.connman.peer_manager
+    last_id = max((p.id for p in pm.get_all_peers()), default=0)
+    peer = RawPeer(node.port, REGTEST.magic)
+    peer.handshake(MsgVersion(timestamp=int(time.time()), nonce=7, user_agent=agent,
+                              start_height=start_height, relay=relay))
+    assert wait_until(lambda: any(p.id > last_id for p in pm.handshake_complete_peers()))
+    return peer
+
+
+def next_commands(peer: RawPeer, until: str = "pong", timeout: float = 5.0) -> list:
+    """Decoded messages up to (excluding) the first ``until``; a ping sent first
+    makes the node's pong the end marker, so silence is observable."""
+    from dilithion.net.protocol import decode_payload
+    peer.send(MsgPing(99))
+    out = []
+    while True:
+        msg = peer.recv_message(timeout)
+        assert msg is not None, "connection closed"
+        if msg.command == until:
+            return out
+        if msg.command != "ping":
+            out.append((msg.command, decode_payload(msg.command, msg.payload)))
+
+
+# --------------------------------------------------------------------------- catch-up
+def test_fresh_node_catches_up_300_blocks(nodes):
+    chain = regtest_chain(300)
+    server = nodes("server")
+    server.load(chain)
+    fresh = nodes("fresh")
+    started = time.monotonic()
+    fresh.connect_to(server)
+    assert wait_until(lambda: fresh.height() == 300, timeout=60), fresh.height()
+    elapsed = time.monotonic() - started
+    assert fresh.chain.tip().hash == chain[300][1]
+    assert elapsed < 60
+    # Every block was learned from an inv and timed until connected.
+    assert wait_until(lambda: fresh.metric("block_propagation_time_seconds_count",
+                                           {"role": "receive"}) == 300)
+    # Nothing is left waiting.
+    assert fresh.handlers.in_flight_count() == 0
+
+
+def test_catch_up_batches_continue_on_getdata_and_on_echo(nodes, monkeypatch):
+    """C++-style peer: from height 1, ascending batches; the next batch follows a
+    getdata for the batch's last hash, or the C++ echo (block) of it."""
+    monkeypatch.setattr(p2p_handlers, "INV_BATCH", 10)
+    chain = regtest_chain(25)
+    node = nodes("n")
+    node.load(chain)
+    peer = raw_peer(node, agent=CPP_USER_AGENT, start_height=0)
+    first = peer.wait_for("inv")
+    assert [i.hash for i in first.inv] == [bytes(h) for _, h in chain[1:11]]
+    assert all(i.type == BLOCK for i in first.inv)
+    # getdata for everything in the batch: blocks come back in order, then batch 2.
+    peer.send(MsgGetdata(first.inv))
+    for _, h in chain[1:11]:
+        got = peer.wait_for("block")
+        assert got.block.get_hash(node.ctx.hasher) == h
+    second = peer.wait_for("inv")
+    assert [i.hash for i in second.inv] == [bytes(h) for _, h in chain[11:21]]
+    # The C++ echo of the last hash (it already had it) also continues.
+    peer.send(MsgBlock(chain[20][0]))
+    third = peer.wait_for("inv")
+    assert [i.hash for i in third.inv] == [bytes(h) for _, h in chain[21:26]]
+    peer.send(MsgGetdata(third.inv[-1:]))
+    assert peer.wait_for("block").block.header.serialize() == chain[25][0].header.serialize()
+    # Caught up: no further inv.
+    assert [c for c, _ in next_commands(peer)] == []
+    peer.close()
+
+
+def test_python_peer_is_announced_from_its_start_height(nodes):
+    chain = regtest_chain(12)
+    node = nodes("n")
+    node.load(chain)
+    peer = raw_peer(node, start_height=9)
+    inv = peer.wait_for("inv")
+    assert [i.hash for i in inv.inv] == [bytes(h) for _, h in chain[10:13]]
+    peer.close()
+    # A peer that is not behind gets no catch-up inv.
+    level = raw_peer(node, start_height=12)
+    assert [c for c, _ in next_commands(level)] == []
+    level.close()
+
+
+def test_cpp_peer_never_gets_a_block_whose_parent_it_may_lack(nodes):
+    chain = regtest_chain(4)
+    node = nodes("n")
+    peer = raw_peer(node, agent=CPP_USER_AGENT)
+    node.load(chain[1:2])
+    inv1 = peer.wait_for("inv")
+    assert [i.hash for i in inv1.inv] == [bytes(chain[1][1])]   # parent = genesis
+    # The peer does not fetch block 1; blocks 2 and 3 arrive meanwhile.
+    node.load(chain[2:4])
+    inv2 = peer.wait_for("inv")
+    # Never block 2 or 3 alone: a batch that starts at the first block it lacks.
+    assert [i.hash for i in inv2.inv][0] == bytes(chain[1][1])
+    assert [i.hash for i in inv2.inv] == [bytes(h) for _, h in chain[1:1 + len(inv2.inv)]]
+    peer.close()
+
+
+# --------------------------------------------------------------------------- fetching
+def test_unknown_block_inv_is_fetched_once_and_known_ones_are_not_echoed(nodes):
+    chain = regtest_chain(3)
+    node = nodes("n")
+    node.load(chain[:2])
+    peer = raw_peer(node, start_height=3)
+    known, unknown = bytes(chain[1][1]), bytes(chain[2][1])
+    peer.send(MsgInv([Inv(BLOCK, known), Inv(BLOCK, unknown), Inv(BLOCK, unknown)]))
+    peer.send(MsgInv([Inv(BLOCK, unknown)]))     # in flight: not requested again
+    got = next_commands(peer)
+    assert got == [("getdata", MsgGetdata([Inv(BLOCK, unknown)]))]   # no block echo (net D-14)
+    peer.send(MsgBlock(chain[2][0]))
+    assert wait_until(lambda: node.metric("block_propagation_time_seconds_count",
+                                          {"role": "receive"}) == 1)
+    assert node.height() == 2
+    peer.close()
+
+
+def test_orphan_walks_back_to_genesis_through_the_sender(nodes):
+    """Fed only the tip, a fresh node asks the sender for each missing parent in turn."""
+    chain = regtest_chain(20)
+    node = nodes("n")
+    peer = raw_peer(node)
+    by_hash = {bytes(h): b for b, h in chain}
+    peer.send(MsgBlock(chain[20][0]))
+    requested = []
+    while node.height() < 20:
+        getdata = peer.wait_for("getdata", timeout=10)
+        assert len(getdata.inv) == 1 and getdata.inv[0].type == BLOCK
+        requested.append(getdata.inv[0].hash)
+        peer.send(MsgBlock(by_hash[getdata.inv[0].hash]))
+        if len(requested) == 19:
+            break
+    assert requested == [bytes(h) for _, h in reversed(chain[1:20])]
+    assert wait_until(lambda: node.height() == 20, timeout=10)
+    assert node.chain.tip().hash == chain[20][1]
+    peer.close()
+
+
+def test_getdata_serves_stored_blocks_and_ignores_unknown(nodes):
+    chain = regtest_chain(2)
+    node = nodes("n")
+    node.load(chain)
+    peer = raw_peer(node, start_height=2)
+    unknown = bytes(32)
+    peer.send(MsgGetdata([Inv(BLOCK, unknown), Inv(BLOCK, bytes(chain[2][1])),
+                          Inv(BLOCK, bytes(chain[0][1]))]))
+    got = next_commands(peer)
+    assert [c for c, _ in got] == ["block", "block"]      # no notfound (net D-15)
+    assert got[0][1].block.serialize() == chain[2][0].serialize()
+    assert got[1][1].block.serialize() == chain[0][0].serialize()
+    peer.close()
+
+
+def test_invalid_block_gets_the_sender_banned(nodes):
+    chain = regtest_chain(1)
+    node = nodes("n")
+    peer = raw_peer(node)
+    good = chain[1][0]
+    # A target no hash can meet: proof of work fails.
+    bad = Block(BlockHeader(good.header.version, good.header.hash_prev_block,
+                            good.header.hash_merkle_root, good.header.time, 0x03000001,
+                            good.header.nonce), good.vtx)
+    peer.send(MsgBlock(bad))
+    assert peer.is_closed(timeout=5)
+    assert node.connman.peer_manager.is_banned("127.0.0.1")
+    assert node.height() == 0
+
+
+# --------------------------------------------------------------------------- relay
+def test_block_entering_at_a_reaches_c_through_b(nodes):
+    a, b, c = nodes("a"), nodes("b"), nodes("c")
+    a.connect_to(b)
+    b.connect_to(c)
+    chain = regtest_chain(3)
+    for height in (1, 2, 3):
+        a.load(chain[height:height + 1])           # as if A had mined it
+        assert wait_until(lambda: c.height() == height, timeout=10), (height, c.height())
+    assert c.chain.tip().hash == chain[3][1]
+    assert wait_until(lambda: c.metric("block_propagation_time_seconds_count",
+                                       {"role": "receive"}) == 3)
+    assert b.metric("block_propagation_time_seconds_count", {"role": "announce"}) >= 3
+    assert a.metric("block_propagation_time_seconds_count", {"role": "announce"}) == 3
+
+
+def test_received_block_is_not_announced_back_to_its_sender(nodes):
+    chain = regtest_chain(1)
+    node = nodes("n")
+    sender = raw_peer(node)
+    other = raw_peer(node)
+    sender.send(MsgBlock(chain[1][0]))
+    assert other.wait_for("inv").inv == [Inv(BLOCK, bytes(chain[1][1]))]
+    assert [c for c, _ in next_commands(sender)] == []
+    sender.close()
+    other.close()
