@@ -101,6 +101,8 @@ class MiningController:
             from dilithion.node.wallet_key import load_or_create_mining_key
             pub_key_hash = load_or_create_mining_key(ctx.datadir).pub_key_hash()
         self._pub_key_hash = bytes(pub_key_hash)
+        #: Seconds before a template is rebuilt without a tip change (tests shorten it).
+        self.template_refresh_seconds = TEMPLATE_REFRESH_SECONDS
 
         self._lifecycle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -136,6 +138,15 @@ class MiningController:
 
     def is_mining(self) -> bool:
         return self._mining
+
+    def worker_hashes(self) -> list[int]:
+        """Hashes per worker since the last :meth:`start`."""
+        return list(self._hashes)
+
+    def current_template(self) -> BlockTemplate | None:
+        """The template the workers are grinding now (``None`` before the first build)."""
+        job = self._job
+        return job.template if job is not None else None
 
     def total_hashes(self) -> int:
         """Hashes computed since the last :meth:`start`."""
@@ -216,7 +227,7 @@ class MiningController:
                     and time.monotonic() < self._job.expires:
                 return self._job          # another worker was quicker
             resumed = self._job is None or self._job.template.height != template.height
-            self._job = _Job(template, generation, time.monotonic() + TEMPLATE_REFRESH_SECONDS)
+            self._job = _Job(template, generation, time.monotonic() + self.template_refresh_seconds)
             job = self._job
         if resumed:
             logger.info(f"[Mining] Resumed mining on block height {template.height}")
