@@ -7,6 +7,7 @@ of 100+ regtest blocks costs milliseconds instead of RandomX hashes.  The block
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from dilithion.consensus.tx_validation import Coin, sign_input
@@ -103,3 +104,16 @@ class RegtestChain:
         coin = self.utxo.get(outpoint)
         assert coin is not None, f"coinbase of height {height} is spent or missing"
         return outpoint, coin
+
+
+class TipHeight:
+    """The two members of ``ChainState`` that ``accept_to_memory_pool`` reads
+    (``height()`` and ``lock``), answered from a :class:`RegtestChain`, so mempool
+    tests need neither RandomX nor a blocks database."""
+
+    def __init__(self, chain: RegtestChain) -> None:
+        self._chain = chain
+        self.lock = threading.RLock()
+
+    def height(self) -> int:
+        return self._chain.height

@@ -20,6 +20,7 @@ The best-block marker lets start-up compare the set with the block database.
 """
 from __future__ import annotations
 
+import contextlib
 import struct
 import threading
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from dilithion.consensus.tx_validation import Coin
 from dilithion.consensus.validation import (BlockValidationError, CoinsViewCache,
                                             apply_transactions, block_transactions, check_block)
 from dilithion.net.serialize import DataStream, SerializationError
+from dilithion.node.blockchain_storage import StorageError
 from dilithion.primitives.block import Block, Uint256
 from dilithion.primitives.transaction import OutPoint
 
@@ -52,8 +54,8 @@ _BEST_VALUE = struct.Struct("<32sI")  # raw block hash, height
 _STATS_VALUE = struct.Struct("<QQQ")  # coin count, total amount (low, high 64 bits)
 
 
-class UTXOStorageError(RuntimeError):
-    """The chainstate database cannot be opened or holds data in another format."""
+class UTXOStorageError(StorageError):
+    """The chainstate database cannot be opened, written, or holds data in another format."""
 
 
 class UTXOStateError(RuntimeError):
@@ -254,7 +256,7 @@ class UTXOSet:
             overlay = CoinsViewCache(self)
             apply_transactions(overlay, txs, height)
             changes = list(overlay.changes())
-            with self._db.write_batch(transaction=True, sync=self._sync) as batch:
+            with self._writing(block_hash), self._db.write_batch(transaction=True, sync=self._sync) as batch:
                 for outpoint, _, after in changes:
                     self._put_coin(batch, outpoint, after)
                 batch.put(_UNDO + block_hash,
@@ -288,7 +290,7 @@ class UTXOSet:
                                      f"{block.header.hash_prev_block.short()}, its undo record "
                                      f"restores {prev_best.hash.short()}")
             changes = [(op, self.get(op), coin) for op, coin in before]
-            with self._db.write_batch(transaction=True, sync=self._sync) as batch:
+            with self._writing(block_hash), self._db.write_batch(transaction=True, sync=self._sync) as batch:
                 for outpoint, _, restored in changes:
                     self._put_coin(batch, outpoint, restored)
                 self._put_stats(batch, changes)
@@ -297,6 +299,15 @@ class UTXOSet:
                     batch.delete(_BEST)
                 else:
                     batch.put(_BEST, _BEST_VALUE.pack(prev_best.hash, prev_best.height))
+
+    @contextlib.contextmanager
+    def _writing(self, block_hash: Uint256):
+        """Turn LevelDB write failures (disk full, I/O) into one operator-facing error."""
+        try:
+            yield
+        except plyvel.Error as exc:
+            raise UTXOStorageError(f"cannot write block {block_hash.short()} to chainstate "
+                                   f"{self.path}: {exc}") from exc
 
     @staticmethod
     def _put_coin(batch, outpoint: OutPoint, coin: Coin | None) -> None:
