@@ -501,7 +501,7 @@ class ConnectionManager:
         conn.connecting = False
         conn.opened = conn.last_recv_mono = conn.last_send_mono = time.monotonic()
         peer.connect_time = time.time()
-        peer.state = State.STATE_CONNECTED
+        self.peer_manager.transition(peer, (State.STATE_CONNECTING,), State.STATE_CONNECTED)
         logger.info(f"[P2P] Connected to {peer.address()} (peer_id={peer.id})")
         self._update_interest(conn)
         self._handler_queue.put(("connected", conn))
@@ -614,7 +614,7 @@ class ConnectionManager:
             if not conn.read_paused and now - conn.last_recv_mono > self.inactivity_timeout:
                 self._close(conn, f"inactivity timeout ({self.inactivity_timeout:g} s)", "timeout")
                 continue
-            if now - conn.last_send_mono > self.ping_interval:
+            if not conn.sendq and now - conn.last_send_mono > self.ping_interval:
                 conn.ping_nonce = secrets.randbits(64)
                 conn.ping_sent = now
                 if self._enqueue(conn, MsgPing(conn.ping_nonce)):
@@ -740,8 +740,7 @@ class ConnectionManager:
         version = MsgVersion(timestamp=int(time.time()), nonce=conn.local_nonce,
                              user_agent=USER_AGENT, start_height=self._start_height(), relay=True)
         if self.send_message(peer.id, version):
-            if peer.state == State.STATE_CONNECTED:
-                peer.state = State.STATE_VERSION_SENT
+            self.peer_manager.transition(peer, (State.STATE_CONNECTED,), State.STATE_VERSION_SENT)
             logger.info(f"[P2P] Sent version message to peer {peer.id}")
         else:
             logger.warning(f"[P2P] Failed to send version to peer {peer.id}")
@@ -775,11 +774,11 @@ class ConnectionManager:
 
     def _maybe_complete(self, conn: Connection) -> None:
         peer = conn.peer
-        if not (peer.version_received and peer.verack_received) or peer.is_handshake_complete():
+        if not (peer.version_received and peer.verack_received):
             return
-        if not peer.is_connected():
-            return
-        peer.state = State.STATE_HANDSHAKE_COMPLETE
+        if not self.peer_manager.transition(peer, (State.STATE_CONNECTED, State.STATE_VERSION_SENT),
+                                            State.STATE_HANDSHAKE_COMPLETE):
+            return  # already complete, or banned / closed meanwhile
         logger.info(f"[P2P] Handshake complete with peer {peer.id}")
         if self.ctx.metrics is not None:
             self.ctx.metrics.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))

@@ -129,9 +129,18 @@ class PeerManager:
     def remove_peer(self, peer_id: int) -> Peer | None:
         with self._cs_peers:
             peer = self._peers.pop(peer_id, None)
-        if peer is not None and peer.state != Peer.State.STATE_BANNED:
-            peer.state = Peer.State.STATE_DISCONNECTED
+            if peer is not None and peer.state != Peer.State.STATE_BANNED:
+                peer.state = Peer.State.STATE_DISCONNECTED
         return peer
+
+    def transition(self, peer: Peer, from_states: "tuple[Peer.State, ...]", to: "Peer.State") -> bool:
+        """Move ``peer`` to ``to`` only if it is in one of ``from_states`` (atomically,
+        so a handshake step never overwrites a concurrent ban or disconnect)."""
+        with self._cs_peers:
+            if peer.state not in from_states:
+                return False
+            peer.state = to
+            return True
 
     def get_peer(self, peer_id: int) -> Peer | None:
         with self._cs_peers:
