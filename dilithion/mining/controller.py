@@ -240,9 +240,12 @@ class MiningController:
         with cs.lock:
             tip = cs.tip()
             bits = next_work_bits(tip, params, self._ctx.strict)
-            # nTime = now, but never at or below the median time past: a fast regtest
-            # chain would otherwise produce blocks that --strict rejects.
-            now = max(int(time.time()), get_median_time_past(tip) + 1)
+            now = int(time.time())
+            if self._ctx.strict:
+                # --strict enforces nTime > median time past, which a fast regtest chain
+                # (many blocks per second) would otherwise break.  Not in default mode:
+                # there it would only push nTime ahead of the clock.
+                now = max(now, get_median_time_past(tip) + 1)
             transactions = self._mempool_transactions()
         return create_block_template(tip.hash, tip.height + 1, bits, self._pub_key_hash,
                                      params, transactions, now=now)

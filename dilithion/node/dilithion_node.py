@@ -194,7 +194,7 @@ No public seed nodes are built in: without --connect/--addnode the node only lis
 
 Environment:
   DIL_LOG_LEVEL         default log level
-  DIL_P2P_LOG=1         log every P2P message (DEBUG lines marked p2p)
+  DIL_P2P_LOG=1         log every P2P message sent and received (at any log level)
   DIL_METRICS_ENABLED=1 with DIL_METRICS_PORT=<port>: serve metrics without --metrics-port
 
 Post-Quantum Security Stack:
@@ -208,8 +208,8 @@ Post-Quantum Security Stack:
 def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> None:
     """One stdout sink (below ERROR) and one stderr sink (ERROR and above).
 
-    ``DIL_P2P_LOG=1`` lets the transport's per-message DEBUG records (``p2p``
-    marker in ``extra``) through even when the level is INFO.
+    ``DIL_P2P_LOG=1`` lets the transport's per-message DEBUG records through even
+    when the level is INFO (the transport writes them only with that variable).
     """
     level = (level or os.environ.get("DIL_LOG_LEVEL") or "INFO").upper()
     if p2p_log is None:
@@ -219,10 +219,8 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> 
 
     def wanted(record) -> bool:
         no = record["level"].no
-        if record["extra"].get("p2p"):
-            # Per-message lines: shown with DIL_P2P_LOG=1 whatever the level,
-            # hidden without it even at DEBUG (they would drown everything else).
-            return no >= debug_no if p2p_log else no > debug_no and no >= threshold
+        if p2p_log and _is_p2p_record(record):
+            return no >= debug_no
         return no >= threshold
 
     def fmt(record) -> str:
@@ -236,6 +234,15 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> 
                filter=lambda r: r["level"].no < error_no and wanted(r))
     logger.add(sys.stderr, level=0, format=fmt, colorize=False,
                filter=lambda r: r["level"].no >= error_no and wanted(r))
+
+
+#: Modules whose DEBUG records are the per-message P2P lines (the transport emits
+#: them only when ``DIL_P2P_LOG=1``; ``logger.bind(p2p=True)`` marks others).
+P2P_LOG_MODULES = ("dilithion.net.net", "dilithion.net.socket")
+
+
+def _is_p2p_record(record) -> bool:
+    return bool(record["extra"].get("p2p")) or record["name"] in P2P_LOG_MODULES
 
 
 # --------------------------------------------------------------------------- peers
@@ -271,10 +278,17 @@ def parse_peer_entry(entry: str) -> tuple[str, int]:
         raise ValueError(f"    [FAIL] Invalid port number in address: {entry} (must be 1-65535)")
     if host == "localhost":
         host = "127.0.0.1"
-    addresses = resolve(host) if host else []
+    looks_numeric = all(part.isdigit() for part in host.split("."))
+    # A malformed dotted quad is refused without asking a resolver.
+    addresses = resolve(host) if host and (not looks_numeric or _is_ipv4(host)) else []
     if not addresses or addresses[0] == "0.0.0.0":
         raise ValueError(f"    [FAIL] Invalid IP address: {host}")
     return addresses[0], port
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 for p in parts)
 
 
 # --------------------------------------------------------------------------- the node
@@ -595,8 +609,11 @@ class DilithionNode:
         if not quiet:
             logger.info("")
             logger.info("Shutting down...")
-        # Components first (they use the databases), databases last: the closers
-        # list is in start-up order, so walking it backwards does exactly that.
+        # Mining first (it feeds the chain and the broadcaster), then the other
+        # components newest first, the databases last: the closers list is in
+        # start-up order, so walking it backwards does exactly that.
+        if self.ctx is not None and self.ctx.miner is not None:
+            self._stop_miner()
         for line, fn in reversed(self._closers):
             if line and not quiet:
                 logger.info(line)
@@ -624,7 +641,9 @@ class _NodeCommand(click.Command):
         except click.NoSuchOption as exc:
             message = f"Unknown option: {_offending_arg(args, exc.option_name)}"
         except click.BadParameter as exc:
-            message = exc.message
+            # Our own types carry the C++ wording; click's (e.g. --log-level) get a prefix.
+            message = exc.message if exc.message.startswith("Error: ") \
+                else f"Error: {exc.format_message()}"
         except click.UsageError as exc:
             message = f"Error: {exc.format_message()}"
             extra_arg = next((a for a in args if not a.startswith("-")), None)
