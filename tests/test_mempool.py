@@ -249,3 +249,19 @@ def test_concurrent_conflicting_adds_admit_one():
     for t in threads:
         t.join()
     assert len(wins) == 1 and len(errors) == 7 and pool.txids() == [wins[0].get_hash()]
+
+
+def test_reorg_drops_entries_whose_inputs_left_the_chain(node, miner):
+    """Disconnecting blocks can remove an input (created in the block) or make a coinbase immature."""
+    funding = pay(node, miner, height=1)
+    node.chain.add_block([(funding, FEE)])                     # height 102
+    child_coin = node.utxo_set.get(OutPoint(funding.get_hash(), 0))
+    child = spend(miner, [(OutPoint(funding.get_hash(), 0), child_coin)],
+                  [(child_coin.value - FEE, p2pkh(miner))])
+    mature = pay(node, miner, height=3)                        # 100 confirmations at block 103
+    accept_to_memory_pool(node, child, now=NOW)
+    accept_to_memory_pool(node, mature, now=NOW)
+    assert node.mempool.remove_unspendable(node.utxo_set, node.chain.height + 1) == []
+    node.chain.disconnect()                                    # back to 101
+    dropped = node.mempool.remove_unspendable(node.utxo_set, node.chain.height + 1)
+    assert set(dropped) == {child.get_hash(), mature.get_hash()} and node.mempool.size() == 0

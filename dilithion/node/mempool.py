@@ -26,6 +26,7 @@ from typing import Iterable
 from loguru import logger
 
 from dilithion.consensus.fees import calculate_fee_rate, fee_rejection_reason
+from dilithion.consensus.params import COINBASE_MATURITY
 from dilithion.consensus.tx_validation import (TxValidationError, check_transaction,
                                                standard_rejection_reason)
 from dilithion.primitives.transaction import OutPoint, Transaction
@@ -188,6 +189,22 @@ class TxMemPool:
             logger.info(f"Mempool: expired {len(old)} transaction(s)")
         return old
 
+    def remove_unspendable(self, view, next_height: int) -> list[bytes]:
+        """After a reorganisation: drop entries whose inputs are gone or now immature.
+
+        ``view`` is the UTXO set at the new tip, ``next_height`` the height of
+        the next block.  Signatures and fees do not depend on the chain, so
+        only input existence and coinbase maturity are rechecked.
+        """
+        with self.lock:
+            doomed = [entry.txid for entry in self._entries.values()
+                      if not _inputs_spendable(entry.tx, view, next_height)]
+            for txid in doomed:
+                self._remove(txid)
+        if doomed:
+            logger.info(f"Mempool: removed {len(doomed)} transaction(s) whose inputs left the chain")
+        return doomed
+
     def clear(self) -> None:
         with self.lock:
             self._entries.clear()
@@ -254,6 +271,14 @@ class TxMemPool:
                 return {"count": 0, "bytes": 0, "min_fee_rate": 0.0, "max_fee_rate": 0.0}
             return {"count": len(self._entries), "bytes": self._bytes,
                     "min_fee_rate": -self._order[-1][0], "max_fee_rate": -self._order[0][0]}
+
+
+def _inputs_spendable(tx: Transaction, view, next_height: int) -> bool:
+    for txin in tx.vin:
+        coin = view.get(txin.prevout)
+        if coin is None or (coin.is_coinbase and next_height - coin.height < COINBASE_MATURITY):
+            return False
+    return True
 
 
 def accept_to_memory_pool(ctx, tx: Transaction, now: int | None = None) -> bytes:
