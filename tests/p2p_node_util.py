@@ -22,7 +22,9 @@ from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.metrics import NodeMetrics
 from dilithion.node.p2p_handlers import P2PHandlers
+from dilithion.net.protocol import MsgPing, MsgVersion, decode_payload
 from dilithion.primitives.block import Block, Uint256
+from p2p_util import RawPeer
 
 REGTEST = ChainParams.regtest()
 #: Owns every coinbase of the session chain (the tx relay tests spend them).
@@ -58,7 +60,7 @@ class Node:
     """One Python node in this process: the real components, wired as the node program does."""
 
     def __init__(self, datadir: Path, params: ChainParams = REGTEST, with_mempool: bool = False,
-                 **connman_kw) -> None:
+                 broadcaster_kw: dict | None = None, **connman_kw) -> None:
         datadir.mkdir(parents=True, exist_ok=True)
         ctx = self.ctx = NodeContext(chain_params=params, datadir=datadir,
                                      hasher=RandomXHasher.for_key())
@@ -74,7 +76,7 @@ class Node:
         self.connman = ConnectionManager(ctx, **connman_kw)
         ctx.connman = self.connman
         ctx.peer_manager = self.connman.peer_manager
-        ctx.broadcaster = AsyncBroadcaster(ctx, self.connman)
+        ctx.broadcaster = AsyncBroadcaster(ctx, self.connman, **(broadcaster_kw or {}))
         self.handlers = P2PHandlers(ctx, self.connman)
         self.connman.start()
         ctx.broadcaster.start()
@@ -105,6 +107,14 @@ class Node:
                           >= 1, timeout)
         return peer_id
 
+    def peer_id_of(self, raw) -> int:
+        """Our id for the connection a ``RawPeer`` made to us."""
+        port = raw.sock.getsockname()[1]
+        for p in self.connman.peer_manager.get_connected_peers():
+            if p.port == port:
+                return p.id
+        raise LookupError(f"no peer from port {port}")
+
     def metric(self, name: str, labels: dict | None = None) -> float:
         value = self.ctx.metrics.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value
@@ -115,3 +125,29 @@ class Node:
         if self.ctx.utxo_set is not None:
             self.ctx.utxo_set.close()
         self.ctx.blockchain.close()
+
+
+def raw_peer(node: Node, agent: bytes = b"/p2p_util:0.1/", start_height: int = 0,
+             relay: bool = True, rcvbuf: int | None = None) -> RawPeer:
+    """A raw test peer that finished the handshake with ``node``."""
+    pm = node.connman.peer_manager
+    last_id = max((p.id for p in pm.get_all_peers()), default=0)
+    peer = RawPeer(node.port, REGTEST.magic, rcvbuf=rcvbuf)
+    peer.handshake(MsgVersion(timestamp=int(time.time()), nonce=7, user_agent=agent,
+                              start_height=start_height, relay=relay))
+    assert wait_until(lambda: any(p.id > last_id for p in pm.handshake_complete_peers()))
+    return peer
+
+
+def next_commands(peer: RawPeer, until: str = "pong", timeout: float = 5.0) -> list:
+    """Decoded messages up to (excluding) the first ``until``; a ping sent first
+    makes the node's pong the end marker, so silence is observable."""
+    peer.send(MsgPing(99))
+    out = []
+    while True:
+        msg = peer.recv_message(timeout)
+        assert msg is not None, "connection closed"
+        if msg.command == until:
+            return out
+        if msg.command != "ping":
+            out.append((msg.command, decode_payload(msg.command, msg.payload)))

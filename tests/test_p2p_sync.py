@@ -9,12 +9,10 @@ import time
 
 import pytest
 
-from dilithion.net.protocol import (CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetdata, MsgInv,
-                                    MsgPing, MsgVersion)
+from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetdata, MsgInv
 from dilithion.node import p2p_handlers
-from dilithion.primitives.block import Block, BlockHeader, Uint256
-from p2p_node_util import REGTEST, Node, regtest_chain, wait_until
-from p2p_util import RawPeer
+from dilithion.primitives.block import Block, BlockHeader
+from p2p_node_util import Node, next_commands, raw_peer, regtest_chain, wait_until
 
 BLOCK = InvType.MSG_BLOCK_INV
 
@@ -31,32 +29,6 @@ def nodes(tmp_path):
     yield make
     for node in made:
         node.close()
-
-
-def raw_peer(node: Node, agent: bytes = b"/p2p_util:0.1/", start_height: int = 0,
-             relay: bool = True) -> RawPeer:
-    pm = node.connman.peer_manager
-    last_id = max((p.id for p in pm.get_all_peers()), default=0)
-    peer = RawPeer(node.port, REGTEST.magic)
-    peer.handshake(MsgVersion(timestamp=int(time.time()), nonce=7, user_agent=agent,
-                              start_height=start_height, relay=relay))
-    assert wait_until(lambda: any(p.id > last_id for p in pm.handshake_complete_peers()))
-    return peer
-
-
-def next_commands(peer: RawPeer, until: str = "pong", timeout: float = 5.0) -> list:
-    """Decoded messages up to (excluding) the first ``until``; a ping sent first
-    makes the node's pong the end marker, so silence is observable."""
-    from dilithion.net.protocol import decode_payload
-    peer.send(MsgPing(99))
-    out = []
-    while True:
-        msg = peer.recv_message(timeout)
-        assert msg is not None, "connection closed"
-        if msg.command == until:
-            return out
-        if msg.command != "ping":
-            out.append((msg.command, decode_payload(msg.command, msg.payload)))
 
 
 # --------------------------------------------------------------------------- catch-up

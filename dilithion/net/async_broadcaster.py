@@ -348,7 +348,9 @@ class AsyncBroadcaster:
     def _peer_stats(self, peer_id: int, now: float) -> _PeerStats:
         stats = self._peers.get(peer_id)
         if stats is None:
-            stats = self._peers[peer_id] = _PeerStats(TokenBucket(self.rate, self.burst, now))
+            # Rate baseline: the connection's byte counter starts at 0.
+            stats = self._peers[peer_id] = _PeerStats(TokenBucket(self.rate, self.burst, now),
+                                                      rate_sample=(now, 0))
         return stats
 
     def _sample_rates(self) -> None:
@@ -360,7 +362,7 @@ class AsyncBroadcaster:
                 stats = self._peer_stats(peer.id, now)
                 t0, b0 = stats.rate_sample
                 sent = int(getattr(peer, "bytes_sent", 0))
-                if t0:
+                if now > t0:
                     stats.send_rate_bps = max(0.0, (sent - b0) / max(1e-6, now - t0))
                 stats.rate_sample = (now, sent)
             live = {p.id for p in peers}

@@ -1,0 +1,211 @@
+"""AsyncBroadcaster against a real transport on loopback: stalled and killed
+peers, 300 receivers, per-peer rate limits, retries, diagnostics and metrics."""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import pytest
+
+from dilithion.net.async_broadcaster import TokenBucket
+from dilithion.net.protocol import Inv, InvType, MsgInv
+from p2p_node_util import Node, next_commands, raw_peer, wait_until
+from p2p_util import RawPeer
+
+BLOCK, TX = InvType.MSG_BLOCK_INV, InvType.MSG_TX_INV
+
+
+def fake_hash(i: int) -> bytes:
+    return i.to_bytes(4, "little") + b"\xab" * 28
+
+
+@pytest.fixture
+def node(tmp_path, request):
+    kw = getattr(request, "param", {})
+    n = Node(tmp_path / "n", **kw)
+    yield n
+    n.close()
+
+
+def fill_send_queue(node: Node, peer_id: int) -> None:
+    """Queue messages for a peer that does not read until the transport refuses
+    even the smallest one and the kernel buffers stay full."""
+    big = MsgInv([Inv(TX, fake_hash(i)) for i in range(1000)])
+    small = MsgInv([Inv(TX, fake_hash(0))])
+    for _round in range(50):
+        accepted = 0
+        for msg in (big, small):
+            while node.connman.send_message(peer_id, msg):
+                accepted += 1
+        if accepted == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the send queue never filled")
+
+
+def abort(raw) -> None:
+    """Close with RST, like a killed process."""
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+
+
+@pytest.mark.parametrize("node", [{"send_queue_cap": 256 * 1024}], indirect=True)
+def test_stalled_peer_never_delays_the_others(node):
+    healthy = [raw_peer(node) for _ in range(9)]
+    stalled = raw_peer(node, rcvbuf=4096)
+    stalled_id = node.peer_id_of(stalled)
+    fill_send_queue(node, stalled_id)
+
+    started = time.perf_counter()
+    node.ctx.broadcaster.broadcast_block(fake_hash(1))
+    returned = time.perf_counter() - started
+    assert returned < 0.010
+    for raw in healthy:
+        assert raw.wait_for("inv", timeout=1.0).inv == [Inv(BLOCK, fake_hash(1))]
+    delivered = time.perf_counter() - started
+    assert delivered < 1.0
+
+    # The stalled peer is retried with backoff, then given up for good.
+    b = node.ctx.broadcaster
+    assert wait_until(lambda: b.diagnostics()["tasks_done"] == 1, timeout=3)
+    diag = b.diagnostics()
+    assert diag["tasks_retried"] == b.max_retries
+    assert diag["peers"][stalled_id]["failed"] == 1
+    assert diag["peers"][stalled_id]["queued_bytes"] > 0
+    assert node.metric("block_broadcast_failures_total") == 1
+    assert node.metric("peer_broadcast_success_rate") == pytest.approx(0.9)
+    assert node.metric("block_propagation_time_seconds_count", {"role": "announce"}) == 1
+    assert diag["last_broadcast_latency_s"] < 1.0
+    for raw in healthy + [stalled]:
+        raw.close()
+
+
+def test_peer_killed_mid_broadcast(node):
+    peers = [raw_peer(node) for _ in range(20)]
+    doomed, survivors = peers[:5], peers[5:]
+    b = node.ctx.broadcaster
+    for i in range(40):
+        b.broadcast_block(fake_hash(i))
+        if i == 10:
+            for raw in doomed:
+                abort(raw)
+    for raw in survivors:
+        got = []
+        while len(got) < 40:
+            got += [item.hash for item in raw.wait_for("inv", timeout=5).inv]
+        assert got == [fake_hash(i) for i in range(40)]
+    assert wait_until(lambda: b.diagnostics()["tasks_done"] + b.diagnostics()["tasks_failed"]
+                      == 40, timeout=5)
+    assert b.diagnostics()["tasks_failed"] == 0           # survivors got every one
+    # The workers are alive and the dead peers are gone from the fan-out.
+    assert wait_until(lambda: len(node.connman.peer_manager.handshake_complete_peers()) == 15)
+    b.broadcast_block(fake_hash(99))
+    for raw in survivors:
+        assert raw.wait_for("inv", timeout=5).inv == [Inv(BLOCK, fake_hash(99))]
+        raw.close()
+
+
+@pytest.mark.parametrize("node", [{"max_peers": 400}], indirect=True)
+def test_300_peers_receive_a_broadcast(node):
+    peers = [raw_peer(node) for _ in range(300)]
+    started = time.perf_counter()
+    node.ctx.broadcaster.broadcast_block(fake_hash(7))
+    assert time.perf_counter() - started < 0.010
+    for raw in peers:
+        assert raw.wait_for("inv", timeout=10).inv == [Inv(BLOCK, fake_hash(7))]
+    elapsed = time.perf_counter() - started
+    assert elapsed < 10
+    diag = node.ctx.broadcaster.diagnostics()
+    assert wait_until(lambda: node.ctx.broadcaster.diagnostics()["tasks_done"] == 1)
+    assert len(diag["peers"]) == 300
+    assert node.metric("peer_broadcast_success_rate") == 1.0
+    for raw in peers:
+        raw.close()
+
+
+@pytest.mark.parametrize("node", [{"broadcaster_kw": {"rate": 5.0, "burst": 2.0}}], indirect=True)
+def test_per_peer_rate_limit_spaces_announcements(node):
+    relaying = raw_peer(node)
+    silent = raw_peer(node, relay=False)          # asked for no tx relay
+    b = node.ctx.broadcaster
+    started = time.perf_counter()
+    for i in range(6):
+        b.broadcast_tx(fake_hash(100 + i))
+    assert time.perf_counter() - started < 0.010
+    arrivals = []
+    for i in range(6):
+        assert relaying.wait_for("inv", timeout=5).inv == [Inv(TX, fake_hash(100 + i))]
+        arrivals.append(time.perf_counter() - started)
+    # Two at once (the burst), then one per 1/rate = 0.2 s.
+    assert arrivals[1] < 0.15
+    assert arrivals[5] >= 0.7
+    assert next_commands(silent) == []
+    # Announced txids are remembered per peer and not announced again.
+    assert not node.ctx.tx_relay.should_announce(node.peer_id_of(relaying), fake_hash(100))
+    relaying.close()
+    silent.close()
+
+
+def test_excluded_and_incomplete_peers_get_nothing(node):
+    a = raw_peer(node)
+    bpeer = raw_peer(node)
+    half = RawPeer(node.port, node.ctx.magic)    # never completes the handshake
+    node.ctx.broadcaster.broadcast_block(fake_hash(5), exclude_peer=node.peer_id_of(a))
+    assert bpeer.wait_for("inv").inv == [Inv(BLOCK, fake_hash(5))]
+    assert next_commands(a) == []
+    # The half-open peer only ever saw our version.
+    half.sock.settimeout(0.3)
+    msg = half.recv_message(0.5)
+    assert msg.command == "version"
+    with pytest.raises(TimeoutError):
+        half.recv_message(0.3)
+    for raw in (a, bpeer, half):
+        raw.close()
+
+
+def test_same_block_is_announced_once(node):
+    raw = raw_peer(node)
+    b = node.ctx.broadcaster
+    b.broadcast_block(fake_hash(3))      # e.g. the miner ...
+    b.broadcast_block(fake_hash(3))      # ... and the tip listener
+    assert raw.wait_for("inv").inv == [Inv(BLOCK, fake_hash(3))]
+    assert next_commands(raw) == []
+    raw.close()
+
+
+def test_diagnostics_and_queue_depth_while_workers_are_stopped(node):
+    b = node.ctx.broadcaster
+    b.stop()
+    for i in range(5):
+        b.broadcast_block(fake_hash(200 + i))
+    diag = b.diagnostics()
+    assert diag["queue_depth"] == 5 and diag["running"] is False
+    assert node.metric("message_queue_depth") == 5
+    b.start()
+    assert wait_until(lambda: b.diagnostics()["queue_depth"] == 0)
+    assert node.metric("message_queue_depth") == 0
+    assert set(diag) >= {"queue_depth", "tasks_done", "tasks_failed", "tasks_retried",
+                         "last_broadcast_latency_s", "peers"}
+
+
+def test_send_rate_is_sampled_per_peer(node):
+    raw = raw_peer(node)
+    pid = node.peer_id_of(raw)
+    b = node.ctx.broadcaster
+    for i in range(50):
+        b.broadcast_block(fake_hash(300 + i))
+    for _ in range(50):
+        raw.wait_for("inv")
+    assert wait_until(lambda: b.diagnostics()["peers"].get(pid, {}).get("send_rate_bps", 0) > 0,
+                      timeout=3)
+    raw.close()
+
+
+def test_token_bucket():
+    bucket = TokenBucket(rate=10.0, burst=3.0, now=100.0)
+    assert [bucket.try_take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.next_token_at(100.0) == pytest.approx(100.1)
+    assert not bucket.try_take(100.05)
+    assert bucket.try_take(100.11)
+    assert bucket.try_take(200.0) and bucket.tokens == pytest.approx(2.0)   # capped at burst
