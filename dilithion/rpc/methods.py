@@ -188,7 +188,7 @@ class NodeRPC:
                 raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Block not found")
             index = cs.get_index(block_hash)
             height = index.height if index is not None else -1
-            on_main = index is not None and cs.main_chain_hash_at(height) == block_hash
+            on_main = index is not None and cs.is_on_main_chain(index)
             confirmations = cs.height() - height + 1 if on_main else -1
         h = block.header
         txids = self._block_txids(block)
@@ -245,17 +245,14 @@ class NodeRPC:
     # -- mempool and transactions -----------------------------------------------------
     @rpc_method("getmempoolinfo", "Get mempool statistics")
     def rpc_getmempoolinfo(self) -> dict:
-        mempool = self._need("mempool")
-        rates = [entry.fee / max(1, entry.size) for entry in mempool.get_ordered_txs()]
-        size_bytes = mempool.total_bytes()
-        return {"size": mempool.size(), "bytes": size_bytes, "usage": size_bytes,
-                "min_fee_rate": float(f"{min(rates):.6g}") if rates else 0,
-                "max_fee_rate": float(f"{max(rates):.6g}") if rates else 0}
+        stats = self._need("mempool").get_stats()
+        return {"size": stats["count"], "bytes": stats["bytes"], "usage": stats["bytes"],
+                "min_fee_rate": _g6(stats["min_fee_rate"]),
+                "max_fee_rate": _g6(stats["max_fee_rate"])}
 
     @rpc_method("getrawmempool", "List the txids in the mempool (highest fee rate first)")
     def rpc_getrawmempool(self) -> list:
-        mempool = self._need("mempool")
-        return [Uint256(entry.tx.get_hash()).get_hex() for entry in mempool.get_ordered_txs()]
+        return [Uint256(txid).get_hex() for txid in self._need("mempool").txids()]
 
     @rpc_method("sendrawtransaction", "Broadcast a raw transaction to the network")
     def rpc_sendrawtransaction(self, hex: str) -> str:  # noqa: A002
@@ -384,6 +381,12 @@ class NodeRPC:
         logger.info("[RPC] stop requested: shutting down the node")
         self.ctx.shutdown_requested.set()
         return "Dilithion node stopping"
+
+
+def _g6(rate: float) -> int | float:
+    """A fee rate as the C++ writes it (``%.6g``; ``0`` when the pool is empty)."""
+    value = float(f"{rate:.6g}")
+    return int(value) if value.is_integer() else value
 
 
 def _package_version() -> str:

@@ -140,6 +140,8 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, body: Any, headers: Mapping[str, str] = {}) -> None:
         data = (body if isinstance(body, str) else _dump(body)).encode("utf-8")
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":        # headerless replies would be unreadable
+            self.request_version = "HTTP/1.0"
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -219,10 +221,11 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
         can destroy the 413 before the client reads it; draining briefly lets
         a client that wrote the whole body still see the answer.
         """
-        self.wfile.flush()
-        remaining = min(length, 16 * self.server.owner.max_request_bytes)
+        remaining = length
         end = time.monotonic() + deadline_s
         try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)    # the client sees EOF after the 413 now
             while remaining > 0 and time.monotonic() < end:
                 self.connection.settimeout(max(0.05, end - time.monotonic()))
                 chunk = self.rfile.read1(min(remaining, 65536))
@@ -356,10 +359,11 @@ class RPCServer:
         if user is None and password is None:
             conf = read_config(self.ctx.datadir / CONF_FILENAME)
             user, password = conf.get("rpcuser"), conf.get("rpcpassword")
-        if user or password:
-            if not (user and password):
-                raise ValueError("rpcuser and rpcpassword must be given together")
+        if user and password:
             self.authenticator.add(user, password)
+        elif user or password:
+            logger.warning("[RPC] rpcuser and rpcpassword must be set together: ignoring them,"
+                           " cookie authentication only")
         self._cookie = CookieFile.create(self.ctx.datadir)
         self.authenticator.add(self._cookie.user, self._cookie.password)
 
