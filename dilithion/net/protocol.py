@@ -10,6 +10,13 @@ turn a payload into an object or back; framing (magic, checksum) lives in
 Layouts are the C++ node's, not Bitcoin's: ``version`` has no address fields and
 a mandatory relay byte (``net D-08``), ``addr`` ports are little-endian
 (``net D-31``), and a block's ``vtx`` is opaque (``net D-33``).
+
+Where the C++ parsers are laxer than this module: they ignore trailing bytes
+after *every* payload, while here only ``version``, ``verack``, ``getaddr``,
+``ping``, ``pong`` and ``block`` ignore them (the C++ never sends trailing bytes
+in ``inv``/``getdata``/``addr``/``tx``); and they resize before checking the
+remaining length (``net D-09``), while here every count and length is checked
+against its limit and the bytes present first.
 """
 from __future__ import annotations
 

@@ -304,7 +304,11 @@ class MessageHeader:
 
 
 class NetMessage:
-    """A framed message (``CNetMessage``): header plus payload."""
+    """A framed message (``CNetMessage``): header plus payload.
+
+    Built by one thread and immutable afterwards, so a broadcaster may hand the
+    same object to every peer's sender thread without a lock.
+    """
 
     __slots__ = ("header", "payload")
 

@@ -135,7 +135,13 @@ class BlockHeader:
 
 @dataclass
 class Block:
-    """A header plus the opaque ``vtx`` bytes (``CBlock``)."""
+    """A header plus the opaque ``vtx`` bytes (``CBlock``).
+
+    Blocks travel between threads (miner, chain state, P2P senders) without a
+    lock: once a block has been handed on, nobody mutates it.  ``deserialize``
+    caps ``vtx`` at 4 MiB (the chain parameters' ``maxBlockSize``) where the
+    C++ has no cap at all (``net D-09``).
+    """
 
     header: BlockHeader = field(default_factory=BlockHeader)
     vtx: bytes = b""
