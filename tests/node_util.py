@@ -83,6 +83,7 @@ class NodeProcess:
         self.stdout_path = workdir / f"{name}.out"
         self.stderr_path = workdir / f"{name}.err"
         self.proc: subprocess.Popen | None = None
+        self._run_offset = 0        # where the current run's stdout starts (restarts append)
 
     def args(self) -> list[str]:
         if not self.explicit_ports:
@@ -93,11 +94,12 @@ class NodeProcess:
 
     def start(self, wait: bool = True, timeout: float = 30.0) -> "NodeProcess":
         self.stdout_path.parent.mkdir(parents=True, exist_ok=True)
+        self._run_offset = len(self.output())
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen([str(NODE_BIN), *self.args()], stdout=out, stderr=err,
                                          env=self.env, cwd=self.workdir)
         if wait:
-            assert wait_until(lambda: "Node Status: RUNNING" in self.output()
+            assert wait_until(lambda: "Node Status: RUNNING" in self.run_output()
                               or self.proc.poll() is not None, timeout), self.describe()
             assert self.proc.poll() is None, self.describe()
         return self
@@ -105,6 +107,10 @@ class NodeProcess:
     # ---- output --------------------------------------------------------------
     def output(self) -> str:
         return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def run_output(self) -> str:
+        """Stdout of the current (latest) run only."""
+        return self.output()[self._run_offset:]
 
     def errors(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

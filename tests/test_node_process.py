@@ -69,10 +69,12 @@ def test_three_nodes_in_a_line_agree_on_the_best_block(line):
 def test_metrics_endpoint_serves_every_metric_and_values_move(line):
     a, b, c = line["A"], line["B"], line["C"]
     height = c.height()
-    families = {f.name for f in NodeMetrics(process_metrics=False).registry.collect()}
+    families = {f.name + ("_total" if f.type == "counter" else ""): f.type
+                for f in NodeMetrics(process_metrics=False).registry.collect()}
+    assert len(families) >= 13
     text = b.metrics_text()
-    for name in families:
-        assert f"# TYPE {name} " in text, name
+    for name, kind in families.items():
+        assert f"# TYPE {name} {kind}" in text, name
     assert a.metric("chain_height") == height == c.metric("chain_height")
     assert c.metric("blocks_connected_total") >= height
     assert b.metric("connected_peers_count") == 2 and c.metric("connected_peers_count") == 1
@@ -133,8 +135,8 @@ def test_stop_by_rpc_sigterm_and_sigint_then_restart_keeps_the_chain(line, tmp_p
     c.start()
     try:
         assert c.best_hash() == best and c.height() == height
-        assert f"[OK] Loaded chain state: {height + 1} blocks (height {height})" in c.output()
-        assert "Mining key loaded" in c.output()
+        assert f"[OK] Loaded chain state: {height + 1} blocks (height {height})" in c.run_output()
+        assert "Mining key loaded" in c.run_output()
     finally:
         c.send_signal(signal.SIGTERM)
         assert c.wait(SHUTDOWN_SECONDS) == 0
