@@ -3,7 +3,6 @@ slow readers, dead peers and shutdown (net D-11, D-13, D-19, D-20, D-26)."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import pytest
@@ -297,8 +296,7 @@ def test_stop_joins_quickly_with_peers(nodes, tmp_path):
     t0 = time.monotonic()
     a.stop()
     assert time.monotonic() - t0 < 1.0
-    assert not any(t.name.startswith("p2p") and t.is_alive() and t in (a._net_thread, a._msg_thread)
-                   for t in threading.enumerate())
+    assert not a._net_thread.is_alive() and not a._msg_thread.is_alive()
     assert all(r.is_closed(2) for r in raws)
     assert wait_until(lambda: b.connected_count() == 0)
     for r in raws:
@@ -345,3 +343,37 @@ def test_connect_timeout(nodes):
         for f in fillers:
             f.close()
         target.close()
+
+
+def test_bind_failure_raises_and_port_is_reported(nodes, tmp_path):
+    a = nodes()
+    with pytest.raises(OSError):
+        NodeFactory(tmp_path / "clash")(listen_port=a.listen_port)
+
+
+def test_per_message_log_with_dil_p2p_log(tmp_path, monkeypatch):
+    from loguru import logger
+    monkeypatch.setenv("DIL_P2P_LOG", "1")
+    lines = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG")
+    factory = NodeFactory(tmp_path)
+    try:
+        cm = factory()
+        with RawPeer(cm.listen_port, MAGIC) as raw:
+            raw.handshake()
+            raw.send(MsgPing(5))
+            raw.wait_for("pong")
+        assert wait_until(lambda: any("recv ping (8 bytes) peer=1" in x for x in lines))
+        assert any("send pong (8 bytes) peer=1" in x for x in lines)
+        assert any("send version" in x for x in lines)
+    finally:
+        factory.stop_all()
+        logger.remove(sink)
+
+
+def test_resolve_ipv4_only():
+    from dilithion.net.dns import resolve
+    assert resolve("127.0.0.1") == ["127.0.0.1"]
+    assert resolve("localhost") == ["127.0.0.1"]
+    assert resolve("") == []
+    assert resolve("::1") == []  # IPv6 is not dialled (net 4.8)

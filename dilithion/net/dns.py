@@ -17,6 +17,8 @@ def resolve(host: str) -> list[str]:
     A dotted-quad literal is returned as is without a lookup; an unknown name
     gives an empty list (the caller reports it), never an exception.
     """
+    if not host:
+        return []
     try:
         _socket.inet_pton(_socket.AF_INET, host)
         return [host]

@@ -179,7 +179,13 @@ class ConnectionManager:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         if self.listen_host is not None:
-            self._listener = Socket.listen(self.listen_host, self.listen_port)
+            try:
+                self._listener = Socket.listen(self.listen_host, self.listen_port)
+            except OSError:
+                self._selector.close()
+                self._wake_r.close()
+                self._wake_w.close()
+                raise
             self.listen_port = self._listener.local_port()
             self._selector.register(self._listener.sock, selectors.EVENT_READ, "listen")
             logger.info(f"[P2P] Listening on {self.listen_host}:{self.listen_port}")
