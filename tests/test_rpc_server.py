@@ -610,3 +610,83 @@ def test_mining_methods(node):
     assert rpc.result("stopmining") is True
     info = rpc.result("getmininginfo")
     assert info["mining"] is False and info["blocks"] >= 12
+
+
+# -- building blocks ----------------------------------------------------------------------------
+def test_rate_limiter_window_lockout_and_cleanup():
+    now = [0.0]
+    limiter = RateLimiter(max_requests_per_window=2, clock=lambda: now[0])
+    assert [limiter.allow_request("a") for _ in range(3)] == [True, True, False]
+    assert limiter.allow_request("b")                                   # per client
+    assert limiter.get_request_count("a") == 2 and limiter.seconds_until_reset("a") == 60
+    now[0] = 59.5
+    assert not limiter.allow_request("a") and limiter.seconds_until_reset("a") == 1
+    now[0] = 60.0                                                       # fixed window restarts
+    assert limiter.allow_request("a") and limiter.get_request_count("a") == 1
+    for _ in range(5):
+        limiter.record_auth_failure("c")
+    assert limiter.is_locked_out("c") and not limiter.is_locked_out("a")
+    now[0] = 60.0 + 299.9
+    assert limiter.is_locked_out("c")
+    now[0] = 60.0 + 300.0
+    assert not limiter.is_locked_out("c")
+    limiter.record_auth_failure("c")                                     # C++: re-locks at once
+    assert limiter.is_locked_out("c")
+    limiter.record_auth_success("c")
+    assert not limiter.is_locked_out("c")
+    now[0] = 60.0 + 3600.0
+    limiter.cleanup_old_records()
+    assert limiter.get_request_count("a") == 0 and limiter.get_request_count("b") == 0
+    unlimited = RateLimiter(max_requests_per_window=0)
+    assert all(unlimited.allow_request("x") for _ in range(1000))
+
+
+def test_config_and_cookie_helpers(tmp_path):
+    from dilithion.rpc.auth import Authenticator, AuthResult, CookieFile, read_config
+    assert read_config(tmp_path / "missing.conf") == {}
+    conf = tmp_path / "dilithion.conf"
+    conf.write_text("  rpcuser = a  \nnot a pair\n=x\n# all comment\nrpcuser=b#c\nrpcpassword=\n")
+    assert read_config(conf) == {"rpcuser": "b", "rpcpassword": ""}
+    cookie = CookieFile.create(tmp_path)
+    (tmp_path / ".cookie").write_text("__cookie__:" + "1" * 64)          # replaced by another node
+    cookie.remove()
+    assert (tmp_path / ".cookie").exists()                               # not ours: kept
+    auth = Authenticator()
+    with pytest.raises(ValueError):
+        auth.add("", "x")
+    auth.add("u", "p:with:colons")
+    assert auth.check(basic_auth_header("u", "p:with:colons")) is AuthResult.OK
+    assert auth.check("basic " + basic_auth_header("u", "p:with:colons")[6:]) is AuthResult.OK
+    assert auth.check(basic_auth_header("u", "p")) is AuthResult.WRONG
+    assert auth.check("Basic dXNlcg==") is AuthResult.MISSING           # no colon
+    assert auth.check(None) is AuthResult.MISSING
+
+
+def test_half_configured_conf_is_ignored_cookie_still_works(tmp_path):
+    (tmp_path / "dilithion.conf").write_text("rpcuser=alice\n")
+    ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
+                      hasher=RandomXHasher.for_key())
+    server, rpc = start_server(ctx)
+    try:
+        assert len(server.authenticator) == 1 and rpc.post('{"method":"help"}')[0] == 200
+    finally:
+        server.stop()
+
+
+def test_rpcbind_ipv6_loopback(tmp_path):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
+                      hasher=RandomXHasher.for_key())
+    server = RPCServer(ctx, host="::1")
+    try:
+        server.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    try:
+        client = RPCClient("::1", server.port, *read_cookie(tmp_path))
+        assert client.call("help", {"command": "stop"}) == "stop - Stop the Dilithion node"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+    finally:
+        server.stop()

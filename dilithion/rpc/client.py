@@ -230,7 +230,8 @@ class RPCClient:
 
     def build_request(self, method: str, params: dict | list | None) -> bytes:
         body = encode_request_body(method, params)
-        headers = [f"POST / HTTP/1.1", f"Host: {self.host}:{self.port}",
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        headers = ["POST / HTTP/1.1", f"Host: {host}:{self.port}",
                    "Content-Type: application/json", f"Content-Length: {len(body)}",
                    "Connection: close"]
         if self._auth:
