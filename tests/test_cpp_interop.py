@@ -1,0 +1,191 @@
+"""Our node against the real C++ node (WillBarton888/dilithion at 0b7ac867).
+
+Runs only when ``DILITHION_CPP_NODE`` names a built ``dilithion-node`` binary.
+The C++ node is started on loopback in testnet mode with ``--connect`` to our
+node only, so it dials nothing else.  What is checked:
+
+* the handshake in both directions (it dials us; we dial it);
+* catch-up of a fresh C++ node: our node announces the vector chain from
+  height 1 in ascending batches (it advertises start height 0, ``net D-08``),
+  the C++ fetches it and reaches height 6 with every block connected and no
+  orphan ever stored (``chain D21``);
+* (slow) a fresh Python node catching up from a mining C++ node, which only
+  ever announces its newest block: our node walks back through the C++ node's
+  ``getdata`` service until the chain connects.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dilithion.core.chainparams import ChainParams
+from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgInv, MsgVersion
+from dilithion.primitives.block import Block, Uint256
+from p2p_node_util import Node, wait_until
+from p2p_util import RawPeer
+
+CPP_NODE = os.environ.get("DILITHION_CPP_NODE", "")
+if not CPP_NODE or not os.access(CPP_NODE, os.X_OK):
+    pytest.skip("DILITHION_CPP_NODE does not name a built C++ dilithion-node binary",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.cpp
+TESTNET = ChainParams.testnet()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CppNode:
+    """The C++ node as a subprocess; its stdout is collected line by line."""
+
+    def __init__(self, datadir: Path, connect_port: int, mine: bool = False) -> None:
+        self.port, self.rpcport = free_port(), free_port()
+        args = [CPP_NODE, "--testnet", f"--datadir={datadir}", f"--port={self.port}",
+                f"--rpcport={self.rpcport}", f"--connect=127.0.0.1:{connect_port}"]
+        if mine:
+            args += ["--mine", "--threads=1"]
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self.proc = subprocess.Popen(args, cwd=datadir.parent, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     text=True, errors="replace")
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float) -> re.Match | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.output())
+            if m:
+                return m
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        return re.search(pattern, self.output())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def vector_chain(cpp_chain) -> list[tuple[Block, Uint256]]:
+    return [(Block.deserialize(bytes.fromhex(b["block_message_payload_hex"]), allow_trailing=True),
+             Uint256.from_hex(b["hash"])) for b in cpp_chain["blocks"]]
+
+
+@pytest.fixture
+def py_node(tmp_path):
+    node = Node(tmp_path / "py", params=TESTNET)
+    yield node
+    node.close()
+
+
+@pytest.fixture
+def cpp_factory(tmp_path):
+    started: list[CppNode] = []
+
+    def start(connect_port: int, mine: bool = False) -> CppNode:
+        cpp = CppNode(tmp_path / f"cpp{len(started)}", connect_port, mine)
+        started.append(cpp)
+        return cpp
+
+    yield start
+    for cpp in started:
+        cpp.stop()
+
+
+def cpp_peers(node: Node) -> list:
+    return [p for p in node.connman.peer_manager.handshake_complete_peers() if p.is_cpp()]
+
+
+def test_handshake_both_ways_and_cpp_catches_up_the_vector_chain(py_node, cpp_factory,
+                                                                 vector_chain):
+    py_node.load(vector_chain[1:])
+    assert py_node.height() == 6
+    cpp = cpp_factory(py_node.port)
+    # It dials us (inbound here) ...
+    assert wait_until(lambda: any(p.inbound for p in cpp_peers(py_node)), timeout=180), \
+        cpp.output()[-3000:]
+    # ... and we dial it.
+    peer_id = None
+    deadline = time.monotonic() + 60
+    while peer_id is None and time.monotonic() < deadline:
+        pid = py_node.connman.connect("127.0.0.1", cpp.port)
+        if pid is not None and py_node.connman.wait_for_handshake(pid, 10):
+            peer_id = pid
+        else:
+            time.sleep(1)
+    assert peer_id is not None
+    assert py_node.connman.peer_manager.get_peer(peer_id).user_agent == CPP_USER_AGENT
+
+    assert cpp.wait_for_line(r"Updated best block to height 6", timeout=180), cpp.output()[-3000:]
+    out = cpp.output()
+    assert "Cannot find parent block" not in out      # nothing stored unconnectable (chain D21)
+    assert "invalid PoW" not in out
+
+    # It has all six: an inv of them is answered with the echo only (net D-14), no getdata.
+    with RawPeer(cpp.port, TESTNET.magic, timeout=30) as probe:
+        probe.handshake(MsgVersion(timestamp=int(time.time()), user_agent=b"/probe:0.1/"),
+                        timeout=30)
+        probe.send(MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(h)) for _, h in vector_chain[1:]]))
+        echoed = []
+        while len(echoed) < 6:
+            msg = probe.recv_message(30)
+            assert msg is not None
+            assert msg.command != "getdata", "the C++ node lacks a block"
+            if msg.command == "block":
+                echoed.append(Block.deserialize(msg.payload, allow_trailing=True)
+                              .header.serialize())
+        assert echoed == [b.header.serialize() for b, _ in vector_chain[1:]]
+
+
+@pytest.mark.slow
+def test_python_node_catches_up_from_a_mining_cpp_node(tmp_path, py_node, cpp_factory):
+    """The C++ mines from scratch (~5 min); we connect once it is at height >= 2 and
+    must end at its height with its tip, fetched by orphan walk-back."""
+    helper = Node(tmp_path / "listener", params=TESTNET)   # something for --connect to reach
+    try:
+        cpp = cpp_factory(helper.port, mine=True)
+        assert cpp.wait_for_line(r"(?s)BLOCK FOUND.*BLOCK FOUND", timeout=600), \
+            cpp.output()[-3000:]
+        pid = None
+        for _ in range(30):
+            pid = py_node.connman.connect("127.0.0.1", cpp.port)
+            if pid is not None and py_node.connman.wait_for_handshake(pid, 10):
+                break
+            time.sleep(1)
+        assert pid is not None
+        # Wait for the next block it finds: announced to us, fetched, walked back.
+        hashes_before = len(re.findall(r"Block hash: ([0-9a-f]{64})", cpp.output()))
+        assert cpp.wait_for_line(r"(?s)" + r"Block hash: [0-9a-f]{64}.*" * (hashes_before + 1),
+                                 timeout=600)
+        found = re.findall(r"Block hash: ([0-9a-f]{64})", cpp.output())
+        assert wait_until(lambda: py_node.height() >= len(found), timeout=120)
+        assert py_node.chain.main_chain_hash_at(len(found)).get_hex() == found[len(found) - 1]
+    finally:
+        helper.close()
