@@ -211,3 +211,29 @@ def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
     finally:
         node.send_signal(signal.SIGTERM)
         assert node.wait(SHUTDOWN_SECONDS) == 0, node.describe()
+
+
+def test_addnode_peer_is_redialled_after_it_restarts(tmp_path):
+    """Also: DIL_P2P_LOG=1 (on B only) shows every message at the default INFO level."""
+    import os
+    a = NodeProcess(tmp_path, "A", ["--connect=none"])
+    b = NodeProcess(tmp_path, "B", env={**os.environ, "DIL_P2P_LOG": "1"})
+    b.extra_args = [f"--addnode=127.0.0.1:{a.p2p_port}"]
+    try:
+        a.start()
+        b.start()
+        assert wait_until(lambda: len(b.rpc("getpeerinfo")) == 1, timeout=10)
+        a.send_signal(signal.SIGTERM)
+        assert a.wait(SHUTDOWN_SECONDS) == 0
+        assert wait_until(lambda: len(b.rpc("getpeerinfo")) == 0, timeout=10)
+        a.start()                                     # same port, same datadir
+        assert wait_until(lambda: len(b.rpc("getpeerinfo")) == 1, timeout=20), b.describe()
+        assert wait_until(lambda: len(a.rpc("getpeerinfo")) == 1, timeout=10)
+        assert f"[P2P] Lost connection to 127.0.0.1:{a.p2p_port}" in b.output()
+        assert f"[P2P] Reconnecting to 127.0.0.1:{a.p2p_port}" in b.output()
+        assert "DEBUG: [P2P] recv version" in b.output()
+        assert "DEBUG: [P2P] send verack" in b.output()
+        assert "[P2P] recv " not in a.output() and "DEBUG" not in a.output()
+    finally:
+        a.kill()
+        b.kill()

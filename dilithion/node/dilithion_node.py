@@ -257,7 +257,8 @@ class _ConfiguredPeer:
     host: str
     port: int
     kind: str                       # "connect" or "addnode"
-    peer_id: int | None = None
+    peer_id: int | None = None       # the current connection, None while waiting to redial
+    was_up: bool = False             # the current connection completed its handshake
     next_attempt: float = 0.0
     delay: float = RECONNECT_INITIAL_DELAY
 
@@ -532,33 +533,44 @@ class DilithionNode:
             self._dial(peer, first=True)
 
     def _dial(self, peer: _ConfiguredPeer, first: bool = False) -> None:
+        """Start one outbound connection (it completes on the network thread)."""
         peer.peer_id = self.ctx.connman.connect(peer.host, peer.port)
+        peer.was_up = False
         if peer.peer_id is not None:
             verb = "Connected to" if peer.kind == "connect" else "Added node"
-            logger.info(f"    [OK] {verb} {peer.entry} (peer_id={peer.peer_id})"
-                        if first else f"[P2P] Reconnecting to {peer.entry} (peer_id={peer.peer_id})")
-            peer.next_attempt = time.monotonic() + peer.delay
-        else:
-            verb = "connect to" if peer.kind == "connect" else "add node"
-            logger.warning(f"    [FAIL] Failed to {verb} {peer.entry}"
-                           if first else f"[P2P] Failed to reconnect to {peer.entry}")
-            peer.next_attempt = time.monotonic() + peer.delay
+            logger.info(f"    [OK] {verb} {peer.entry} (peer_id={peer.peer_id})" if first
+                        else f"[P2P] Reconnecting to {peer.entry} (peer_id={peer.peer_id})")
+            return
+        verb = "connect to" if peer.kind == "connect" else "add node"
+        logger.warning(f"    [FAIL] Failed to {verb} {peer.entry}" if first
+                       else f"[P2P] Failed to reconnect to {peer.entry}")
+        self._schedule_redial(peer, time.monotonic())
+
+    @staticmethod
+    def _schedule_redial(peer: _ConfiguredPeer, now: float) -> None:
+        """Next attempt after ``delay``; the delay doubles while attempts keep failing."""
+        if peer.was_up:
+            peer.delay = RECONNECT_INITIAL_DELAY
+        peer.next_attempt = now + peer.delay
+        if not peer.was_up:
             peer.delay = min(peer.delay * 2, RECONNECT_MAX_DELAY)
+        peer.peer_id = None
+        peer.was_up = False
 
     def _keep_configured_peers(self) -> None:
-        """Redial configured peers whose connection is gone, with exponential back-off."""
+        """Redial configured peers whose connection is gone (main thread, once a second)."""
         pm = self.ctx.connman.peer_manager
         now = time.monotonic()
         for peer in self._peers:
-            current = pm.get_peer(peer.peer_id) if peer.peer_id is not None else None
-            if current is not None:
-                if current.is_handshake_complete():
-                    peer.delay = RECONNECT_INITIAL_DELAY
-                continue
-            if now >= peer.next_attempt:
-                if peer.peer_id is not None:
-                    peer.delay = min(peer.delay * 2, RECONNECT_MAX_DELAY) \
-                        if now - peer.next_attempt < peer.delay else peer.delay
+            if peer.peer_id is not None:
+                current = pm.get_peer(peer.peer_id)
+                if current is not None:
+                    peer.was_up = peer.was_up or current.is_handshake_complete()
+                    continue
+                self._schedule_redial(peer, now)
+                logger.warning(f"[P2P] Lost connection to {peer.entry}; "
+                               f"reconnecting in {peer.next_attempt - now:.0f} s")
+            elif now >= peer.next_attempt:
                 self._dial(peer)
 
     def _start_rpc(self) -> None:
