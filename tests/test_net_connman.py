@@ -204,7 +204,7 @@ def test_send_timeout_from_environment(tmp_path, monkeypatch):
         assert factory(send_timeout_ms=700).send_timeout == pytest.approx(0.7)
     finally:
         factory.stop_all()
-    monkeypatch.delenv("DIL_SEND_TIMEOUT")
+    monkeypatch.setenv("DIL_SEND_TIMEOUT", "soon")  # not a number: ignored with a warning
     factory = NodeFactory(tmp_path / "x")
     try:
         assert factory().send_timeout == 5.0                           # regtest default

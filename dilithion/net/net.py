@@ -59,9 +59,12 @@ def _send_timeout_from(ctx, explicit_ms: int | None) -> float:
     env = os.environ.get("DIL_SEND_TIMEOUT")
     if env:
         try:
-            return int(env) / 1000.0
+            ms = int(env)
         except ValueError:
-            logger.warning(f"[P2P] Ignoring DIL_SEND_TIMEOUT={env!r}: not a number of milliseconds")
+            ms = 0
+        if ms > 0:
+            return ms / 1000.0
+        logger.warning(f"[P2P] Ignoring DIL_SEND_TIMEOUT={env!r}: not a positive number of ms")
     return ctx.chain_params.send_timeout_ms / 1000.0
 
 
