@@ -399,7 +399,7 @@ class ConnectionManager:
                     elif tag == "listen":
                         self._accept_all()
                     elif not tag.closed:
-                        self._service(tag, mask)
+                        self._guarded(tag, self._service, tag, mask)
                 self._run_ops()
                 now = time.monotonic()
                 if now >= next_maintenance:
@@ -429,11 +429,22 @@ class ConnectionManager:
             ops, self._ops = self._ops, deque()
             flush_ids, self._flush_ids = self._flush_ids, set()
         for op in ops:
-            op()
+            self._guarded(None, op)
         for peer_id in flush_ids:
             conn = self._conns.get(peer_id)
             if conn is not None and not conn.closed and not conn.connecting:
-                self._flush(conn)
+                self._guarded(conn, self._flush, conn)
+
+    def _guarded(self, conn: Connection | None, fn: Callable, *args) -> None:
+        """Run one unit of network-thread work; a bug in it costs at most that
+        connection, never the thread and the other peers."""
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception(f"[P2P] Internal error on the network thread"
+                             + (f" (peer {conn.peer.id})" if conn is not None else ""))
+            if conn is not None and not conn.closed:
+                self._close(conn, "internal error", "error")
 
     def _new_connection(self, peer: Peer, sock: Socket, connecting: bool) -> Connection:
         conn = Connection(peer, sock, FrameReader(self.magic, self.recv_buffer_cap - MESSAGE_HEADER_SIZE),
@@ -602,32 +613,35 @@ class ConnectionManager:
 
     def _maintenance(self, now: float) -> None:
         for conn in self._snapshot():
-            if conn.closed:
-                continue
-            peer = conn.peer
-            if conn.connecting:
-                if now - conn.opened > self.connect_timeout:
-                    self._close(conn, f"connect timeout ({self.connect_timeout:g} s)", "timeout")
-                continue
-            if conn.sendq and now - conn.sendq.progress_time > self.send_timeout:
-                logger.warning(f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
-                               f"bytes for {self.send_timeout * 1000:.0f} ms with "
-                               f"{conn.sendq.queued_bytes()} bytes queued")
-                self._metric("send_timeout_errors")
-                self._close(conn, "send timeout", "send_timeout")
-                continue
-            if not peer.is_handshake_complete():
-                if now - conn.opened > self.handshake_timeout:
-                    self._close(conn, f"handshake timeout ({self.handshake_timeout:g} s)", "timeout")
-                continue
-            if not conn.read_paused and now - conn.last_recv_mono > self.inactivity_timeout:
-                self._close(conn, f"inactivity timeout ({self.inactivity_timeout:g} s)", "timeout")
-                continue
-            if not conn.sendq and now - conn.last_send_mono > self.ping_interval:
-                conn.ping_nonce = secrets.randbits(64)
-                conn.ping_sent = now
-                if self._enqueue(conn, MsgPing(conn.ping_nonce)):
-                    self._flush(conn)
+            if not conn.closed:
+                self._guarded(conn, self._maintain, conn, now)
+
+    def _maintain(self, conn: Connection, now: float) -> None:
+        """The timers of one connection (see the table in docs/P2P.md)."""
+        peer = conn.peer
+        if conn.connecting:
+            if now - conn.opened > self.connect_timeout:
+                self._close(conn, f"connect timeout ({self.connect_timeout:g} s)", "timeout")
+            return
+        if conn.sendq and now - conn.sendq.progress_time > self.send_timeout:
+            logger.warning(f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
+                           f"bytes for {self.send_timeout * 1000:.0f} ms with "
+                           f"{conn.sendq.queued_bytes()} bytes queued")
+            self._metric("send_timeout_errors")
+            self._close(conn, "send timeout", "send_timeout")
+            return
+        if not peer.is_handshake_complete():
+            if now - conn.opened > self.handshake_timeout:
+                self._close(conn, f"handshake timeout ({self.handshake_timeout:g} s)", "timeout")
+            return
+        if not conn.read_paused and now - conn.last_recv_mono > self.inactivity_timeout:
+            self._close(conn, f"inactivity timeout ({self.inactivity_timeout:g} s)", "timeout")
+            return
+        if not conn.sendq and now - conn.last_send_mono > self.ping_interval:
+            conn.ping_nonce = secrets.randbits(64)
+            conn.ping_sent = now
+            if self._enqueue(conn, MsgPing(conn.ping_nonce)):
+                self._flush(conn)
 
     def _close_id(self, peer_id: int, reason: str, category: str) -> None:
         conn = self._conns.get(peer_id)
