@@ -377,3 +377,26 @@ def test_resolve_ipv4_only():
     assert resolve("localhost") == ["127.0.0.1"]
     assert resolve("") == []
     assert resolve("::1") == []  # IPv6 is not dialled (net 4.8)
+
+
+def test_internal_error_costs_one_connection_not_the_thread(nodes):
+    """A bug while serving one peer (simulated: its frame reader raises) closes
+    only that peer; the network thread and every other peer carry on."""
+    cm = nodes()
+    with RawPeer(cm.listen_port, MAGIC) as good, RawPeer(cm.listen_port, MAGIC) as broken:
+        good.handshake()
+        broken.handshake()
+        assert wait_until(lambda: len(_ids(cm)) == 2)
+        port = broken.sock.getsockname()[1]
+        broken_id = next(p.id for p in cm.peer_manager.get_all_peers() if p.port == port)
+
+        def boom():
+            raise RuntimeError("simulated bug")
+
+        cm._conns[broken_id].reader.next_message = boom
+        broken.send(MsgPing(1))
+        assert broken.is_closed(3)
+        assert metric(cm, "peer_disconnections_total", reason="error") == 1
+        good.send(MsgPing(2))
+        assert good.wait_for("pong").nonce == 2
+        assert cm._net_thread.is_alive()
