@@ -137,13 +137,13 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
         """http.server's own refusals (bad request line, oversized headers) as JSON."""
         self._send_json(code, {"error": message or self.responses.get(code, ("Error",))[0]})
 
-    def _send_json(self, status: int, body: Any, headers: Mapping[str, str] = {}) -> None:
+    def _send_json(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
         data = (body if isinstance(body, str) else _dump(body)).encode("utf-8")
         self.close_connection = True
         if self.request_version == "HTTP/0.9":        # headerless replies would be unreadable
             self.request_version = "HTTP/1.0"
         self.send_response(status)
-        for name, value in headers.items():
+        for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -202,7 +202,8 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
         if text is None:
             self._send_json(411, {"error": "Content-Length required"})
             return None
-        if not text.strip().isdigit():
+        text = text.strip()
+        if not (text.isascii() and text.isdigit()):
             self._send_json(400, {"error": f"{INVALID_HTTP_ERROR}: bad Content-Length"})
             return None
         length = int(text)
