@@ -264,9 +264,15 @@ class AsyncBroadcaster:
 
     def _retry(self, task: BroadcastTask, peer_id: int, attempt: int) -> None:
         if self.connman.peer_manager.get_peer(peer_id) is None:
-            self._resolve(task, peer_id, delivered=False)
+            self._give_up(task, peer_id, "peer disconnected")
             return
         self._attempt(task, peer_id, attempt)
+
+    def _give_up(self, task: BroadcastTask, peer_id: int, why: str) -> None:
+        logger.warning(f"[P2P] Failed to announce {task.hash.short()}... to peer {peer_id}: {why}")
+        if task.is_block and self.ctx.metrics is not None:
+            self.ctx.metrics.block_broadcast_failures.inc()
+        self._resolve(task, peer_id, delivered=False)
 
     def _attempt(self, task: BroadcastTask, peer_id: int, attempt: int) -> None:
         """One delivery try; on refusal schedule a retry instead of waiting."""
@@ -294,11 +300,7 @@ class AsyncBroadcaster:
                 self._schedule(time.monotonic() + self.RETRY_BASE_S * (2 ** attempt),
                                task, peer_id, attempt + 1)
         else:
-            logger.warning(f"[P2P] Failed to announce {task.hash.short()}... to peer {peer_id} "
-                           f"after {attempt + 1} attempt(s)")
-            if task.is_block and self.ctx.metrics is not None:
-                self.ctx.metrics.block_broadcast_failures.inc()
-            self._resolve(task, peer_id, delivered=False)
+            self._give_up(task, peer_id, f"send queue full after {attempt + 1} attempt(s)")
 
     def _schedule(self, due: float, task: BroadcastTask, peer_id: int, attempt: int) -> None:
         heapq.heappush(self._retries, (due, next(self._seq), task, peer_id, attempt))
