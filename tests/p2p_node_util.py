@@ -24,7 +24,7 @@ from dilithion.node.metrics import NodeMetrics
 from dilithion.node.p2p_handlers import P2PHandlers
 from dilithion.net.protocol import MsgPing, MsgVersion, decode_payload
 from dilithion.primitives.block import Block, Uint256
-from p2p_util import RawPeer
+from p2p_util import RawPeer, wait_until  # noqa: F401  (re-exported for the relay tests)
 
 REGTEST = ChainParams.regtest()
 #: Owns every coinbase of the session chain (the tx relay tests spend them).
@@ -45,15 +45,6 @@ def regtest_chain(n: int) -> list[tuple[Block, Uint256]]:
                               now=REGTEST.genesis_time + 60 * height)
         _CHAIN.append((block, h))
     return _CHAIN[:n + 1]
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 class Node:
