@@ -204,3 +204,22 @@ def test_received_block_is_not_announced_back_to_its_sender(nodes):
     assert [c for c, _ in next_commands(sender)] == []
     sender.close()
     other.close()
+
+
+def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
+    monkeypatch.setattr(p2p_handlers, "BLOCK_REQUEST_TIMEOUT_S", 0.2)
+    chain = regtest_chain(3)
+    node = nodes("n")
+    peer = raw_peer(node)
+    parent = MsgGetdata([Inv(BLOCK, bytes(chain[2][1]))])
+    peer.send(MsgBlock(chain[3][0]))
+    assert peer.wait_for("getdata") == parent
+    # The orphan itself is not fetched again, and while the request is in
+    # flight a re-sent orphan asks for nothing.
+    peer.send(MsgInv([Inv(BLOCK, bytes(chain[3][1]))]))
+    peer.send(MsgBlock(chain[3][0]))
+    assert next_commands(peer) == []
+    time.sleep(0.3)
+    peer.send(MsgBlock(chain[3][0]))               # expired: the walk resumes
+    assert peer.wait_for("getdata") == parent
+    peer.close()

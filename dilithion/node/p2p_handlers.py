@@ -256,7 +256,11 @@ class P2PHandlers:
             return len(self._in_flight)
 
     def _have_block(self, h: bytes) -> bool:
-        return self.ctx.chainstate.get_index(Uint256(h)) is not None
+        """Indexed, or waiting in the orphan pool (its parent is chased separately)."""
+        chain = self.ctx.chainstate
+        orphans = getattr(chain, "orphans", None)
+        return chain.get_index(Uint256(h)) is not None or (orphans is not None
+                                                           and Uint256(h) in orphans)
 
     def _request(self, peer, invs: list[Inv], n_blocks: int) -> None:
         if not invs:
@@ -349,6 +353,8 @@ class P2PHandlers:
             logger.info("[P2P] Block is valid but not on best chain (orphan)")
         elif result.status == status.DUPLICATE:
             logger.debug("[P2P] Block already in chain state, skipping")
+            if result.missing_parent is not None:       # a waiting orphan: keep walking back
+                self._chase_parent(peer, result.missing_parent)
         elif result.status == status.INVALID:
             logger.error(f"[P2P] ERROR: Invalid block {h.short()}... from peer {peer.id}: "
                          f"{result.reason}")
