@@ -19,7 +19,6 @@ from dilithion.mining.controller import MiningController
 from dilithion.mining.template import mine_block
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.context import NodeContext
-from dilithion.primitives.block import Uint256
 from dilithion.primitives.transaction import OutPoint
 from dilithion.rpc.auth import basic_auth_header, read_cookie
 from dilithion.rpc.client import RPCClient, RPCCallError, UsageError
