@@ -130,6 +130,13 @@ def test_stop_by_rpc_sigterm_and_sigint_then_restart_keeps_the_chain(line, tmp_p
         assert "Shutting down..." in out and "Dilithion node stopped cleanly" in out
         assert out.index("Shutting down...") < out.index("Dilithion node stopped cleanly")
         assert "Traceback" not in node.errors()
+    # C's regtest datadir is refused by a testnet node: one message, exit 1.
+    wrong = run_node(["--testnet", f"--datadir={c.datadir}", f"--port={c.p2p_port}",
+                      f"--rpcport={c.rpc_port}", "--connect=none"], cwd=tmp_path)
+    assert wrong.returncode == 1, wrong.stdout + wrong.stderr
+    assert "ERROR: Cannot load chain state from database" in wrong.stderr
+    assert "wrong network or wrong datadir" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
     # Restart C on its datadir, alone: the chain is still there.
     c.extra_args = ["--connect=none"]
     c.start()

@@ -36,6 +36,7 @@ from loguru import logger
 from dilithion.consensus.chain import BlockStatus
 from dilithion.consensus.pow import get_median_time_past, hash_less_than
 from dilithion.mining.template import BlockTemplate, create_block_template, next_work_bits
+from dilithion.node.wallet_key import load_or_create_mining_key
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import Transaction
 
@@ -98,7 +99,6 @@ class MiningController:
         self._ctx = ctx
         self._threads = threads if threads > 0 else default_thread_count()
         if pub_key_hash is None:
-            from dilithion.node.wallet_key import load_or_create_mining_key
             pub_key_hash = load_or_create_mining_key(ctx.datadir).pub_key_hash()
         self._pub_key_hash = bytes(pub_key_hash)
         #: Seconds before a template is rebuilt without a tip change (tests shorten it).

@@ -31,7 +31,21 @@ from pathlib import Path
 import click
 from loguru import logger
 
+from dilithion.consensus.chain import ChainState
 from dilithion.core.chainparams import ChainParams, params_for
+from dilithion.crypto.randomx_hash import RandomXHasher
+from dilithion.mining.controller import MiningController, default_thread_count
+from dilithion.net.async_broadcaster import AsyncBroadcaster
+from dilithion.net.dns import resolve
+from dilithion.net.net import ConnectionManager
+from dilithion.node.blockchain_storage import BlockchainDB, StorageError
+from dilithion.node.context import NodeContext
+from dilithion.node.mempool import TxMemPool
+from dilithion.node.metrics import NodeMetrics
+from dilithion.node.p2p_handlers import P2PHandlers
+from dilithion.node.utxo_set import UTXOSet, UTXOStorageError
+from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
+from dilithion.rpc.server import RPCServer
 
 __all__ = ["NodeConfig", "NodeStartupError", "DilithionNode", "parse_port", "parse_threads",
            "configure_logging", "main", "cli"]
@@ -268,7 +282,6 @@ def parse_peer_entry(entry: str) -> tuple[str, int]:
 
     Raises ``ValueError`` with the C++ ``[FAIL]`` wording.
     """
-    from dilithion.net.dns import resolve
     if ":" not in entry:
         raise ValueError(f"    [FAIL] Invalid address format: {entry} (expected ip:port)")
     host, _, port_text = entry.rpartition(":")
@@ -378,8 +391,7 @@ class DilithionNode:
             logger.info(line)
 
     def _open_storage(self, params: ChainParams) -> None:
-        from dilithion.crypto.randomx_hash import RandomXHasher
-        from dilithion.node.context import NodeContext
+        """Steps 7-12 of ``cli`` 1.7: databases, mempool, RandomX, chain state."""
         cfg = self.config
         logger.info("Initializing blockchain storage...")
         try:
@@ -387,16 +399,9 @@ class DilithionNode:
         except OSError as exc:
             raise NodeStartupError(f"Cannot create data directory {cfg.datadir}: "
                                    f"{exc.strerror or exc}")
-        from dilithion.node.blockchain_storage import BlockchainDB, StorageError
-        from dilithion.node.utxo_set import UTXOSet
-        from dilithion.node.mempool import TxMemPool
-        from dilithion.consensus.chain import ChainState
-        from dilithion.node.metrics import NodeMetrics
-        # The context is made without a hasher first: building the RandomX cache
-        # is its own start-up step (10) below.
-        ctx = NodeContext(chain_params=params, datadir=cfg.datadir, hasher=None,
-                          strict=cfg.strict, shutdown_requested=self._stop_event)
-        self.ctx = ctx
+        # The RandomX cache is built in its own step below, not by the context.
+        ctx = self.ctx = NodeContext(chain_params=params, datadir=cfg.datadir, hasher=None,
+                                     strict=cfg.strict, shutdown_requested=self._stop_event)
         ctx.metrics = NodeMetrics()
         try:
             ctx.blockchain = BlockchainDB(str(cfg.datadir / "blocks"))
@@ -407,9 +412,7 @@ class DilithionNode:
         logger.info("Initializing UTXO set...")
         try:
             ctx.utxo_set = UTXOSet(str(cfg.datadir / "chainstate"))
-        except (StorageError, OSError) as exc:
-            raise NodeStartupError("Failed to open UTXO database", f"  {exc}")
-        except Exception as exc:  # plyvel errors from another owner's module
+        except (UTXOStorageError, OSError) as exc:
             raise NodeStartupError("Failed to open UTXO database", f"  {exc}")
         self._closer("  Closing UTXO database...", ctx.utxo_set.close)
         logger.info("  [OK] UTXO set opened")
@@ -422,20 +425,23 @@ class DilithionNode:
         logger.info("Initializing chain state...")
         ctx.chainstate = ChainState(ctx)
         logger.info("  [OK] Chain state initialized")
+        self._load_chain(params)
+
+    def _load_chain(self, params: ChainParams) -> None:
+        """Write the genesis block on a fresh datadir, or reload the stored chain."""
+        ctx = self.ctx
         logger.info("Loading genesis block...")
         try:
-            ctx.chainstate.load()
-        except StorageError as exc:
+            tip = ctx.chainstate.load()
+        except (StorageError, UTXOStorageError) as exc:
             raise NodeStartupError("ERROR: Cannot load chain state from database", f"  {exc}")
-        tip = ctx.chainstate.tip()
         genesis = ctx.chainstate.main_chain_hash_at(0)
         logger.info(f"  Network: {params.get_network_name()}")
-        logger.info(f"  Genesis hash: {genesis.get_hex() if genesis else '?'}")
+        logger.info(f"  Genesis hash: {genesis.get_hex()}")
         logger.info(f"  Genesis time: {params.genesis_time}")
         logger.info("  [OK] Genesis block verified")
         logger.info(f"  Best block hash: {tip.hash.short()}...")
         logger.info(f"  [OK] Loaded chain state: {tip.height + 1} blocks (height {tip.height})")
-        ctx.metrics.chain_height.set(tip.height)
 
     def _start_metrics(self) -> None:
         cfg = self.config
@@ -451,9 +457,6 @@ class DilithionNode:
         logger.info(f"  [OK] Metrics served on http://{cfg.metrics_bind}:{cfg.metrics_port}/metrics")
 
     def _init_p2p(self) -> None:
-        from dilithion.net.async_broadcaster import AsyncBroadcaster
-        from dilithion.net.net import ConnectionManager
-        from dilithion.node.p2p_handlers import P2PHandlers
         cfg, ctx = self.config, self.ctx
         logger.info("Initializing P2P components...")
         ctx.connman = ConnectionManager(ctx, listen_host=cfg.bind, listen_port=cfg.p2p_port,
@@ -464,9 +467,6 @@ class DilithionNode:
         logger.info("  [OK] P2P components ready (not started)")
 
     def _init_wallet_and_miner(self) -> None:
-        from dilithion.mining.controller import MiningController, default_thread_count
-        from dilithion.node.wallet_key import (MINING_KEY_FILE, MiningKeyError,
-                                               load_or_create_mining_key)
         cfg, ctx = self.config, self.ctx
         logger.info("Initializing wallet...")
         existed = (cfg.datadir / MINING_KEY_FILE).exists()
@@ -574,9 +574,11 @@ class DilithionNode:
                 self._dial(peer)
 
     def _start_rpc(self) -> None:
-        from dilithion.rpc.server import RPCServer
         cfg, ctx = self.config, self.ctx
         logger.info("Initializing RPC server...")
+        if cfg.rpcbind not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning(f"RPC listens on {cfg.rpcbind}, not loopback: anyone who can reach "
+                           "it and guess the credentials controls this node")
         server = RPCServer(ctx, host=cfg.rpcbind, port=cfg.rpc_port)
         try:
             server.start()
