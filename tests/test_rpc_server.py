@@ -371,13 +371,15 @@ def test_components_missing_give_cpp_messages(bare):
         "getchaintips": "Chain state not initialized",
         "getmempoolinfo": "Mempool not initialized",
         "getrawmempool": "Mempool not initialized",
+        "gettransaction": "Mempool not initialized",
         "getmininginfo": "Miner not initialized",
         "startmining": "Miner not initialized",
         "stopmining": "Miner not initialized",
         "getbroadcastinfo": "Broadcaster not initialized",
     }
     for method, message in expected.items():
-        assert bare.error(method) == (-32603, message)
+        params = {"txid": "00" * 32} if method == "gettransaction" else None
+        assert bare.error(method, params) == (-32603, message)
     assert bare.error("getblockhash", [0]) == (-32603, "Chain state not initialized")
     assert bare.error("getblock", ["00" * 32]) == (-32603, "Blockchain not initialized")
     assert bare.error("sendrawtransaction", ["00"]) == (-32603, "Mempool not initialized")
@@ -413,6 +415,7 @@ def test_help_stop_and_confirm(bare):
                      "getblockchaininfo", "getchaintips", "getpeerinfo", "getnetworkinfo",
                      "getmininginfo", "startmining", "stopmining", "addnode", "disconnectnode",
                      "getrawmempool", "getmempoolinfo", "sendrawtransaction", "getbroadcastinfo",
+                     "gettransaction", "decoderawtransaction",
                      "help", "stop"):
         assert required in names
     assert all(" - " in c for c in commands)
@@ -533,6 +536,10 @@ def test_sendrawtransaction_validates_pools_and_announces(tmp_path):
         size = len(tx.serialize())
         assert info["size"] == 1 and info["bytes"] == size == info["usage"]
         assert info["min_fee_rate"] == info["max_fee_rate"] == pytest.approx(FEE / size, rel=1e-5)
+        assert rpc.result("gettransaction", [txid]) == {"txid": txid, "confirmations": 0,
+                                                        "in_mempool": True}
+        assert rpc.error("gettransaction", ["00" * 32]) == (-5, "Transaction not found in mempool")
+        assert rpc.error("gettransaction", ["xyz"])[0] == -8
         assert rpc.result("decoderawtransaction", [hex_tx]) == {
             "txid": txid, "version": 1, "locktime": 0, "vin_count": 1, "vout_count": 1}
         assert wait_until(lambda: rpc.result("getbroadcastinfo")["tasks_done"] >= 1, 5)

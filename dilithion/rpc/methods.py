@@ -254,6 +254,15 @@ class NodeRPC:
     def rpc_getrawmempool(self) -> list:
         return [Uint256(txid).get_hex() for txid in self._need("mempool").txids()]
 
+    @rpc_method("gettransaction", "Get a mempool transaction by txid")
+    def rpc_gettransaction(self, txid: str) -> dict:
+        """The C++ result shape; like the C++ it looks only in the mempool."""
+        mempool, _ = self._need("mempool", "blockchain")
+        raw = _parse_hash(txid, "txid")
+        if not mempool.exists(bytes(raw)):
+            raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, "Transaction not found in mempool")
+        return {"txid": raw.get_hex(), "confirmations": 0, "in_mempool": True}
+
     @rpc_method("sendrawtransaction", "Broadcast a raw transaction to the network")
     def rpc_sendrawtransaction(self, hex: str) -> str:  # noqa: A002
         """Validate, add to the mempool and announce (the C++ never announces, ``net`` tx relay)."""

@@ -50,6 +50,7 @@ METHOD_PARAMS: dict[str, tuple[Param, ...]] = {
     "getblockhash": (Param("height", _I),),
     "sendrawtransaction": (Param("hex"),),
     "decoderawtransaction": (Param("hex"),),
+    "gettransaction": (Param("txid"),),
     "addnode": (Param("node"), _opt("command")),
     "disconnectnode": (_opt("address"), _opt("nodeid", _I)),
     "help": (_opt("command"),),
@@ -57,7 +58,6 @@ METHOD_PARAMS: dict[str, tuple[Param, ...]] = {
     # C++-only methods (wallet and unfinished ones), for dilithion-cli
     "sendtoaddress": (Param("address"), Param("amount", _A)),
     "signrawtransaction": (Param("hex"),),
-    "gettransaction": (Param("txid"),),
     "getrawtransaction": (Param("txid"), _opt("verbosity", _I)),
     "gettxout": (Param("txid"), Param("n", _I)),
     "encryptwallet": (Param("passphrase"),),
