@@ -22,6 +22,7 @@ import socket
 import socketserver
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Mapping
 
@@ -358,7 +359,7 @@ class RPCServer:
         self.authenticator = Authenticator()
         user, password = self._explicit_credentials
         if user is None and password is None:
-            conf = read_config(self.ctx.datadir / CONF_FILENAME)
+            conf = read_config(Path(self.ctx.datadir) / CONF_FILENAME)
             user, password = conf.get("rpcuser"), conf.get("rpcpassword")
         if user and password:
             self.authenticator.add(user, password)
