@@ -22,8 +22,8 @@ import socket
 import socketserver
 import threading
 import time
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Mapping
 
 from loguru import logger
