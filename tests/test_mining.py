@@ -106,6 +106,8 @@ def test_mines_regtest_blocks_into_the_chain(regtest_ctx, threads, log_lines):
     assert all(n > 0 for n in miner.worker_hashes())          # every worker hashed
     assert miner.total_hashes() == sum(miner.worker_hashes()) >= miner.blocks_found
     assert_main_chain_pays(ctx, key.pub_key_hash())
+    # No sibling blocks: a find on a replaced tip is discarded, not stored (cli 6.2 #16).
+    assert all(len(ctx.chainstate.blocks_at_height(h)) == 1 for h in range(1, height + 1))
     assert ctx.metrics.registry.get_sample_value("chain_height") == height
     # The C++ operator lines (cli 5.1) for a found block that became the tip.
     assert "[OK] BLOCK FOUND!" in log_lines

@@ -202,9 +202,10 @@ def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
         pytest.skip(f"default regtest ports {params.p2p_port}/{params.rpc_port} are in use")
     home = tmp_path / "home"
     home.mkdir()
-    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "DIL_LOG_LEVEL": "INFO"}
-    node = NodeProcess(tmp_path, "quick", env=env, explicit_ports=False,
-                       datadir=home / params.data_dir_name)
+    node = NodeProcess(tmp_path, "quick", explicit_ports=False, datadir=home / params.data_dir_name)
+    # Metrics switched on by the environment alone (no flag in quick start).
+    node.env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "DIL_LOG_LEVEL": "INFO",
+                "DIL_METRICS_ENABLED": "1", "DIL_METRICS_PORT": str(node.metrics_port)}
     node.rpc_port = params.rpc_port
     node.start()
     try:
@@ -215,6 +216,7 @@ def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
         assert (home / ".dilithion-regtest" / "blocks").is_dir()
         assert (home / ".dilithion-regtest" / MINING_KEY_FILE).is_file()
         assert "No --connect/--addnode given: listening only" in node.output()
+        assert node.metric("chain_height") >= 3
     finally:
         node.send_signal(signal.SIGTERM)
         assert node.wait(SHUTDOWN_SECONDS) == 0, node.describe()

@@ -323,10 +323,11 @@ class MiningController:
         """Hand a solved block to the chain (``cli`` 2.7) and announce it if it became the tip."""
         with self._found_lock:
             if job.generation != self._generation:
-                # A sibling already moved the tip while this worker hashed: the block
-                # is stale.  Submit it anyway (it is valid and may win a reorg) but do
-                # not count it twice as a new tip.
-                logger.info(f"[Mining] Found block {block_hash.short()}... on a replaced tip")
+                # Another worker's block (or a peer's) replaced the tip during this
+                # hash: this one would only be a sibling on a side branch (cli 6.2 #16).
+                logger.info(f"[Mining] Discarding block {block_hash.short()}... found on a "
+                            "replaced tip")
+                return
             self._blocks_found += 1
             _log_block_found(block, block_hash)
             try:
