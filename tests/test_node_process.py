@@ -7,6 +7,7 @@ restart one node on its datadir.
 """
 from __future__ import annotations
 
+import os
 import signal
 import time
 
@@ -181,7 +182,8 @@ def test_help_prints_usage_and_exits_0(tmp_path):
 
 def test_bad_peer_entries_are_reported_and_the_node_keeps_running(tmp_path):
     node = NodeProcess(tmp_path, "peers", ["--connect=nocolon", "--connect=127.0.0.1:0",
-                                           "--addnode=256.1.1.1:1234"])
+                                           "--addnode=256.1.1.1:1234"],
+                       env={**os.environ, "DIL_LOG_LEVEL": "DEBUG"})
     node.start()
     try:
         errors = node.errors()
@@ -189,6 +191,7 @@ def test_bad_peer_entries_are_reported_and_the_node_keeps_running(tmp_path):
         assert "[FAIL] Invalid port number in address: 127.0.0.1:0 (must be 1-65535)" in errors
         assert "[FAIL] Invalid IP address: 256.1.1.1" in errors
         assert node.height() == 0
+        assert "DEBUG: " in node.output()              # DIL_LOG_LEVEL=DEBUG took effect
     finally:
         node.send_signal(signal.SIGTERM)
         assert node.wait(SHUTDOWN_SECONDS) == 0
@@ -224,7 +227,6 @@ def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
 
 def test_addnode_peer_is_redialled_after_it_restarts(tmp_path):
     """Also: DIL_P2P_LOG=1 (on B only) shows every message at the default INFO level."""
-    import os
     a = NodeProcess(tmp_path, "A", ["--connect=none"])
     b = NodeProcess(tmp_path, "B", env={**os.environ, "DIL_P2P_LOG": "1"})
     b.extra_args = [f"--addnode=127.0.0.1:{a.p2p_port}"]
