@@ -104,13 +104,22 @@ def test_a_locked_datadir_is_one_clear_error(line, tmp_path):
     assert "Traceback" not in second.errors() + second.output()
 
 
-def test_a_busy_p2p_port_is_one_clear_error(line, tmp_path):
-    busy = NodeProcess(tmp_path, "busy", ["--connect=none"], p2p_port=line["B"].p2p_port)
+@pytest.mark.parametrize("which, message", [
+    ("p2p", "Failed to bind P2P socket on port {port}"),
+    ("rpc", "Failed to start RPC server on port {port}"),
+    ("metrics", "Failed to start metrics server on port {port}"),
+])
+def test_a_busy_port_is_one_clear_error(line, tmp_path, which, message):
+    """Each listener's port taken by node B: one message on stderr and exit 1."""
+    b = line["B"]
+    busy = NodeProcess(tmp_path, "busy", ["--connect=none"])
+    port = {"p2p": b.p2p_port, "rpc": b.rpc_port, "metrics": b.metrics_port}[which]
+    setattr(busy, f"{which}_port", port)
     busy.start(wait=False)
     assert busy.wait(30) == 1, busy.describe()
-    assert f"Failed to bind P2P socket on port {line['B'].p2p_port}" in busy.errors()
-    assert "Traceback" not in busy.errors()
-    assert not (tmp_path / "busy" / "LOCK").exists()
+    assert message.format(port=port) in busy.errors()
+    assert "Error: " in busy.errors() and "Traceback" not in busy.errors()
+    assert "Node Status: RUNNING" not in busy.output()
 
 
 def test_stop_by_rpc_sigterm_and_sigint_then_restart_keeps_the_chain(line, tmp_path):
