@@ -64,6 +64,7 @@ def test_three_nodes_in_a_line_agree_on_the_best_block(line):
         assert line_text in out, line_text
     assert "Initiating outbound connections..." in b.output()
     assert "Adding node localhost:" in c.output()
+    assert "Resolved localhost to 127.0.0.1" in c.output()       # through net/dns.py
     assert (a.datadir / MINING_KEY_FILE).stat().st_mode & 0o777 == 0o600
 
 

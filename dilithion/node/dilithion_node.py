@@ -290,8 +290,6 @@ def parse_peer_entry(entry: str) -> tuple[str, int]:
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise ValueError(f"    [FAIL] Invalid port number in address: {entry} (must be 1-65535)")
-    if host == "localhost":
-        host = "127.0.0.1"
     looks_numeric = all(part.isdigit() for part in host.split("."))
     # A malformed dotted quad is refused without asking a resolver.
     addresses = resolve(host) if host and (not looks_numeric or _is_ipv4(host)) else []
@@ -528,6 +526,9 @@ class DilithionNode:
             except ValueError as exc:
                 logger.error(str(exc))
                 continue
+            name = entry.rpartition(":")[0]
+            if name != host:
+                logger.info(f"    Resolved {name} to {host}")
             peer = _ConfiguredPeer(entry, host, port, kind)
             self._peers.append(peer)
             self._dial(peer, first=True)
