@@ -337,8 +337,10 @@ class DilithionNode:
             logger.opt(exception=exc).error(f"Fatal error: {exc}")
             self.shutdown(quiet=True)
             return 1
-        self.main_loop()
-        self.shutdown()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
         return 0
 
     def install_signal_handlers(self) -> None:
@@ -609,7 +611,10 @@ class DilithionNode:
         ctx = self.ctx
         next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
         while not ctx.shutdown_requested.wait(1.0):
-            self._keep_configured_peers()
+            try:
+                self._keep_configured_peers()
+            except Exception as exc:  # noqa: BLE001 - one bad redial must not end the node
+                logger.opt(exception=exc).error(f"[P2P] Redialling configured peers failed: {exc}")
             if ctx.miner.is_mining() and time.monotonic() >= next_rate_log:
                 next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
                 logger.info(f"[Mining] Hash rate: {ctx.miner.get_hash_rate():.0f} H/s, "
