@@ -9,6 +9,9 @@ interruption) with 1, 2, ... threads and prints hashes per second for each.
 
 The C++ node serialises every hash behind one global RandomX lock, so its rate
 does not grow with threads (``cli 6.2`` #13); here each worker has its own VM.
+The CPU time the process got is printed too: on a shared machine the wall-clock
+rate is bounded by the cores the scheduler grants, while hashes per CPU-second
+show the per-hash cost (and that two workers really run in parallel).
 """
 from __future__ import annotations
 
@@ -42,9 +45,9 @@ def measure(threads: int, seconds: float, warmup: float = 2.0) -> dict:
         try:
             miner.start()
             time.sleep(warmup)            # VM creation per thread, first template
-            h0, t0 = miner.total_hashes(), time.perf_counter()
+            h0, t0, c0 = miner.total_hashes(), time.perf_counter(), time.process_time()
             time.sleep(seconds)
-            h1, t1 = miner.total_hashes(), time.perf_counter()
+            h1, t1, c1 = miner.total_hashes(), time.perf_counter(), time.process_time()
             per_worker = miner.worker_hashes()
         finally:
             miner.stop()
@@ -52,6 +55,8 @@ def measure(threads: int, seconds: float, warmup: float = 2.0) -> dict:
     rate = (h1 - h0) / (t1 - t0)
     return {"threads": threads, "seconds": round(t1 - t0, 2), "hashes": h1 - h0,
             "hashes_per_second": round(rate, 1), "per_thread": round(rate / threads, 1),
+            "cpu_cores_used": round((c1 - c0) / (t1 - t0), 2),
+            "hashes_per_cpu_second": round((h1 - h0) / max(c1 - c0, 1e-9), 1),
             "blocks_found": miner.blocks_found, "worker_hashes_total": per_worker}
 
 
@@ -73,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         print(f"threads={r['threads']}: {r['hashes_per_second']:8.1f} H/s "
               f"({r['per_thread']:.1f} per thread, {r['hashes']} hashes in {r['seconds']} s, "
-              f"x{r['hashes_per_second'] / base:.2f} vs 1 thread)")
+              f"x{r['hashes_per_second'] / base:.2f} vs 1 thread; "
+              f"{r['cpu_cores_used']} CPU cores busy, {r['hashes_per_cpu_second']} H per CPU-s)")
     return 0
 
 
