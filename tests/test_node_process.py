@@ -183,6 +183,20 @@ def test_bad_flags_exit_1_with_a_clear_message(args, message, tmp_path):
     assert list(tmp_path.iterdir()) == []          # nothing was created
 
 
+@pytest.mark.parametrize("variable, value, message", [
+    ("DIL_LOG_LEVEL", "LOUD", "Error: Invalid log level: LOUD"),
+    ("DIL_METRICS_PORT", "http", "Error: Invalid metrics port format (not a number): "
+                                 "DIL_METRICS_PORT=http"),
+])
+def test_bad_environment_exits_1_with_a_clear_message(tmp_path, variable, value, message):
+    env = {**os.environ, variable: value, "DIL_METRICS_ENABLED": "1"}
+    result = run_node(["--regtest", f"--datadir={tmp_path / 'd'}", "--connect=none"], env=env,
+                      cwd=tmp_path)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_help_prints_usage_and_exits_0(tmp_path):
     result = run_node(["--help"], cwd=tmp_path)
     assert result.returncode == 0

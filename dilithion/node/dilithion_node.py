@@ -85,7 +85,7 @@ class NodeConfig:
     strict: bool = False
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
-    log_level: str = "INFO"
+    log_level: str | None = None     # None: $DIL_LOG_LEVEL, else INFO
     quick_start: bool = False
 
     @property
@@ -228,7 +228,10 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> 
     level = (level or os.environ.get("DIL_LOG_LEVEL") or "INFO").upper()
     if p2p_log is None:
         p2p_log = os.environ.get("DIL_P2P_LOG") == "1"
-    threshold = logger.level(level).no
+    try:
+        threshold = logger.level(level).no
+    except ValueError:
+        raise click.BadParameter(f"Error: Invalid log level: {level}") from None
     debug_no = logger.level("DEBUG").no
 
     def wanted(record) -> bool:
@@ -722,7 +725,7 @@ def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnod
         datadir=Path(datadir) if datadir else None, p2p_port=port or 0, rpc_port=rpcport or 0,
         bind=bind, rpcbind=rpcbind, connect_nodes=list(connect), add_nodes=list(addnode),
         start_mining=mine, mining_threads=threads, strict=strict, metrics_port=metrics_port,
-        metrics_bind=metrics_bind, log_level=log_level or os.environ.get("DIL_LOG_LEVEL") or "INFO")
+        metrics_bind=metrics_bind, log_level=log_level)
     sys.exit(main(config))
 
 
@@ -730,10 +733,10 @@ def main(config: NodeConfig) -> int:
     """Run a node with ``config``; the process exit status."""
     try:
         config.apply_defaults()
+        configure_logging(config.log_level)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
         return 1
-    configure_logging(config.log_level)
     if config.quick_start:
         logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "
                     f"data directory {config.datadir} (run with --help for options)")
