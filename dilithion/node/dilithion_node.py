@@ -462,8 +462,8 @@ class DilithionNode:
     def _init_p2p(self) -> None:
         cfg, ctx = self.config, self.ctx
         logger.info("Initializing P2P components...")
-        ctx.connman = ConnectionManager(ctx, listen_host=cfg.bind, listen_port=cfg.p2p_port,
-                                        send_timeout_ms=ctx.chain_params.send_timeout_ms)
+        # No explicit send timeout: the manager applies DIL_SEND_TIMEOUT, else the chain default.
+        ctx.connman = ConnectionManager(ctx, listen_host=cfg.bind, listen_port=cfg.p2p_port)
         ctx.peer_manager = ctx.connman.peer_manager
         ctx.broadcaster = AsyncBroadcaster(ctx, ctx.connman)
         self.p2p_handlers = P2PHandlers(ctx, ctx.connman)

@@ -26,8 +26,9 @@ class NodeMetrics:
         r = self.registry
         self.block_propagation_time = Histogram(
             "block_propagation_time_seconds",
-            "Announcing node: from block connected as tip to announcement written to a peer "
-            "socket; receiving node: from announcement (inv) received to block connected",
+            "role=announce: from the block becoming the tip to its inv being queued for the last "
+            "eligible peer; role=receive: from the first inv (or unsolicited block) for it "
+            "received to the block connected (docs/P2P.md)",
             ["role"], buckets=PROPAGATION_BUCKETS, registry=r)
         self.block_broadcast_failures = Counter(
             "block_broadcast_failures", "Per-peer block announcements that failed for good",
