@@ -54,7 +54,7 @@ from dilithion.consensus.validation import (BlockValidationError, Framing, block
                                             parse_block_transactions)
 from dilithion.net.serialize import SerializationError
 
-__all__ = ["BlockStatus", "BlockResult", "ChainState", "OrphanPool", "MAX_REORG_DEPTH",
+__all__ = ["BlockStatus", "BlockResult", "ChainState", "OrphanPool", "BlockTreeLoader", "MAX_REORG_DEPTH",
            "MAX_ORPHAN_BLOCKS", "TipListener"]
 
 #: ``ActivateBestChain``'s limit on the number of blocks a reorganisation may disconnect.
@@ -210,6 +210,80 @@ class _Change:
         self.blocks: dict[Uint256, Block] = {}
 
 
+class BlockTreeLoader:
+    """Rebuilds the block tree from a blocks database (``chain`` 5.7, recommended port behaviour).
+
+    Index records give height and status but no parent (``chain D15``), so
+    parents come from the ``b`` records' ``hashPrevBlock``.  Each index
+    record's embedded hash must equal its key and its header fields must equal
+    the block record's; the stored key is then trusted as the block hash (no
+    RandomX per block: 10,000 hashes would take minutes).  Chain work is
+    recomputed from the genesis proof (``chain D16``).  Every indexed block
+    linked to the genesis is loaded, side branches included.
+
+    Ownership: used once, by the thread running :meth:`ChainState.load`.
+    """
+
+    def __init__(self, db, genesis_hash: Uint256) -> None:
+        self.db = db
+        self.genesis_hash = genesis_hash
+
+    def load(self) -> tuple[dict[Uint256, BlockIndex], BlockIndex]:
+        """The index map and the tip (``bestblock``, else the most-work block)."""
+        records = {record.hash: record for record in self.db.iter_block_indexes()}
+        headers = {h: block.header for h, block in self.db.iter_blocks() if h in records}
+        for block_hash, header in headers.items():
+            record = records[block_hash]
+            if (record.time, record.bits, record.nonce, record.version) != (
+                    header.time, header.bits, header.nonce, header.version):
+                raise StorageError(f"index record 'i{block_hash}' does not match block record "
+                                   f"'b{block_hash}' (time/bits/nonce/version differ)")
+        index = self._link(records, headers)
+        unlinked, missing_body = len(headers) - len(index), len(records) - len(headers)
+        if unlinked or missing_body:
+            logger.warning("[Chain] Ignored {} indexed block(s) not linked to genesis and {} index "
+                           "record(s) without block data", unlinked, missing_body)
+        return index, self._tip(index)
+
+    def _link(self, records, headers) -> dict[Uint256, BlockIndex]:
+        if self.genesis_hash not in headers:
+            raise StorageError(f"block database {self.db.path}: genesis {self.genesis_hash} "
+                               f"has no index record")
+        children: dict[Uint256, list[Uint256]] = {}
+        for block_hash, header in headers.items():
+            if block_hash != self.genesis_hash:
+                children.setdefault(header.hash_prev_block, []).append(block_hash)
+        root = BlockIndex.from_header(self.genesis_hash, headers[self.genesis_hash], None,
+                                      records[self.genesis_hash].status)
+        index = {self.genesis_hash: root}
+        stack = [root]
+        while stack:
+            parent = stack.pop()
+            for child_hash in children.get(parent.hash, ()):
+                record = records[child_hash]
+                child = BlockIndex.from_header(child_hash, headers[child_hash], parent, record.status)
+                if record.height != child.height:
+                    raise StorageError(f"index record 'i{child_hash}' says height {record.height}, "
+                                       f"its parents give {child.height}")
+                index[child_hash] = child
+                stack.append(child)
+        return index
+
+    def _tip(self, index: dict[Uint256, BlockIndex]) -> BlockIndex:
+        try:
+            best = self.db.read_best_block()
+        except StorageError as e:
+            logger.warning("[Chain] {}", e)
+            best = None
+        if best is not None and best in index:
+            return index[best]
+        tip = max(index.values(), key=lambda i: (i.chain_work, -i.height))
+        logger.warning("[Chain] Best block {} is missing or not linked; using the most-work block "
+                       "{} (height {}) and storing it as 'bestblock'", best, tip.hash, tip.height)
+        self.db.write_best_block(tip.hash)
+        return tip
+
+
 class ChainState:
     """``CChainState`` plus the node's accept-block steps.
 
@@ -327,77 +401,13 @@ class ChainState:
         self._main.append(index)
 
     def _load_tree(self, genesis_hash: Uint256) -> None:
-        """Rebuild the block tree from disk (``chain`` 5.7, recommended port behaviour).
-
-        Index records give height and status but no parent (``chain D15``), so
-        parents come from the ``b`` records' ``hashPrevBlock``.  Each index
-        record's embedded hash must equal its key and its header fields must
-        equal the block record's; the stored key is then trusted as the block
-        hash (no RandomX per block: 10,000 hashes would take minutes).  Chain
-        work is recomputed from the genesis proof (``chain D16``).
-        """
         started = _time.monotonic()
-        records = {record.hash: record for record in self.db.iter_block_indexes()}
-        headers = {}
-        for block_hash, block in self.db.iter_blocks():
-            if block_hash in records:
-                headers[block_hash] = block.header
-        for block_hash, record in records.items():
-            header = headers.get(block_hash)
-            if header is None:
-                continue
-            if (record.time, record.bits, record.nonce, record.version) != (
-                    header.time, header.bits, header.nonce, header.version):
-                raise StorageError(f"index record 'i{block_hash}' does not match block record "
-                                   f"'b{block_hash}' (time/bits/nonce/version differ)")
-        children: dict[Uint256, list[Uint256]] = {}
-        for block_hash, header in headers.items():
-            if block_hash != genesis_hash:
-                children.setdefault(header.hash_prev_block, []).append(block_hash)
-
-        genesis_record = records.get(genesis_hash)
-        if genesis_record is None or genesis_hash not in headers:
-            raise StorageError(f"block database {self.db.path}: genesis {genesis_hash} has no index record")
-        root = BlockIndex.from_header(genesis_hash, headers[genesis_hash], None, genesis_record.status)
-        self._index[genesis_hash] = root
-        stack = [root]
-        while stack:
-            parent = stack.pop()
-            for child_hash in children.get(parent.hash, ()):
-                index = BlockIndex.from_header(child_hash, headers[child_hash], parent,
-                                               records[child_hash].status)
-                if records[child_hash].height != index.height:
-                    raise StorageError(f"index record 'i{child_hash}' says height "
-                                       f"{records[child_hash].height}, its parents give {index.height}")
-                self._index[child_hash] = index
-                stack.append(index)
-
-        unlinked = len(headers) - len(self._index)
-        missing_body = len(records) - len(headers)
-        if unlinked or missing_body:
-            logger.warning("[Chain] Ignored {} indexed block(s) not linked to genesis and {} index "
-                           "record(s) without block data", unlinked, missing_body)
-
-        tip = self._stored_tip()
+        self._index, tip = BlockTreeLoader(self.db, genesis_hash).load()
         self._main[:] = self._path_from_genesis(tip)
         for lower, upper in zip(self._main, self._main[1:]):
             lower.next = upper
         logger.info("[Chain] Loaded chain state: {} blocks (height {}), tip {} in {:.2f} s",
                     len(self._index), tip.height, tip.hash, _time.monotonic() - started)
-
-    def _stored_tip(self) -> BlockIndex:
-        try:
-            best = self.db.read_best_block()
-        except StorageError as e:
-            logger.warning("[Chain] {}", e)
-            best = None
-        if best is not None and best in self._index:
-            return self._index[best]
-        tip = max(self._index.values(), key=lambda i: (i.chain_work, -i.height))
-        logger.warning("[Chain] Best block {} is missing or not linked; using the most-work block "
-                       "{} (height {})", best, tip.hash, tip.height)
-        self.db.write_best_block(tip.hash)
-        return tip
 
     def _reconcile_utxo(self) -> None:
         """Bring the UTXO set (its own database) to the loaded tip.
