@@ -42,20 +42,19 @@ from loguru import logger
 
 from dilithion.consensus.pow import (check_block_timestamp, check_proof_of_work,
                                      get_next_work_required)
+from dilithion.consensus.validation import (BlockValidationError, Framing, block_transactions,
+                                            parse_block_transactions)
 from dilithion.crypto.sha3 import sha3_256
 from dilithion.mining.template import build_merkle_root
+from dilithion.net.serialize import SerializationError
 from dilithion.node.block_index import (BLOCK_FAILED, STATUS_STORED_BLOCK,
                                         STATUS_STORED_GENESIS, BlockIndex)
 from dilithion.node.blockchain_storage import StorageError
 from dilithion.node.genesis import create_genesis_block
 from dilithion.primitives.block import Block, Uint256
 
-from dilithion.consensus.validation import (BlockValidationError, Framing, block_transactions,
-                                            parse_block_transactions)
-from dilithion.net.serialize import SerializationError
-
-__all__ = ["BlockStatus", "BlockResult", "ChainState", "OrphanPool", "BlockTreeLoader", "MAX_REORG_DEPTH",
-           "MAX_ORPHAN_BLOCKS", "TipListener"]
+__all__ = ["BlockStatus", "BlockResult", "ChainState", "OrphanPool", "BlockTreeLoader",
+           "MAX_REORG_DEPTH", "MAX_ORPHAN_BLOCKS", "TipListener"]
 
 #: ``ActivateBestChain``'s limit on the number of blocks a reorganisation may disconnect.
 MAX_REORG_DEPTH = 100
@@ -547,7 +546,6 @@ class ChainState:
                   change: _Change) -> BlockResult:
         """Make ``index`` the tip, then persist block, index and ``bestblock`` in one synced batch."""
         tip = self._main[-1]
-        previous_tip = tip
         extends = index.prev is tip
         if extends:
             logger.info("[Chain] Block extends current tip: height {}", index.height)
@@ -561,12 +559,12 @@ class ChainState:
             logger.info("  Disconnect {} block(s)", depth)
             logger.info("  Connect {} block(s)", index.height - fork.height)
         change.blocks[index.hash] = block
-        self._index[index.hash] = index
         if self.ctx.utxo_set is not None:
             # The UTXO set (another database) may commit before 'bestblock' does; storing
             # the block first lets load() undo it after a crash (_reconcile_utxo).
             with self.db.batch(sync=True) as batch:
                 batch.write_block(index.hash, block)
+        self._index[index.hash] = index
         try:
             self._switch_tip(index, change)
         except _InvalidBlock as e:
@@ -590,7 +588,7 @@ class ChainState:
                 batch.write_block_index(index.hash, index)
                 batch.write_best_block(index.hash)
         except StorageError:
-            self._switch_tip(previous_tip, change)        # memory and UTXO follow the disk
+            self._switch_tip(tip, change)                 # memory and UTXO follow the disk
             self._index.pop(index.hash, None)
             raise
         if extends:
