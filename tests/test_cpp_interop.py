@@ -83,10 +83,11 @@ class CppNode:
         return re.search(pattern, self.output())
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL: its clean shutdown can hang on blocked threads."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
