@@ -320,13 +320,14 @@ class KnownHashes:
         return self.table[bytes(data)]
 
 
-def run_child(datadir: str, feed_path: str) -> None:
+def run_child(datadir: str, feed_path: str, utxo: bool) -> None:
     from loguru import logger
     logger.remove()
     with open(feed_path, "rb") as f:
         feed = pickle.load(f)
     ctx = NodeContext(REGTEST, Path(datadir), hasher=KnownHashes(feed["hashes"]))
     ctx.blockchain = BlockchainDB(Path(datadir) / "blocks")
+    ctx.utxo_set = UTXOSet(Path(datadir) / "chainstate") if utxo else None
     chain = ChainState(ctx)
     chain.load()
     print("ready", flush=True)
@@ -368,12 +369,12 @@ def kill_feed(tmp_path_factory, hasher, long_chain, genesis_hash):
     return path, order
 
 
-def check_consistent(datadir: Path, hasher, reported: dict[bytes, str]) -> None:
+def check_consistent(datadir: Path, hasher, reported: dict[bytes, str], utxo: bool) -> None:
     with BlockchainDB(datadir / "blocks") as db:
         best = db.read_best_block()
         indexed = [r.hash for r in db.iter_block_indexes()]
         assert all(db.block_exists(h) for h in indexed), "index record without block record"
-    chain = open_chain(datadir, hasher)
+    chain = open_chain(datadir, hasher, utxo=utxo)
     tip = chain.tip()
     assert best == tip.hash, "bestblock was not a loaded, linked block"
     assert len(chain._index) == len(indexed)                       # every index record linked
@@ -386,6 +387,13 @@ def check_consistent(datadir: Path, hasher, reported: dict[bytes, str]) -> None:
     for raw, status in reported.items():                           # completed calls are durable
         if status in ("tip", "reorg", "side"):
             assert chain.get_index(Uint256(raw)) is not None, status
+    if utxo:                      # reconciled at load: equal to the main chain applied from scratch
+        assert chain.ctx.utxo_set.best_block().hash == tip.hash
+        with UTXOSet(datadir.parent / (datadir.name + "-scratch")) as scratch:
+            for height, h in enumerate(main):
+                scratch.connect_block(chain.get_block(h), height, h)
+            assert list(scratch.coins()) == list(chain.ctx.utxo_set.coins())
+        shutil.rmtree(datadir.parent / (datadir.name + "-scratch"))
     close_chain(chain)
 
 
@@ -394,7 +402,7 @@ def _parse_report(line: str) -> tuple[bytes, str]:
     return bytes.fromhex(block_hash), status
 
 
-def kill_loop(tmp_path, hasher, feed, rounds: int, max_new_blocks: int) -> dict:
+def kill_loop(tmp_path, hasher, feed, rounds: int, max_new_blocks: int, utxo: bool = False) -> dict:
     """Start the child, let it store a random number of new blocks, SIGKILL it a random
     fraction of a block later, then check the datadir; the next child continues on it."""
     feed_path, order = feed
@@ -402,7 +410,8 @@ def kill_loop(tmp_path, hasher, feed, rounds: int, max_new_blocks: int) -> dict:
     datadir = tmp_path / "run0"
     stats = {"kills": 0, "finished": 0, "reported": 0}
     for round_no in range(rounds):
-        child = subprocess.Popen([sys.executable, __file__, "child", str(datadir), str(feed_path)],
+        child = subprocess.Popen([sys.executable, __file__, "child", str(datadir), str(feed_path),
+                                  "utxo" if utxo else "no-utxo"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = child.stdout.readline().strip()
         assert first == "ready", child.communicate()[1]
@@ -422,7 +431,7 @@ def kill_loop(tmp_path, hasher, feed, rounds: int, max_new_blocks: int) -> dict:
         lines += out.splitlines()
         reported = dict(_parse_report(line) for line in lines if line.count(" ") == 1)
         stats["reported"] += len(reported)
-        check_consistent(datadir, hasher, reported)
+        check_consistent(datadir, hasher, reported, utxo)
         if "done" in lines:
             stats["finished"] += 1
             datadir = tmp_path / f"run{round_no + 1}"                 # start over on a new datadir
@@ -437,11 +446,18 @@ def test_sigkill_at_random_moments_leaves_a_consistent_chain(tmp_path, hasher, k
     assert stats["reported"] > 0
 
 
+def test_sigkill_with_a_utxo_set_reconciles_both_databases(tmp_path, hasher, kill_feed):
+    """The UTXO set is a second database: after each kill, load() must bring it to the tip."""
+    stats = kill_loop(tmp_path, hasher, kill_feed, rounds=10, max_new_blocks=6, utxo=True)
+    assert stats["kills"] >= 8, stats
+
+
 @pytest.mark.slow
-def test_sigkill_soak(tmp_path, hasher, kill_feed):
-    stats = kill_loop(tmp_path, hasher, kill_feed, rounds=200, max_new_blocks=15)
+@pytest.mark.parametrize("utxo", [False, True])
+def test_sigkill_soak(tmp_path, hasher, kill_feed, utxo):
+    stats = kill_loop(tmp_path, hasher, kill_feed, rounds=200, max_new_blocks=15, utxo=utxo)
     assert stats["kills"] >= 100, stats
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "child":
-    run_child(sys.argv[2], sys.argv[3])
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "child":
+    run_child(sys.argv[2], sys.argv[3], sys.argv[4] == "utxo")
