@@ -24,7 +24,12 @@ Deliberate differences from the C++ node (none changes a stored byte):
 * blocks with an unknown parent wait in a bounded :class:`OrphanPool` and are
   connected when the parent arrives (``chain D21``: the C++ stores and abandons them);
 * block, index and ``bestblock`` records are written in one batch after the
-  decision, synced when the tip moves (``chain D19``);
+  decision, synced when the tip moves (``chain D19``); with a UTXO set attached
+  the block record is also written before the UTXO set applies it, so that
+  :meth:`ChainState.load` can always bring the two databases together;
+* a failure part-way through a reorganisation restores the old tip completely
+  (the C++ may leave ``pnext`` links inconsistent, ``chain D39``), and strict-mode
+  invalid blocks are remembered as failed in memory (never stored);
 * :meth:`ChainState.load` rebuilds the whole tree from disk, side branches
   included, and therefore restarts on data the C++ node cannot restart on
   (``chain D15``, ``D16``: chain work is recomputed from the genesis proof).
