@@ -465,6 +465,8 @@ class ChainState:
 
         ``block_hash`` may be given when the caller already knows it (the miner);
         otherwise it is computed (and cached) here, outside the chain lock.
+        Raises :class:`StorageError` when a database cannot be read or written
+        (disk full, corrupt record); the in-memory chain then still matches the disk.
         """
         block_hash = Uint256(block_hash) if block_hash is not None else self.hash_block(block)
         with self.lock:
