@@ -15,10 +15,12 @@ node only, so it dials nothing else.  What is checked:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -191,3 +193,18 @@ def test_python_node_catches_up_from_a_mining_cpp_node(tmp_path, py_node, cpp_fa
         assert py_node.chain.main_chain_hash_at(len(found)).get_hex() == found[len(found) - 1]
     finally:
         helper.close()
+
+
+def test_cli_getmininginfo_against_the_cpp_node(tmp_path, cpp_factory):
+    """``dilithion-cli`` speaks the C++ RPC dialect (one write, ``[{...}]`` params, no cookie)."""
+    cpp = cpp_factory(free_port())      # dials a closed port: it stays alone on loopback
+    assert cpp.wait_for_line(r"RPC server listening on port", timeout=60), cpp.output()
+    cli = Path(sys.executable).parent / "dilithion-cli"
+    empty_datadir = tmp_path / "no-cookie"
+    empty_datadir.mkdir()
+    out = subprocess.run([str(cli), "--testnet", f"--datadir={empty_datadir}",
+                          f"--rpcport={cpp.rpcport}", "getmininginfo"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["mining"] is False and info["hashrate"] == 0 and info["threads"] >= 1
