@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,30 @@ def testnet() -> ChainParams:
 @pytest.fixture
 def regtest() -> ChainParams:
     return ChainParams.regtest()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """``mount(size)`` -> a fresh tmpfs of that size (e.g. ``"160k"``), unmounted afterwards.
+
+    Full-disk tests use it to run out of space for real; it skips where mounting
+    is not permitted (not root, no mount command).
+    """
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                                  capture_output=True, text=True)
+        except FileNotFoundError:
+            pytest.skip("no mount command")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)

@@ -256,20 +256,8 @@ def test_closed_database_raises_storage_error(tmp_path):
 # ----------------------------------------------------------------------------- disk full
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                              capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+def small_disk(tiny_tmpfs):
+    return tiny_tmpfs("256k")
 
 
 def _fill(path: Path) -> None:
@@ -282,10 +270,10 @@ def _fill(path: Path) -> None:
             pass
 
 
-def test_disk_full_is_clear_and_the_stored_chain_survives(tiny_tmpfs, hasher):
+def test_disk_full_is_clear_and_the_stored_chain_survives(small_disk, hasher):
     params = ChainParams.regtest()
-    ctx = NodeContext(params, tiny_tmpfs, hasher=hasher)
-    ctx.blockchain = BlockchainDB(tiny_tmpfs / "blocks")
+    ctx = NodeContext(params, small_disk, hasher=hasher)
+    ctx.blockchain = BlockchainDB(small_disk / "blocks")
     chain = ChainState(ctx)
     chain.load()
     for height in range(1, 6):
@@ -293,7 +281,7 @@ def test_disk_full_is_clear_and_the_stored_chain_survives(tiny_tmpfs, hasher):
                               now=params.genesis_time + 240 * height)
         assert chain.process_new_block(block, h).status is BlockStatus.TIP
     tip = chain.tip()
-    _fill(tiny_tmpfs / "filler")
+    _fill(small_disk / "filler")
     # A block with a big vtx cannot fit; the header still commits to it (SHA3 root is not checked).
     big = Block(BlockHeader(1, tip.hash, Uint256.ZERO, params.genesis_time + 6 * 240, params.genesis_bits, 0),
                 os.urandom(64 * 1024))
@@ -307,8 +295,8 @@ def test_disk_full_is_clear_and_the_stored_chain_survives(tiny_tmpfs, hasher):
         ctx.blockchain.write_best_block(h)
     ctx.blockchain.close()
 
-    (tiny_tmpfs / "filler").unlink()
-    ctx.blockchain = BlockchainDB(tiny_tmpfs / "blocks")
+    (small_disk / "filler").unlink()
+    ctx.blockchain = BlockchainDB(small_disk / "blocks")
     reloaded = ChainState(ctx)
     assert reloaded.load().hash == tip.hash and reloaded.height() == 5
     assert reloaded.get_block(h) is None

@@ -8,7 +8,9 @@ restart one node on its datadir.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -272,3 +274,28 @@ def test_addnode_peer_is_redialled_after_it_restarts(tmp_path):
     finally:
         a.kill()
         b.kill()
+
+
+def test_full_disk_stops_the_node_with_one_error_and_loses_nothing(tmp_path, tiny_tmpfs):
+    tiny_disk = tiny_tmpfs("160k")     # a mining regtest node fills it within seconds
+    node = NodeProcess(tmp_path, "full", ["--connect=none", "--mine", "--threads=1"],
+                       datadir=tiny_disk / "dd")
+    node.start()
+    try:
+        assert node.wait(90) == 1, node.describe()
+    finally:
+        node.kill()
+    err = node.errors()
+    assert "FATAL: cannot store mined block" in err and "No space left on device" in err, err
+    assert "Traceback" not in err
+    assert "Dilithion node stopped cleanly" in node.output()
+    last_tip = max(int(h) for h in re.findall(r"became new chain tip at height (\d+)", node.output()))
+    # More room, same datadir: every block that was reported stored is still there.
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_disk)], check=True)
+    node.extra_args = ["--connect=none"]
+    node.start()
+    try:
+        assert node.height() == last_tip, node.describe()
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(SHUTDOWN_SECONDS) == 0, node.describe()

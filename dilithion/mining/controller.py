@@ -36,6 +36,7 @@ from loguru import logger
 from dilithion.consensus.chain import BlockStatus
 from dilithion.consensus.pow import get_median_time_past, hash_less_than
 from dilithion.mining.template import BlockTemplate, create_block_template, next_work_bits
+from dilithion.node.blockchain_storage import StorageError
 from dilithion.node.wallet_key import load_or_create_mining_key
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import Transaction
@@ -332,8 +333,13 @@ class MiningController:
             _log_block_found(block, block_hash)
             try:
                 result = self._ctx.chainstate.process_new_block(block, block_hash)
-            except Exception as exc:  # noqa: BLE001 - storage errors reach the operator
+            except StorageError as exc:
                 logger.error(f"[Blockchain] ERROR: Failed to save block to database! ({exc})")
+                self._ctx.fatal_error(f"cannot store mined block {block_hash.short()}...: {exc}")
+                self._stop.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - reach the operator, keep mining
+                logger.opt(exception=exc).error(f"[Mining] ERROR: submitting block failed: {exc}")
                 self._stop.wait(ERROR_BACKOFF_SECONDS)
                 return
             self._log_outcome(result, height)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
+
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 
@@ -44,6 +46,19 @@ class NodeContext:
 
     #: Set to ask every thread of this node to finish (signal, RPC ``stop``).
     shutdown_requested: threading.Event = field(default_factory=threading.Event)
+    #: Why the node is stopping on its own (a failed disk write); ``None`` otherwise.
+    fatal_reason: str | None = None
+
+    def fatal_error(self, reason: str) -> None:
+        """Stop the node because it cannot go on safely (e.g. the disk is full).
+
+        Callers use this only after a write failed atomically, so nothing that
+        was stored is lost; the process then exits with status 1.
+        """
+        if self.fatal_reason is None:
+            self.fatal_reason = reason
+            logger.critical(f"FATAL: {reason}; shutting down (already stored data is intact)")
+        self.shutdown_requested.set()
 
     @property
     def magic(self) -> int:

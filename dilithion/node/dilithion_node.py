@@ -56,6 +56,8 @@ BANNER_RULE = "======================================"
 RECONNECT_INITIAL_DELAY = 2.0
 RECONNECT_MAX_DELAY = 60.0
 #: The main loop prints the hash rate this often (the C++ prints every 10th iteration).
+#: How often pooled transactions past their expiry age are dropped (chain D40).
+MEMPOOL_EXPIRY_INTERVAL = 60.0
 HASH_RATE_LOG_INTERVAL = 10.0
 
 
@@ -344,7 +346,7 @@ class DilithionNode:
             self.main_loop()
         finally:
             self.shutdown()
-        return 0
+        return 1 if self.ctx.fatal_reason else 0
 
     def install_signal_handlers(self) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -613,11 +615,15 @@ class DilithionNode:
         """Once a second: redial configured peers; every 10 s log the hash rate."""
         ctx = self.ctx
         next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
+        next_expiry = time.monotonic() + MEMPOOL_EXPIRY_INTERVAL
         while not ctx.shutdown_requested.wait(1.0):
             try:
                 self._keep_configured_peers()
             except Exception as exc:  # noqa: BLE001 - one bad redial must not end the node
                 logger.opt(exception=exc).error(f"[P2P] Redialling configured peers failed: {exc}")
+            if time.monotonic() >= next_expiry:
+                next_expiry = time.monotonic() + MEMPOOL_EXPIRY_INTERVAL
+                ctx.mempool.expire()
             if ctx.miner.is_mining() and time.monotonic() >= next_rate_log:
                 next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
                 logger.info(f"[Mining] Hash rate: {ctx.miner.get_hash_rate():.0f} H/s, "

@@ -37,6 +37,7 @@ from loguru import logger
 from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
 from dilithion.net.protocol import Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetdata, MsgInv
 from dilithion.net.tx_relay import TxRelay, TxRelayManager
+from dilithion.node.blockchain_storage import StorageError
 from dilithion.primitives.block import Uint256
 
 __all__ = ["P2PHandlers", "INV_BATCH", "BLOCK_REQUEST_TIMEOUT_S"]
@@ -334,6 +335,10 @@ class P2PHandlers:
         self._origin.peer_id = peer.id
         try:
             result = chain.process_new_block(block, block_hash=h)
+        except StorageError as exc:
+            logger.error(f"[P2P] ERROR: Failed to save block from peer {peer.id}")
+            self.ctx.fatal_error(f"cannot store block {h.short()}...: {exc}")
+            return
         finally:
             self._origin.peer_id = None
         self._note_has(peer, hb)
