@@ -411,6 +411,23 @@ def test_reorg_leaves_the_utxo_set_equal_to_the_winner_built_from_scratch(make_c
     assert utxo.verify_consistency()
 
 
+def test_reorg_drops_pooled_transactions_whose_inputs_left_the_chain(make_chain, main50, branch_b,
+                                                                    hasher):
+    spend = _spend_of_block1_coinbase(main50)
+    a14 = mine_block(hasher, main50[12][1], 14, PKH_A, PARAMS, now=block_time(14),
+                     transactions=[(spend, FEE)])
+    child = Transaction(1, [TxIn(OutPoint(spend.get_hash(), 0), b"\x02" * 8)],
+                        [TxOut(spend.vout[0].value - FEE, spend.vout[0].script_pubkey)], 0)
+    mempool = TxMemPool()
+    chain = make_chain("reorg-mempool", utxo=True, mempool=mempool)
+    feed(chain, main50[:13] + [a14], BlockStatus.TIP)
+    mempool.add_tx(child, FEE, block_time(15), 14)      # spends an output of the block at height 14
+    feed(chain, branch_b[:4], BlockStatus.SIDE)
+    assert mempool.exists(child.get_hash())             # side blocks change nothing
+    assert chain.process_new_block(*branch_b[4]).status is BlockStatus.REORG
+    assert not mempool.exists(child.get_hash())         # its input went away with height 14
+
+
 # ----------------------------------------------------------------------------- threads
 
 def test_concurrent_submission_connects_each_block_once(make_chain, main50):

@@ -477,7 +477,7 @@ class ChainState:
             new_tip = self._main[-1]
             if new_tip is not change.old_tip:
                 result.connected, result.disconnected = self._net_change(change, new_tip)
-                self._after_tip_change(result.connected, new_tip)
+                self._after_tip_change(result.connected, result.disconnected, new_tip)
             listeners = list(self._listeners) if new_tip is not change.old_tip else []
         for callback in listeners:
             try:
@@ -711,9 +711,13 @@ class ChainState:
         disconnected = [self._block_for(i, change) for i in reversed(self._branch(fork, change.old_tip))]
         return connected, disconnected
 
-    def _after_tip_change(self, connected: Iterable[Block], new_tip: BlockIndex) -> None:
+    def _after_tip_change(self, connected: Iterable[Block], disconnected: list[Block],
+                          new_tip: BlockIndex) -> None:
         metrics = self.ctx.metrics
         mempool = self.ctx.mempool
+        if disconnected and mempool is not None and self.ctx.utxo_set is not None:
+            # Inputs of pooled transactions may have left the chain with the old branch.
+            mempool.remove_unspendable(self.ctx.utxo_set, new_tip.height + 1)
         for block in connected:
             if metrics is not None:
                 metrics.blocks_connected.inc()
