@@ -494,6 +494,10 @@ def test_getblockhash_returns_main_chain_not_fork(node, chain10):
     assert rpc.result("getblockhash", [10]) == {"blockhash": chain10[10][1].get_hex()}
     side = rpc.result("getblock", [h.get_hex()])
     assert side["height"] == 10 and side["confirmations"] == -1
+    assert rpc.result("getchaintips") == [
+        {"height": 10, "hash": t.get_hex(), "branchlen": branchlen, "status": status}
+        for t, branchlen, status in sorted([(chain10[10][1], 0, "active"), (h, 1, "valid-fork")],
+                                           key=lambda tip: bytes(tip[0]))]
 
 
 def test_chain_name_per_network(tmp_path):

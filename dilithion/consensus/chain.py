@@ -350,6 +350,26 @@ class ChainState:
             return sorted(h for h, index in self._index.items()
                           if index.height == height and not index.is_failed())
 
+    def chain_tips(self) -> list[tuple[BlockIndex, int, str]]:
+        """Every block without a known child: ``(index, branch length, status)``.
+
+        Status is ``active`` for the tip, ``valid-fork`` for a side branch and
+        ``invalid`` for a branch ending in a block that failed strict validation;
+        the branch length counts the blocks off the main chain.  Highest first.
+        """
+        with self.lock:
+            parents = {index.prev.hash for index in self._index.values() if index.prev}
+            tips = []
+            for index in self._index.values():
+                if index.hash in parents:
+                    continue
+                fork = self.find_fork(index, self._main[-1])
+                branchlen = index.height - fork.height if fork is not None else index.height
+                status = ("active" if index is self._main[-1]
+                          else "invalid" if index.is_failed() else "valid-fork")
+                tips.append((index, branchlen, status))
+            return sorted(tips, key=lambda t: (-t[0].height, t[0].hash))
+
     def hash_block(self, block: Block) -> Uint256:
         return self._hashes.get(block.header.serialize())
 

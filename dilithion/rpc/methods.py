@@ -233,14 +233,11 @@ class NodeRPC:
                 "chainwork": f"{tip.chain_work:064x}",
             }
 
-    @rpc_method("getchaintips", "Get the tip of the active chain")
+    @rpc_method("getchaintips", "Get the active tip and the tip of every known side branch")
     def rpc_getchaintips(self) -> list:
         cs = self._need("chainstate")
-        tip = cs.tip()
-        if tip is None:
-            return []
-        return [{"height": tip.height, "hash": tip.hash.get_hex(), "branchlen": 0,
-                 "status": "active"}]
+        return [{"height": index.height, "hash": index.hash.get_hex(), "branchlen": branchlen,
+                 "status": status} for index, branchlen, status in cs.chain_tips()]
 
     # -- mempool and transactions -----------------------------------------------------
     @rpc_method("getmempoolinfo", "Get mempool statistics")
