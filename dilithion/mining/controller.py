@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from dilithion.consensus.chain import BlockStatus
+from dilithion.consensus.params import MAX_BLOCK_SIZE
 from dilithion.consensus.pow import get_median_time_past, hash_less_than
 from dilithion.mining.template import BlockTemplate, create_block_template, next_work_bits
 from dilithion.node.blockchain_storage import StorageError
@@ -256,7 +257,9 @@ class MiningController:
         mempool = self._ctx.mempool
         if mempool is None or mempool.size() == 0:
             return []
-        budget = self._ctx.chain_params.max_block_size - COINBASE_RESERVE_BYTES
+        # The library's 1,000,000-byte vtx limit (chain D29), not the chain params'
+        # 4 MiB: a block we mine must also pass peers that run --strict.
+        budget = min(self._ctx.chain_params.max_block_size, MAX_BLOCK_SIZE) - COINBASE_RESERVE_BYTES
         chosen: list[tuple[Transaction, int]] = []
         # Pooled transactions spend only confirmed outputs (the mempool admits no
         # in-pool chains), so any subset in fee-rate order is a valid block body.
