@@ -4,7 +4,7 @@
 Usage: ``python contrib/bench/bench_chain.py [N ...]`` (default ``1000``; e.g. ``1000 10000``).
 
 Regtest blocks are mined once with real RandomX and cached in
-``/tmp/dilithion-bench-regtest-chain.pickle`` (the cache only grows, so the 1,000
+``$TMPDIR/dilithion-bench-regtest-chain.pickle`` (the cache only grows, so the 1,000
 case is a prefix of the 10,000 case; mining 10,000 blocks takes about 8 minutes
 on one core).  For each N the script then measures, in fresh temporary datadirs:
 
@@ -35,7 +35,7 @@ from dilithion.node.genesis import create_genesis_block
 from dilithion.node.utxo_set import UTXOSet
 from dilithion.primitives.block import Block, Uint256
 
-CACHE = Path("/tmp/dilithion-bench-regtest-chain.pickle")
+CACHE = Path(tempfile.gettempdir()) / "dilithion-bench-regtest-chain.pickle"
 PARAMS = ChainParams.regtest()
 
 
