@@ -76,3 +76,13 @@ def tiny_tmpfs(tmp_path):
     yield mount
     for point in mounted:
         subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    """Transport-only nodes (``p2p_util.NodeFactory``), all stopped after the test."""
+    from p2p_util import NodeFactory
+
+    factory = NodeFactory(tmp_path)
+    yield factory
+    factory.stop_all()

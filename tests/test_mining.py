@@ -27,7 +27,6 @@ from dilithion.node.mempool import TxMemPool, accept_to_memory_pool
 from dilithion.node.metrics import NodeMetrics
 from dilithion.node.utxo_set import UTXOSet
 from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
-from dilithion.primitives.block import Uint256
 from dilithion.primitives.transaction import OutPoint
 
 from coins_helpers import FEE, p2pkh, spend

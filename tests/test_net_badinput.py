@@ -11,16 +11,9 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import MsgInv, MsgPing, MsgVersion
 from dilithion.net.serialize import MAX_MESSAGE_SIZE, ser_compact_size
 
-from p2p_util import NodeFactory, RawPeer, frame, frame_raw, metric, wait_until
+from p2p_util import RawPeer, frame, frame_raw, metric, wait_until
 
 MAGIC = ChainParams.regtest().magic
-
-
-@pytest.fixture
-def nodes(tmp_path):
-    factory = NodeFactory(tmp_path)
-    yield factory
-    factory.stop_all()
 
 
 @pytest.fixture

@@ -17,13 +17,6 @@ from p2p_util import NodeFactory, RawPeer, frame, frame_raw, metric, wait_until
 MAGIC = ChainParams.regtest().magic
 
 
-@pytest.fixture
-def nodes(tmp_path):
-    factory = NodeFactory(tmp_path)
-    yield factory
-    factory.stop_all()
-
-
 def _ids(cm):
     return [p.id for p in cm.peer_manager.handshake_complete_peers()]
 

@@ -59,18 +59,11 @@ def mine_on(hasher, parent_hash, parent_height, count, pkh, branch=0):
 
 
 def open_chain(datadir: Path, hasher, params=REGTEST, utxo: bool = False, strict=False) -> ChainState:
-    ctx = NodeContext(params, datadir, hasher=hasher, strict=strict)
-    ctx.blockchain = BlockchainDB(datadir / "blocks")
-    ctx.utxo_set = UTXOSet(datadir / "chainstate") if utxo else None
-    ctx.chainstate = ChainState(ctx)
-    ctx.chainstate.load()
-    return ctx.chainstate
+    return ChainState.open(params, datadir, hasher, utxo=utxo, strict=strict)
 
 
 def close_chain(chain: ChainState) -> None:
-    if chain.ctx.utxo_set is not None:
-        chain.ctx.utxo_set.close()
-    chain.ctx.blockchain.close()
+    chain.close()
 
 
 class CountingHasher:

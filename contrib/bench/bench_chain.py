@@ -29,10 +29,7 @@ from dilithion.consensus.chain import BlockStatus, ChainState
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import mine_block
-from dilithion.node.blockchain_storage import BlockchainDB
-from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
-from dilithion.node.utxo_set import UTXOSet
 from dilithion.primitives.block import Block, Uint256
 
 CACHE = Path(tempfile.gettempdir()) / "dilithion-bench-regtest-chain.pickle"
@@ -56,35 +53,20 @@ def mined_chain(hasher, count: int) -> list[tuple[Block, Uint256]]:
     return [(Block.deserialize(payload), Uint256(h)) for payload, h in stored[:count]]
 
 
-def open_chain(datadir: Path, hasher, utxo: bool) -> ChainState:
-    ctx = NodeContext(PARAMS, datadir, hasher=hasher)
-    ctx.blockchain = BlockchainDB(datadir / "blocks")
-    ctx.utxo_set = UTXOSet(datadir / "chainstate") if utxo else None
-    ctx.chainstate = ChainState(ctx)
-    ctx.chainstate.load()
-    return ctx.chainstate
-
-
-def close_chain(chain: ChainState) -> None:
-    if chain.ctx.utxo_set is not None:
-        chain.ctx.utxo_set.close()
-    chain.ctx.blockchain.close()
-
-
 def bench(hasher, blocks, utxo: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-chain-") as tmp:
         datadir = Path(tmp)
-        chain = open_chain(datadir, hasher, utxo)
+        chain = ChainState.open(PARAMS, datadir, hasher, utxo=utxo)
         started = time.perf_counter()
         for block, h in blocks:
             assert chain.process_new_block(block, h).status is BlockStatus.TIP
         connect = time.perf_counter() - started
-        close_chain(chain)
+        chain.close()
         started = time.perf_counter()
-        chain = open_chain(datadir, hasher, utxo)
+        chain = ChainState.open(PARAMS, datadir, hasher, utxo=utxo)
         reload = time.perf_counter() - started
         assert chain.height() == len(blocks)
-        close_chain(chain)
+        chain.close()
     return {"blocks/s": len(blocks) / connect, "connect s": connect, "reload s": reload}
 
 

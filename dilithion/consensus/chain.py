@@ -308,6 +308,41 @@ class ChainState:
         self._hashes = _HeaderHashCache(ctx.hasher)
         self._listeners: list[TipListener] = []
 
+    @classmethod
+    def open(cls, params, datadir, hasher=None, *, utxo: bool = False,
+             strict: bool = False) -> "ChainState":
+        """A loaded chain state on ``<datadir>/blocks`` (and ``<datadir>/chainstate``).
+
+        For tools, benchmarks and tests; the node program wires the same parts
+        step by step so that it can report each one.  :meth:`close` closes them.
+        """
+        from pathlib import Path
+
+        from dilithion.node.blockchain_storage import BlockchainDB
+        from dilithion.node.context import NodeContext
+        from dilithion.node.utxo_set import UTXOSet
+
+        datadir = Path(datadir)
+        ctx = NodeContext(params, datadir, strict=strict,
+                          **({"hasher": hasher} if hasher is not None else {}))
+        ctx.blockchain = BlockchainDB(datadir / "blocks")
+        try:
+            ctx.utxo_set = UTXOSet(datadir / "chainstate") if utxo else None
+            ctx.chainstate = cls(ctx)
+            ctx.chainstate.load()
+        except BaseException:
+            if ctx.utxo_set is not None:
+                ctx.utxo_set.close()
+            ctx.blockchain.close()
+            raise
+        return ctx.chainstate
+
+    def close(self) -> None:
+        """Close the databases :meth:`open` opened."""
+        if self.ctx.utxo_set is not None:
+            self.ctx.utxo_set.close()
+        self.ctx.blockchain.close()
+
     # ------------------------------------------------------------------ queries
     @property
     def db(self):

@@ -441,7 +441,7 @@ class ConnectionManager:
         try:
             fn(*args)
         except Exception:
-            logger.exception(f"[P2P] Internal error on the network thread"
+            logger.exception("[P2P] Internal error on the network thread"
                              + (f" (peer {conn.peer.id})" if conn is not None else ""))
             if conn is not None and not conn.closed:
                 self._close(conn, "internal error", "error")
