@@ -33,12 +33,15 @@ def fill_send_queue(node: Node, peer_id: int) -> None:
     even the smallest one and the kernel buffers stay full."""
     big = MsgInv([Inv(TX, fake_hash(i)) for i in range(1000)])
     small = MsgInv([Inv(TX, fake_hash(0))])
+    refused_rounds = 0
     for _round in range(50):
         accepted = 0
         for msg in (big, small):
             while node.connman.send_message(peer_id, msg):
                 accepted += 1
-        if accepted == 0:
+        # Two refusals 0.2 s apart: the network thread has flushed all the kernel takes.
+        refused_rounds = refused_rounds + 1 if accepted == 0 else 0
+        if refused_rounds == 2:
             return
         time.sleep(0.2)
     raise AssertionError("the send queue never filled")
