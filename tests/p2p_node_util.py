@@ -15,6 +15,7 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import mine_block
+from dilithion.net.added_nodes import AddedNodes
 from dilithion.net.async_broadcaster import AsyncBroadcaster
 from dilithion.net.net import ConnectionManager
 from dilithion.node.blockchain_storage import BlockchainDB
@@ -69,6 +70,7 @@ class Node:
         ctx.peer_manager = self.connman.peer_manager
         ctx.broadcaster = AsyncBroadcaster(ctx, self.connman, **(broadcaster_kw or {}))
         self.handlers = P2PHandlers(ctx, self.connman)
+        ctx.added_nodes = AddedNodes(self.connman)
         self.connman.start()
         ctx.broadcaster.start()
 

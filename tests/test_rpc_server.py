@@ -415,7 +415,7 @@ def test_help_stop_and_confirm(bare):
                      "getblockchaininfo", "getchaintips", "getpeerinfo", "getnetworkinfo",
                      "getmininginfo", "startmining", "stopmining", "addnode", "disconnectnode",
                      "getrawmempool", "getmempoolinfo", "sendrawtransaction", "getbroadcastinfo",
-                     "gettransaction", "decoderawtransaction",
+                     "gettransaction", "decoderawtransaction", "getaddednodeinfo",
                      "help", "stop"):
         assert required in names
     assert all(" - " in c for c in commands)
@@ -582,8 +582,22 @@ def test_peer_methods_with_two_nodes(node, tmp_path):
         peer_id = rpc.result("getpeerinfo")[0]["id"]
         assert rpc.error("disconnectnode", {"nodeid": peer_id + 100}) == (
             -29, f"Node not found in connected nodes: {peer_id + 100}")
+        # An added peer that drops is redialled by the main loop's maintain().
+        assert rpc.result("disconnectnode", {"nodeid": peer_id}) is None
+        assert wait_until(lambda: rpc.result("getpeerinfo") == [], 5)
+        n.ctx.added_nodes.maintain()                                        # notices the loss
+        n.ctx.added_nodes.maintain(now=time.monotonic() + 60)              # backoff elapsed
+        assert wait_until(lambda: any(p["handshake"] for p in rpc.result("getpeerinfo")), 5)
+        n.ctx.added_nodes.maintain()
+        assert rpc.result("getaddednodeinfo") == [
+            {"addednode": f"127.0.0.1:{other.port}", "connected": True,
+             "peer_id": rpc.result("getpeerinfo")[0]["id"]}]
+        # remove: disconnected and forgotten, so never redialled.
         rpc.result("addnode", [f"127.0.0.1:{other.port}", "remove"])
         assert wait_until(lambda: rpc.result("getpeerinfo") == [], 5)
+        n.ctx.added_nodes.maintain(now=time.monotonic() + 600)
+        time.sleep(0.3)
+        assert rpc.result("getpeerinfo") == [] and rpc.result("getaddednodeinfo") == []
         assert rpc.error("addnode", [f"127.0.0.1:{other.port}", "remove"])[0] == -29
     finally:
         other.close()

@@ -40,6 +40,7 @@ class NodeContext:
     connman: Any = None            # dilithion.net.net.ConnectionManager
     broadcaster: Any = None        # dilithion.net.async_broadcaster.AsyncBroadcaster
     tx_relay: Any = None           # dilithion.net.tx_relay.TxRelayManager
+    added_nodes: Any = None        # dilithion.net.added_nodes.AddedNodes
     miner: Any = None              # dilithion.mining.controller.MiningController
     rpc_server: Any = None         # dilithion.rpc.server.RPCServer
     metrics: Any = None            # dilithion.node.metrics.NodeMetrics

@@ -35,6 +35,7 @@ from dilithion.consensus.chain import ChainState
 from dilithion.core.chainparams import ChainParams, params_for
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController, default_thread_count
+from dilithion.net.added_nodes import AddedNodes
 from dilithion.net.async_broadcaster import AsyncBroadcaster
 from dilithion.net.dns import resolve
 from dilithion.net.net import ConnectionManager
@@ -53,8 +54,6 @@ __all__ = ["NodeConfig", "NodeStartupError", "DilithionNode", "parse_port", "par
 VERSION = "1.0.0"
 BANNER_RULE = "======================================"
 #: Seconds between reconnection attempts to a configured peer: doubles up to the cap.
-RECONNECT_INITIAL_DELAY = 2.0
-RECONNECT_MAX_DELAY = 60.0
 #: The main loop prints the hash rate this often (the C++ prints every 10th iteration).
 #: How often pooled transactions past their expiry age are dropped (chain D40).
 MEMPOOL_EXPIRY_INTERVAL = 60.0
@@ -265,23 +264,6 @@ def _is_p2p_record(record) -> bool:
 
 
 # --------------------------------------------------------------------------- peers
-@dataclass
-class _ConfiguredPeer:
-    """A ``--connect``/``--addnode`` entry the main loop keeps connected.
-
-    Owned by the main thread only (start-up and the main loop).
-    """
-
-    entry: str
-    host: str
-    port: int
-    kind: str                       # "connect" or "addnode"
-    peer_id: int | None = None       # the current connection, None while waiting to redial
-    was_up: bool = False             # the current connection completed its handshake
-    next_attempt: float = 0.0
-    delay: float = RECONNECT_INITIAL_DELAY
-
-
 def parse_peer_entry(entry: str) -> tuple[str, int]:
     """``host:port`` → (IPv4 address, port); host names are resolved (``cli 6.1.4``).
 
@@ -320,7 +302,6 @@ class DilithionNode:
         self.config = config
         self.ctx = None
         self.mining_key = None
-        self._peers: list[_ConfiguredPeer] = []
         self._signal: int | None = None
         #: Becomes ``ctx.shutdown_requested``; exists before the context so an early
         #: signal is not lost (``cli 6.1.6``).
@@ -469,6 +450,7 @@ class DilithionNode:
         ctx.peer_manager = ctx.connman.peer_manager
         ctx.broadcaster = AsyncBroadcaster(ctx, ctx.connman)
         self.p2p_handlers = P2PHandlers(ctx, ctx.connman)
+        ctx.added_nodes = AddedNodes(ctx.connman)
         logger.info("  [OK] P2P components ready (not started)")
 
     def _init_wallet_and_miner(self) -> None:
@@ -536,50 +518,7 @@ class DilithionNode:
             name = entry.rpartition(":")[0]
             if name != host:
                 logger.info(f"    Resolved {name} to {host}")
-            peer = _ConfiguredPeer(entry, host, port, kind)
-            self._peers.append(peer)
-            self._dial(peer, first=True)
-
-    def _dial(self, peer: _ConfiguredPeer, first: bool = False) -> None:
-        """Start one outbound connection (it completes on the network thread)."""
-        peer.peer_id = self.ctx.connman.connect(peer.host, peer.port)
-        peer.was_up = False
-        if peer.peer_id is not None:
-            verb = "Connected to" if peer.kind == "connect" else "Added node"
-            logger.info(f"    [OK] {verb} {peer.entry} (peer_id={peer.peer_id})" if first
-                        else f"[P2P] Reconnecting to {peer.entry} (peer_id={peer.peer_id})")
-            return
-        verb = "connect to" if peer.kind == "connect" else "add node"
-        logger.warning(f"    [FAIL] Failed to {verb} {peer.entry}" if first
-                       else f"[P2P] Failed to reconnect to {peer.entry}")
-        self._schedule_redial(peer, time.monotonic())
-
-    @staticmethod
-    def _schedule_redial(peer: _ConfiguredPeer, now: float) -> None:
-        """Next attempt after ``delay``; the delay doubles while attempts keep failing."""
-        if peer.was_up:
-            peer.delay = RECONNECT_INITIAL_DELAY
-        peer.next_attempt = now + peer.delay
-        if not peer.was_up:
-            peer.delay = min(peer.delay * 2, RECONNECT_MAX_DELAY)
-        peer.peer_id = None
-        peer.was_up = False
-
-    def _keep_configured_peers(self) -> None:
-        """Redial configured peers whose connection is gone (main thread, once a second)."""
-        pm = self.ctx.connman.peer_manager
-        now = time.monotonic()
-        for peer in self._peers:
-            if peer.peer_id is not None:
-                current = pm.get_peer(peer.peer_id)
-                if current is not None:
-                    peer.was_up = peer.was_up or current.is_handshake_complete()
-                    continue
-                self._schedule_redial(peer, now)
-                logger.warning(f"[P2P] Lost connection to {peer.entry}; "
-                               f"reconnecting in {peer.next_attempt - now:.0f} s")
-            elif now >= peer.next_attempt:
-                self._dial(peer)
+            self.ctx.added_nodes.add(entry, host, port, kind)
 
     def _start_rpc(self) -> None:
         cfg, ctx = self.config, self.ctx
@@ -618,7 +557,7 @@ class DilithionNode:
         next_expiry = time.monotonic() + MEMPOOL_EXPIRY_INTERVAL
         while not ctx.shutdown_requested.wait(1.0):
             try:
-                self._keep_configured_peers()
+                ctx.added_nodes.maintain()
             except Exception as exc:  # noqa: BLE001 - one bad redial must not end the node
                 logger.opt(exception=exc).error(f"[P2P] Redialling configured peers failed: {exc}")
             if time.monotonic() >= next_expiry:

@@ -299,18 +299,35 @@ class NodeRPC:
 
     @rpc_method("addnode", "Connect to a peer (command add, onetry or remove)")
     def rpc_addnode(self, node: str, command: str = "add") -> None:
-        """``add``/``onetry`` dial the peer now; ``remove`` disconnects it (C++: no-op)."""
+        """``add`` keeps the peer connected (redialled when dropped), ``onetry`` dials
+        once, ``remove`` forgets it and disconnects it.  The C++ method does nothing."""
         if command not in ("add", "onetry", "remove"):
             raise RPCError(RPC_INVALID_PARAMETER,
                            f"Invalid command parameter: {command} (expected add, remove or onetry)")
         connman = self._need("connman")
+        added = self.ctx.added_nodes
         host, port = _parse_node_address(node, self.ctx.chain_params.p2p_port)
         if command == "remove":
-            self._disconnect_matching(connman, host, port, node)
+            forgotten = added is not None and added.remove(host, port)
+            try:
+                self._disconnect_matching(connman, host, port, node)
+            except RPCError:
+                if not forgotten:
+                    raise
+            return None
+        if command == "add" and added is not None:
+            added.add(node, host, port)      # a failed dial is retried with backoff
             return None
         if connman.connect(host, port) is None:
             raise RPCError(RPC_MISC_ERROR, f"Failed to connect to {node}")
         return None
+
+    @rpc_method("getaddednodeinfo", "List the peers added with --connect, --addnode or addnode")
+    def rpc_getaddednodeinfo(self) -> list:
+        added = self.ctx.added_nodes
+        return [] if added is None else [
+            {"addednode": e["addednode"], "connected": e["connected"], "peer_id": e["peer_id"]}
+            for e in added.entries()]
 
     @rpc_method("disconnectnode", "Disconnect a peer by address or node id")
     def rpc_disconnectnode(self, address: str | None = None, nodeid: int | None = None) -> None:
