@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dilithion.net.async_broadcaster import TokenBucket
+from dilithion.net.socket import TokenBucket
 from dilithion.net.protocol import Inv, InvType, MsgInv
 from p2p_node_util import Node, next_commands, raw_peer, wait_until
 from p2p_util import RawPeer

@@ -32,37 +32,10 @@ from typing import Callable
 from loguru import logger
 
 from dilithion.net.protocol import Inv, InvType, MsgInv
+from dilithion.net.socket import TokenBucket
 from dilithion.primitives.block import Uint256
 
-__all__ = ["AsyncBroadcaster", "TokenBucket", "BroadcastTask"]
-
-class TokenBucket:
-    """Classic token bucket: ``rate`` tokens per second, at most ``burst`` saved.
-
-    Owned by the broadcaster; only touched under the broadcaster's condition lock.
-    """
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def _refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def try_take(self, now: float) -> bool:
-        self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-    def next_token_at(self, now: float) -> float:
-        """When the next whole token will be available."""
-        self._refill(now)
-        return now + max(0.0, 1.0 - self.tokens) / self.rate
+__all__ = ["AsyncBroadcaster", "BroadcastTask"]
 
 
 @dataclass

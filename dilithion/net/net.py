@@ -559,7 +559,7 @@ class ConnectionManager:
                 continue
             if msg is None:
                 break
-            if not conn.bucket.take():
+            if not conn.bucket.try_take():
                 self._on_flood(conn, msg)
                 continue
             self._deliver(conn, msg)

@@ -324,24 +324,37 @@ class SendQueue:
 
 
 class TokenBucket:
-    """Message-rate limit for one peer: ``rate`` per second, bursts up to ``burst``.
+    """A rate limit: ``rate`` tokens per second, at most ``burst`` saved.
 
-    Owned by the network thread; no lock.
+    Used per peer by the network thread (incoming message rate) and by the
+    broadcaster (outgoing announcements).  Each instance belongs to one owner,
+    which serialises access (the network thread, or the broadcaster's lock);
+    ``now`` may be passed explicitly so that callers with their own clock (and
+    tests) stay deterministic.
     """
 
-    __slots__ = ("rate", "burst", "_tokens", "_stamp")
+    __slots__ = ("rate", "burst", "tokens", "stamp")
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
         self.rate = rate
         self.burst = burst
-        self._tokens = burst
-        self._stamp = time.monotonic()
+        self.tokens = burst
+        self.stamp = time.monotonic() if now is None else now
 
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+    def _refill(self, now: float | None) -> float:
+        now = time.monotonic() if now is None else now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return now
+
+    def try_take(self, now: float | None = None) -> bool:
+        self._refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
             return True
         return False
+
+    def next_token_at(self, now: float | None = None) -> float:
+        """When the next whole token will be available."""
+        now = self._refill(now)
+        return now + max(0.0, 1.0 - self.tokens) / self.rate
