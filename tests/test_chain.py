@@ -14,7 +14,7 @@ from dilithion.consensus.chain import (MAX_REORG_DEPTH, BlockStatus, ChainState,
 from dilithion.consensus.pow import check_proof_of_work, compact_to_big, get_block_proof
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.sha3 import sha3_256
-from dilithion.mining.template import BlockTemplate, create_coinbase, mine_block, search_nonce
+from dilithion.mining.template import BlockTemplate, create_coinbase, mine_block, mine_chain, search_nonce
 from dilithion.node.block_index import BLOCK_FAILED, STATUS_STORED_GENESIS
 from dilithion.node.blockchain_storage import BlockchainDB, StorageError
 from dilithion.node.context import NodeContext
@@ -37,12 +37,8 @@ def block_time(height: int, branch: int = 0) -> int:
 
 def mine_on(hasher, parent_hash: Uint256, parent_height: int, count: int, pkh: bytes,
             branch: int = 0) -> list[tuple[Block, Uint256]]:
-    out = []
-    for height in range(parent_height + 1, parent_height + count + 1):
-        block, h = mine_block(hasher, parent_hash, height, pkh, PARAMS, now=block_time(height, branch))
-        out.append((block, h))
-        parent_hash = h
-    return out
+    return mine_chain(hasher, parent_hash, parent_height, count, pkh, PARAMS,
+                      time_of=lambda height: block_time(height, branch))
 
 
 def solve(hasher, block: Block) -> tuple[Block, Uint256]:

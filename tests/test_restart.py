@@ -21,7 +21,7 @@ import pytest
 
 from dilithion.consensus.chain import BlockStatus, ChainState
 from dilithion.core.chainparams import ChainParams
-from dilithion.mining.template import mine_block
+from dilithion.mining.template import mine_block, mine_chain
 from dilithion.node.blockchain_storage import (BEST_BLOCK_KEY, BlockchainDB, StorageError,
                                                encode_index_record, index_key)
 from dilithion.node.context import NodeContext
@@ -49,13 +49,8 @@ TESTNET_BLOCK7_HASH = "000e8fa434db7cef330264266880b0988c31a9e2d95ecb98c91441373
 
 
 def mine_on(hasher, parent_hash, parent_height, count, pkh, branch=0):
-    out = []
-    for height in range(parent_height + 1, parent_height + count + 1):
-        block, h = mine_block(hasher, parent_hash, height, pkh, REGTEST,
-                              now=REGTEST.genesis_time + 240 * height + branch)
-        out.append((block, h))
-        parent_hash = h
-    return out
+    return mine_chain(hasher, parent_hash, parent_height, count, pkh, REGTEST,
+                      time_of=lambda height: REGTEST.genesis_time + 240 * height + branch)
 
 
 def open_chain(datadir: Path, hasher, params=REGTEST, utxo: bool = False, strict=False) -> ChainState:

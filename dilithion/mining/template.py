@@ -26,7 +26,7 @@ from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 
 __all__ = ["BlockTemplate", "create_coinbase", "build_merkle_root", "next_work_bits",
-           "create_block_template", "search_nonce", "mine_block"]
+           "create_block_template", "search_nonce", "mine_block", "mine_chain"]
 
 
 @dataclass
@@ -124,3 +124,19 @@ def mine_block(hasher, tip_hash: Uint256, height: int, pub_key_hash: bytes,
     found = search_nonce(hasher, template)
     assert found is not None  # unbounded search only returns a solution
     return found
+
+
+def mine_chain(hasher, parent_hash: Uint256, parent_height: int, count: int, pub_key_hash: bytes,
+               params: ChainParams, time_of=None) -> list[tuple[Block, Uint256]]:
+    """``count`` blocks on ``parent_hash``, each on the previous one (regtest tools, tests).
+
+    ``time_of(height)`` gives each block's ``nTime`` (default: now), so callers
+    can build reproducible chains and distinct branches.
+    """
+    blocks = []
+    for height in range(parent_height + 1, parent_height + count + 1):
+        block, block_hash = mine_block(hasher, parent_hash, height, pub_key_hash, params,
+                                       now=time_of(height) if time_of else None)
+        blocks.append((block, block_hash))
+        parent_hash = block_hash
+    return blocks
