@@ -14,11 +14,13 @@ import pytest
 from dilithion.consensus.chain import BlockStatus, ChainState
 from dilithion.consensus.validation import block_transactions
 from dilithion.core.chainparams import ChainParams
+from dilithion.crypto.mldsa import KeyPair, create_script_pub_key
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController
 from dilithion.mining.template import mine_block
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.context import NodeContext
+from dilithion.primitives.block import Uint256
 from dilithion.primitives.transaction import OutPoint
 from dilithion.rpc.auth import basic_auth_header, read_cookie
 from dilithion.rpc.client import RPCClient, RPCCallError, UsageError
@@ -634,6 +636,28 @@ def test_mining_methods(node):
     assert rpc.result("stopmining") is True
     info = rpc.result("getmininginfo")
     assert info["mining"] is False and info["blocks"] >= 12
+
+
+def test_generatetoaddress_mines_now_and_pays_the_address(node):
+    n, rpc = node
+    n.ctx.miner = MiningController(n.ctx, threads=1, pub_key_hash=MINER.pub_key_hash())
+    payee = KeyPair.from_seed(bytes([7]) * 32)
+    start = rpc.result("getblockcount")
+    hashes = rpc.result("generatetoaddress", [3, payee.address()])
+    assert len(hashes) == 3 and rpc.result("getblockcount") == start + 3
+    assert rpc.result("getbestblockhash") == hashes[-1]
+    for h in hashes:
+        block = n.chain.get_block(Uint256.from_hex(h))
+        coinbase = block_transactions(block)[0]
+        assert coinbase.vout[0].script_pubkey == create_script_pub_key(payee.pub_key_hash())
+    # maxtries is a hash budget: one hash cannot always be enough, and never yields more.
+    assert len(rpc.result("generatetoaddress", {"nblocks": 5, "address": payee.address(),
+                                                "maxtries": 1})) <= 1
+    assert rpc.error("generatetoaddress", [0, payee.address()]) == (
+        -8, "nblocks must be between 1 and 1000")
+    assert rpc.error("generatetoaddress", [1, "Dnotanaddress"]) == (-5, "Invalid address: Dnotanaddress")
+    assert rpc.error("generatetoaddress", [1])[0] == -32602
+    assert rpc.error("generatetoaddress", ["1", payee.address()])[0] == -32602
 
 
 # -- building blocks ----------------------------------------------------------------------------

@@ -235,8 +235,9 @@ class MiningController:
             logger.info(f"[Mining] Resumed mining on block height {template.height}")
         return job
 
-    def build_template(self) -> BlockTemplate:
-        """A template on the current tip, paying this node's key, with mempool txs."""
+    def build_template(self, pub_key_hash: bytes | None = None) -> BlockTemplate:
+        """A template on the current tip, paying this node's key (or ``pub_key_hash``),
+        with mempool txs."""
         cs = self._ctx.chainstate
         params = self._ctx.chain_params
         with cs.lock:
@@ -249,8 +250,9 @@ class MiningController:
                 # there it would only push nTime ahead of the clock.
                 now = max(now, get_median_time_past(tip) + 1)
             transactions = self._mempool_transactions()
-        return create_block_template(tip.hash, tip.height + 1, bits, self._pub_key_hash,
-                                     params, transactions, now=now)
+        return create_block_template(tip.hash, tip.height + 1, bits,
+                                     pub_key_hash or self._pub_key_hash, params, transactions,
+                                     now=now)
 
     def _mempool_transactions(self) -> list[tuple[Transaction, int]]:
         """``(tx, fee)`` pairs from the mempool in its order, within the block size."""

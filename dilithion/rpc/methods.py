@@ -19,7 +19,10 @@ from typing import Any, Callable
 
 from loguru import logger
 
+from dilithion.consensus.chain import BlockStatus
 from dilithion.consensus.pow import compact_to_big, get_median_time_past
+from dilithion.crypto.mldsa import address_to_pub_key_hash
+from dilithion.mining.template import search_nonce
 from dilithion.net.protocol import PROTOCOL_VERSION, USER_AGENT
 from dilithion.net.serialize import SerializationError
 from dilithion.primitives.block import Uint256
@@ -44,6 +47,21 @@ RPC_INVALID_PARAMETER = -8               # well-typed but unacceptable value
 RPC_DESERIALIZATION_ERROR = -22          # hex or transaction bytes do not decode
 RPC_VERIFY_REJECTED = -26                # transaction refused by validation / mempool
 RPC_CLIENT_NODE_NOT_CONNECTED = -29      # disconnectnode / addnode remove: no such peer
+
+
+#: ``generatetoaddress`` limits (bitcoind's default for maxtries).
+MAX_GENERATE_BLOCKS = 1000
+DEFAULT_GENERATE_MAXTRIES = 1_000_000
+
+
+class _HashCounter:
+    """Hashes left for one ``generatetoaddress`` call (only its RPC thread touches it)."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def count(self) -> None:
+        self.left -= 1
 
 
 class RPCError(Exception):
@@ -381,6 +399,41 @@ class NodeRPC:
             miner.stop()
             logger.info("[RPC] Mining stopped")
         return True
+
+    @rpc_method("generatetoaddress", "Mine nblocks blocks now, paying to address (regtest, tests)")
+    def rpc_generatetoaddress(self, nblocks: int, address: str,
+                              maxtries: int = DEFAULT_GENERATE_MAXTRIES) -> list:
+        """Mine on the RPC thread with the miner's template (bitcoind semantics).
+
+        Stops early, returning the blocks found so far, when ``maxtries``
+        hashes are used up or the node shuts down.  A block that lost a race
+        with the background miner (it is only a side block) is not counted.
+        """
+        miner, cs = self._need("miner", "chainstate")
+        if not 1 <= nblocks <= MAX_GENERATE_BLOCKS:
+            raise RPCError(RPC_INVALID_PARAMETER,
+                           f"nblocks must be between 1 and {MAX_GENERATE_BLOCKS}")
+        if maxtries < 1:
+            raise RPCError(RPC_INVALID_PARAMETER, "maxtries must be positive")
+        try:
+            pub_key_hash = address_to_pub_key_hash(address)
+        except ValueError:
+            raise RPCError(RPC_INVALID_ADDRESS_OR_KEY, f"Invalid address: {address}") from None
+        found: list[str] = []
+        tries = _HashCounter(maxtries)
+        while len(found) < nblocks and tries.left > 0 and not self.ctx.shutdown_requested.is_set():
+            solved = search_nonce(self.ctx.hasher, miner.build_template(pub_key_hash),
+                                  max_hashes=tries.left, stop=self.ctx.shutdown_requested,
+                                  on_hash=tries.count)
+            if solved is None:
+                break
+            block, block_hash = solved
+            if cs.process_new_block(block, block_hash).status in (BlockStatus.TIP,
+                                                                 BlockStatus.REORG):
+                found.append(block_hash.get_hex())
+                if self.ctx.broadcaster is not None:
+                    self.ctx.broadcaster.broadcast_block(block_hash)
+        return found
 
     # -- control ---------------------------------------------------------------------
     @rpc_method("help", "This help message (help <command>: that command only)")
