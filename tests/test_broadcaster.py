@@ -28,6 +28,11 @@ def node(tmp_path, request):
     n.close()
 
 
+#: "Returns at once": far below any network wait (send deadlines are seconds), generous
+#: enough for a loaded CI machine.  The measured figure lives in contrib/bench/bench_broadcast.py.
+RETURNS_AT_ONCE_S = 0.25
+
+
 def fill_send_queue(node: Node, peer_id: int) -> None:
     """Queue messages for a peer that does not read until the transport refuses
     even the smallest one and the kernel buffers stay full."""
@@ -63,7 +68,9 @@ def test_stalled_peer_never_delays_the_others(node):
     started = time.perf_counter()
     node.ctx.broadcaster.broadcast_block(fake_hash(1))
     returned = time.perf_counter() - started
-    assert returned < 0.010
+    # Returns without waiting on any peer (the stalled one would hold it for its send
+    # deadline, seconds).  How fast it returns is bench_broadcast.py's job (~0.03 ms).
+    assert returned < RETURNS_AT_ONCE_S
     for raw in healthy:
         assert raw.wait_for("inv", timeout=1.0).inv == [Inv(BLOCK, fake_hash(1))]
     delivered = time.perf_counter() - started
@@ -114,7 +121,7 @@ def test_300_peers_receive_a_broadcast(node):
     peers = [raw_peer(node) for _ in range(300)]
     started = time.perf_counter()
     node.ctx.broadcaster.broadcast_block(fake_hash(7))
-    assert time.perf_counter() - started < 0.010
+    assert time.perf_counter() - started < RETURNS_AT_ONCE_S
     for raw in peers:
         assert raw.wait_for("inv", timeout=10).inv == [Inv(BLOCK, fake_hash(7))]
     elapsed = time.perf_counter() - started
@@ -135,7 +142,7 @@ def test_per_peer_rate_limit_spaces_announcements(node):
     started = time.perf_counter()
     for i in range(6):
         b.broadcast_tx(fake_hash(100 + i))
-    assert time.perf_counter() - started < 0.010
+    assert time.perf_counter() - started < RETURNS_AT_ONCE_S     # the rate limit never blocks callers
     arrivals = []
     for i in range(6):
         assert relaying.wait_for("inv", timeout=5).inv == [Inv(TX, fake_hash(100 + i))]
