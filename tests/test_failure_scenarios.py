@@ -1,0 +1,296 @@
+"""Failure-scenario and load tests for block propagation, with real node processes.
+
+The readiness plan's "failure-scenario and load tests": every scenario runs real
+``dilithion-node --regtest`` processes on loopback (temporary datadirs, free
+ports) and checks what an operator would check: that the nodes end on one best
+block, that a reorganisation happened where it had to, that the metrics count
+what went wrong.
+
+* partition and heal: A-B-C in a line, B-C cut, both sides mine, healed; the
+  lighter side (C) reorganises onto A's chain and keeps its branch as a fork.
+* SIGKILL of the relaying middle node while the head mines; it restarts on its
+  datadir and the line converges again.
+* a stalled peer (handshake, then never reads) is dropped by the send deadline
+  while blocks keep reaching a healthy peer.
+* ``slow``: a 5-node ring soak with two miners and a random SIGKILL + restart
+  every ~30 s; per-node metrics are printed.
+
+``docs/OPERATIONS.md`` ("Failure-scenario and load tests") describes how to run
+them and what they measured.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from dilithion.core.chainparams import ChainParams
+from dilithion.crypto.mldsa import KeyPair
+from dilithion.net.protocol import Inv, InvType, MsgGetdata
+from dilithion.rpc.client import RPCClientError
+
+from node_util import NodeProcess, wait_until
+from p2p_util import RawPeer
+
+#: Coinbase payee of every ``generatetoaddress`` (the key is never used to spend).
+PAYEE = KeyPair.from_seed(bytes(range(32))).address()
+CONVERGE_S = 60          # generous: the machine is shared and loaded
+
+
+def loopback(node: NodeProcess) -> str:
+    return f"127.0.0.1:{node.p2p_port}"
+
+
+def tips(nodes) -> list[str]:
+    return [node.best_hash() for node in nodes]
+
+
+def converged(nodes) -> bool:
+    return len(set(tips(nodes))) == 1
+
+
+def heights(nodes) -> list[int]:
+    return [node.height() for node in nodes]
+
+
+def peer_count(node: NodeProcess) -> int:
+    return len(node.rpc("getpeerinfo"))
+
+
+def mine(node: NodeProcess, n: int) -> list[str]:
+    """``n`` blocks mined now by ``node`` (RPC ``generatetoaddress``)."""
+    hashes = node.rpc("generatetoaddress", [n, PAYEE], timeout=120)
+    assert len(hashes) == n
+    return hashes
+
+
+def no_traceback(node: NodeProcess) -> None:
+    assert "Traceback" not in node.output() + node.errors(), node.describe()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Builds NodeProcesses in ``tmp_path`` and kills every one at the end."""
+    made: list[NodeProcess] = []
+
+    def make(name: str, args=(), env=None) -> NodeProcess:
+        node = NodeProcess(tmp_path, name, list(args), env=env)
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.kill()
+
+
+# ---------------------------------------------------------------------------
+# partition and heal
+# ---------------------------------------------------------------------------
+def test_partition_and_heal_reorganises_the_lighter_side(cluster):
+    a = cluster("A", ["--connect=none"])
+    b = cluster("B")
+    c = cluster("C", ["--connect=none"])            # dials nobody on its own, ever
+    b.extra_args = [f"--connect={loopback(a)}"]
+    line = (a, b, c)
+    for node in line:
+        node.start()
+    c.rpc("addnode", [loopback(b), "onetry"])
+    assert wait_until(lambda: peer_count(b) == 2 and peer_count(c) == 1, timeout=15), b.describe()
+    assert c.rpc("getaddednodeinfo") == []          # onetry: not a peer to redial
+
+    mine(a, 3)                                      # common history
+    assert wait_until(lambda: converged(line), timeout=CONVERGE_S), heights(line)
+    fork_height = a.height()
+    assert fork_height == 3
+
+    # Cut B-C from both sides.
+    inbound_c = [p["id"] for p in b.rpc("getpeerinfo") if p["inbound"]]
+    outbound_b = [p["id"] for p in c.rpc("getpeerinfo") if not p["inbound"]]
+    assert len(inbound_c) == 1 and len(outbound_b) == 1
+    b.rpc("disconnectnode", {"nodeid": inbound_c[0]})
+    try:
+        c.rpc("disconnectnode", {"nodeid": outbound_b[0]})
+    except RPCClientError as exc:                   # already gone: B's close reached C first
+        assert "Node not found" in str(exc)
+    assert wait_until(lambda: peer_count(c) == 0 and peer_count(b) == 1, timeout=10)
+
+    # Both sides mine; nobody redials across the cut.
+    mine(a, 6)
+    c_branch = mine(c, 3)
+    assert wait_until(lambda: b.height() == fork_height + 6, timeout=CONVERGE_S), heights(line)
+    time.sleep(2.5)                                 # longer than the 2 s first redial delay
+    assert peer_count(c) == 0 and peer_count(b) == 1
+    assert c.height() == fork_height + 3 and c.best_hash() == c_branch[-1]
+    assert a.best_hash() == b.best_hash() != c.best_hash()
+
+    # Heal.
+    c.rpc("addnode", [loopback(b), "onetry"])
+    assert wait_until(lambda: converged(line), timeout=CONVERGE_S), (heights(line), c.describe())
+    assert c.height() == fork_height + 6
+    forks = [t for t in c.rpc("getchaintips") if t["status"] == "valid-fork"]
+    assert {"hash": c_branch[-1], "height": fork_height + 3, "branchlen": 3,
+            "status": "valid-fork"} in forks, c.rpc("getchaintips")
+    assert [t["hash"] for t in c.rpc("getchaintips") if t["status"] == "active"] == [a.best_hash()]
+    assert "[Chain] Reorganization plan:" in c.output()
+    assert c.metric("block_propagation_time_seconds_count", role="receive") >= 6 + 3
+    for node in line:
+        no_traceback(node)
+
+
+# ---------------------------------------------------------------------------
+# SIGKILL of the relaying middle node
+# ---------------------------------------------------------------------------
+def test_sigkilled_relay_restarts_on_its_datadir_and_the_line_converges(cluster):
+    a = cluster("A", ["--mine", "--threads=1", "--connect=none"])
+    b = cluster("B")
+    c = cluster("C")
+    b.extra_args = [f"--connect={loopback(a)}"]
+    c.extra_args = [f"--addnode={loopback(b)}"]     # C redials B when B comes back
+    line = (a, b, c)
+    for node in line:
+        node.start()
+    assert wait_until(lambda: c.height() >= 10, timeout=CONVERGE_S), heights(line)
+
+    b.send_signal(signal.SIGKILL)
+    assert b.wait(10) == -signal.SIGKILL
+    height_at_kill = c.height()
+    # A keeps mining while its only relay is dead; C is cut off.
+    assert wait_until(lambda: a.height() >= height_at_kill + 10, timeout=CONVERGE_S)
+    assert c.height() <= height_at_kill + 1          # at most a block already in flight
+
+    b.start()                                        # same datadir, same port
+    assert "Loaded chain state" in b.run_output()
+    loaded = [line_ for line_ in b.run_output().splitlines() if "Loaded chain state" in line_]
+    assert "height 0)" not in loaded[0], loaded      # the chain survived the kill
+    assert wait_until(lambda: c.height() >= a.height() - 2 >= height_at_kill + 8,
+                      timeout=CONVERGE_S), (heights(line), b.describe())
+    a.rpc("stopmining")
+    assert wait_until(lambda: converged(line), timeout=CONVERGE_S), heights(line)
+    assert f"[P2P] Lost connection to {loopback(b)}" in c.output()
+    assert f"[P2P] Reconnecting to {loopback(b)}" in c.output()
+    for node in line:
+        no_traceback(node)
+
+
+# ---------------------------------------------------------------------------
+# a stalled peer
+# ---------------------------------------------------------------------------
+def fill_with_block_requests(peer: RawPeer, block_hash_hex: str, requests: int = 15000) -> None:
+    """Ask for one block ``requests`` times (a few MB of replies) and read none of it."""
+    item = Inv(InvType.MSG_BLOCK_INV, bytes.fromhex(block_hash_hex)[::-1])
+    for _ in range(requests // 5000):
+        peer.send(MsgGetdata(inv=[item] * 5000))
+
+
+def test_stalled_peer_is_dropped_while_blocks_keep_reaching_a_healthy_peer(cluster):
+    a = cluster("A", ["--connect=none"], env={**os.environ, "DIL_SEND_TIMEOUT": "1000"})
+    healthy = cluster("H")
+    healthy.extra_args = [f"--connect={loopback(a)}"]
+    a.start()
+    healthy.start()
+    assert wait_until(lambda: peer_count(a) == 1, timeout=15)
+    tip = mine(a, 5)[-1]
+
+    stalled = RawPeer(a.p2p_port, ChainParams.regtest().magic, rcvbuf=4096)
+    try:
+        stalled.handshake()
+        assert wait_until(lambda: peer_count(a) == 2, timeout=10)
+        a.rpc("startmining")
+        fill_with_block_requests(stalled, tip)
+        assert wait_until(lambda: a.metric("send_timeout_errors_total") >= 1, timeout=20), a.describe()
+        assert a.metric("peer_disconnections_total", reason="send_timeout") >= 1
+        assert "[P2P] send timeout: peer" in a.output()
+        # The healthy peer stayed connected and keeps receiving new blocks.
+        assert peer_count(a) == 1
+        before = healthy.height()
+        assert wait_until(lambda: healthy.height() >= before + 5, timeout=CONVERGE_S), \
+            (before, healthy.height(), a.height())
+        a.rpc("stopmining")
+        assert wait_until(lambda: converged((a, healthy)), timeout=CONVERGE_S)
+        assert healthy.metric("send_timeout_errors_total") == 0
+        assert peer_count(healthy) == 1
+    finally:
+        stalled.close()
+    for node in (a, healthy):
+        no_traceback(node)
+
+
+# ---------------------------------------------------------------------------
+# slow: 5-node ring soak with kills
+# ---------------------------------------------------------------------------
+SOAK_SECONDS = float(os.environ.get("DIL_SOAK_SECONDS", "180"))
+SOAK_KILL_EVERY_S = 30
+SOAK_METRICS = (("block_propagation_time_seconds_count", {"role": "announce"}),
+                ("block_propagation_time_seconds_sum", {"role": "announce"}),
+                ("block_propagation_time_seconds_count", {"role": "receive"}),
+                ("block_propagation_time_seconds_sum", {"role": "receive"}),
+                ("send_timeout_errors_total", {}),
+                ("block_broadcast_failures_total", {}))
+
+
+def soak_report(nodes, kills: dict[str, int]) -> str:
+    """One line per node: height, kills, propagation and failure counters (this run's)."""
+    lines = []
+    for node in nodes:
+        m = node.metrics()
+        values = {f"{name}{labels.get('role', '')}": m.get((name, tuple(sorted(labels.items()))), 0.0)
+                  for name, labels in SOAK_METRICS}
+        disconnects = {dict(labels)["reason"]: v for (name, labels), v in m.items()
+                       if name == "peer_disconnections_total"}
+        recv_n = values["block_propagation_time_seconds_countreceive"]
+        recv_s = values["block_propagation_time_seconds_sumreceive"]
+        ann_n = values["block_propagation_time_seconds_countannounce"]
+        ann_s = values["block_propagation_time_seconds_sumannounce"]
+        lines.append(
+            f"{node.name}: height={node.height()} kills={kills[node.name]} "
+            f"announce n={ann_n:.0f} mean={ann_s / ann_n if ann_n else 0:.4f}s "
+            f"receive n={recv_n:.0f} mean={recv_s / recv_n if recv_n else 0:.4f}s "
+            f"send_timeouts={values['send_timeout_errors_total']:.0f} "
+            f"broadcast_failures={values['block_broadcast_failures_total']:.0f} "
+            f"disconnections={disconnects}")
+    return "\n".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_soak_five_node_ring_with_random_kills(cluster):
+    """Metrics are per process run: a node's counters restart when it is killed."""
+    names = "ABCDE"
+    nodes = [cluster(name, ["--mine", "--threads=1"] if name in "AC" else []) for name in names]
+    for i, node in enumerate(nodes):                 # ring: each dials the next one
+        node.extra_args += [f"--addnode={loopback(nodes[(i + 1) % len(nodes)])}"]
+    for node in nodes:
+        node.start()
+    assert wait_until(lambda: all(peer_count(n) == 2 for n in nodes), timeout=30), \
+        [peer_count(n) for n in nodes]
+
+    rng = random.Random(int(os.environ.get("DIL_SOAK_SEED", "1")))
+    kills = {node.name: 0 for node in nodes}
+    start = time.monotonic()
+    next_kill = start + SOAK_KILL_EVERY_S
+    while time.monotonic() - start < SOAK_SECONDS:
+        if time.monotonic() >= next_kill:
+            victim = rng.choice(nodes)
+            victim.send_signal(signal.SIGKILL)
+            assert victim.wait(10) == -signal.SIGKILL
+            kills[victim.name] += 1
+            time.sleep(rng.uniform(1, 5))
+            victim.start()                           # the miners' --mine restarts mining
+            next_kill += SOAK_KILL_EVERY_S
+        time.sleep(1)
+    print(f"\nsoak heights before settling: {heights(nodes)}")
+
+    for node in nodes:
+        node.rpc("stopmining")
+    assert wait_until(lambda: converged(nodes), timeout=120, interval=1), \
+        (heights(nodes), tips(nodes))
+    report = soak_report(nodes, kills)
+    print(f"soak {SOAK_SECONDS:.0f} s, kills {kills}, all at height {nodes[0].height()} "
+          f"tip {nodes[0].best_hash()[:16]}\n{report}")
+    assert nodes[0].height() > 100                   # the miners did mine all along
+    assert sum(kills.values()) >= int(SOAK_SECONDS // SOAK_KILL_EVERY_S) - 1
+    for node in nodes:
+        no_traceback(node)
