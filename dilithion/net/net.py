@@ -585,9 +585,13 @@ class ConnectionManager:
             conn.pending_bytes += size
             over = (conn.pending_msgs >= self.handler_backlog_msgs
                     or conn.pending_bytes >= self.handler_backlog_bytes)
+            # Set under the lock the handler thread checks, before the message is
+            # queued: otherwise it could drain the backlog unaware of the pause.
+            pause = over and not conn.read_paused
+            if pause:
+                conn.read_paused = True
         self._handler_queue.put(("msg", conn, msg))
-        if over and not conn.read_paused:
-            conn.read_paused = True
+        if pause:
             logger.debug(f"[P2P] Pausing reads from peer {conn.peer.id}: "
                          f"{conn.pending_msgs} messages unprocessed")
             self._update_interest(conn)

@@ -1,0 +1,85 @@
+"""Regression tests for bugs found in review (one test per bug, each failed before its fix).
+
+Real sockets on loopback, real LevelDB in tmp dirs, real RandomX.  Where a bug
+is a race between two threads, the test forces the losing interleaving with a
+trace hook on the real thread instead of hoping the scheduler hits it.
+"""
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+
+from dilithion.core.chainparams import ChainParams
+from dilithion.net.net import ConnectionManager
+from dilithion.net.protocol import MsgPing
+
+from p2p_util import RawPeer, wait_until
+
+REGTEST = ChainParams.regtest()
+
+
+def _line_after(fn, needle: str) -> int:
+    """Absolute line number of the first source line of ``fn`` containing ``needle``."""
+    src, start = inspect.getsourcelines(fn)
+    return start + next(i for i, line in enumerate(src) if needle in line)
+
+
+def _pong(peer: RawPeer, nonce: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            msg = peer.recv_message(max(0.01, deadline - time.monotonic()))
+            if msg is None:
+                return False
+            if msg.command == "pong" and MsgPing.deserialize(msg.payload).nonce == nonce:
+                return True
+    except TimeoutError:
+        return False
+
+
+def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
+    """net.py ``_deliver``: the network thread queued a message and only then set
+    ``read_paused``.  If the handler thread drained the backlog in between, it saw
+    ``read_paused`` False and never posted a resume; the network thread then paused
+    the peer for ever (and the inactivity timer is off while paused), so the peer
+    hung with nothing queued.  The trace hook makes the network thread wait, right
+    after the ``put``, until the handler has processed the message."""
+    put_line = _line_after(ConnectionManager._deliver, "self._handler_queue.put")
+    deliver_code = ConnectionManager._deliver.__code__
+    armed = threading.Event()
+    held = []
+
+    def local(frame, event, arg):
+        if event == "line" and frame.f_lineno > put_line and armed.is_set():
+            conn = frame.f_locals["conn"]
+            deadline = time.monotonic() + 2.0
+            while conn.pending_msgs and time.monotonic() < deadline:
+                time.sleep(0.001)
+            held.append(conn.pending_msgs)
+            armed.clear()                     # one forced interleaving is enough
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code is deliver_code else None
+
+    threading.settrace(tracer)
+    try:
+        cm = nodes(handler_backlog_msgs=1)
+    finally:
+        threading.settrace(None)
+    peer = RawPeer(cm.listen_port, REGTEST.magic)
+    try:
+        peer.handshake()
+        conn = next(iter(cm._conns.values()))
+        peer.send(MsgPing(99))
+        assert _pong(peer, 99, 5.0)
+        assert wait_until(lambda: not conn.read_paused and conn.pending_msgs == 0)
+        armed.set()
+        peer.send(MsgPing(1))
+        assert _pong(peer, 1, 5.0)
+        assert held == [0], "the forced interleaving did not happen"
+        peer.send(MsgPing(2))
+        assert _pong(peer, 2, 5.0), "reads from the peer stayed paused for ever"
+    finally:
+        peer.close()
