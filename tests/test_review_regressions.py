@@ -83,3 +83,33 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
         assert _pong(peer, 2, 5.0), "reads from the peer stayed paused for ever"
     finally:
         peer.close()
+
+
+def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
+    """p2p_handlers.py ``_claim_request``: past 10,000 requests in flight every
+    new claim scanned the whole in-flight map, so one legal ``inv`` of 50,000
+    unknown block hashes cost ~10^9 steps on the message-handler thread (every
+    peer's messages waited for minutes) and the map grew without bound.  Now
+    the oldest expired requests are dropped from the front in O(1) and no more
+    than the cap are ever in flight."""
+    import os
+
+    from dilithion.net.protocol import Inv, InvType, MsgInv
+    from dilithion.node.p2p_handlers import MAX_BLOCKS_IN_FLIGHT
+    from p2p_node_util import Node, raw_peer
+
+    node = Node(tmp_path / "n")
+    try:
+        peer = raw_peer(node)
+        invs = [Inv(InvType.MSG_BLOCK_INV, os.urandom(32)) for _ in range(50_000)]
+        started = time.monotonic()
+        peer.send(MsgInv(invs))
+        getdata = peer.wait_for("getdata", 30.0)
+        peer.send(MsgPing(5))
+        assert _pong(peer, 5, 30.0)
+        assert time.monotonic() - started < 15.0, "the handler thread was stalled by one inv"
+        assert len(getdata.inv) == MAX_BLOCKS_IN_FLIGHT
+        assert node.handlers.in_flight_count() == MAX_BLOCKS_IN_FLIGHT
+        peer.close()
+    finally:
+        node.close()
