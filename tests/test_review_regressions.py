@@ -113,3 +113,51 @@ def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
         peer.close()
     finally:
         node.close()
+
+
+def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path):
+    """p2p_handlers.py ``_sync``: the broadcaster worker snapshots the peers, then
+    asks ``_may_announce`` about each.  A peer that disconnected in between (its
+    ``on_disconnect`` already ran) got a fresh ``_PeerSync`` (with a 20,000-entry
+    known set) that nothing ever removed: peer ids are never reused, so the map
+    grew with every such race.  The trace hook closes the peer right after the
+    worker's snapshot and waits for ``on_disconnect``."""
+    from dilithion.net.async_broadcaster import AsyncBroadcaster
+    from p2p_node_util import Node, raw_peer, regtest_chain
+
+    snapshot_line = _line_after(AsyncBroadcaster._eligible_peers, "handshake_complete_peers()")
+    code = AsyncBroadcaster._eligible_peers.__code__
+    armed = threading.Event()
+    left = []
+    state = {}
+
+    def local(frame, event, arg):
+        if event == "line" and frame.f_lineno > snapshot_line and armed.is_set():
+            armed.clear()
+            state["peer"].close()
+            handlers = state["node"].handlers
+            left.append(wait_until(lambda: state["pid"] not in handlers._peers, 5.0))
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code is code else None
+
+    blocks = regtest_chain(1)
+    threading.settrace(tracer)
+    try:
+        node = Node(tmp_path / "n")
+    finally:
+        threading.settrace(None)
+    try:
+        state["node"] = node
+        state["peer"] = raw_peer(node)
+        state["pid"] = node.peer_id_of(state["peer"])
+        assert wait_until(lambda: state["pid"] in node.handlers._peers)
+        armed.set()
+        node.load(blocks[1:])
+        assert wait_until(lambda: bool(left), 10.0) and left == [True]
+        assert wait_until(lambda: node.ctx.broadcaster.diagnostics()["queue_depth"] == 0)
+        time.sleep(0.2)
+        assert state["pid"] not in node.handlers._peers
+    finally:
+        node.close()

@@ -141,7 +141,11 @@ class P2PHandlers:
         with self._lock:
             sync = self._peers.get(peer.id)
             if sync is None:
-                sync = self._peers[peer.id] = _PeerSync(is_cpp=peer.is_cpp())
+                sync = _PeerSync(is_cpp=peer.is_cpp())
+                # A broadcaster worker may ask about a peer whose on_disconnect already
+                # ran (its state is DISCONNECTED by then): keep nothing for it.
+                if peer.is_connected():
+                    self._peers[peer.id] = sync
             return sync
 
     def on_handshake(self, peer) -> None:
