@@ -161,3 +161,30 @@ def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path
         assert state["pid"] not in node.handlers._peers
     finally:
         node.close()
+
+
+def test_tx_inv_flood_cannot_grow_the_relay_tables_without_bound(tmp_path):
+    """tx_relay.py: every tx item of an ``inv`` went into the in-flight tables and
+    the recently-announced table with no size limit (entries leave only after
+    60 s / 15 s), so a peer repeating ``inv`` messages of 50,000 made-up txids
+    grew the node's memory by ~10^5 entries per second per peer.  Both tables
+    are now capped; requests past the cap are simply not made."""
+    import os
+
+    from dilithion.net.protocol import Inv, InvType, MsgInv
+    from dilithion.net.tx_relay import TxRelayManager
+    from p2p_node_util import Node, raw_peer
+
+    node = Node(tmp_path / "n", with_mempool=True)
+    try:
+        peer = raw_peer(node)
+        for _ in range(5):
+            peer.send(MsgInv([Inv(InvType.MSG_TX_INV, os.urandom(32)) for _ in range(50_000)]))
+        peer.send(MsgPing(6))
+        assert _pong(peer, 6, 60.0)
+        _announced, in_flight, recent = node.ctx.tx_relay.get_stats()
+        assert in_flight == TxRelayManager.MAX_TX_IN_FLIGHT
+        assert recent <= TxRelayManager.MAX_RECENTLY_ANNOUNCED
+        peer.close()
+    finally:
+        node.close()

@@ -41,13 +41,17 @@ class TxRelayManager:
     TX_ANNOUNCE_TTL = 15
     #: Bound for one peer's announced set (C++: unbounded per peer).
     MAX_ANNOUNCED_PER_PEER = 50_000
+    #: Bounds for the node-wide tables, which a peer's ``inv`` items would otherwise
+    #: grow by up to 50,000 entries per message until they expire.
+    MAX_TX_IN_FLIGHT = 50_000
+    MAX_RECENTLY_ANNOUNCED = 100_000
 
     def __init__(self) -> None:
         self._cs = threading.Lock()
         self._tx_inv_sent: dict[int, OrderedDict[bytes, None]] = {}
         self._tx_in_flight: dict[bytes, int] = {}
         self._tx_request_time: dict[bytes, float] = {}
-        self._recently_announced: dict[bytes, float] = {}
+        self._recently_announced: OrderedDict[bytes, float] = OrderedDict()
 
     def should_announce(self, peer_id: int, txid: bytes) -> bool:
         with self._cs:
@@ -63,6 +67,9 @@ class TxRelayManager:
             while len(seen) > self.MAX_ANNOUNCED_PER_PEER:
                 seen.popitem(last=False)
             self._recently_announced[txid] = time.monotonic()
+            self._recently_announced.move_to_end(txid)
+            while len(self._recently_announced) > self.MAX_RECENTLY_ANNOUNCED:
+                self._recently_announced.popitem(last=False)
 
     def in_flight(self, txid: bytes) -> bool:
         """Requested and not yet timed out."""
@@ -75,10 +82,15 @@ class TxRelayManager:
             return True
         return mempool is not None and bool(mempool.exists(bytes(txid)))
 
-    def mark_requested(self, txid: bytes, peer_id: int) -> None:
+    def mark_requested(self, txid: bytes, peer_id: int) -> bool:
+        """Record a request; False (nothing recorded) when ``MAX_TX_IN_FLIGHT`` are pending."""
         with self._cs:
+            full = len(self._tx_in_flight) >= self.MAX_TX_IN_FLIGHT
+            if full and bytes(txid) not in self._tx_in_flight:
+                return False
             self._tx_in_flight[bytes(txid)] = peer_id
             self._tx_request_time[bytes(txid)] = time.monotonic()
+            return True
 
     def remove_in_flight(self, txid: bytes) -> None:
         with self._cs:
@@ -162,8 +174,8 @@ class TxRelay:
             self.manager.mark_announced(peer.id, txid)   # the announcer has it
             if self.manager.already_have(txid, mempool):
                 continue
-            self.manager.mark_requested(txid, peer.id)
-            wanted.append(Inv(InvType.MSG_TX_INV, txid))
+            if self.manager.mark_requested(txid, peer.id):
+                wanted.append(Inv(InvType.MSG_TX_INV, txid))
         return wanted
 
     def serve(self, peer, txids: list[bytes]) -> int:
