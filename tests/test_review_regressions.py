@@ -188,3 +188,52 @@ def test_tx_inv_flood_cannot_grow_the_relay_tables_without_bound(tmp_path):
         peer.close()
     finally:
         node.close()
+
+
+def _big_block_on_genesis(vtx_size: int):
+    """A regtest block on the genesis whose ``vtx`` is ``vtx_size`` random bytes
+    (default mode accepts any ``vtx``, ``chain D22``), with its hash."""
+    import os
+
+    from dilithion.consensus.pow import check_proof_of_work
+    from dilithion.crypto.randomx_hash import RandomXHasher
+    from dilithion.primitives.block import Block, BlockHeader, Uint256
+    from p2p_node_util import regtest_chain
+
+    hasher = RandomXHasher.for_key()
+    _genesis, genesis_hash = regtest_chain(0)[0]
+    header = BlockHeader(1, genesis_hash, b"\0" * 32, REGTEST.genesis_time + 60, 0x207FFFFF, 0)
+    while True:
+        h = Uint256(hasher.hash(header.serialize()))
+        if check_proof_of_work(h, header.bits, REGTEST):
+            return Block(header, os.urandom(vtx_size)), h
+        header.nonce += 1
+
+
+def test_getdata_for_a_big_block_stops_reading_once_the_send_queue_refuses(tmp_path):
+    """p2p_handlers.py ``_serve_block``: every block item of a ``getdata`` was read
+    from LevelDB (and checksummed) even after the peer's send queue had refused
+    the block, so one 72 KB ``getdata`` naming a 2 MB block 2,000 times kept the
+    message-handler thread (every peer's messages) busy for ~50 s while the
+    requester read nothing.  After a refusal the node now reads no more blocks
+    for that peer until its send queue has drained."""
+    from dilithion.net.protocol import Inv, InvType, MsgGetdata
+    from p2p_node_util import Node, raw_peer
+
+    block, h = _big_block_on_genesis(2 * 1024 * 1024)
+    node = Node(tmp_path / "n")
+    try:
+        node.chain.process_new_block(block, block_hash=h)
+        hog = raw_peer(node, rcvbuf=4096)          # asks, never reads
+        other = raw_peer(node)
+        hog.send(MsgGetdata([Inv(InvType.MSG_BLOCK_INV, bytes(h))] * 2000))
+        time.sleep(0.2)
+        started = time.monotonic()
+        other.send(MsgPing(8))
+        assert _pong(other, 8, 120.0)
+        assert time.monotonic() - started < 10.0, "the handler thread kept reading the block"
+        assert node.connman.queued_bytes(node.peer_id_of(hog)) >= 2 * 1024 * 1024
+        hog.close()
+        other.close()
+    finally:
+        node.close()

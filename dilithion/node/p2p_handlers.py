@@ -90,6 +90,7 @@ class _PeerSync:
     batch_sent: float = 0.0
     next_height: int = 0                # first height of the next catch-up batch
     sent_addr: bool = False
+    serve_refused: bool = False         # its send queue refused a block: serve none until it drains
 
     def catching_up(self, now: float) -> bool:
         return self.batch_last is not None and now - self.batch_sent < CATCHUP_TIMEOUT_S
@@ -324,6 +325,12 @@ class P2PHandlers:
             self.tx.serve(peer, txids)
 
     def _serve_block(self, peer, h: bytes) -> None:
+        sync = self._sync(peer)
+        if sync.serve_refused:          # written on this (the handler) thread only
+            if self.connman.queued_bytes(peer.id):
+                return          # reading the block (up to 32 MiB) would only be refused again
+            with self._lock:
+                sync.serve_refused = False
         block = self.ctx.chainstate.get_block(Uint256(h))
         if block is None:
             logger.info(f"[P2P] Peer {peer.id} requested unknown block: {Uint256(h).short()}...")
@@ -333,6 +340,8 @@ class P2PHandlers:
             self._note_has(peer, h)   # after the block is queued: a continuation inv follows it
         else:
             logger.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
+            with self._lock:
+                sync.serve_refused = True
 
     def on_block(self, peer, msg) -> None:
         """Connect a received block (solicited or not); chase missing parents."""
