@@ -237,3 +237,64 @@ def test_getdata_for_a_big_block_stops_reading_once_the_send_queue_refuses(tmp_p
         other.close()
     finally:
         node.close()
+
+
+_EMFILE_CHILD = r'''
+import json, os, resource, sys, time
+from loguru import logger
+warnings = []
+logger.remove()
+logger.add(lambda m: warnings.append(1), level="WARNING")
+from p2p_util import NodeFactory
+import pathlib, tempfile
+factory = NodeFactory(pathlib.Path(tempfile.mkdtemp()))
+cm = factory()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
+print(cm.listen_port, flush=True)
+sys.stdin.readline()                         # the parent has connected
+cpu0, warned0 = time.process_time(), len(warnings)
+time.sleep(2.0)
+cpu, warned = time.process_time() - cpu0, len(warnings) - warned0
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline and not cm.peer_manager.get_connection_count():
+    time.sleep(0.05)
+print(json.dumps({"cpu": cpu, "warnings": warned,
+                  "accepted_later": cm.peer_manager.get_connection_count()}), flush=True)
+factory.stop_all()
+'''
+
+
+def test_out_of_descriptors_on_accept_does_not_spin_the_network_thread():
+    """net.py ``_accept_all``: when ``accept`` failed with EMFILE the pending
+    connection stayed in the backlog, the listener stayed readable and the network
+    thread retried at once, for ever: 100 % CPU and ~46,000 warnings per second
+    until a descriptor came free.  The listener now rests for ``ACCEPT_RETRY_S``
+    and accepting resumes by itself.  (A child process, so only its descriptor
+    limit is lowered.)"""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.Popen([sys.executable, "-c", _EMFILE_CHILD], cwd=tests_dir,
+                             env={**os.environ, "PYTHONPATH": tests_dir},
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    socks = []
+    try:
+        port = int(child.stdout.readline())
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        report = json.loads(child.stdout.readline())
+        assert report["warnings"] < 50, report
+        assert report["cpu"] < 1.0, report
+        assert report["accepted_later"] >= 1, report
+    finally:
+        for s in socks:
+            s.close()
+        child.kill() if child.poll() is None else None
+        child.wait(10)

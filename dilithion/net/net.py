@@ -21,6 +21,7 @@ whole framed message to the peer's byte-bounded queue and wakes the selector.
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import secrets
@@ -50,6 +51,10 @@ SCORE_HANDLER_REJECTED = 10
 SCORE_DUPLICATE_VERSION = 10
 SCORE_TRUNCATED = 20
 SCORE_FLOOD = 1
+#: Pause before accepting again after the process ran out of descriptors: the
+#: pending connection keeps the listener readable, so retrying at once would spin.
+ACCEPT_RETRY_S = 0.5
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def _send_timeout_from(ctx, explicit_ms: int | None) -> float:
@@ -162,6 +167,7 @@ class ConnectionManager:
 
         self._selector: selectors.BaseSelector | None = None
         self._listener: Socket | None = None
+        self._accept_resume_at: float | None = None   # listener unregistered until then
         self._wake_r = self._wake_w = None
         self._handler_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._net_thread: threading.Thread | None = None
@@ -402,6 +408,9 @@ class ConnectionManager:
                         self._guarded(tag, self._service, tag, mask)
                 self._run_ops()
                 now = time.monotonic()
+                if self._accept_resume_at is not None and now >= self._accept_resume_at:
+                    self._accept_resume_at = None
+                    self._selector.register(self._listener.sock, selectors.EVENT_READ, "listen")
                 if now >= next_maintenance:
                     self._maintenance(now)
                     next_maintenance = now + tick
@@ -480,6 +489,9 @@ class ConnectionManager:
             except OSError as e:
                 logger.warning(f"[P2P] Failed to accept peer connection: {e}")
                 self._metric("socket_errors")
+                if e.errno in _OUT_OF_RESOURCES:
+                    self._selector.unregister(self._listener.sock)
+                    self._accept_resume_at = time.monotonic() + ACCEPT_RETRY_S
                 return
             if accepted is None:
                 return
