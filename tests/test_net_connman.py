@@ -393,3 +393,16 @@ def test_internal_error_costs_one_connection_not_the_thread(nodes):
         good.send(MsgPing(2))
         assert good.wait_for("pong").nonce == 2
         assert cm._net_thread.is_alive()
+
+
+def test_a_dead_network_thread_stops_the_node(nodes):
+    """If the network thread dies the node can neither hear nor speak: it must stop (exit 1)."""
+    cm = nodes()
+
+    def broken_maintenance(now):
+        raise RuntimeError("injected fault in the network thread")
+
+    cm._maintenance = broken_maintenance
+    assert wait_until(cm.ctx.shutdown_requested.is_set, 5)
+    assert "P2P network thread failed" in cm.ctx.fatal_reason
+    assert "injected fault" in cm.ctx.fatal_reason

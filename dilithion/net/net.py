@@ -54,6 +54,8 @@ SCORE_FLOOD = 1
 #: Pause before accepting again after the process ran out of descriptors: the
 #: pending connection keeps the listener readable, so retrying at once would spin.
 ACCEPT_RETRY_S = 0.5
+#: How long stop() waits for a handler that is inside a chain or database call.
+HANDLER_STOP_TIMEOUT_S = 30.0
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
@@ -205,7 +207,7 @@ class ConnectionManager:
         self._msg_thread.start()
 
     def stop(self) -> None:
-        """Close every socket and join both threads (well under 2 s)."""
+        """Close every socket and join both threads (well under a second when idle)."""
         if not self._started or self._stop_event.is_set():
             return
         self._stop_event.set()
@@ -214,7 +216,11 @@ class ConnectionManager:
             self._net_thread.join(2.0)
         self._handler_queue.put(None)
         if self._msg_thread is not None:
-            self._msg_thread.join(2.0)
+            # The handler may be inside a chain or database call: the caller closes the
+            # databases next, so wait for it to leave (queued messages are skipped).
+            self._msg_thread.join(HANDLER_STOP_TIMEOUT_S)
+            if self._msg_thread.is_alive():
+                logger.error(f"[P2P] Message handler still busy after {HANDLER_STOP_TIMEOUT_S:.0f} s")
         for s in (self._wake_r, self._wake_w):
             s.close()
         if self._selector is not None:
@@ -414,8 +420,12 @@ class ConnectionManager:
                 if now >= next_maintenance:
                     self._maintenance(now)
                     next_maintenance = now + tick
-        except Exception:
+        except Exception as exc:
             logger.exception("[P2P] Network thread failed")
+            if not self._stop_event.is_set():
+                # Without this thread the node is deaf and mute: stop it (exit 1) so a
+                # supervisor restarts it, rather than run on as if nothing happened.
+                self.ctx.fatal_error(f"P2P network thread failed: {exc!r}")
         finally:
             for conn in self._snapshot():
                 self._close(conn, "shutdown", "shutdown")
