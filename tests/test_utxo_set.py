@@ -398,3 +398,23 @@ def test_connect_then_disconnect_restores_database_bytes(data):
                 assert db_snapshot(utxo) == snapshot
         finally:
             utxo.close()
+
+
+def test_a_corrupt_coin_record_is_a_storage_error_naming_the_outpoint(tmp_path, miner):
+    """Damage in our own database must not look like bad input from a peer (a ValueError)."""
+    path = tmp_path / "chainstate"
+    with UTXOSet(path) as u:
+        c = RegtestChain(u, miner)
+        c.grow(1)
+        coinbase_txid = block_transactions(c.blocks[-1][0])[0].get_hash()
+    outpoint = OutPoint(coinbase_txid, 0)
+    db = plyvel.DB(str(path))
+    try:
+        keys = [k for k, _ in db.iterator() if coinbase_txid in k]
+        assert len(keys) == 1
+        db.put(keys[0], b"\x01\x02")                        # truncated coin record
+    finally:
+        db.close()
+    with UTXOSet(path) as u:
+        with pytest.raises(UTXOStorageError, match=f"corrupt coin record for {coinbase_txid[::-1].hex()}:0"):
+            u.get(outpoint)

@@ -178,7 +178,15 @@ class UTXOSet:
     def get(self, outpoint: OutPoint) -> Coin | None:
         with self.lock:
             data = self._db.get(_coin_key(outpoint))
-        return None if data is None else decode_coin(data)
+        if data is None:
+            return None
+        try:
+            return decode_coin(data)
+        except SerializationError as exc:
+            # Our own database is damaged: a storage error, never the fault of the
+            # peer whose transaction happened to look the coin up.
+            raise UTXOStorageError(f"{self.path}: corrupt coin record for "
+                                   f"{outpoint.hash[::-1].hex()}:{outpoint.n}: {exc}") from exc
 
     def have(self, outpoint: OutPoint) -> bool:
         return self.get(outpoint) is not None
