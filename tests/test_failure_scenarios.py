@@ -14,6 +14,9 @@ what went wrong.
   while blocks keep reaching a healthy peer.
 * ``slow``: a 5-node ring soak with two miners and a random SIGKILL + restart
   every ~30 s; per-node metrics are printed.
+* ``slow``, expected to fail until the node is fixed: a fork deeper than the
+  orphan pool, announced by one new block to a connected peer, is never resolved
+  (the soak's split, isolated).
 
 ``docs/OPERATIONS.md`` ("Failure-scenario and load tests") describes how to run
 them and what they measured.
@@ -26,6 +29,7 @@ import os
 import random
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -299,3 +303,28 @@ def test_soak_five_node_ring_with_random_kills(cluster):
     assert sum(kills.values()) >= int(SOAK_SECONDS // SOAK_KILL_EVERY_S) - 1
     for node in nodes:
         no_traceback(node)
+
+
+# ---------------------------------------------------------------------------
+# slow: a deep fork announced to a connected peer (the soak's failure, isolated)
+# ---------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.xfail(strict=True, reason="orphan walk of a fork deeper than MAX_ORPHAN_BLOCKS (750) "
+                   "evicts the announced tip; nothing re-requests it (docs/OPERATIONS.md 7.1)")
+def test_fork_deeper_than_the_orphan_pool_is_resolved_after_one_more_block(cluster):
+    """X and Z mine 760 blocks each apart, then connect: equal heights, so no catch-up
+    batch. Z mines one more; X learns of it by one ``inv`` and must walk 761 blocks back
+    to genesis to reorganise onto Z's heavier branch."""
+    x = cluster("X", ["--connect=none"])
+    z = cluster("Z", ["--connect=none"])
+    for node in (x, z):
+        node.start()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda node: mine(node, 760), (x, z)))
+    assert x.height() == z.height() == 760 and x.best_hash() != z.best_hash()
+    z.rpc("addnode", [loopback(x), "onetry"])
+    assert wait_until(lambda: peer_count(x) == 1, timeout=15)
+    tip = mine(z, 1)[-1]
+    assert wait_until(lambda: x.best_hash() == tip, timeout=120, interval=1), \
+        (x.height(), x.rpc("getchaintips")[:3])
