@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dilithion.net.protocol import (MESSAGE_TYPES, Address, Inv, MsgAddr, MsgBlock, MsgGetaddr,
+                                    MsgGetblocks,
                                     MsgGetdata, MsgInv, MsgPing, MsgPong, MsgTx, MsgVerack,
                                     MsgVersion, decode_payload)
 from dilithion.net.serialize import (DataStream, MessageHeader, NetMessage, SerializationError,
@@ -52,6 +53,7 @@ messages = st.one_of(
     st.builds(MsgGetdata, st.lists(invs, max_size=8)),
     st.builds(MsgBlock, blocks),
     st.builds(MsgTx, transactions),
+    st.builds(MsgGetblocks, st.lists(hash32.map(Uint256), max_size=8), hash32.map(Uint256), u32),
 )
 
 DECODERS = {

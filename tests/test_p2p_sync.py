@@ -9,10 +9,14 @@ import time
 
 import pytest
 
-from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetdata, MsgInv
+from dilithion.net.protocol import (CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetblocks, MsgGetdata,
+                                    MsgInv)
 from dilithion.node import p2p_handlers
 from dilithion.primitives.block import Block, BlockHeader
-from p2p_node_util import Node, next_commands, raw_peer, regtest_chain, wait_until
+from dilithion.crypto.mldsa import KeyPair
+from dilithion.crypto.randomx_hash import RandomXHasher
+from dilithion.mining.template import mine_block, mine_chain
+from p2p_node_util import REGTEST, Node, next_commands, raw_peer, regtest_chain, wait_until
 
 BLOCK = InvType.MSG_BLOCK_INV
 
@@ -128,10 +132,11 @@ def test_unknown_block_inv_is_fetched_once_and_known_ones_are_not_echoed(nodes):
 
 
 def test_orphan_walks_back_to_genesis_through_the_sender(nodes):
-    """Fed only the tip, a fresh node asks the sender for each missing parent in turn."""
+    """Fed only the tip by a C++ peer (no ``getblocks``), a fresh node asks it for
+    each missing parent in turn."""
     chain = regtest_chain(20)
     node = nodes("n")
-    peer = raw_peer(node)
+    peer = raw_peer(node, agent=CPP_USER_AGENT)
     by_hash = {bytes(h): b for b, h in chain}
     peer.send(MsgBlock(chain[20][0]))
     requested = []
@@ -145,6 +150,25 @@ def test_orphan_walks_back_to_genesis_through_the_sender(nodes):
     assert requested == [bytes(h) for _, h in reversed(chain[1:20])]
     assert wait_until(lambda: node.height() == 20, timeout=10)
     assert node.chain.tip().hash == chain[20][1]
+    peer.close()
+
+
+def test_orphan_from_a_python_peer_asks_for_its_chain_with_a_locator(nodes):
+    """A Python peer gets one ``getblocks`` (our locator) per interval, not a parent walk."""
+    chain = regtest_chain(20)
+    node = nodes("n")
+    node.load(chain[:13])
+    peer = raw_peer(node, start_height=20)
+    peer.send(MsgBlock(chain[20][0]))
+    getblocks = peer.wait_for("getblocks", timeout=10)
+    # Heights 12..3 one by one, then doubling steps (1), then the genesis.
+    expected = [bytes(h) for _, h in reversed(chain[3:13])] + [bytes(chain[1][1]), bytes(chain[0][1])]
+    assert [bytes(h) for h in getblocks.locator] == expected
+    peer.send(MsgBlock(chain[19][0]))                     # another orphan within the interval
+    assert "getblocks" not in [c for c, _ in next_commands(peer)]
+    # Asked the same way, the node answers with its main chain after the shared block.
+    peer.send(MsgGetblocks([bytes(chain[5][1]), bytes(chain[0][1])]))
+    assert peer.wait_for("inv").inv == [Inv(BLOCK, bytes(h)) for _, h in chain[6:13]]
     peer.close()
 
 
@@ -210,7 +234,7 @@ def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
     monkeypatch.setattr(p2p_handlers, "BLOCK_REQUEST_TIMEOUT_S", 0.2)
     chain = regtest_chain(3)
     node = nodes("n")
-    peer = raw_peer(node)
+    peer = raw_peer(node, agent=CPP_USER_AGENT)
     parent = MsgGetdata([Inv(BLOCK, bytes(chain[2][1]))])
     peer.send(MsgBlock(chain[3][0]))
     assert peer.wait_for("getdata") == parent
@@ -223,3 +247,35 @@ def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
     peer.send(MsgBlock(chain[3][0]))               # expired: the walk resumes
     assert peer.wait_for("getdata") == parent
     peer.close()
+
+
+# --------------------------------------------------------------------------- forks
+def _fork(parent_hash, length: int, payee_seed: int, time_offset: int):
+    """``length`` regtest blocks on the genesis ``parent_hash`` paying a payee of their
+    own, so two forks never mine identical blocks."""
+    payee = KeyPair.from_seed(bytes([payee_seed]) * 32)
+    return mine_chain(RandomXHasher.for_key(), parent_hash, 0, length, payee.pub_key_hash(), REGTEST,
+                      time_of=lambda h: REGTEST.genesis_time + 240 * h + time_offset)
+
+
+def test_a_fork_deeper_than_the_orphan_pool_heals_between_python_nodes(nodes):
+    """Two nodes that mined apart from the genesis: the shorter one reorganises to the
+    longer chain even though the fork is deeper than its orphan pool (getblocks with
+    a locator instead of a parent-by-parent walk, which the pool would cut short)."""
+    genesis = regtest_chain(0)
+    heavy = _fork(genesis[0][1], 36, payee_seed=1, time_offset=0)
+    light = _fork(genesis[0][1], 30, payee_seed=2, time_offset=7)
+    a, b = nodes("heavy"), nodes("light")
+    a.load(genesis + heavy)
+    b.load(genesis + light)
+    b.chain.orphans.max_blocks = 8           # far shallower than the 36-block fork
+    assert b.height() == 30 and a.height() == 36
+    b.connect_to(a)
+    assert wait_until(lambda: b.chain.tip().hash == heavy[-1][1], timeout=30), b.height()
+    # The old branch is still known, as a side branch.
+    assert ("valid-fork", 30) in {(status, index.height) for index, _, status in b.chain.chain_tips()}
+    # A new block on the heavy chain now reaches b like any other.
+    block37, hash37 = mine_block(RandomXHasher.for_key(), heavy[-1][1], 37, bytes([1]) * 20,
+                                 REGTEST, now=REGTEST.genesis_time + 240 * 37)
+    assert a.chain.process_new_block(block37, hash37).status.value == "tip"
+    assert wait_until(lambda: b.chain.tip().hash == hash37, timeout=10)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from dilithion.net.protocol import (CPP_USER_AGENT, MAINNET_MAGIC, MAX_INV_SIZE, MESSAGE_TYPES,
+                                    PROTOCOL_VERSION,
                                     TESTNET_MAGIC, Address, Inv, InvType, MsgAddr, MsgBlock,
-                                    MsgGetaddr, MsgGetdata, MsgInv, MsgPing, MsgPong, MsgTx,
+                                    MsgGetaddr, MsgGetblocks, MsgGetdata, MsgInv, MsgPing, MsgPong, MsgTx,
                                     MsgVerack, MsgVersion, MessageType, decode_payload,
                                     get_message_command)
 from dilithion.net.serialize import NetMessage, SerializationError, ser_compact_size
@@ -132,11 +133,25 @@ def test_block_vector():
 # -- dispatch ------------------------------------------------------------------------
 def test_decode_payload_dispatch_and_unknown_commands():
     assert set(MESSAGE_TYPES) == {"version", "verack", "ping", "pong", "getaddr", "addr", "inv",
-                                  "getdata", "block", "tx"}
+                                  "getdata", "block", "tx", "getblocks"}
     assert decode_payload("ping", bytes(8)) == MsgPing(0)
     assert decode_payload("verack", b"ignored") == MsgVerack()
-    for unknown in ("getheaders", "headers", "getblocks", "mempool", "reject", "nonsense"):
+    for unknown in ("getheaders", "headers", "mempool", "reject", "nonsense"):
         assert decode_payload(unknown, b"\x00" * 5) is None
+
+
+def test_getblocks_layout_and_limits():
+    """Bitcoin's layout (the C++ names the command but never handles it)."""
+    locator = [bytes([i]) * 32 for i in (3, 2, 1)]
+    payload = MsgGetblocks(locator).serialize()
+    assert payload == (PROTOCOL_VERSION.to_bytes(4, "little") + b"\x03" + b"".join(locator)
+                       + bytes(32))
+    assert MsgGetblocks.deserialize(payload) == MsgGetblocks(locator)
+    too_many = PROTOCOL_VERSION.to_bytes(4, "little") + b"\x66" + bytes(32 * 103)
+    with pytest.raises(SerializationError, match="locator count 102 .* exceeds limit 101"):
+        MsgGetblocks.deserialize(too_many)
+    with pytest.raises(SerializationError):
+        MsgGetblocks.deserialize(payload[:-1])
 
 
 def test_message_type_names_match_the_command_classes():

@@ -405,6 +405,33 @@ class ChainState:
                 tips.append((index, branchlen, status))
             return sorted(tips, key=lambda t: (-t[0].height, t[0].hash))
 
+    def locator(self) -> list[Uint256]:
+        """Main-chain hashes describing our chain to a peer (``getblocks``).
+
+        The tip and its nine predecessors one by one, then steps that double
+        back, and the genesis last: about 10 + log2(height) hashes, so a peer on
+        any fork finds the last block we share.
+        """
+        with self.lock:
+            hashes: list[Uint256] = []
+            height, step = len(self._main) - 1, 1
+            while height > 0:
+                hashes.append(self._main[height].hash)
+                if len(hashes) >= 10:
+                    step *= 2
+                height -= step
+            hashes.append(self._main[0].hash)
+            return hashes
+
+    def locator_fork_height(self, locator: Iterable[bytes]) -> int:
+        """Height of the first ``locator`` hash on our main chain (0: only the genesis)."""
+        with self.lock:
+            for h in locator:
+                index = self._index.get(Uint256(bytes(h)))
+                if index is not None and self._on_main(index.hash):
+                    return index.height
+            return 0
+
     def hash_block(self, block: Block) -> Uint256:
         return self._hashes.get(block.header.serialize())
 

@@ -36,7 +36,8 @@ __all__ = [
     "DEFAULT_PORT", "TESTNET_PORT", "MAX_MESSAGE_SIZE", "MAX_INV_SIZE", "MAX_HEADERS_SIZE",
     "CPP_USER_AGENT", "USER_AGENT", "ServiceFlags", "InvType", "Inv", "Address", "MessageHeader",
     "NetMessage", "SerializationError", "MsgVersion", "MsgVerack", "MsgPing", "MsgPong",
-    "MsgGetaddr", "MsgAddr", "MsgInv", "MsgGetdata", "MsgBlock", "MsgTx", "MESSAGE_TYPES",
+    "MsgGetaddr", "MsgAddr", "MsgInv", "MsgGetdata", "MsgBlock", "MsgTx", "MsgGetblocks",
+    "MAX_LOCATOR_SIZE", "MESSAGE_TYPES",
     "decode_payload", "MessageType", "get_message_command",
 ]
 
@@ -46,6 +47,8 @@ DEFAULT_PORT = 8444
 TESTNET_PORT = 18444
 MAX_INV_SIZE = 50_000
 MAX_HEADERS_SIZE = 2000
+#: Most hashes a ``getblocks`` locator may carry (Bitcoin's limit).
+MAX_LOCATOR_SIZE = 101
 #: What the C++ node announces; peers with this agent get C++-compatible treatment.
 CPP_USER_AGENT = b"/Dilithion:0.1.0/"
 USER_AGENT = b"/DilithionPy:0.1.0/"
@@ -370,10 +373,40 @@ class MsgTx(Message):
         return cls(Transaction.deserialize_from(s))
 
 
+@dataclass
+class MsgGetblocks(Message):
+    """``getblocks``: "send me your main chain after the first of these I share with you".
+
+    The C++ node defines the command name but never sends or handles it (it
+    ignores unknown commands, ``net`` 3.11), so Python nodes use it among
+    themselves to heal forks deeper than a parent-by-parent walk can follow.
+    Bitcoin's layout: version, a locator of block hashes (newest first,
+    spacing doubling back to genesis) and a stop hash (zero: no stop).
+    """
+
+    command: ClassVar[str] = "getblocks"
+    locator: list[bytes] = field(default_factory=list)
+    hash_stop: bytes = bytes(32)
+    version: int = PROTOCOL_VERSION
+
+    def serialize_to(self, s: DataStream) -> None:
+        s.write_uint32(self.version).write_compact_size(len(self.locator))
+        for h in self.locator:
+            s.write_uint256(bytes(h))
+        s.write_uint256(bytes(self.hash_stop))
+
+    @classmethod
+    def deserialize_from(cls, s: DataStream) -> "MsgGetblocks":
+        version = s.read_uint32("getblocks version")
+        n = s.read_count(MAX_LOCATOR_SIZE, "locator count", 32)
+        locator = [Uint256(s.read_uint256("locator hash")) for _ in range(n)]
+        return cls(locator, Uint256(s.read_uint256("hash_stop")), version)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.command: cls
     for cls in (MsgVersion, MsgVerack, MsgPing, MsgPong, MsgGetaddr, MsgAddr, MsgInv, MsgGetdata,
-                MsgBlock, MsgTx)
+                MsgBlock, MsgTx, MsgGetblocks)
 }
 
 

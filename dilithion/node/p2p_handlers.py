@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from loguru import logger
 
 from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
-from dilithion.net.protocol import Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetdata, MsgInv
+from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetblocks,
+                                    MsgGetdata, MsgInv)
 from dilithion.net.tx_relay import TxRelay, TxRelayManager
 from dilithion.node.blockchain_storage import StorageError
 from dilithion.primitives.block import Uint256
@@ -50,6 +51,9 @@ BLOCK_REQUEST_TIMEOUT_S = 30.0
 MAX_BLOCKS_IN_FLIGHT = 10_000
 #: A catch-up batch nobody continued is abandoned after this; tip announcements resume.
 CATCHUP_TIMEOUT_S = 60.0
+#: At most one ``getblocks`` per peer in this many seconds (every orphan from a peer
+#: on another fork would otherwise ask again).
+GETBLOCKS_INTERVAL_S = 2.0
 #: Misbehaviour score for a block that fails validation (bans at 100).
 INVALID_BLOCK_SCORE = 100
 #: Most addresses returned for ``getaddr``.
@@ -91,6 +95,7 @@ class _PeerSync:
     next_height: int = 0                # first height of the next catch-up batch
     sent_addr: bool = False
     serve_refused: bool = False         # its send queue refused a block: serve none until it drains
+    getblocks_sent: float = -GETBLOCKS_INTERVAL_S   # when we last asked it for its chain
 
     def catching_up(self, now: float) -> bool:
         return self.batch_last is not None and now - self.batch_sent < CATCHUP_TIMEOUT_S
@@ -125,6 +130,7 @@ class P2PHandlers:
         ctx.broadcaster.peer_filter = self._may_announce
         for command, fn in (("inv", self.on_inv), ("getdata", self.on_getdata),
                             ("block", self.on_block), ("tx", self.on_tx),
+                            ("getblocks", self.on_getblocks),
                             ("getaddr", self.on_getaddr), ("addr", self.on_addr)):
             connman.register_handler(command, fn)
         connman.add_handshake_listener(self.on_handshake)
@@ -217,14 +223,18 @@ class P2PHandlers:
             self._send_catchup_batch(peer.id, sync, start)
 
     def _may_announce(self, peer, task: BroadcastTask) -> bool:
-        """Broadcaster veto: skip peers that have the block or are still catching
-        up, and C++ peers that may lack its parent (those get a catch-up instead)."""
+        """Broadcaster veto: skip peers that have the block, and C++ peers that are
+        still catching up or may lack its parent (those get a catch-up instead).
+
+        A Python peer hears of every new tip even mid-catch-up: if it cannot
+        connect it yet, its ``getblocks`` fills the gap (a C++ node would store
+        the block as an orphan for good, ``chain D21``)."""
         if not task.is_block:
             return True
         sync = self._sync(peer)
         h = bytes(task.hash)
         with self._lock:
-            if h in sync.known or sync.catching_up(time.monotonic()):
+            if h in sync.known or (sync.is_cpp and sync.catching_up(time.monotonic())):
                 return False
         if not sync.is_cpp:
             return True
@@ -388,7 +398,15 @@ class P2PHandlers:
             self.connman.misbehaving(peer.id, INVALID_BLOCK_SCORE, f"invalid block: {result.reason}")
 
     def _chase_parent(self, peer, missing) -> None:
-        """Ask the sender of an orphan for its missing parent (walks back to a known block)."""
+        """Fetch what connects an orphan from its sender.
+
+        A Python peer is sent our locator (``getblocks``) and answers with its
+        main chain from the last block we share, in ascending batches: a fork of
+        any depth heals in a few round trips and the blocks connect as they
+        arrive.  A C++ peer does not know ``getblocks``, so it is asked for the
+        missing parent itself, walking back one block per round trip; the orphan
+        pool bounds that walk (deeper C++ forks heal by catch-up instead).
+        """
         if missing is None:
             return
         parent = bytes(missing)
@@ -396,8 +414,24 @@ class P2PHandlers:
         logger.error(f"[P2P] ERROR: Cannot find parent block {Uint256(parent).short()}...\n"
                      f"  This is an orphan block - requesting the parent from peer {peer.id}")
         self._learned_of(parent, now)
+        sync = self._sync(peer)
+        if not sync.is_cpp:
+            with self._lock:
+                due = now - sync.getblocks_sent >= GETBLOCKS_INTERVAL_S
+                if due:
+                    sync.getblocks_sent = now
+            if due and not self.connman.send_message(
+                    peer.id, MsgGetblocks(self.ctx.chainstate.locator())):
+                logger.warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
+            return
         if self._claim_request(parent, peer.id, now):
             self._request(peer, [Inv(InvType.MSG_BLOCK_INV, parent)], 1)
+
+    def on_getblocks(self, peer, msg) -> None:
+        """Announce our main chain after the last block the peer's locator shares with it."""
+        fork = self.ctx.chainstate.locator_fork_height(msg.locator)
+        logger.info(f"[P2P] Peer {peer.id} asked for our chain after height {fork}")
+        self._send_catchup_batch(peer.id, self._sync(peer), fork + 1)
 
     def _observe_received(self, connected) -> None:
         metrics = self.ctx.metrics
