@@ -279,3 +279,21 @@ def test_a_fork_deeper_than_the_orphan_pool_heals_between_python_nodes(nodes):
                                  REGTEST, now=REGTEST.genesis_time + 240 * 37)
     assert a.chain.process_new_block(block37, hash37).status.value == "tip"
     assert wait_until(lambda: b.chain.tip().hash == hash37, timeout=10)
+
+
+def test_fork_heals_when_batches_end_on_blocks_we_never_request(nodes, monkeypatch):
+    """The soak's stall: with small batches, a batch can end on a block the receiver
+    already has or lost from a full orphan pool, so it never requests the batch's
+    last hash and the sender never sends the next batch.  The receiver asks for more
+    itself (``getblocks`` from the end of what it has of that branch)."""
+    monkeypatch.setattr(p2p_handlers, "INV_BATCH", 10)
+    monkeypatch.setattr(p2p_handlers, "GETBLOCKS_INTERVAL_S", 0.2)
+    genesis = regtest_chain(0)
+    heavy = _fork(genesis[0][1], 45, payee_seed=3, time_offset=0)
+    light = _fork(genesis[0][1], 25, payee_seed=4, time_offset=9)
+    a, b = nodes("heavy"), nodes("light")
+    a.load(genesis + heavy)
+    b.load(genesis + light)
+    b.chain.orphans.max_blocks = 6
+    b.connect_to(a)
+    assert wait_until(lambda: b.chain.tip().hash == heavy[-1][1], timeout=40), b.height()

@@ -405,21 +405,25 @@ class ChainState:
                 tips.append((index, branchlen, status))
             return sorted(tips, key=lambda t: (-t[0].height, t[0].hash))
 
-    def locator(self) -> list[Uint256]:
-        """Main-chain hashes describing our chain to a peer (``getblocks``).
+    def locator(self, start: BlockIndex | None = None) -> list[Uint256]:
+        """Hashes describing the chain ending at ``start`` (default: our tip) to a peer.
 
-        The tip and its nine predecessors one by one, then steps that double
+        ``start`` and its nine predecessors one by one, then steps that double
         back, and the genesis last: about 10 + log2(height) hashes, so a peer on
-        any fork finds the last block we share.
+        any fork finds the last block we share (``getblocks``).
         """
         with self.lock:
+            index = start if start is not None else self._main[-1]
             hashes: list[Uint256] = []
-            height, step = len(self._main) - 1, 1
-            while height > 0:
-                hashes.append(self._main[height].hash)
+            step = 1
+            while index is not None and index.height > 0:
+                hashes.append(index.hash)
                 if len(hashes) >= 10:
                     step *= 2
-                height -= step
+                for _ in range(step):
+                    index = index.prev
+                    if index is None:
+                        break
             hashes.append(self._main[0].hash)
             return hashes
 

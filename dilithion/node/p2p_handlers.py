@@ -85,7 +85,8 @@ class _KnownSet:
 
 @dataclass
 class _PeerSync:
-    """Per-peer relay state (guarded by ``P2PHandlers._lock``)."""
+    """Per-peer relay state (guarded by ``P2PHandlers._lock``; ``batch_end`` and
+    ``branch_tip`` are the handler thread's alone)."""
 
     is_cpp: bool
     known: _KnownSet = field(default_factory=_KnownSet)
@@ -96,6 +97,8 @@ class _PeerSync:
     sent_addr: bool = False
     serve_refused: bool = False         # its send queue refused a block: serve none until it drains
     getblocks_sent: float = -GETBLOCKS_INTERVAL_S   # when we last asked it for its chain
+    batch_end: bytes | None = None      # last hash of the latest multi-block inv it sent us
+    branch_tip: object = None           # highest block from it that entered our block tree
 
     def catching_up(self, now: float) -> bool:
         return self.batch_last is not None and now - self.batch_sent < CATCHUP_TIMEOUT_S
@@ -305,6 +308,12 @@ class P2PHandlers:
         now = time.monotonic()
         wanted: list[Inv] = []
         txids: list[bytes] = []
+        blocks = [item.hash for item in msg.inv if item.type == InvType.MSG_BLOCK_INV]
+        batch = len(blocks) > 1
+        if batch:
+            # A catch-up batch: once its last block is in our block tree, ask for the next
+            # (we may never request that block, so the sender cannot tell we are done).
+            self._sync(peer).batch_end = bytes(blocks[-1])
         for item in dict.fromkeys(msg.inv):
             if item.type == InvType.MSG_BLOCK_INV:
                 h = bytes(item.hash)
@@ -321,6 +330,8 @@ class P2PHandlers:
         if txids:
             wanted += self.tx.items_to_request(peer, txids)
         self._request(peer, wanted, n_blocks)
+        if batch:
+            self._continue_batch(peer, self._sync(peer))
 
     def on_getdata(self, peer, msg) -> None:
         """Serve stored blocks (any chain status) and mempool transactions; no
@@ -374,6 +385,7 @@ class P2PHandlers:
         finally:
             self._origin.peer_id = None
         self._note_has(peer, hb)
+        self._continue_batch(peer, self._sync(peer), result.index)
         status = _block_status()
         if result.status in (status.TIP, status.REORG):
             self._observe_received(result.connected)
@@ -426,6 +438,38 @@ class P2PHandlers:
             return
         if self._claim_request(parent, peer.id, now):
             self._request(peer, [Inv(InvType.MSG_BLOCK_INV, parent)], 1)
+
+    def _continue_batch(self, peer, sync: _PeerSync, received=None) -> None:
+        """Ask a Python peer for what follows its last catch-up batch, as Bitcoin's
+        receivers do with ``getblocks``: we may never request the batch's last block
+        (already here, or waiting as an orphan), so the sender cannot tell we are done.
+
+        When the batch's last block is in our block tree, ask from there.  When it is
+        not but nothing is in flight from this peer any more (its parent was lost, say
+        from a full orphan pool), ask from the highest block of that peer's branch we
+        have, at most once per ``GETBLOCKS_INTERVAL_S``.
+        """
+        if sync.is_cpp:
+            return
+        # batch_end and branch_tip are written only here and in on_inv: the handler thread.
+        if received is not None and (sync.branch_tip is None
+                                     or received.height > sync.branch_tip.height):
+            sync.branch_tip = received
+        if sync.batch_end is None:
+            return
+        chain = self.ctx.chainstate
+        now = time.monotonic()
+        index = chain.get_index(Uint256(sync.batch_end))
+        with self._lock:
+            if index is None:
+                if any(pid == peer.id for pid, _t in self._in_flight.values()) \
+                        or now - sync.getblocks_sent < GETBLOCKS_INTERVAL_S:
+                    return
+                index = sync.branch_tip
+            sync.batch_end = None
+            sync.getblocks_sent = now
+        if not self.connman.send_message(peer.id, MsgGetblocks(chain.locator(index))):
+            logger.warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
 
     def on_getblocks(self, peer, msg) -> None:
         """Announce our main chain after the last block the peer's locator shares with it."""
