@@ -224,8 +224,9 @@ def test_tie_keeps_first_seen_then_heavier_branch_reorganises(make_chain, main50
 
 def test_reorg_depth_limit(make_chain, main50, branch_b):
     assert MAX_REORG_DEPTH == 100
+    assert ChainParams.mainnet().max_reorg_depth == ChainParams.testnet().max_reorg_depth == 100
     chain = make_chain()
-    assert chain.max_reorg_depth == 100
+    assert chain.max_reorg_depth is None                             # regtest: no limit
     chain.max_reorg_depth = 2
     feed(chain, main50[:13], BlockStatus.TIP)
     feed(chain, branch_b[:3], BlockStatus.SIDE)

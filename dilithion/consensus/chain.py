@@ -301,7 +301,7 @@ class ChainState:
     def __init__(self, ctx) -> None:
         self.ctx = ctx
         self.lock = threading.RLock()
-        self.max_reorg_depth = MAX_REORG_DEPTH
+        self.max_reorg_depth = ctx.chain_params.max_reorg_depth   # MAX_REORG_DEPTH; None on regtest
         self._index: dict[Uint256, BlockIndex] = {}
         self._main: list[BlockIndex] = []            # the active chain by height
         self.orphans = OrphanPool()
@@ -605,7 +605,7 @@ class ChainState:
             return self._store_side(index, block, tip)
         fork = self.find_fork(tip, index)
         depth = tip.height - fork.height
-        if depth > self.max_reorg_depth:
+        if self.max_reorg_depth is not None and depth > self.max_reorg_depth:
             logger.error("[Chain] ERROR: Reorganization too deep: {} blocks", depth)
             logger.error("  Maximum allowed: {} blocks", self.max_reorg_depth)
             logger.error("  This may indicate a long-range attack or network partition")

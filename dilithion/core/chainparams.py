@@ -11,6 +11,9 @@ a proof-of-work limit (``0x207fffff``, a target of about 2^255) at which about
 every second RandomX hash is a block, so tests mine hundreds of blocks in
 seconds.  Its allowed ``nBits`` range is widened to include that limit; the C++
 range ``[0x1d00ffff, 0x1f0fffff]`` applies unchanged on mainnet and testnet.
+Regtest also has no reorganisation depth limit: at about 15 blocks a second
+per miner, the C++ limit of 100 blocks (``chain D39``, kept on mainnet and
+testnet) would keep two miners apart for good after a partition of seconds.
 """
 from __future__ import annotations
 
@@ -55,6 +58,9 @@ class ChainParams:
     pow_max_bits: int = MAX_DIFFICULTY_BITS
     #: Per-peer send deadline (ms): the seed's mainnet table, 10 s mainnet, 5 s elsewhere.
     send_timeout_ms: int = 5000
+    #: ``ActivateBestChain`` refuses to disconnect more blocks than this (``chain D39``);
+    #: ``None``: no limit (regtest only).
+    max_reorg_depth: int | None = 100
 
     def get_network_name(self) -> str:
         return self.network.name.lower()
@@ -94,7 +100,7 @@ class ChainParams:
             genesis_time=1730000000, genesis_nonce=0, genesis_bits=0x207FFFFF,
             genesis_coinbase_msg=b"Dilithion Regtest Genesis - Python reference node local test network",
             p2p_port=19444, rpc_port=19332, data_dir_name=".dilithion-regtest",
-            pow_max_bits=0x207FFFFF)
+            pow_max_bits=0x207FFFFF, max_reorg_depth=None)
 
 
 def params_for(network: Network | str) -> ChainParams:
