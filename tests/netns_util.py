@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from node_util import NODE_BIN, NodeProcess, wait_until
+from node_util import NodeProcess
 
 SUBNET_PREFIX = "10.250.0."
 NS_PREFIX = "dilns"                     # every namespace this module creates starts with it
@@ -180,19 +180,9 @@ class NetnsNode(NodeProcess):
     def p2p_address(self) -> str:
         return f"{self.ns.addr}:{self.p2p_port}"
 
-    def start(self, wait: bool = True, timeout: float = 30.0) -> "NetnsNode":
-        self.stdout_path.parent.mkdir(parents=True, exist_ok=True)
-        self._run_offset = len(self.output())
-        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            # ``ip netns exec`` execs the node after setns: the Popen pid is the node's.
-            self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, str(NODE_BIN),
-                                          *self.args()], stdout=out, stderr=err,
-                                         env=self.env, cwd=self.workdir)
-        if wait:
-            assert wait_until(lambda: "Node Status: RUNNING" in self.run_output()
-                              or self.proc.poll() is not None, timeout), self.describe()
-            assert self.proc.poll() is None, self.describe()
-        return self
+    def command(self) -> list[str]:
+        # ``ip netns exec`` execs the node after setns: the Popen pid is the node's.
+        return ["ip", "netns", "exec", self.ns.name, *super().command()]
 
     def rpc(self, method: str, params=None, timeout: float = 10.0):
         return self.ns.call(NodeProcess.rpc, self, method, params, timeout)

@@ -92,11 +92,15 @@ class NodeProcess:
                 f"--rpcport={self.rpc_port}", f"--metrics-port={self.metrics_port}",
                 *self.extra_args]
 
+    def command(self) -> list[str]:
+        """The process to run (subclasses may wrap it, e.g. in ``ip netns exec``)."""
+        return [str(NODE_BIN), *self.args()]
+
     def start(self, wait: bool = True, timeout: float = 30.0) -> "NodeProcess":
         self.stdout_path.parent.mkdir(parents=True, exist_ok=True)
         self._run_offset = len(self.output())
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen([str(NODE_BIN), *self.args()], stdout=out, stderr=err,
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=err,
                                          env=self.env, cwd=self.workdir)
         if wait:
             assert wait_until(lambda: "Node Status: RUNNING" in self.run_output()
