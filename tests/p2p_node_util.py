@@ -18,9 +18,8 @@ from dilithion.mining.template import mine_block
 from dilithion.net.added_nodes import AddedNodes
 from dilithion.net.async_broadcaster import AsyncBroadcaster
 from dilithion.net.net import ConnectionManager
-from dilithion.node.blockchain_storage import BlockchainDB
-from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
+from dilithion.node.mempool import TxMemPool
 from dilithion.node.metrics import NodeMetrics
 from dilithion.node.p2p_handlers import P2PHandlers
 from dilithion.net.protocol import MsgPing, MsgVersion, decode_payload
@@ -53,18 +52,10 @@ class Node:
 
     def __init__(self, datadir: Path, params: ChainParams = REGTEST, with_mempool: bool = False,
                  broadcaster_kw: dict | None = None, **connman_kw) -> None:
-        datadir.mkdir(parents=True, exist_ok=True)
-        ctx = self.ctx = NodeContext(chain_params=params, datadir=datadir,
-                                     hasher=RandomXHasher.for_key())
-        ctx.metrics = NodeMetrics(process_metrics=False)
-        ctx.blockchain = BlockchainDB(str(datadir / "blocks"))
-        if with_mempool:
-            from dilithion.node.mempool import TxMemPool
-            from dilithion.node.utxo_set import UTXOSet
-            ctx.utxo_set = UTXOSet(str(datadir / "chainstate"))
-            ctx.mempool = TxMemPool()
-        ctx.chainstate = ChainState(ctx)
-        ctx.chainstate.load()
+        ctx = self.ctx = ChainState.open(params, datadir, RandomXHasher.for_key(),
+                                         utxo=with_mempool,
+                                         mempool=TxMemPool() if with_mempool else None,
+                                         metrics=NodeMetrics(process_metrics=False)).ctx
         self.connman = ConnectionManager(ctx, **connman_kw)
         ctx.connman = self.connman
         ctx.peer_manager = self.connman.peer_manager

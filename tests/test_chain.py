@@ -16,12 +16,11 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.sha3 import sha3_256
 from dilithion.mining.template import BlockTemplate, create_coinbase, mine_block, mine_chain, search_nonce
 from dilithion.node.block_index import BLOCK_FAILED, STATUS_STORED_GENESIS
-from dilithion.node.blockchain_storage import BlockchainDB, StorageError
+from dilithion.node.blockchain_storage import StorageError
 from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.mempool import TxMemPool
 from dilithion.node.metrics import NodeMetrics
-from dilithion.node.utxo_set import UTXOSet
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 
@@ -67,23 +66,17 @@ def branch_b(hasher, main50):
 
 @pytest.fixture
 def make_chain(tmp_path, hasher):
-    contexts = []
+    chains = []
 
     def make(name="node", strict=False, utxo=False, mempool=None, metrics=None) -> ChainState:
-        ctx = NodeContext(PARAMS, tmp_path / name, hasher=hasher, strict=strict)
-        ctx.blockchain = BlockchainDB(tmp_path / name / "blocks")
-        ctx.utxo_set = UTXOSet(tmp_path / name / "chainstate") if utxo else None
-        ctx.mempool, ctx.metrics = mempool, metrics
-        ctx.chainstate = ChainState(ctx)
-        ctx.chainstate.load()
-        contexts.append(ctx)
-        return ctx.chainstate
+        chain = ChainState.open(PARAMS, tmp_path / name, hasher, utxo=utxo, strict=strict,
+                                mempool=mempool, metrics=metrics)
+        chains.append(chain)
+        return chain
 
     yield make
-    for ctx in contexts:
-        if ctx.utxo_set is not None:
-            ctx.utxo_set.close()
-        ctx.blockchain.close()
+    for chain in chains:
+        chain.close()
 
 
 def feed(chain: ChainState, blocks, expect: BlockStatus | None = None):

@@ -21,11 +21,9 @@ from dilithion.crypto.mldsa import KeyPair, extract_pub_key_hash
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController
 from dilithion.mining.template import mine_block
-from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.context import NodeContext
 from dilithion.node.mempool import TxMemPool, accept_to_memory_pool
 from dilithion.node.metrics import NodeMetrics
-from dilithion.node.utxo_set import UTXOSet
 from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
 from dilithion.primitives.transaction import OutPoint
 
@@ -34,15 +32,9 @@ from p2p_node_util import MINER, regtest_chain, wait_until
 
 
 def make_ctx(tmp_path, params: ChainParams, with_utxo: bool = False) -> NodeContext:
-    ctx = NodeContext(chain_params=params, datadir=tmp_path, hasher=RandomXHasher.for_key())
-    ctx.metrics = NodeMetrics(process_metrics=False)
-    ctx.blockchain = BlockchainDB(str(tmp_path / "blocks"))
-    if with_utxo:
-        ctx.utxo_set = UTXOSet(str(tmp_path / "chainstate"))
-        ctx.mempool = TxMemPool()
-    ctx.chainstate = ChainState(ctx)
-    ctx.chainstate.load()
-    return ctx
+    return ChainState.open(params, tmp_path, RandomXHasher.for_key(), utxo=with_utxo,
+                           mempool=TxMemPool() if with_utxo else None,
+                           metrics=NodeMetrics(process_metrics=False)).ctx
 
 
 def close_ctx(ctx: NodeContext) -> None:

@@ -309,9 +309,10 @@ class ChainState:
         self._listeners: list[TipListener] = []
 
     @classmethod
-    def open(cls, params, datadir, hasher=None, *, utxo: bool = False,
-             strict: bool = False) -> "ChainState":
-        """A loaded chain state on ``<datadir>/blocks`` (and ``<datadir>/chainstate``).
+    def open(cls, params, datadir, hasher=None, *, utxo: bool = False, strict: bool = False,
+             mempool=None, metrics=None) -> "ChainState":
+        """A loaded chain state on ``<datadir>/blocks`` (and ``<datadir>/chainstate``),
+        its context holding ``mempool`` and ``metrics`` if given.
 
         For tools, benchmarks and tests; the node program wires the same parts
         step by step so that it can report each one.  :meth:`close` closes them.
@@ -325,6 +326,7 @@ class ChainState:
         datadir = Path(datadir)
         ctx = NodeContext(params, datadir, strict=strict,
                           **({"hasher": hasher} if hasher is not None else {}))
+        ctx.mempool, ctx.metrics = mempool, metrics
         ctx.blockchain = BlockchainDB(datadir / "blocks")
         try:
             ctx.utxo_set = UTXOSet(datadir / "chainstate") if utxo else None
