@@ -106,9 +106,7 @@ class Node:
     def close(self) -> None:
         self.ctx.broadcaster.stop()
         self.connman.stop()
-        if self.ctx.utxo_set is not None:
-            self.ctx.utxo_set.close()
-        self.ctx.blockchain.close()
+        self.ctx.chainstate.close()
 
 
 def raw_peer(node: Node, agent: bytes = b"/p2p_util:0.1/", start_height: int = 0,

@@ -40,9 +40,7 @@ def make_ctx(tmp_path, params: ChainParams, with_utxo: bool = False) -> NodeCont
 def close_ctx(ctx: NodeContext) -> None:
     if ctx.miner is not None:
         ctx.miner.stop()
-    if ctx.utxo_set is not None:
-        ctx.utxo_set.close()
-    ctx.blockchain.close()
+    ctx.chainstate.close()
 
 
 @pytest.fixture
