@@ -11,15 +11,16 @@ from pathlib import Path
 import plyvel
 import pytest
 
-from dilithion.consensus.chain import BlockStatus, ChainState
+from dilithion.consensus.chain import BlockStatus
 from dilithion.consensus.pow import check_proof_of_work
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.sha3 import sha3_256
 from dilithion.mining.template import create_coinbase, mine_block
-from dilithion.node.block_index import STATUS_STORED_BLOCK, STATUS_STORED_GENESIS
+from dilithion.consensus.block_index import STATUS_STORED_BLOCK, STATUS_STORED_GENESIS
 from dilithion.node.blockchain_storage import (BEST_BLOCK_KEY, BlockchainDB, IndexRecord, StorageError,
                                                block_key, decode_block_record, decode_index_record,
                                                encode_block_record, encode_index_record, index_key)
+from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
 from dilithion.primitives.block import Block, BlockHeader, Uint256
@@ -274,8 +275,8 @@ def test_disk_full_is_clear_and_the_stored_chain_survives(small_disk, hasher):
     params = ChainParams.regtest()
     ctx = NodeContext(params, small_disk, hasher=hasher)
     ctx.blockchain = BlockchainDB(small_disk / "blocks")
-    chain = ChainState(ctx)
-    chain.load()
+    load_chain_state(ctx)
+    chain = ctx.chainstate
     for height in range(1, 6):
         block, h = mine_block(hasher, chain.tip().hash, height, bytes(20), params,
                               now=params.genesis_time + 240 * height)
@@ -297,7 +298,8 @@ def test_disk_full_is_clear_and_the_stored_chain_survives(small_disk, hasher):
 
     (small_disk / "filler").unlink()
     ctx.blockchain = BlockchainDB(small_disk / "blocks")
-    reloaded = ChainState(ctx)
-    assert reloaded.load().hash == tip.hash and reloaded.height() == 5
+    assert load_chain_state(ctx).hash == tip.hash
+    reloaded = ctx.chainstate
+    assert reloaded.height() == 5
     assert reloaded.get_block(h) is None
     ctx.blockchain.close()

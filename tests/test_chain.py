@@ -10,14 +10,15 @@ import threading
 import pytest
 from loguru import logger
 
-from dilithion.consensus.chain import (MAX_REORG_DEPTH, BlockStatus, ChainState, OrphanPool)
+from dilithion.consensus.chain import MAX_REORG_DEPTH, BlockStatus, ChainState
+from dilithion.consensus.orphan_pool import OrphanPool
 from dilithion.consensus.pow import check_proof_of_work, compact_to_big, get_block_proof
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.sha3 import sha3_256
 from dilithion.mining.template import BlockTemplate, create_coinbase, mine_block, mine_chain, search_nonce
-from dilithion.node.block_index import BLOCK_FAILED, STATUS_STORED_GENESIS
+from dilithion.consensus.block_index import BLOCK_FAILED, STATUS_STORED_GENESIS
 from dilithion.node.blockchain_storage import StorageError
-from dilithion.node.context import NodeContext
+from dilithion.node.chain_loader import close_chain_state, open_chain_state
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.mempool import TxMemPool
 from dilithion.node.metrics import NodeMetrics
@@ -66,17 +67,17 @@ def branch_b(hasher, main50):
 
 @pytest.fixture
 def make_chain(tmp_path, hasher):
-    chains = []
+    contexts = []
 
     def make(name="node", strict=False, utxo=False, mempool=None, metrics=None) -> ChainState:
-        chain = ChainState.open(PARAMS, tmp_path / name, hasher, utxo=utxo, strict=strict,
-                                mempool=mempool, metrics=metrics)
-        chains.append(chain)
-        return chain
+        ctx = open_chain_state(PARAMS, tmp_path / name, hasher, utxo=utxo, strict=strict,
+                               mempool=mempool, metrics=metrics)
+        contexts.append(ctx)
+        return ctx.chainstate
 
     yield make
-    for chain in chains:
-        chain.close()
+    for ctx in contexts:
+        close_chain_state(ctx)
 
 
 def feed(chain: ChainState, blocks, expect: BlockStatus | None = None):
@@ -101,7 +102,7 @@ def test_fresh_database_gets_the_genesis(make_chain, genesis_hash):
     tip = chain.tip()
     assert (chain.height(), tip.hash, tip.prev) == (0, genesis_hash, None)
     assert tip.chain_work == get_block_proof(PARAMS.genesis_bits)
-    db = chain.ctx.blockchain
+    db = chain.db
     assert db.read_best_block() == genesis_hash
     assert db.read_block_index(genesis_hash).status == STATUS_STORED_GENESIS == 12
     assert db.read_block(genesis_hash) == create_genesis_block(PARAMS)
@@ -128,7 +129,7 @@ def test_blocks_extend_the_tip(make_chain, main50, log_lines):
     assert metrics.registry.get_sample_value("blocks_connected_total") == 5
     assert metrics.registry.get_sample_value("chain_height") == 5
     assert "[Chain] Block extends current tip: height 5" in log_lines
-    assert chain.ctx.blockchain.read_best_block() == main50[4][1]
+    assert chain.db.read_best_block() == main50[4][1]
 
 
 def test_duplicate_block(make_chain, main50):
@@ -153,7 +154,7 @@ def test_proof_of_work_is_the_blocks_own_bits_in_range(make_chain, main50, hashe
     missed = Block(header, block.vtx)
     result = chain.process_new_block(missed)
     assert result.status is BlockStatus.INVALID
-    assert chain.get_index(result.hash) is None and not chain.ctx.blockchain.block_exists(result.hash)
+    assert chain.get_index(result.hash) is None and not chain.db.block_exists(result.hash)
     assert chain.height() == 0
 
 
@@ -167,8 +168,7 @@ def test_hash_block_is_cached_by_header_bytes(main50, hasher):
             return hasher.hash(data)
 
     counting = CountingHasher()
-    ctx = NodeContext(PARAMS, None, hasher=counting)
-    chain = ChainState(ctx)
+    chain = ChainState(PARAMS, None, counting)
     block, h = main50[0]
     assert chain.hash_block(block) == h and chain.hash_block(block) == h
     assert counting.calls == 1
@@ -205,7 +205,7 @@ def test_tie_keeps_first_seen_then_heavier_branch_reorganises(make_chain, main50
     assert a11 is not None and not chain.is_on_main_chain(a11)
     assert chain.get_block(main50[10][1]) == main50[10][0]             # side blocks stay stored
     assert chain.blocks_at_height(11) == sorted([main50[10][1], branch_b[0][1]])
-    assert chain.ctx.blockchain.read_best_block() == branch_b[3][1]
+    assert chain.db.read_best_block() == branch_b[3][1]
     assert "[Chain] ⚠️  NEW CHAIN HAS MORE WORK - REORGANIZING" in log_lines
     # A catches up and overtakes again
     feed(chain, main50[13:14], BlockStatus.SIDE)
@@ -237,12 +237,12 @@ def test_reorg_depth_limit(make_chain, main50, branch_b):
 def test_failure_part_way_in_default_mode_keeps_the_old_tip(make_chain, main50, branch_b):
     chain = make_chain()
     feed(chain, main50[:13] + branch_b[:3])
-    chain.ctx.blockchain.erase_block(branch_b[1][1])                # B12's data is gone
+    chain.db.erase_block(branch_b[1][1])                # B12's data is gone
     before = chain.main_chain_hashes(0, 20)
     with pytest.raises(StorageError, match=str(branch_b[1][1])):
         chain.process_new_block(*branch_b[3])
     assert chain.main_chain_hashes(0, 20) == before
-    assert chain.ctx.blockchain.read_best_block() == main50[12][1]
+    assert chain.db.read_best_block() == main50[12][1]
     assert chain.process_new_block(*main50[13]).status is BlockStatus.TIP
 
 
@@ -256,7 +256,7 @@ def test_chain_fed_in_reverse_connects_through_the_orphan_pool(make_chain, main5
         result = chain.process_new_block(block, h)
         assert result.status is BlockStatus.ORPHAN
         assert result.missing_parent == block.header.hash_prev_block
-        assert not chain.ctx.blockchain.block_exists(h)             # not stored as if connected
+        assert not chain.db.block_exists(h)             # not stored as if connected
     assert chain.height() == 0 and len(chain.orphans) == 49
     again = chain.process_new_block(*main50[30])
     assert again.status is BlockStatus.DUPLICATE and again.missing_parent == main50[0][1]
@@ -265,7 +265,7 @@ def test_chain_fed_in_reverse_connects_through_the_orphan_pool(make_chain, main5
     assert result.connected == [b for b, _ in main50]
     assert chain.height() == 50 and chain.tip().hash == main50[-1][1]
     assert len(chain.orphans) == 0 and events == [(50, 50)]
-    assert all(chain.ctx.blockchain.block_exists(h) for _, h in main50)
+    assert all(chain.db.block_exists(h) for _, h in main50)
 
 
 def test_missing_parent_names_the_first_block_nobody_has(make_chain, main50):
@@ -316,7 +316,7 @@ def test_default_accepts_what_strict_rejects(make_chain, main50, hasher, what, r
     assert default.process_new_block(block, h).status is BlockStatus.TIP
     result = strict.process_new_block(block, h)
     assert result.status is BlockStatus.INVALID and result.reason.startswith(reason)
-    assert strict.height() == 10 and not strict.ctx.blockchain.block_exists(h)
+    assert strict.height() == 10 and not strict.db.block_exists(h)
     assert strict.get_index(h).status & BLOCK_FAILED
     assert strict.process_new_block(block, h).reason == "duplicate-invalid"
     child, child_hash = mine_block(hasher, h, 12, PKH_B, PARAMS, now=block_time(12, 7))
@@ -340,11 +340,11 @@ def test_strict_runs_full_block_validation_in_the_utxo_set(make_chain, main50, h
     feed(default, main50[:10], BlockStatus.TIP)
     feed(strict, main50[:10], BlockStatus.TIP)
     assert default.process_new_block(block, h).status is BlockStatus.TIP
-    coins_before = list(strict.ctx.utxo_set.coins())
+    coins_before = list(strict.utxo_set.coins())
     result = strict.process_new_block(block, h)
     assert result.status is BlockStatus.INVALID and "exceeds" in result.reason
-    assert list(strict.ctx.utxo_set.coins()) == coins_before
-    assert strict.tip().hash == main50[9][1] and not strict.ctx.blockchain.block_exists(h)
+    assert list(strict.utxo_set.coins()) == coins_before
+    assert strict.tip().hash == main50[9][1] and not strict.db.block_exists(h)
 
 
 def test_strict_failure_part_way_through_a_reorg_restores_the_old_tip(make_chain, main50, branch_b, hasher):
@@ -354,7 +354,7 @@ def test_strict_failure_part_way_through_a_reorg_restores_the_old_tip(make_chain
     b12 = _overpaying(hasher, b11[1], 12)
     b13 = mine_on(hasher, b12[1], 12, 3, PKH_B, branch=3)              # heights 13..15
     feed(chain, [b11, b12, b13[0]], BlockStatus.SIDE)
-    utxo = chain.ctx.utxo_set
+    utxo = chain.utxo_set
     coins_before, best_before = list(utxo.coins()), utxo.best_block()
     result = chain.process_new_block(*b13[1])                           # B14: reorg, B12 fails
     assert result.status is BlockStatus.INVALID and "exceeds" in result.reason
@@ -363,7 +363,7 @@ def test_strict_failure_part_way_through_a_reorg_restores_the_old_tip(make_chain
     assert list(utxo.coins()) == coins_before and utxo.best_block() == best_before
     assert chain.get_index(b12[1]).is_failed() and chain.get_index(b13[1][1]).is_failed()
     assert not chain.get_index(b11[1]).is_failed()
-    assert chain.ctx.blockchain.read_best_block() == main50[12][1]
+    assert chain.db.read_best_block() == main50[12][1]
     assert chain.process_new_block(*b13[2]).reason.startswith("bad-prevblk")
     assert chain.process_new_block(*main50[13]).status is BlockStatus.TIP
 
@@ -385,7 +385,7 @@ def test_reorg_leaves_the_utxo_set_equal_to_the_winner_built_from_scratch(make_c
     mempool = TxMemPool()
     mempool.add_tx(spend, FEE, block_time(14), 13)
     chain = make_chain("reorg", utxo=True, mempool=mempool)
-    utxo = chain.ctx.utxo_set
+    utxo = chain.utxo_set
     feed(chain, main50[:13] + [a14], BlockStatus.TIP)
     spent = OutPoint(spend.vin[0].prevout.hash, 0)
     assert utxo.get(spent) is None and not mempool.exists(spend.get_hash())   # mined, so removed
@@ -396,8 +396,8 @@ def test_reorg_leaves_the_utxo_set_equal_to_the_winner_built_from_scratch(make_c
 
     scratch = make_chain("scratch", utxo=True)
     feed(scratch, main50[:10] + branch_b[:5], BlockStatus.TIP)
-    assert list(utxo.coins()) == list(scratch.ctx.utxo_set.coins())
-    assert utxo.stats() == scratch.ctx.utxo_set.stats()
+    assert list(utxo.coins()) == list(scratch.utxo_set.coins())
+    assert utxo.stats() == scratch.utxo_set.stats()
     assert utxo.verify_consistency()
 
 

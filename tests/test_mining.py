@@ -14,7 +14,7 @@ import time
 import pytest
 from loguru import logger
 
-from dilithion.consensus.chain import BlockStatus, ChainState
+from dilithion.consensus.chain import BlockStatus
 from dilithion.consensus.validation import block_transactions
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair, extract_pub_key_hash
@@ -22,6 +22,7 @@ from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController
 from dilithion.mining.template import mine_block
 from dilithion.node.context import NodeContext
+from dilithion.node.chain_loader import close_chain_state, open_chain_state
 from dilithion.node.mempool import TxMemPool, accept_to_memory_pool
 from dilithion.node.metrics import NodeMetrics
 from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
@@ -32,15 +33,15 @@ from p2p_node_util import MINER, regtest_chain, wait_until
 
 
 def make_ctx(tmp_path, params: ChainParams, with_utxo: bool = False) -> NodeContext:
-    return ChainState.open(params, tmp_path, RandomXHasher.for_key(), utxo=with_utxo,
-                           mempool=TxMemPool() if with_utxo else None,
-                           metrics=NodeMetrics(process_metrics=False)).ctx
+    return open_chain_state(params, tmp_path, RandomXHasher.for_key(), utxo=with_utxo,
+                            mempool=TxMemPool() if with_utxo else None,
+                            metrics=NodeMetrics(process_metrics=False))
 
 
 def close_ctx(ctx: NodeContext) -> None:
     if ctx.miner is not None:
         ctx.miner.stop()
-    ctx.chainstate.close()
+    close_chain_state(ctx)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.mining.template import mine_block, mine_chain
 from dilithion.node.blockchain_storage import (BEST_BLOCK_KEY, BlockchainDB, StorageError,
                                                encode_index_record, index_key)
+from dilithion.node.chain_loader import close_chain_state, load_chain_state, open_chain_state
 from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.utxo_set import UTXOSet
@@ -53,12 +54,17 @@ def mine_on(hasher, parent_hash, parent_height, count, pkh, branch=0):
                       time_of=lambda height: REGTEST.genesis_time + 240 * height + branch)
 
 
+_CONTEXTS: dict[int, NodeContext] = {}
+
+
 def open_chain(datadir: Path, hasher, params=REGTEST, utxo: bool = False, strict=False) -> ChainState:
-    return ChainState.open(params, datadir, hasher, utxo=utxo, strict=strict)
+    ctx = open_chain_state(params, datadir, hasher, utxo=utxo, strict=strict)
+    _CONTEXTS[id(ctx.chainstate)] = ctx
+    return ctx.chainstate
 
 
 def close_chain(chain: ChainState) -> None:
-    chain.close()
+    close_chain_state(_CONTEXTS.pop(id(chain)))
 
 
 class CountingHasher:
@@ -139,7 +145,7 @@ def test_block_appended_to_the_cpp_datadir_survives_a_restart(cpp_datadir, hashe
     block, h = cpp_block7(hasher)
     result = chain.process_new_block(block, h)
     assert result.status is BlockStatus.TIP and chain.height() == 7
-    record = chain.ctx.blockchain.read_block_index(h)
+    record = chain.db.read_block_index(h)
     assert (record.height, record.status, record.bits) == (7, 8, 0x1F0FFFFF)
     close_chain(chain)
 
@@ -176,7 +182,7 @@ def test_datadir_of_another_network_is_refused(cpp_datadir, hasher):
     ctx = NodeContext(REGTEST, cpp_datadir, hasher=hasher)
     ctx.blockchain = BlockchainDB(cpp_datadir / "blocks")
     with pytest.raises(StorageError, match="wrong network"):
-        ChainState(ctx).load()
+        load_chain_state(ctx)
     assert ctx.blockchain.read_best_block().get_hex() == CPP_TIP       # nothing overwritten
     ctx.blockchain.close()
 
@@ -219,7 +225,7 @@ def test_missing_or_inconsistent_bestblock_falls_back_to_most_work(stored_chain,
     _rewrite(datadir, best=best)
     chain = open_chain(datadir, hasher)
     assert chain.tip().hash == long_chain[-1][1] and chain.height() == 200
-    assert chain.ctx.blockchain.read_best_block() == long_chain[-1][1]     # repaired
+    assert chain.db.read_best_block() == long_chain[-1][1]     # repaired
     close_chain(chain)
 
 
@@ -234,7 +240,7 @@ def test_index_record_contradicting_its_block_record(stored_chain, long_chain, h
     ctx = NodeContext(REGTEST, datadir, hasher=hasher)
     ctx.blockchain = BlockchainDB(datadir / "blocks")
     with pytest.raises(StorageError, match=f"i{h}"):
-        ChainState(ctx).load()
+        load_chain_state(ctx)
     ctx.blockchain.close()
 
 
@@ -260,7 +266,7 @@ def test_utxo_set_is_rebuilt_and_reconciled_at_load(stored_chain, long_chain, ha
     datadir = copy_datadir(stored_chain[0], tmp_path / "copy")
     side = stored_chain[1]
     chain = open_chain(datadir, hasher, utxo=True)                 # empty chainstate: replay 0..200
-    utxo = chain.ctx.utxo_set
+    utxo = chain.utxo_set
     reference = list(utxo.coins())
     assert len(reference) == 200 and utxo.best_block().hash == long_chain[-1][1]
     # Simulate a crash during a reorganisation: the UTXO set moved to the side branch,
@@ -272,8 +278,8 @@ def test_utxo_set_is_rebuilt_and_reconciled_at_load(stored_chain, long_chain, ha
     assert list(utxo.coins()) != reference
     close_chain(chain)
     chain = open_chain(datadir, hasher, utxo=True)
-    assert list(chain.ctx.utxo_set.coins()) == reference
-    assert chain.ctx.utxo_set.best_block().hash == long_chain[-1][1]
+    assert list(chain.utxo_set.coins()) == reference
+    assert chain.utxo_set.best_block().hash == long_chain[-1][1]
     close_chain(chain)
 
 
@@ -286,7 +292,7 @@ def test_utxo_set_of_another_chain_is_refused(stored_chain, hasher, tmp_path, cp
     ctx.blockchain = BlockchainDB(datadir / "blocks")
     ctx.utxo_set = UTXOSet(datadir / "chainstate")
     with pytest.raises(StorageError, match="another chain"):
-        ChainState(ctx).load()
+        load_chain_state(ctx)
     ctx.utxo_set.close()
     ctx.blockchain.close()
 
@@ -316,8 +322,8 @@ def run_child(datadir: str, feed_path: str, utxo: bool) -> None:
     ctx = NodeContext(REGTEST, Path(datadir), hasher=KnownHashes(feed["hashes"]))
     ctx.blockchain = BlockchainDB(Path(datadir) / "blocks")
     ctx.utxo_set = UTXOSet(Path(datadir) / "chainstate") if utxo else None
-    chain = ChainState(ctx)
-    chain.load()
+    load_chain_state(ctx)
+    chain = ctx.chainstate
     print("ready", flush=True)
     for payload, raw_hash in feed["blocks"]:
         result = chain.process_new_block(Block.deserialize(payload), Uint256(raw_hash))
@@ -376,11 +382,11 @@ def check_consistent(datadir: Path, hasher, reported: dict[bytes, str], utxo: bo
         if status in ("tip", "reorg", "side"):
             assert chain.get_index(Uint256(raw)) is not None, status
     if utxo:                      # reconciled at load: equal to the main chain applied from scratch
-        assert chain.ctx.utxo_set.best_block().hash == tip.hash
+        assert chain.utxo_set.best_block().hash == tip.hash
         with UTXOSet(datadir.parent / (datadir.name + "-scratch")) as scratch:
             for height, h in enumerate(main):
                 scratch.connect_block(chain.get_block(h), height, h)
-            assert list(scratch.coins()) == list(chain.ctx.utxo_set.coins())
+            assert list(scratch.coins()) == list(chain.utxo_set.coins())
         shutil.rmtree(datadir.parent / (datadir.name + "-scratch"))
     close_chain(chain)
 

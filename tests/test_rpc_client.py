@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from dilithion.consensus.chain import ChainState
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.node.blockchain_storage import BlockchainDB
+from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
 from dilithion.rpc.client import (CPP_MAX_REQUEST, AuthFailed, ConnectionFailed, RPCCallError,
                                   RPCClient, ServerRefused, UsageError, _parse_reply,
@@ -247,8 +247,8 @@ def node_server(tmp_path):
     ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=datadir,
                       hasher=RandomXHasher.for_key())
     ctx.blockchain = BlockchainDB(str(datadir / "blocks"))
-    ctx.chainstate = ChainState(ctx)
-    ctx.chainstate.load()
+    load_chain_state(ctx)
+    ctx.chainstate = ctx.chainstate
     server = RPCServer(ctx)
     server.start()
     yield home, server

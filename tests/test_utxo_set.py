@@ -17,7 +17,8 @@ from dilithion.consensus.validation import (BlockValidationError, Framing, block
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.sha3 import sha3_256
-from dilithion.mining.template import build_merkle_root, create_coinbase
+from dilithion.consensus.validation import build_merkle_root
+from dilithion.mining.template import create_coinbase
 from dilithion.net.serialize import SerializationError, ser_compact_size
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.utxo_set import (UTXOSet, UTXOStateError, UTXOStorageError, decode_coin,

@@ -11,7 +11,7 @@ on one core).  For each N the script then measures, in fresh temporary datadirs:
 * connect: ``ChainState.process_new_block`` for every block, hash supplied as the
   miner supplies it (LevelDB writes, one synced batch per block), without and
   with a UTXO set attached;
-* reload: opening the datadir again and ``ChainState.load()`` (reads every block
+* reload: opening the datadir again and ``load_chain_state`` (reads every block
   and index record; RandomX-hashes only the genesis);
 * reload with UTXO set: the same when the UTXO set is already at the tip.
 """
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from dilithion.consensus.chain import BlockStatus, ChainState
+from dilithion.consensus.chain import BlockStatus
+from dilithion.node.chain_loader import close_chain_state, open_chain_state
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import mine_block
@@ -56,17 +57,17 @@ def mined_chain(hasher, count: int) -> list[tuple[Block, Uint256]]:
 def bench(hasher, blocks, utxo: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-chain-") as tmp:
         datadir = Path(tmp)
-        chain = ChainState.open(PARAMS, datadir, hasher, utxo=utxo)
+        ctx = open_chain_state(PARAMS, datadir, hasher, utxo=utxo)
         started = time.perf_counter()
         for block, h in blocks:
-            assert chain.process_new_block(block, h).status is BlockStatus.TIP
+            assert ctx.chainstate.process_new_block(block, h).status is BlockStatus.TIP
         connect = time.perf_counter() - started
-        chain.close()
+        close_chain_state(ctx)
         started = time.perf_counter()
-        chain = ChainState.open(PARAMS, datadir, hasher, utxo=utxo)
+        ctx = open_chain_state(PARAMS, datadir, hasher, utxo=utxo)
         reload = time.perf_counter() - started
-        assert chain.height() == len(blocks)
-        chain.close()
+        assert ctx.chainstate.height() == len(blocks)
+        close_chain_state(ctx)
     return {"blocks/s": len(blocks) / connect, "connect s": connect, "reload s": reload}
 
 

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from loguru import logger
 
-from dilithion.consensus.chain import ChainState
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController
 from dilithion.node.blockchain_storage import BlockchainDB
+from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
 
 
@@ -39,8 +39,8 @@ def measure(threads: int, seconds: float, warmup: float = 2.0) -> dict:
         ctx = NodeContext(chain_params=ChainParams.testnet(), datadir=Path(tmp),
                           hasher=RandomXHasher.for_key())
         ctx.blockchain = BlockchainDB(str(Path(tmp) / "blocks"))
-        ctx.chainstate = ChainState(ctx)
-        ctx.chainstate.load()
+        load_chain_state(ctx)
+        ctx.chainstate = ctx.chainstate
         miner = MiningController(ctx, threads, pub_key_hash=bytes(20))
         try:
             miner.start()

@@ -15,7 +15,7 @@ decides it:
 * disconnects (tip first) and connects (ascending) run in order, and a failure
   part-way restores the old tip.
 
-``ctx.strict`` adds the rules the C++ library contains but never applies:
+``strict`` (``--strict``) adds the rules the C++ library contains but never applies:
 expected ``nBits`` (retargeting), the timestamp rule, the merkle root, and full
 block/transaction validation by the UTXO set while connecting.
 
@@ -30,42 +30,39 @@ Deliberate differences from the C++ node (none changes a stored byte):
 * a failure part-way through a reorganisation restores the old tip completely
   (the C++ may leave ``pnext`` links inconsistent, ``chain D39``), and strict-mode
   invalid blocks are remembered as failed in memory (never stored);
-* :meth:`ChainState.load` rebuilds the whole tree from disk, side branches
-  included, and therefore restarts on data the C++ node cannot restart on
-  (``chain D15``, ``D16``: chain work is recomputed from the genesis proof).
+* the start-up load (:mod:`dilithion.node.chain_loader`) rebuilds the whole
+  tree from disk, side branches included, and therefore restarts on data the
+  C++ node cannot restart on (``chain D15``, ``D16``).
+
+The chain state reaches the databases only through the interfaces of
+:mod:`dilithion.consensus.storage`; what follows a tip change outside
+consensus (mempool clean-up, metrics, relay, mining) subscribes as a tip
+listener.
 """
 from __future__ import annotations
 
 import enum
 import threading
 import time as _time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from loguru import logger
 
+from dilithion.consensus.block_index import BLOCK_FAILED, STATUS_STORED_BLOCK, BlockIndex
+from dilithion.consensus.orphan_pool import OrphanPool
 from dilithion.consensus.pow import (check_block_timestamp, check_proof_of_work,
                                      get_next_work_required)
-from dilithion.consensus.validation import (BlockValidationError, Framing, block_transactions,
-                                            parse_block_transactions)
-from dilithion.crypto.sha3 import sha3_256
-from dilithion.mining.template import build_merkle_root
-from dilithion.net.serialize import SerializationError
-from dilithion.node.block_index import (BLOCK_FAILED, STATUS_STORED_BLOCK,
-                                        STATUS_STORED_GENESIS, BlockIndex)
-from dilithion.node.blockchain_storage import StorageError
-from dilithion.node.genesis import create_genesis_block
+from dilithion.consensus.storage import BlockStore, CoinStore, StorageError
+from dilithion.consensus.validation import BlockValidationError, committed_merkle_root
+from dilithion.core.chainparams import ChainParams
+from dilithion.core.lru import LRUDict
 from dilithion.primitives.block import Block, Uint256
 
-__all__ = ["BlockStatus", "BlockResult", "ChainState", "OrphanPool", "BlockTreeLoader",
-           "MAX_REORG_DEPTH", "MAX_ORPHAN_BLOCKS", "TipListener"]
+__all__ = ["BlockStatus", "BlockResult", "ChainState", "MAX_REORG_DEPTH", "TipListener"]
 
 #: ``ActivateBestChain``'s limit on the number of blocks a reorganisation may disconnect.
 MAX_REORG_DEPTH = 100
-#: Orphan pool bounds: blocks and total ``vtx`` bytes (the oldest is evicted first).
-MAX_ORPHAN_BLOCKS = 750
-MAX_ORPHAN_BYTES = 64 * 1024 * 1024
 #: Header hashes remembered by :meth:`ChainState.hash_block` (80-byte key + 32-byte value each).
 HASH_CACHE_SIZE = 20_000
 
@@ -111,67 +108,6 @@ class _InvalidBlock(Exception):
         self.reason = reason
 
 
-class OrphanPool:
-    """Blocks whose parent is not known yet, oldest first, bounded in count and bytes.
-
-    Ownership: guarded by ``ChainState.lock`` (it has no lock of its own).
-    """
-
-    def __init__(self, max_blocks: int = MAX_ORPHAN_BLOCKS, max_bytes: int = MAX_ORPHAN_BYTES) -> None:
-        self.max_blocks = max_blocks
-        self.max_bytes = max_bytes
-        self._blocks: OrderedDict[Uint256, Block] = OrderedDict()
-        self._children: dict[Uint256, list[Uint256]] = {}
-        self._bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._blocks)
-
-    def __contains__(self, block_hash: object) -> bool:
-        return block_hash in self._blocks
-
-    def add(self, block_hash: Uint256, block: Block) -> None:
-        if block_hash in self._blocks:
-            return
-        self._blocks[block_hash] = block
-        self._children.setdefault(block.header.hash_prev_block, []).append(block_hash)
-        self._bytes += len(block.vtx)
-        while len(self._blocks) > self.max_blocks or (self._bytes > self.max_bytes
-                                                      and len(self._blocks) > 1):
-            oldest = next(iter(self._blocks))
-            logger.debug("[Chain] Orphan pool full, evicting {}...", oldest.short())
-            self.remove(oldest)
-
-    def remove(self, block_hash: Uint256) -> Block | None:
-        block = self._blocks.pop(block_hash, None)
-        if block is None:
-            return None
-        self._bytes -= len(block.vtx)
-        siblings = self._children.get(block.header.hash_prev_block)
-        if siblings is not None:
-            siblings.remove(block_hash)
-            if not siblings:
-                del self._children[block.header.hash_prev_block]
-        return block
-
-    def pop_children(self, parent_hash: Uint256) -> list[tuple[Uint256, Block]]:
-        """Remove and return the waiting children of ``parent_hash``, oldest first."""
-        out = []
-        for child in list(self._children.get(parent_hash, ())):
-            block = self.remove(child)
-            if block is not None:
-                out.append((child, block))
-        return out
-
-    def missing_root(self, parent_hash: Uint256) -> Uint256:
-        """Follow parents through the pool to the first block nobody has."""
-        seen = 0
-        while parent_hash in self._blocks and seen <= len(self._blocks):
-            parent_hash = self._blocks[parent_hash].header.hash_prev_block
-            seen += 1
-        return parent_hash
-
-
 class _HeaderHashCache:
     """RandomX hashes by exact header bytes, so a block seen twice is hashed once.
 
@@ -181,26 +117,19 @@ class _HeaderHashCache:
 
     def __init__(self, hasher, size: int = HASH_CACHE_SIZE) -> None:
         self._hasher = hasher
-        self._size = size
-        self._map: OrderedDict[bytes, Uint256] = OrderedDict()
+        self._map: LRUDict[bytes, Uint256] = LRUDict(size)
         self._lock = threading.Lock()
 
     def get(self, header80: bytes) -> Uint256:
         with self._lock:
             known = self._map.get(header80)
             if known is not None:
-                self._map.move_to_end(header80)
+                self._map.touch(header80)
                 return known
         digest = Uint256(self._hasher.hash(header80))
-        self.remember(header80, digest)
-        return digest
-
-    def remember(self, header80: bytes, digest: Uint256) -> None:
         with self._lock:
-            self._map[header80] = digest
-            self._map.move_to_end(header80)
-            while len(self._map) > self._size:
-                self._map.popitem(last=False)
+            self._map.put(header80, digest)
+        return digest
 
 
 class _Change:
@@ -214,80 +143,6 @@ class _Change:
         self.blocks: dict[Uint256, Block] = {}
 
 
-class BlockTreeLoader:
-    """Rebuilds the block tree from a blocks database (``chain`` 5.7, recommended port behaviour).
-
-    Index records give height and status but no parent (``chain D15``), so
-    parents come from the ``b`` records' ``hashPrevBlock``.  Each index
-    record's embedded hash must equal its key and its header fields must equal
-    the block record's; the stored key is then trusted as the block hash (no
-    RandomX per block: 10,000 hashes would take minutes).  Chain work is
-    recomputed from the genesis proof (``chain D16``).  Every indexed block
-    linked to the genesis is loaded, side branches included.
-
-    Ownership: used once, by the thread running :meth:`ChainState.load`.
-    """
-
-    def __init__(self, db, genesis_hash: Uint256) -> None:
-        self.db = db
-        self.genesis_hash = genesis_hash
-
-    def load(self) -> tuple[dict[Uint256, BlockIndex], BlockIndex]:
-        """The index map and the tip (``bestblock``, else the most-work block)."""
-        records = {record.hash: record for record in self.db.iter_block_indexes()}
-        headers = {h: block.header for h, block in self.db.iter_blocks() if h in records}
-        for block_hash, header in headers.items():
-            record = records[block_hash]
-            if (record.time, record.bits, record.nonce, record.version) != (
-                    header.time, header.bits, header.nonce, header.version):
-                raise StorageError(f"index record 'i{block_hash}' does not match block record "
-                                   f"'b{block_hash}' (time/bits/nonce/version differ)")
-        index = self._link(records, headers)
-        unlinked, missing_body = len(headers) - len(index), len(records) - len(headers)
-        if unlinked or missing_body:
-            logger.warning("[Chain] Ignored {} indexed block(s) not linked to genesis and {} index "
-                           "record(s) without block data", unlinked, missing_body)
-        return index, self._tip(index)
-
-    def _link(self, records, headers) -> dict[Uint256, BlockIndex]:
-        if self.genesis_hash not in headers:
-            raise StorageError(f"block database {self.db.path}: genesis {self.genesis_hash} "
-                               f"has no index record")
-        children: dict[Uint256, list[Uint256]] = {}
-        for block_hash, header in headers.items():
-            if block_hash != self.genesis_hash:
-                children.setdefault(header.hash_prev_block, []).append(block_hash)
-        root = BlockIndex.from_header(self.genesis_hash, headers[self.genesis_hash], None,
-                                      records[self.genesis_hash].status)
-        index = {self.genesis_hash: root}
-        stack = [root]
-        while stack:
-            parent = stack.pop()
-            for child_hash in children.get(parent.hash, ()):
-                record = records[child_hash]
-                child = BlockIndex.from_header(child_hash, headers[child_hash], parent, record.status)
-                if record.height != child.height:
-                    raise StorageError(f"index record 'i{child_hash}' says height {record.height}, "
-                                       f"its parents give {child.height}")
-                index[child_hash] = child
-                stack.append(child)
-        return index
-
-    def _tip(self, index: dict[Uint256, BlockIndex]) -> BlockIndex:
-        try:
-            best = self.db.read_best_block()
-        except StorageError as e:
-            logger.warning("[Chain] {}", e)
-            best = None
-        if best is not None and best in index:
-            return index[best]
-        tip = max(index.values(), key=lambda i: (i.chain_work, -i.height))
-        logger.warning("[Chain] Best block {} is missing or not linked; using the most-work block "
-                       "{} (height {}) and storing it as 'bestblock'", best, tip.hash, tip.height)
-        self.db.write_best_block(tip.hash)
-        return tip
-
-
 class ChainState:
     """``CChainState`` plus the node's accept-block steps.
 
@@ -298,62 +153,27 @@ class ChainState:
     the thread that processed the block.
     """
 
-    def __init__(self, ctx) -> None:
-        self.ctx = ctx
+    def __init__(self, params: ChainParams, db: BlockStore, hasher, *,
+                 utxo_set: CoinStore | None = None, strict: bool = False) -> None:
+        self.params = params
+        self.db = db
+        #: When given, every connect and disconnect also updates the UTXO set, in step.
+        self.utxo_set = utxo_set
+        #: Stricter intended consensus rules the C++ lacks (``--strict``).
+        self.strict = strict
         self.lock = threading.RLock()
-        self.max_reorg_depth = ctx.chain_params.max_reorg_depth   # MAX_REORG_DEPTH; None on regtest
+        self.max_reorg_depth = params.max_reorg_depth   # MAX_REORG_DEPTH; None on regtest
         self._index: dict[Uint256, BlockIndex] = {}
         self._main: list[BlockIndex] = []            # the active chain by height
         self.orphans = OrphanPool()
-        self._hashes = _HeaderHashCache(ctx.hasher)
+        self._hashes = _HeaderHashCache(hasher)
         self._listeners: list[TipListener] = []
 
-    @classmethod
-    def open(cls, params, datadir, hasher=None, *, utxo: bool = False, strict: bool = False,
-             mempool=None, metrics=None) -> "ChainState":
-        """A loaded chain state on ``<datadir>/blocks`` (and ``<datadir>/chainstate``),
-        its context holding ``mempool`` and ``metrics`` if given.
-
-        For tools, benchmarks and tests; the node program wires the same parts
-        step by step so that it can report each one.  :meth:`close` closes them.
-        """
-        from pathlib import Path
-
-        from dilithion.node.blockchain_storage import BlockchainDB
-        from dilithion.node.context import NodeContext
-        from dilithion.node.utxo_set import UTXOSet
-
-        datadir = Path(datadir)
-        ctx = NodeContext(params, datadir, strict=strict,
-                          **({"hasher": hasher} if hasher is not None else {}))
-        ctx.mempool, ctx.metrics = mempool, metrics
-        ctx.blockchain = BlockchainDB(datadir / "blocks")
-        try:
-            ctx.utxo_set = UTXOSet(datadir / "chainstate") if utxo else None
-            ctx.chainstate = cls(ctx)
-            ctx.chainstate.load()
-        except BaseException:
-            if ctx.utxo_set is not None:
-                ctx.utxo_set.close()
-            ctx.blockchain.close()
-            raise
-        return ctx.chainstate
-
-    def close(self) -> None:
-        """Close the databases :meth:`open` opened."""
-        if self.ctx.utxo_set is not None:
-            self.ctx.utxo_set.close()
-        self.ctx.blockchain.close()
-
     # ------------------------------------------------------------------ queries
-    @property
-    def db(self):
-        return self.ctx.blockchain
-
     def tip(self) -> BlockIndex:
         with self.lock:
             if not self._main:
-                raise RuntimeError("chain state not loaded: call load() first")
+                raise RuntimeError("chain state not loaded: no block tree adopted yet")
             return self._main[-1]
 
     def height(self) -> int:
@@ -363,6 +183,11 @@ class ChainState:
     def get_index(self, block_hash: Uint256) -> BlockIndex | None:
         with self.lock:
             return self._index.get(block_hash)
+
+    def knows_block(self, block_hash: Uint256) -> bool:
+        """Indexed (any branch, failed included) or waiting in the orphan pool."""
+        with self.lock:
+            return block_hash in self._index or block_hash in self.orphans
 
     def get_block(self, block_hash: Uint256) -> Block | None:
         """Any stored block, on the main chain or not (orphans are not stored)."""
@@ -458,80 +283,17 @@ class ChainState:
         return a if a is b else None
 
     # ------------------------------------------------------------------ start-up
-    def load(self) -> BlockIndex:
-        """Load the chain from ``ctx.blockchain``, or write the genesis on a fresh database."""
-        params = self.ctx.chain_params
-        genesis = create_genesis_block(params)
-        genesis_hash = self.hash_block(genesis)
-        with self.lock:
-            self._index.clear()
-            self._main.clear()
-            if self.db.block_exists(genesis_hash):
-                self._load_tree(genesis_hash)
-            else:
-                self._init_genesis(genesis, genesis_hash)
-            if self.ctx.utxo_set is not None:
-                self._reconcile_utxo()
-            tip = self._main[-1]
-        self._set_height_metric(tip.height)
-        return tip
+    def adopt_tree(self, index: dict[Uint256, BlockIndex], tip: BlockIndex) -> None:
+        """Install a block tree read from disk (or a fresh genesis) with ``tip`` active.
 
-    def _init_genesis(self, genesis: Block, genesis_hash: Uint256) -> None:
-        stored_best = self.db.read_best_block()
-        if stored_best is not None:
-            # The C++ would silently write a new genesis and point 'bestblock' at it (chain 4.7).
-            raise StorageError(f"block database {self.db.path} has best block {stored_best} but no "
-                               f"{self.ctx.chain_params.get_network_name()} genesis "
-                               f"{genesis_hash}: wrong network or wrong datadir")
-        index = BlockIndex.from_header(genesis_hash, genesis.header, None, STATUS_STORED_GENESIS)
-        logger.info("[Chain] Activating genesis block at height 0")
-        with self.db.batch(sync=True) as batch:
-            batch.write_block(genesis_hash, genesis)
-            batch.write_block_index(genesis_hash, index)
-            batch.write_best_block(genesis_hash)
-        self._index[genesis_hash] = index
-        self._main.append(index)
-
-    def _load_tree(self, genesis_hash: Uint256) -> None:
-        started = _time.monotonic()
-        self._index, tip = BlockTreeLoader(self.db, genesis_hash).load()
-        self._main[:] = self._path_from_genesis(tip)
-        for lower, upper in zip(self._main, self._main[1:]):
-            lower.next = upper
-        logger.info("[Chain] Loaded chain state: {} blocks (height {}), tip {} in {:.2f} s",
-                    len(self._index), tip.height, tip.hash, _time.monotonic() - started)
-
-    def _reconcile_utxo(self) -> None:
-        """Bring the UTXO set (its own database) to the loaded tip.
-
-        The UTXO set is written before ``bestblock`` (it validates in strict
-        mode), and every block it sees is stored first, so after a crash it may
-        stand on a block that is on a side branch or not indexed at all: step it
-        back to the main chain with the stored blocks, then replay forward.
-        Replay is never strict: these blocks were accepted when they arrived.
+        Called once by the start-up loader (:mod:`dilithion.node.chain_loader`),
+        which has already checked that every entry links back to the genesis.
         """
-        utxo = self.ctx.utxo_set
-        best = utxo.best_block()
-        while best is not None and not self._on_main(best.hash):
-            block = self.db.read_block(best.hash)
-            if block is None:
-                raise StorageError(f"the UTXO set stands on block {best.hash} (height {best.height}), "
-                                   f"which {self.db.path} does not hold: the chainstate belongs to "
-                                   f"another chain; remove it to rebuild")
-            logger.warning("[Chain] UTXO set: undoing block {} (height {}) that is not on the "
-                           "main chain", best.hash, best.height)
-            utxo.disconnect_block(block, best.height, best.hash)
-            best = utxo.best_block()
-        start = 0 if best is None else best.height + 1
-        if start < len(self._main):
-            logger.info("[Chain] UTXO set at height {}: replaying {} block(s) to height {}",
-                        start - 1, len(self._main) - start, len(self._main) - 1)
-        for index in self._main[start:]:
-            block = self.db.read_block(index.hash)
-            if block is None:
-                raise StorageError(f"main-chain block {index.hash} (height {index.height}) is "
-                                   f"indexed but missing from {self.db.path}")
-            utxo.connect_block(block, index.height, index.hash, strict=False)
+        with self.lock:
+            self._index = dict(index)
+            self._main[:] = self._path_from_genesis(tip)
+            for lower, upper in zip(self._main, self._main[1:]):
+                lower.next = upper
 
     def _on_main(self, block_hash: Uint256) -> bool:
         index = self._index.get(block_hash)
@@ -565,7 +327,6 @@ class ChainState:
             new_tip = self._main[-1]
             if new_tip is not change.old_tip:
                 result.connected, result.disconnected = self._net_change(change, new_tip)
-                self._after_tip_change(result.connected, result.disconnected, new_tip)
             listeners = list(self._listeners) if new_tip is not change.old_tip else []
         for callback in listeners:
             try:
@@ -584,7 +345,7 @@ class ChainState:
         if block_hash in self.orphans:
             return BlockResult(BlockStatus.DUPLICATE, block_hash,
                                missing_parent=self.orphans.missing_root(header.hash_prev_block))
-        if not check_proof_of_work(block_hash, header.bits, self.ctx.chain_params):
+        if not check_proof_of_work(block_hash, header.bits, self.params):
             return BlockResult(BlockStatus.INVALID, block_hash,
                                reason=f"high-hash: proof of work fails nBits 0x{header.bits:08x}")
         parent = self._index.get(header.hash_prev_block)
@@ -597,7 +358,7 @@ class ChainState:
 
         index = BlockIndex.from_header(block_hash, header, parent, STATUS_STORED_BLOCK)
         reason = "bad-prevblk: descends from an invalid block" if parent.is_failed() else None
-        if reason is None and self.ctx.strict:
+        if reason is None and self.strict:
             reason = self._check_contextual(block, parent)
         if reason is not None:
             return self._reject(index, reason)
@@ -654,7 +415,7 @@ class ChainState:
             logger.info("  Disconnect {} block(s)", depth)
             logger.info("  Connect {} block(s)", index.height - fork.height)
         change.blocks[index.hash] = block
-        if self.ctx.utxo_set is not None:
+        if self.utxo_set is not None:
             # The UTXO set (another database) may commit before 'bestblock' does; storing
             # the block first lets load() undo it after a crash (_reconcile_utxo).
             with self.db.batch(sync=True) as batch:
@@ -664,7 +425,7 @@ class ChainState:
             self._switch_tip(index, change)
         except _InvalidBlock as e:
             self._index.pop(index.hash, None)
-            if self.ctx.utxo_set is not None:
+            if self.utxo_set is not None:
                 self.db.erase_block(index.hash)
             e.index.status |= BLOCK_FAILED
             self._index[e.index.hash] = e.index
@@ -752,30 +513,30 @@ class ChainState:
         if index.prev is None:
             raise StorageError("cannot disconnect the genesis block")
         block = self._block_for(index, change)
-        if self.ctx.utxo_set is not None:
-            self.ctx.utxo_set.disconnect_block(block, index.height, index.hash)
+        if self.utxo_set is not None:
+            self.utxo_set.disconnect_block(block, index.height, index.hash)
         self._main.pop()
         index.prev.next = None
 
     def _utxo_connect(self, index: BlockIndex, block: Block) -> None:
-        utxo = self.ctx.utxo_set
+        utxo = self.utxo_set
         if utxo is None:
             return
         try:
-            utxo.connect_block(block, index.height, index.hash, strict=self.ctx.strict)
+            utxo.connect_block(block, index.height, index.hash, strict=self.strict)
         except BlockValidationError as e:
             raise _InvalidBlock(index, e.reason) from e
 
     def _check_contextual(self, block: Block, parent: BlockIndex) -> str | None:
         """Strict mode's header rules, which the C++ library has and the node never applies."""
         header = block.header
-        params = self.ctx.chain_params
+        params = self.params
         expected = get_next_work_required(parent, params)
         if header.bits != expected:
             return f"bad-diffbits: nBits 0x{header.bits:08x}, expected 0x{expected:08x}"
         if not check_block_timestamp(header.time, parent, int(_time.time())):
             return f"time-invalid: nTime {header.time} is not after the median time past or too far ahead"
-        root = _merkle_root(block)
+        root = Uint256(committed_merkle_root(block))
         if root != header.hash_merkle_root:
             return f"bad-txnmrklroot: header has {header.hash_merkle_root}, transactions give {root}"
         return None
@@ -798,42 +559,3 @@ class ChainState:
         connected = [self._block_for(i, change) for i in self._branch(fork, new_tip)]
         disconnected = [self._block_for(i, change) for i in reversed(self._branch(fork, change.old_tip))]
         return connected, disconnected
-
-    def _after_tip_change(self, connected: Iterable[Block], disconnected: list[Block],
-                          new_tip: BlockIndex) -> None:
-        metrics = self.ctx.metrics
-        mempool = self.ctx.mempool
-        if disconnected and mempool is not None and self.ctx.utxo_set is not None:
-            # Inputs of pooled transactions may have left the chain with the old branch.
-            mempool.remove_unspendable(self.ctx.utxo_set, new_tip.height + 1)
-        for block in connected:
-            if metrics is not None:
-                metrics.blocks_connected.inc()
-            if mempool is not None:
-                try:
-                    txs = block_transactions(block)
-                except SerializationError as e:   # a default-mode block may carry any bytes (chain D22)
-                    logger.debug("[Chain] Block transactions not parseable, mempool untouched: {}", e)
-                    continue
-                mempool.remove_for_block(txs)
-        self._set_height_metric(new_tip.height)
-
-    def _set_height_metric(self, height: int) -> None:
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.chain_height.set(height)
-
-
-def _merkle_root(block: Block) -> Uint256:
-    """The merkle root ``block``'s ``vtx`` commits to, per framing (``chain`` 1.5, D3).
-
-    A counted list commits as ``BuildMerkleRoot(txids)``; a bare coinbase (what
-    the C++ node mines) and undecodable bytes as ``SHA3(vtx)``, which for a
-    bare coinbase equals its txid.
-    """
-    try:
-        parsed = parse_block_transactions(block)
-    except SerializationError:
-        parsed = None
-    if parsed is not None and parsed.framing is Framing.COUNTED:
-        return Uint256(build_merkle_root([tx.get_hash() for tx in parsed.txs]))
-    return Uint256(sha3_256(block.vtx))

@@ -24,17 +24,27 @@ from dilithion.consensus.pow import calculate_block_subsidy
 from dilithion.consensus.tx_validation import (Coin, CoinsView, TxValidationError,
                                                check_transaction, check_transaction_basic)
 from dilithion.crypto.sha3 import sha3_256
-from dilithion.mining.template import build_merkle_root
 from dilithion.net.serialize import DataStream, SerializationError
 from dilithion.primitives.block import Block
 from dilithion.primitives.transaction import OutPoint, Transaction
 
-__all__ = ["BlockValidationError", "Framing", "ParsedBlock", "parse_block_transactions",
+__all__ = ["build_merkle_root", "committed_merkle_root", "BlockValidationError", "Framing", "ParsedBlock", "parse_block_transactions",
            "block_transactions", "CoinsViewCache", "apply_transaction", "apply_transactions",
            "check_block"]
 
 #: Smallest possible serialized transaction (version, two empty counts, lock time).
 _MIN_TX_SIZE = 10
+
+
+def build_merkle_root(txids: list[bytes]) -> bytes:
+    """``BuildMerkleRoot``: SHA3 pairs, an odd last element paired with itself."""
+    if not txids:
+        return bytes(32)
+    level = list(txids)
+    while len(level) > 1:
+        level = [sha3_256(level[i] + level[min(i + 1, len(level) - 1)])
+                 for i in range(0, len(level), 2)]
+    return level[0]
 
 
 class BlockValidationError(ValueError):
@@ -158,12 +168,25 @@ def apply_transactions(view: CoinsViewCache, txs: list[Transaction], height: int
         apply_transaction(view, tx, height, position == 0)
 
 
-def _check_merkle_root(block: Block, parsed: ParsedBlock) -> None:
+def committed_merkle_root(block: Block, parsed: ParsedBlock | None = None) -> bytes:
+    """The merkle root ``block``'s ``vtx`` commits to, per framing (``chain`` 1.5, D3).
+
+    A counted list commits as ``BuildMerkleRoot(txids)``; the genesis text, a
+    bare coinbase (what the C++ node mines) and undecodable bytes as
+    ``SHA3(vtx)``, which for a bare coinbase equals its txid.
+    """
+    if parsed is None:
+        try:
+            parsed = parse_block_transactions(block)
+        except SerializationError:
+            return sha3_256(block.vtx)
     if parsed.framing is Framing.COUNTED:
-        root = build_merkle_root([tx.get_hash() for tx in parsed.txs])
-    else:  # genesis text and the bare coinbase both commit as SHA3(vtx)
-        root = sha3_256(block.vtx)
-    if root != block.header.hash_merkle_root:
+        return build_merkle_root([tx.get_hash() for tx in parsed.txs])
+    return sha3_256(block.vtx)
+
+
+def _check_merkle_root(block: Block, parsed: ParsedBlock) -> None:
+    if committed_merkle_root(block, parsed) != block.header.hash_merkle_root:
         raise BlockValidationError("Merkle root mismatch")
 
 

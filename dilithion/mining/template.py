@@ -20,12 +20,13 @@ from dilithion.consensus.pow import (calculate_block_subsidy, compact_to_big,
                                      get_next_work_required, hash_less_than)
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import create_script_pub_key
+from dilithion.consensus.validation import build_merkle_root
 from dilithion.crypto.sha3 import sha3_256
 from dilithion.net.serialize import ser_compact_size
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 
-__all__ = ["BlockTemplate", "create_coinbase", "build_merkle_root", "next_work_bits",
+__all__ = ["BlockTemplate", "create_coinbase", "next_work_bits",
            "create_block_template", "search_nonce", "mine_block", "mine_chain"]
 
 
@@ -48,17 +49,6 @@ def create_coinbase(height: int, pub_key_hash: bytes, fees: int = 0,
         vin=[TxIn(OutPoint(), f"Block {height} mined by Dilithion".encode("ascii"))],
         vout=[TxOut(subsidy + fees, create_script_pub_key(pub_key_hash))],
         lock_time=0)
-
-
-def build_merkle_root(txids: list[bytes]) -> bytes:
-    """``BuildMerkleRoot``: SHA3 pairs, an odd last element paired with itself."""
-    if not txids:
-        return bytes(32)
-    level = list(txids)
-    while len(level) > 1:
-        level = [sha3_256(level[i] + level[min(i + 1, len(level) - 1)])
-                 for i in range(0, len(level), 2)]
-    return level[0]
 
 
 def next_work_bits(tip, params: ChainParams, strict: bool = False) -> int:

@@ -33,6 +33,7 @@ from typing import Iterator
 import plyvel
 from loguru import logger
 
+from dilithion.consensus.storage import StorageError
 from dilithion.primitives.block import HEADER_SIZE, Block, BlockHeader, Uint256
 
 __all__ = ["StorageError", "BlockchainDB", "BlockBatch", "IndexRecord", "RECORD_VERSION",
@@ -49,14 +50,6 @@ _ENVELOPE = struct.Struct("<II")          # version, length of DATA
 _CHECKSUM = struct.Struct("<I")
 _INDEX_FIELDS = struct.Struct("<iIIIIiI")  # height, status, time, bits, nonce, version, nTx
 _HEX_DIGITS = frozenset(b"0123456789abcdef")
-
-
-class StorageError(Exception):
-    """The blocks database cannot be opened, read or written.
-
-    The message is meant for the operator: it names the directory or the key
-    and says what is wrong (locked, corrupt, disk full ...).
-    """
 
 
 # --------------------------------------------------------------------------- keys

@@ -17,7 +17,6 @@ the UTXO set), so there are no in-pool ancestor chains to track.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import threading
 import time as _time
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ from dilithion.consensus.fees import calculate_fee_rate, fee_rejection_reason
 from dilithion.consensus.params import COINBASE_MATURITY
 from dilithion.consensus.tx_validation import (TxValidationError, check_transaction,
                                                standard_rejection_reason)
+from dilithion.consensus.validation import block_transactions
+from dilithion.net.serialize import SerializationError
 from dilithion.primitives.transaction import OutPoint, Transaction
 
 __all__ = ["MempoolEntry", "TxMemPool", "accept_to_memory_pool", "mempool_entry_sort_key",
@@ -205,6 +206,24 @@ class TxMemPool:
             logger.info(f"Mempool: removed {len(doomed)} transaction(s) whose inputs left the chain")
         return doomed
 
+    def on_tip_changed(self, new_tip, connected, disconnected, coins=None) -> None:
+        """Chain tip listener: drop what the new blocks confirmed or made unspendable.
+
+        ``coins`` is the UTXO set at the new tip (needed only after a
+        reorganisation: pooled inputs may have left the chain with the old branch).
+        A default-mode block may carry any bytes (``chain D22``); one whose
+        transactions cannot be parsed leaves the pool untouched.
+        """
+        if disconnected and coins is not None:
+            self.remove_unspendable(coins, new_tip.height + 1)
+        for block in connected:
+            try:
+                txs = block_transactions(block)
+            except SerializationError as e:
+                logger.debug(f"Mempool: block transactions not parseable, pool untouched: {e}")
+                continue
+            self.remove_for_block(txs)
+
     def clear(self) -> None:
         with self.lock:
             self._entries.clear()
@@ -299,7 +318,7 @@ def accept_to_memory_pool(ctx, tx: Transaction, now: int | None = None) -> bytes
     reason = standard_rejection_reason(tx)
     if reason:
         raise TxValidationError(reason)
-    chain_lock = getattr(ctx.chainstate, "lock", None) or contextlib.nullcontext()
+    chain_lock = ctx.chainstate.lock
     with chain_lock:
         if ctx.mempool.exists(txid):
             raise TxValidationError("Already in mempool")

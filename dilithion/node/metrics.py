@@ -66,6 +66,11 @@ class NodeMetrics:
             PlatformCollector(registry=r)
         self._server = None
 
+    def on_tip_changed(self, new_tip, connected, disconnected) -> None:
+        """Chain tip listener: the height gauge and the connected-blocks counter."""
+        self.blocks_connected.inc(len(connected))
+        self.chain_height.set(new_tip.height)
+
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` over HTTP on ``addr:port`` (a daemon thread)."""
         self._server, _thread = start_http_server(port, addr=addr, registry=self.registry)

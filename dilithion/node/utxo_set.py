@@ -34,7 +34,7 @@ from dilithion.consensus.tx_validation import Coin
 from dilithion.consensus.validation import (BlockValidationError, CoinsViewCache,
                                             apply_transactions, block_transactions, check_block)
 from dilithion.net.serialize import DataStream, SerializationError
-from dilithion.node.blockchain_storage import StorageError
+from dilithion.consensus.storage import StorageError
 from dilithion.primitives.block import Block, Uint256
 from dilithion.primitives.transaction import OutPoint
 
