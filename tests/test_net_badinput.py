@@ -180,7 +180,7 @@ def test_garbage_before_handshake_never_crashes(nodes):
                 bad.send_raw(frame_raw(MAGIC, cmd, rng.randbytes(rng.randint(0, 200))))
         good.send(MsgPing(11))
         assert good.wait_for("pong").nonce == 11
-        assert cm._net_thread.is_alive() and cm._msg_thread.is_alive()
+        assert cm._net_thread.is_alive() and nodes.processor(cm).thread.is_alive()
 
 
 def test_handler_backlog_pauses_reading_without_losing_messages(nodes):
@@ -194,7 +194,7 @@ def test_handler_backlog_pauses_reading_without_losing_messages(nodes):
         gate.wait(10)
         got.append(msg)
 
-    cm.register_handler("inv", slow_handler)
+    nodes.processor(cm).register(MsgInv, slow_handler)
     with RawPeer(cm.listen_port, MAGIC) as raw:
         raw.handshake()
         assert wait_until(lambda: cm.peer_manager.handshake_complete_peers())
@@ -203,9 +203,9 @@ def test_handler_backlog_pauses_reading_without_losing_messages(nodes):
         for _ in range(40):
             raw.send_raw(one * 50)
         conn = cm._conns[pid]
-        assert wait_until(lambda: conn.read_paused)
+        assert wait_until(lambda: conn.backlog.paused)
         time.sleep(0.2)
-        assert conn.pending_msgs < 2000  # the rest waits in kernel buffers, not in our memory
+        assert conn.backlog.counts()[0] < 2000  # the rest waits in kernel buffers, not in our memory
         gate.set()
         assert wait_until(lambda: len(got) == 2000, timeout=10)
-        assert not conn.read_paused and conn.pending_msgs == 0
+        assert not conn.backlog.paused and conn.backlog.counts()[0] == 0

@@ -24,8 +24,8 @@ def _ids(cm):
 def test_handshake_both_directions(nodes):
     a, b = nodes(), nodes()
     events = {"a": [], "b": []}
-    a.add_handshake_listener(lambda p: events["a"].append(p.id))
-    b.add_handshake_listener(lambda p: events["b"].append(p.id))
+    nodes.processor(a).add_handshake_listener(lambda p: events["a"].append(p.id))
+    nodes.processor(b).add_handshake_listener(lambda p: events["b"].append(p.id))
     ab = a.connect("127.0.0.1", b.listen_port)
     ba = b.connect("127.0.0.1", a.listen_port)
     assert a.wait_for_handshake(ab, 5) and b.wait_for_handshake(ba, 5)
@@ -57,7 +57,7 @@ def test_version_first_and_verack_only_once(nodes):
 def test_verack_before_version_and_no_gating_for_ping(nodes):
     cm = nodes()
     got = []
-    cm.register_handler("inv", lambda p, m: got.append(m))
+    nodes.processor(cm).register(MsgInv, lambda p, m: got.append(m))
     with RawPeer(cm.listen_port, MAGIC) as raw:
         raw.send(MsgInv([Inv(2, bytes(32))]))  # before the handshake: ignored
         raw.send(MsgPing(1))                    # ping is answered in any state
@@ -93,8 +93,8 @@ def test_handler_errors_are_scored_or_logged_and_thread_survives(nodes):
         calls.append("crash")
         raise RuntimeError("bug")
 
-    cm.register_handler("inv", bad_value)
-    cm.register_handler("getaddr", crash)
+    nodes.processor(cm).register(MsgInv, bad_value)
+    nodes.processor(cm).register(MsgGetaddr, crash)
     with RawPeer(cm.listen_port, MAGIC) as raw:
         raw.handshake()
         raw.send(MsgInv([]))
@@ -110,7 +110,7 @@ def test_handler_errors_are_scored_or_logged_and_thread_survives(nodes):
 def test_self_connection_detected(nodes):
     cm = nodes()
     closed = []
-    cm.add_disconnect_listener(lambda p, reason: closed.append(reason))
+    nodes.processor(cm).add_disconnect_listener(lambda p, reason: closed.append(reason))
     pid = cm.connect("127.0.0.1", cm.listen_port)
     assert pid is not None
     assert not cm.wait_for_handshake(pid, 3)
@@ -209,7 +209,7 @@ def test_send_timeout_from_environment(tmp_path, monkeypatch):
 def test_peer_killed_mid_stream(nodes):
     cm = nodes()
     closed = []
-    cm.add_disconnect_listener(lambda p, reason: closed.append((p.id, reason)))
+    nodes.processor(cm).add_disconnect_listener(lambda p, reason: closed.append((p.id, reason)))
     with RawPeer(cm.listen_port, MAGIC) as other:
         other.handshake()
         victim = RawPeer(cm.listen_port, MAGIC)
@@ -289,7 +289,7 @@ def test_stop_joins_quickly_with_peers(nodes, tmp_path):
     t0 = time.monotonic()
     a.stop()
     assert time.monotonic() - t0 < 1.0
-    assert not a._net_thread.is_alive() and not a._msg_thread.is_alive()
+    assert not a._net_thread.is_alive()
     assert all(r.is_closed(2) for r in raws)
     assert wait_until(lambda: b.connected_count() == 0)
     for r in raws:
@@ -299,7 +299,7 @@ def test_stop_joins_quickly_with_peers(nodes, tmp_path):
 def test_disconnect_api_closes_socket(nodes):
     cm = nodes()
     reasons = []
-    cm.add_disconnect_listener(lambda p, r: reasons.append(r))
+    nodes.processor(cm).add_disconnect_listener(lambda p, r: reasons.append(r))
     with RawPeer(cm.listen_port, MAGIC) as raw:
         raw.handshake()
         assert wait_until(lambda: _ids(cm))
@@ -325,7 +325,7 @@ def test_connect_timeout(nodes):
         time.sleep(0.1)
         cm = nodes(connect_timeout=0.5)
         reasons = []
-        cm.add_disconnect_listener(lambda p, r: reasons.append(r))
+        nodes.processor(cm).add_disconnect_listener(lambda p, r: reasons.append(r))
         t0 = time.monotonic()
         pid = cm.connect("127.0.0.1", port)
         assert pid is not None
@@ -403,6 +403,7 @@ def test_a_dead_network_thread_stops_the_node(nodes):
         raise RuntimeError("injected fault in the network thread")
 
     cm._maintenance = broken_maintenance
-    assert wait_until(cm.ctx.shutdown_requested.is_set, 5)
-    assert "P2P network thread failed" in cm.ctx.fatal_reason
-    assert "injected fault" in cm.ctx.fatal_reason
+    ctx = nodes.ctx(cm)
+    assert wait_until(ctx.shutdown_requested.is_set, 5)
+    assert "P2P network thread failed" in ctx.fatal_reason
+    assert "injected fault" in ctx.fatal_reason

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dilithion.core.chainparams import ChainParams
-from dilithion.net.protocol import (Inv, MsgInv, MsgPing, MsgPong, MsgVerack, MsgVersion,
+from dilithion.net.protocol import (MESSAGE_TYPES, Inv, MsgInv, MsgPing, MsgPong, MsgVerack, MsgVersion,
                                     decode_payload)
 from dilithion.net.serialize import NetMessage
 from dilithion.net.socket import FrameError, FrameReader, SendQueue, Socket, TokenBucket
@@ -141,9 +141,9 @@ def nodes(tmp_path):
     factory.stop_all()
 
 
-def _collecting(cm, command="inv"):
+def _collecting(nodes, cm, command="inv"):
     got = []
-    cm.register_handler(command, lambda peer, msg: got.append(msg))
+    nodes.processor(cm).register(MESSAGE_TYPES[command], lambda peer, msg: got.append(msg))
     return got
 
 
@@ -151,7 +151,7 @@ def _collecting(cm, command="inv"):
 def test_node_frames_stream_however_it_arrives(nodes, chunking):
     import random
     cm = nodes()
-    got = _collecting(cm)
+    got = _collecting(nodes, cm)
     invs = [m for m in MESSAGES if isinstance(m, MsgInv)]
     stream = b"".join(frame(MAGIC, m) for m in invs)
     with RawPeer(cm.listen_port, MAGIC) as raw:

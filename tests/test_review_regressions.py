@@ -11,7 +11,7 @@ import threading
 import time
 
 from dilithion.core.chainparams import ChainParams
-from dilithion.net.net import ConnectionManager
+from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import MsgPing
 
 from p2p_util import RawPeer, wait_until
@@ -44,8 +44,8 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
     ``read_paused`` False and never posted a resume; the network thread then paused
     the peer for ever (and the inactivity timer is off while paused), so the peer
     hung with nothing queued.  The trace hook makes the network thread wait, right
-    after the ``put``, until the handler has processed the message."""
-    put_line = _line_after(ConnectionManager._deliver, "self._handler_queue.put")
+    after it handed the message over, until the handler has processed it."""
+    put_line = _line_after(ConnectionManager._deliver, "self.sink.message_ready")
     deliver_code = ConnectionManager._deliver.__code__
     armed = threading.Event()
     held = []
@@ -54,9 +54,9 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
         if event == "line" and frame.f_lineno > put_line and armed.is_set():
             conn = frame.f_locals["conn"]
             deadline = time.monotonic() + 2.0
-            while conn.pending_msgs and time.monotonic() < deadline:
+            while conn.backlog.counts()[0] and time.monotonic() < deadline:
                 time.sleep(0.001)
-            held.append(conn.pending_msgs)
+            held.append(conn.backlog.counts()[0])
             armed.clear()                     # one forced interleaving is enough
         return local
 
@@ -74,7 +74,7 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
         conn = next(iter(cm._conns.values()))
         peer.send(MsgPing(99))
         assert _pong(peer, 99, 5.0)
-        assert wait_until(lambda: not conn.read_paused and conn.pending_msgs == 0)
+        assert wait_until(lambda: not conn.backlog.paused and conn.backlog.counts()[0] == 0)
         armed.set()
         peer.send(MsgPing(1))
         assert _pong(peer, 1, 5.0)
@@ -86,7 +86,7 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
 
 
 def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
-    """p2p_handlers.py ``_claim_request``: past 10,000 requests in flight every
+    """block_relay.py (then p2p_handlers.py) ``_claim_request``: past 10,000 requests in flight every
     new claim scanned the whole in-flight map, so one legal ``inv`` of 50,000
     unknown block hashes cost ~10^9 steps on the message-handler thread (every
     peer's messages waited for minutes) and the map grew without bound.  Now
@@ -95,7 +95,7 @@ def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
     import os
 
     from dilithion.net.protocol import Inv, InvType, MsgInv
-    from dilithion.node.p2p_handlers import MAX_BLOCKS_IN_FLIGHT
+    from dilithion.net.block_relay import MAX_BLOCKS_IN_FLIGHT
     from p2p_node_util import Node, raw_peer
 
     node = Node(tmp_path / "n")
@@ -109,14 +109,14 @@ def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
         assert _pong(peer, 5, 30.0)
         assert time.monotonic() - started < 15.0, "the handler thread was stalled by one inv"
         assert len(getdata.inv) == MAX_BLOCKS_IN_FLIGHT
-        assert node.handlers.in_flight_count() == MAX_BLOCKS_IN_FLIGHT
+        assert node.ctx.block_relay.in_flight_count() == MAX_BLOCKS_IN_FLIGHT
         peer.close()
     finally:
         node.close()
 
 
 def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path):
-    """p2p_handlers.py ``_sync``: the broadcaster worker snapshots the peers, then
+    """block_relay.py (then p2p_handlers.py) ``_sync``: the broadcaster worker snapshots the peers, then
     asks ``_may_announce`` about each.  A peer that disconnected in between (its
     ``on_disconnect`` already ran) got a fresh ``_PeerSync`` (with a 20,000-entry
     known set) that nothing ever removed: peer ids are never reused, so the map
@@ -135,7 +135,7 @@ def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path
         if event == "line" and frame.f_lineno > snapshot_line and armed.is_set():
             armed.clear()
             state["peer"].close()
-            handlers = state["node"].handlers
+            handlers = state["node"].ctx.block_relay
             left.append(wait_until(lambda: state["pid"] not in handlers._peers, 5.0))
         return local
 
@@ -152,13 +152,13 @@ def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path
         state["node"] = node
         state["peer"] = raw_peer(node)
         state["pid"] = node.peer_id_of(state["peer"])
-        assert wait_until(lambda: state["pid"] in node.handlers._peers)
+        assert wait_until(lambda: state["pid"] in node.ctx.block_relay._peers)
         armed.set()
         node.load(blocks[1:])
         assert wait_until(lambda: bool(left), 10.0) and left == [True]
         assert wait_until(lambda: node.ctx.broadcaster.diagnostics()["queue_depth"] == 0)
         time.sleep(0.2)
-        assert state["pid"] not in node.handlers._peers
+        assert state["pid"] not in node.ctx.block_relay._peers
     finally:
         node.close()
 
@@ -211,7 +211,7 @@ def _big_block_on_genesis(vtx_size: int):
 
 
 def test_getdata_for_a_big_block_stops_reading_once_the_send_queue_refuses(tmp_path):
-    """p2p_handlers.py ``_serve_block``: every block item of a ``getdata`` was read
+    """block_relay.py (then p2p_handlers.py) ``_serve_block``: every block item of a ``getdata`` was read
     from LevelDB (and checksummed) even after the peer's send queue had refused
     the block, so one 72 KB ``getdata`` naming a 2 MB block 2,000 times kept the
     message-handler thread (every peer's messages) busy for ~50 s while the

@@ -24,10 +24,10 @@ class Peer:
     """One connection's identity and protocol state (``CPeer``).
 
     Written by the network thread (byte counters, ``last_send``/``last_recv``,
-    ``state`` on connect/close) and by the message-handler thread (``version``
-    fields and handshake ``state``); readers elsewhere take snapshots.  Each
-    field has a single writer thread, so no lock is needed for consistency of
-    one field; ``misbehavior_score`` is changed only under
+    ``connect_time``) and by the message-handler thread (the ``version``
+    fields, ``version_received``/``verack_received``, ``ping_time``); readers
+    elsewhere take snapshots.  Each of those fields has that single writer
+    thread.  ``state`` and ``misbehavior_score`` are written only under
     ``PeerManager._cs_peers``.  Times are wall-clock seconds (for RPC).
     """
 
@@ -83,8 +83,11 @@ class Peer:
 class PeerManager:
     """The peer table and the ban list (``CPeerManager``).
 
-    Shared by every thread; ``_cs_peers`` guards ``_peers``, ``_bans`` and the
-    misbehaviour scores.  Peer ids start at 1 and are never reused (``net`` 4.3).
+    Shared by every thread; ``_cs_peers`` guards ``_peers``, ``_bans``, the
+    misbehaviour scores and every ``Peer.state`` (only :meth:`add_peer`,
+    :meth:`transition`, :meth:`misbehaving` and :meth:`remove_peer` write it).
+    ``_state_changed`` (a condition on that lock) wakes :meth:`wait_for_handshake`.
+    Peer ids start at 1 and are never reused (``net`` 4.3).
     """
 
     MAX_TOTAL_CONNECTIONS = 125
@@ -99,17 +102,19 @@ class PeerManager:
         self.max_outbound = max_outbound
         self.ban_time = ban_time
         self._cs_peers = threading.Lock()
+        self._state_changed = threading.Condition(self._cs_peers)
         self._peers: dict[int, Peer] = {}
         self._bans: dict[str, float] = {}  # host -> wall-clock expiry
         self._next_id = 1
 
     # -- table -----------------------------------------------------------------
-    def add_peer(self, host: str, port: int, inbound: bool) -> Peer | None:
-        """A new table entry, or None when full, over the outbound limit, or banned."""
+    def add_peer(self, host: str, port: int, inbound: bool,
+                 state: "Peer.State" = Peer.State.STATE_DISCONNECTED) -> Peer | None:
+        """A new table entry in ``state``, or None when full, over the outbound limit, or banned."""
         with self._cs_peers:
             if self._is_banned_locked(host) or not self._has_room_locked(inbound):
                 return None
-            peer = Peer(self._next_id, host, port, inbound)
+            peer = Peer(self._next_id, host, port, inbound, state)
             self._next_id += 1
             self._peers[peer.id] = peer
             return peer
@@ -131,6 +136,7 @@ class PeerManager:
             peer = self._peers.pop(peer_id, None)
             if peer is not None and peer.state != Peer.State.STATE_BANNED:
                 peer.state = Peer.State.STATE_DISCONNECTED
+            self._state_changed.notify_all()
         return peer
 
     def transition(self, peer: Peer, from_states: "tuple[Peer.State, ...]", to: "Peer.State") -> bool:
@@ -140,7 +146,24 @@ class PeerManager:
             if peer.state not in from_states:
                 return False
             peer.state = to
+            self._state_changed.notify_all()
             return True
+
+    def wait_for_handshake(self, peer_id: int, timeout: float, stop: threading.Event | None = None) -> bool:
+        """Block until the peer completes the handshake (True), or is gone, or
+        ``timeout`` passes, or ``stop`` is set (False)."""
+        deadline = time.monotonic() + timeout
+        with self._cs_peers:
+            while True:
+                peer = self._peers.get(peer_id)
+                if peer is None:
+                    return False
+                if peer.is_handshake_complete():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or (stop is not None and stop.is_set()):
+                    return False
+                self._state_changed.wait(min(left, 0.1))
 
     def get_peer(self, peer_id: int) -> Peer | None:
         with self._cs_peers:
@@ -185,6 +208,7 @@ class PeerManager:
             if before < self.BAN_THRESHOLD <= peer.misbehavior_score:
                 self._bans[peer.host] = time.time() + self.ban_time
                 peer.state = Peer.State.STATE_BANNED
+                self._state_changed.notify_all()
                 return True
             return False
 

@@ -1,155 +1,92 @@
-"""Connections, the network thread and the message-handler thread.
+"""The network thread: sockets, framing, send queues and timers (``CConnectionManager``).
 
 The C++ node (``net`` 1.6, 1.7, 4.11) reads at most one message per peer per
 50 ms sweep with single ``recv`` calls, sends with a single ``send`` that may
 leave half a message on the wire, never notices a closed socket and never
-closes one.  This module replaces that with two threads per node:
+closes one.  Here the transport half of the C++ ``net.cpp`` runs on one
+**network thread**: one ``selectors`` loop over the listening socket, every
+peer socket (all non-blocking) and a wake-up socketpair.  It accepts,
+finishes outbound connects, reads and frames bytes, writes queued messages,
+and enforces every timer (connect, handshake, send deadline, keepalive,
+inactivity).  It is the only thread that touches a socket.
 
-* the **network thread** runs one ``selectors`` loop over the listening
-  socket, every peer socket (all non-blocking) and a wake-up socketpair.  It
-  accepts, finishes outbound connects, reads and frames bytes, writes queued
-  messages, and enforces every timer (connect, handshake, send deadline,
-  keepalive, inactivity).  It is the only thread that touches a socket.
-* the **message-handler thread** takes complete messages in arrival order,
-  decodes them, runs the handshake (``version``/``verack``/``ping``/``pong``)
-  and dispatches everything else to the handlers that the node logic
-  registered.  Slow handlers (RandomX, database writes) therefore never stall
-  the sockets of other peers.
-
-Other threads only enqueue: :meth:`ConnectionManager.send_message` appends a
-whole framed message to the peer's byte-bounded queue and wakes the selector.
+Complete messages go to the message processor
+(:mod:`dilithion.net.net_processing`, the message-handler thread) through a
+:class:`MessageSink`; each connection's :class:`InboundBacklog` carries them
+across.  Other threads only enqueue: :meth:`ConnectionManager.send_message`
+appends a whole framed message to the peer's byte-bounded queue and wakes the
+selector.
 """
 from __future__ import annotations
 
 import errno
 import os
-import queue
-import secrets
 import selectors
 import socket as _stdlib_socket
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Protocol
 
 from loguru import logger
 
+from dilithion.net.connection import Connection, InboundBacklog, TransportConfig
 from dilithion.net.peers import Peer, PeerManager
-from dilithion.net.protocol import (USER_AGENT, Message, MsgPing, MsgPong, MsgVerack, MsgVersion,
-                                    decode_payload)
-from dilithion.net.serialize import (MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, NetMessage,
-                                     SerializationError)
+from dilithion.net.protocol import Message, MsgPing
+from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
 from dilithion.net.socket import FrameError, FrameReader, SendQueue, Socket, TokenBucket, is_ipv4
 
-__all__ = ["ConnectionManager", "Connection"]
+__all__ = ["ConnectionManager", "MessageSink"]
 
 State = Peer.State
 
-#: Scores for bad input found above the framing layer (framing scores live in FrameReader).
-SCORE_UNDECODABLE = 20
-SCORE_HANDLER_REJECTED = 10
-SCORE_DUPLICATE_VERSION = 10
 SCORE_TRUNCATED = 20
 SCORE_FLOOD = 1
 #: Pause before accepting again after the process ran out of descriptors: the
 #: pending connection keeps the listener readable, so retrying at once would spin.
 ACCEPT_RETRY_S = 0.5
-#: How long stop() waits for a handler that is inside a chain or database call.
-HANDLER_STOP_TIMEOUT_S = 30.0
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
-def _send_timeout_from(ctx, explicit_ms: int | None) -> float:
-    """Seconds: constructor argument, else ``DIL_SEND_TIMEOUT`` (ms), else chain params."""
-    if explicit_ms is not None:
-        return explicit_ms / 1000.0
-    env = os.environ.get("DIL_SEND_TIMEOUT")
-    if env:
-        try:
-            ms = int(env)
-        except ValueError:
-            ms = 0
-        if ms > 0:
-            return ms / 1000.0
-        logger.warning(f"[P2P] Ignoring DIL_SEND_TIMEOUT={env!r}: not a positive number of ms")
-    return ctx.chain_params.send_timeout_ms / 1000.0
+class MessageSink(Protocol):
+    """Where the network thread hands its work to the message-handler thread
+    (implemented by :class:`~dilithion.net.net_processing.NetMessageProcessor`).
+    Every method only enqueues and returns at once."""
 
+    def connection_opened(self, conn: Connection) -> None: ...
 
-class Connection:
-    """Transport state of one peer.
+    def message_ready(self, conn: Connection) -> None:
+        """``conn.backlog`` went from empty to non-empty."""
 
-    Owned by the network thread, except: ``sendq`` (its own lock, any thread
-    pushes) and ``pending_msgs``/``pending_bytes`` (messages handed to the
-    handler thread and not yet processed; guarded by
-    ``ConnectionManager._pending_lock``).  ``closed`` is set once by the
-    network thread; other threads only read it.
-    """
-
-    def __init__(self, peer: Peer, sock: Socket, reader: FrameReader, sendq: SendQueue,
-                 bucket: TokenBucket, connecting: bool) -> None:
-        self.peer = peer
-        self.sock = sock
-        self.reader = reader
-        self.sendq = sendq
-        self.bucket = bucket
-        self.connecting = connecting
-        now = time.monotonic()
-        self.opened = now            # connect started / accepted / connected (monotonic)
-        self.last_recv_mono = now
-        self.last_send_mono = now
-        self.mask = 0                # selector interest currently registered
-        self.closed = False
-        self.read_paused = False
-        self.flood_logged = False
-        self.pending_msgs = 0
-        self.pending_bytes = 0
-        self.local_nonce = secrets.randbits(64) or 1  # our version nonce on this connection
-        self.ping_nonce: int | None = None
-        self.ping_sent = 0.0
+    def connection_closed(self, conn: Connection, reason: str) -> None: ...
 
 
 class ConnectionManager:
-    """All peer connections of one node (``CConnectionManager``).
+    """All peer connections of one node: the transport half of ``CConnectionManager``.
 
-    Threads: the network thread (sockets, timers) and the message-handler
-    thread (decoding, handshake, handlers); see the module docstring.
-    Locks: ``_cs_conns`` guards the ``_conns`` dict, ``_ops_lock`` the queue of
-    work posted to the network thread, ``_pending_lock`` the per-connection
-    handler backlog counters, ``_handshake_cond`` wakes ``wait_for_handshake``.
-    The peer table has its own lock (:class:`PeerManager`).
+    Threads: the network thread owns the selector, the listener, every socket,
+    framing and timers.  Any thread may call the public methods below; they
+    post work to the network thread or touch only locked state.
+    Locks: ``_cs_conns`` guards the ``_conns`` dict, ``_ops_lock`` the work
+    posted to the network thread (``_ops``, ``_flush_ids``).  The peer table
+    has its own lock (:class:`PeerManager`).  ``sink`` is set once before
+    :meth:`start`.
     """
 
     READ_CHUNK = 256 * 1024
 
-    def __init__(self, ctx, listen_host: str | None = "127.0.0.1", listen_port: int = 0,
-                 send_timeout_ms: int | None = None, max_peers: int = 125, max_outbound: int = 8,
-                 recv_buffer_cap: int = MESSAGE_HEADER_SIZE + MAX_MESSAGE_SIZE,
-                 send_queue_cap: int = 8 * 1024 * 1024, *, ping_interval: float = 60.0,
-                 inactivity_timeout: float = 300.0, handshake_timeout: float = 60.0,
-                 connect_timeout: float = 5.0, ban_time: float = PeerManager.DEFAULT_BAN_TIME,
-                 msg_rate: float = 2000.0, msg_burst: float = 5000.0,
-                 handler_backlog_msgs: int = 1000,
-                 handler_backlog_bytes: int = 16 * 1024 * 1024) -> None:
-        self.ctx = ctx
-        self.magic = ctx.magic
+    def __init__(self, magic: int, config: TransportConfig | None = None, *,
+                 listen_host: str | None = "127.0.0.1", listen_port: int = 0,
+                 metrics=None, on_fatal: Callable[[str], None] | None = None) -> None:
+        self.magic = magic
+        self.config = cfg = config or TransportConfig()
         self.listen_host = listen_host
         self.listen_port = listen_port
-        self.send_timeout = _send_timeout_from(ctx, send_timeout_ms)
-        self.recv_buffer_cap = recv_buffer_cap
-        self.send_queue_cap = send_queue_cap
-        self.ping_interval = ping_interval
-        self.inactivity_timeout = inactivity_timeout
-        self.handshake_timeout = handshake_timeout
-        self.connect_timeout = connect_timeout
-        self.msg_rate = msg_rate
-        self.msg_burst = msg_burst
-        self.handler_backlog_msgs = handler_backlog_msgs
-        self.handler_backlog_bytes = handler_backlog_bytes
-        self.peer_manager = PeerManager(max_peers, max_outbound, ban_time)
-        if getattr(ctx, "peer_manager", None) is None:
-            ctx.peer_manager = self.peer_manager
-        if getattr(ctx, "connman", None) is None:
-            ctx.connman = self
+        self.send_timeout = cfg.send_timeout
+        self.metrics = metrics
+        self._on_fatal = on_fatal
+        self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time)
+        self.sink: MessageSink | None = None
         self._log_messages = os.environ.get("DIL_P2P_LOG") == "1"
 
         self._conns: dict[int, Connection] = {}
@@ -157,33 +94,24 @@ class ConnectionManager:
         self._ops: deque[Callable[[], None]] = deque()
         self._flush_ids: set[int] = set()
         self._ops_lock = threading.Lock()
-        self._pending_lock = threading.Lock()
-        self._handshake_cond = threading.Condition()
-        self._local_nonces: set[int] = set()
-
-        self._handlers: dict[str, list[Callable]] = {}
-        self._handshake_listeners: list[Callable] = []
-        self._disconnect_listeners: list[Callable] = []
-        self._internal = {"version": self._on_version, "verack": self._on_verack,
-                          "ping": self._on_ping, "pong": self._on_pong}
 
         self._selector: selectors.BaseSelector | None = None
         self._listener: Socket | None = None
         self._accept_resume_at: float | None = None   # listener unregistered until then
         self._wake_r = self._wake_w = None
-        self._handler_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._net_thread: threading.Thread | None = None
-        self._msg_thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
+        self.stopping = threading.Event()
         self._started = False
 
     # ======================================================================
     # public API (any thread)
     # ======================================================================
     def start(self) -> None:
-        """Bind (when listening), then start the network and message-handler threads."""
+        """Bind (when listening), then start the network thread."""
         if self._started:
             return
+        if self.sink is None:
+            raise RuntimeError("ConnectionManager.start(): no message sink attached")
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = _stdlib_socket.socketpair()
         self._wake_r.setblocking(False)
@@ -202,42 +130,31 @@ class ConnectionManager:
             logger.info(f"[P2P] Listening on {self.listen_host}:{self.listen_port}")
         self._started = True
         self._net_thread = threading.Thread(target=self._network_loop, name="p2p-net", daemon=True)
-        self._msg_thread = threading.Thread(target=self._handler_loop, name="p2p-msg", daemon=True)
         self._net_thread.start()
-        self._msg_thread.start()
 
     def stop(self) -> None:
-        """Close every socket and join both threads (well under a second when idle)."""
-        if not self._started or self._stop_event.is_set():
+        """Close every socket and join the network thread (well under a second when idle)."""
+        if not self._started or self.stopping.is_set():
             return
-        self._stop_event.set()
+        self.stopping.set()
         self._wake()
         if self._net_thread is not None:
             self._net_thread.join(2.0)
-        self._handler_queue.put(None)
-        if self._msg_thread is not None:
-            # The handler may be inside a chain or database call: the caller closes the
-            # databases next, so wait for it to leave (queued messages are skipped).
-            self._msg_thread.join(HANDLER_STOP_TIMEOUT_S)
-            if self._msg_thread.is_alive():
-                logger.error(f"[P2P] Message handler still busy after {HANDLER_STOP_TIMEOUT_S:.0f} s")
         for s in (self._wake_r, self._wake_w):
             s.close()
         if self._selector is not None:
             self._selector.close()
-        with self._handshake_cond:
-            self._handshake_cond.notify_all()
 
     def connect(self, host: str, port: int) -> int | None:
-        """Start an outbound connection; the id is returned at once, the TCP
-        connect and the handshake finish on the network thread.
+        """Start an outbound connection (``ConnectToPeer``); the id is returned at
+        once, the TCP connect and the handshake finish on the network thread.
 
         ``host`` must be a dotted IPv4 address or ``localhost``; host names are
         resolved by the caller (:func:`dilithion.net.dns.resolve`).
         """
         if host == "localhost":
             host = "127.0.0.1"
-        if not self._started or self._stop_event.is_set():
+        if not self._started or self.stopping.is_set():
             logger.warning(f"[P2P] Not connecting to {host}:{port}: the network is not running")
             return None
         if not is_ipv4(host) or not 0 < int(port) < 65536:
@@ -246,7 +163,8 @@ class ConnectionManager:
         if self.peer_manager.is_banned(host):
             logger.warning(f"[P2P] Not connecting to {host}:{port}: host is banned")
             return None
-        peer = self.peer_manager.add_peer(host, int(port), inbound=False)
+        peer = self.peer_manager.add_peer(host, int(port), inbound=False,
+                                          state=State.STATE_CONNECTING)
         if peer is None:
             logger.warning(f"[P2P] Not connecting to {host}:{port}: connection limit reached")
             return None
@@ -257,13 +175,12 @@ class ConnectionManager:
             logger.warning(f"[P2P] Failed to connect to {host}:{port}: {e}")
             self._metric("socket_errors")
             return None
-        peer.state = State.STATE_CONNECTING
         conn = self._new_connection(peer, sock, connecting=True)
         self._post(lambda: self._update_interest(conn))
         return peer.id
 
     def disconnect(self, peer_id: int, reason: str) -> None:
-        """Close the peer's connection (asynchronously, on the network thread)."""
+        """Close the peer's connection (``DisconnectPeer``; asynchronously, on the network thread)."""
         self._post(lambda: self._close_id(peer_id, reason, "requested"))
 
     def send_message(self, peer_id: int, msg: Message | NetMessage) -> bool:
@@ -280,26 +197,20 @@ class ConnectionManager:
         self._request_flush(conn)
         return True
 
+    def resume_reading(self, conn: Connection) -> None:
+        """The handler worked the connection's backlog down: read its socket again."""
+        self._post(lambda: self._resume_reading(conn))
+
     def queued_bytes(self, peer_id: int) -> int:
         conn = self._conns.get(peer_id)
         return conn.sendq.queued_bytes() if conn is not None else 0
-
-    def register_handler(self, command: str, fn: Callable[[Peer, Message], None]) -> None:
-        """``fn(peer, msg)`` on the message-handler thread for every decoded ``command``
-        (after the handshake; ``version``/``verack``/``ping``/``pong`` also before it,
-        after the built-in handling)."""
-        self._handlers.setdefault(command, []).append(fn)
-
-    def add_handshake_listener(self, fn: Callable[[Peer], None]) -> None:
-        self._handshake_listeners.append(fn)
-
-    def add_disconnect_listener(self, fn: Callable[[Peer, str], None]) -> None:
-        self._disconnect_listeners.append(fn)
 
     def misbehaving(self, peer_id: int, howmuch: int, reason: str) -> None:
         """Score bad input; at ``BAN_THRESHOLD`` the host is banned and the peer closed.
 
         ``reason`` reads ``"<kind>: <detail>"``; ``<kind>`` labels the metric.
+        Any thread (framing errors on the network thread, decoding and handler
+        errors on the handler thread).
         """
         peer = self.peer_manager.get_peer(peer_id)
         if peer is None:
@@ -308,8 +219,8 @@ class ConnectionManager:
         kind = reason.split(":", 1)[0].strip() or "other"
         logger.warning(f"[P2P] Misbehaving peer {peer_id} ({peer.address()}): {reason} "
                        f"(+{howmuch}, score {peer.misbehavior_score})")
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.misbehaviour_events.labels(reason=kind).inc()
+        if self.metrics is not None:
+            self.metrics.misbehaviour_events.labels(reason=kind).inc()
         if crossed:
             logger.warning(f"[P2P] Banning {peer.host} for {self.peer_manager.ban_time:g} s "
                            f"(peer {peer_id} reached score {peer.misbehavior_score})")
@@ -338,18 +249,7 @@ class ConnectionManager:
 
     def wait_for_handshake(self, peer_id: int, timeout: float) -> bool:
         """Block until the peer completes the handshake (True) or is gone / time runs out."""
-        deadline = time.monotonic() + timeout
-        with self._handshake_cond:
-            while True:
-                peer = self.peer_manager.get_peer(peer_id)
-                if peer is None:
-                    return False
-                if peer.is_handshake_complete():
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop_event.is_set():
-                    return False
-                self._handshake_cond.wait(min(left, 0.1))
+        return self.peer_manager.wait_for_handshake(peer_id, timeout, self.stopping)
 
     # ======================================================================
     # cross-thread plumbing
@@ -387,23 +287,23 @@ class ConnectionManager:
         return True
 
     def _metric(self, name: str, amount: float = 1) -> None:
-        m = self.ctx.metrics
-        if m is not None:
-            getattr(m, name).inc(amount)
+        if self.metrics is not None:
+            getattr(self.metrics, name).inc(amount)
 
     # ======================================================================
     # network thread
     # ======================================================================
     def _tick(self) -> float:
-        timers = (self.send_timeout, self.ping_interval, self.inactivity_timeout,
-                  self.handshake_timeout, self.connect_timeout)
+        cfg = self.config
+        timers = (self.send_timeout, cfg.ping_interval, cfg.inactivity_timeout,
+                  cfg.handshake_timeout, cfg.connect_timeout)
         return max(0.01, min(0.25, min(timers) / 10))
 
     def _network_loop(self) -> None:
         tick = self._tick()
         next_maintenance = time.monotonic() + tick
         try:
-            while not self._stop_event.is_set():
+            while not self.stopping.is_set():
                 for key, mask in self._selector.select(tick):
                     tag = key.data
                     if tag == "wake":
@@ -422,10 +322,10 @@ class ConnectionManager:
                     next_maintenance = now + tick
         except Exception as exc:
             logger.exception("[P2P] Network thread failed")
-            if not self._stop_event.is_set():
+            if not self.stopping.is_set() and self._on_fatal is not None:
                 # Without this thread the node is deaf and mute: stop it (exit 1) so a
                 # supervisor restarts it, rather than run on as if nothing happened.
-                self.ctx.fatal_error(f"P2P network thread failed: {exc!r}")
+                self._on_fatal(f"P2P network thread failed: {exc!r}")
         finally:
             for conn in self._snapshot():
                 self._close(conn, "shutdown", "shutdown")
@@ -466,8 +366,10 @@ class ConnectionManager:
                 self._close(conn, "internal error", "error")
 
     def _new_connection(self, peer: Peer, sock: Socket, connecting: bool) -> Connection:
-        conn = Connection(peer, sock, FrameReader(self.magic, self.recv_buffer_cap - MESSAGE_HEADER_SIZE),
-                          SendQueue(self.send_queue_cap), TokenBucket(self.msg_rate, self.msg_burst),
+        cfg = self.config
+        conn = Connection(peer, sock, FrameReader(self.magic, cfg.recv_buffer_cap - MESSAGE_HEADER_SIZE),
+                          SendQueue(cfg.send_queue_cap), TokenBucket(cfg.msg_rate, cfg.msg_burst),
+                          InboundBacklog(cfg.handler_backlog_msgs, cfg.handler_backlog_bytes),
                           connecting)
         with self._cs_conns:
             self._conns[peer.id] = conn
@@ -479,7 +381,7 @@ class ConnectionManager:
         if conn.connecting:
             mask = selectors.EVENT_WRITE
         else:
-            mask = 0 if conn.read_paused else selectors.EVENT_READ
+            mask = 0 if conn.backlog.paused else selectors.EVENT_READ
             if conn.sendq:
                 mask |= selectors.EVENT_WRITE
         if mask == conn.mask:
@@ -510,18 +412,17 @@ class ConnectionManager:
                 logger.info(f"[P2P] Refused connection from banned host {host}:{port}")
                 sock.close()
                 continue
-            peer = self.peer_manager.add_peer(host, port, inbound=True)
+            peer = self.peer_manager.add_peer(host, port, inbound=True, state=State.STATE_CONNECTED)
             if peer is None:
                 logger.info(f"[P2P] Failed to accept peer connection from {host}:{port}: "
                             f"{self.peer_manager.max_peers} connections already")
                 sock.close()
                 continue
-            peer.state = State.STATE_CONNECTED
             conn = self._new_connection(peer, sock, connecting=False)
             logger.info(f"[P2P] New peer connected: {host}:{port}")
             logger.info(f"[P2P] Peer accepted and added to connection pool (peer_id={peer.id})")
             self._update_interest(conn)
-            self._handler_queue.put(("connected", conn))
+            self.sink.connection_opened(conn)
 
     def _service(self, conn: Connection, mask: int) -> None:
         if conn.connecting:
@@ -546,7 +447,7 @@ class ConnectionManager:
         self.peer_manager.transition(peer, (State.STATE_CONNECTING,), State.STATE_CONNECTED)
         logger.info(f"[P2P] Connected to {peer.address()} (peer_id={peer.id})")
         self._update_interest(conn)
-        self._handler_queue.put(("connected", conn))
+        self.sink.connection_opened(conn)
 
     def _read(self, conn: Connection) -> None:
         room = conn.reader.room()
@@ -587,7 +488,8 @@ class ConnectionManager:
             self._deliver(conn, msg)
 
     def _on_flood(self, conn: Connection, msg: NetMessage) -> None:
-        detail = f"more than {self.msg_rate:g} messages/s (burst {self.msg_burst:g})"
+        cfg = self.config
+        detail = f"more than {cfg.msg_rate:g} messages/s (burst {cfg.msg_burst:g})"
         if not conn.flood_logged:
             conn.flood_logged = True
             self.misbehaving(conn.peer.id, SCORE_FLOOD, f"flood: {detail}; dropping {msg.command}")
@@ -601,26 +503,17 @@ class ConnectionManager:
     def _deliver(self, conn: Connection, msg: NetMessage) -> None:
         if self._log_messages:
             logger.debug(f"[P2P] recv {msg.command} ({len(msg.payload)} bytes) peer={conn.peer.id}")
-        size = len(msg.payload) + MESSAGE_HEADER_SIZE
-        with self._pending_lock:
-            conn.pending_msgs += 1
-            conn.pending_bytes += size
-            over = (conn.pending_msgs >= self.handler_backlog_msgs
-                    or conn.pending_bytes >= self.handler_backlog_bytes)
-            # Set under the lock the handler thread checks, before the message is
-            # queued: otherwise it could drain the backlog unaware of the pause.
-            pause = over and not conn.read_paused
-            if pause:
-                conn.read_paused = True
-        self._handler_queue.put(("msg", conn, msg))
+        was_empty, pause = conn.backlog.push(msg)
+        if was_empty:
+            self.sink.message_ready(conn)
         if pause:
+            pending, _bytes = conn.backlog.counts()
             logger.debug(f"[P2P] Pausing reads from peer {conn.peer.id}: "
-                         f"{conn.pending_msgs} messages unprocessed")
+                         f"{pending} messages unprocessed")
             self._update_interest(conn)
 
     def _resume_reading(self, conn: Connection) -> None:
-        if conn.read_paused and not conn.closed:
-            conn.read_paused = False
+        if not conn.closed and not conn.backlog.paused:
             conn.last_recv_mono = time.monotonic()  # our stall, not the peer's silence
             self._update_interest(conn)
 
@@ -644,10 +537,11 @@ class ConnectionManager:
 
     def _maintain(self, conn: Connection, now: float) -> None:
         """The timers of one connection (see the table in docs/P2P.md)."""
+        cfg = self.config
         peer = conn.peer
         if conn.connecting:
-            if now - conn.opened > self.connect_timeout:
-                self._close(conn, f"connect timeout ({self.connect_timeout:g} s)", "timeout")
+            if now - conn.opened > cfg.connect_timeout:
+                self._close(conn, f"connect timeout ({cfg.connect_timeout:g} s)", "timeout")
             return
         if conn.sendq and now - conn.sendq.progress_time > self.send_timeout:
             logger.warning(f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
@@ -657,16 +551,14 @@ class ConnectionManager:
             self._close(conn, "send timeout", "send_timeout")
             return
         if not peer.is_handshake_complete():
-            if now - conn.opened > self.handshake_timeout:
-                self._close(conn, f"handshake timeout ({self.handshake_timeout:g} s)", "timeout")
+            if now - conn.opened > cfg.handshake_timeout:
+                self._close(conn, f"handshake timeout ({cfg.handshake_timeout:g} s)", "timeout")
             return
-        if not conn.read_paused and now - conn.last_recv_mono > self.inactivity_timeout:
-            self._close(conn, f"inactivity timeout ({self.inactivity_timeout:g} s)", "timeout")
+        if not conn.backlog.paused and now - conn.last_recv_mono > cfg.inactivity_timeout:
+            self._close(conn, f"inactivity timeout ({cfg.inactivity_timeout:g} s)", "timeout")
             return
-        if not conn.sendq and now - conn.last_send_mono > self.ping_interval:
-            conn.ping_nonce = secrets.randbits(64)
-            conn.ping_sent = now
-            if self._enqueue(conn, MsgPing(conn.ping_nonce)):
+        if not conn.sendq and now - conn.last_send_mono > cfg.ping_interval:
+            if self._enqueue(conn, MsgPing(conn.ping.start(now))):
                 self._flush(conn)
 
     def _close_id(self, peer_id: int, reason: str, category: str) -> None:
@@ -676,12 +568,12 @@ class ConnectionManager:
 
     def _close(self, conn: Connection, reason: str, category: str) -> None:
         """Tear down one connection: unregister, close the socket (``net D-20``),
-        drop it from the peer table, and tell the handler thread."""
+        drop it from the peer table, and tell the message processor."""
         if conn.closed:
             return
         conn.closed = True
         peer = conn.peer
-        m = self.ctx.metrics
+        m = self.metrics
         if m is not None:  # counted first, so an observer of the closed socket sees it
             m.peer_disconnections.labels(reason=category).inc()
         if conn.mask:
@@ -692,153 +584,10 @@ class ConnectionManager:
             conn.mask = 0
         with self._cs_conns:
             self._conns.pop(peer.id, None)
-        self._local_nonces.discard(conn.local_nonce)
         self.peer_manager.remove_peer(peer.id)
         conn.sock.close()
         conn.sendq.clear()
         logger.info(f"[P2P] Peer {peer.id} ({peer.address()}) disconnected: {reason}")
         if m is not None:
             m.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
-        with self._handshake_cond:
-            self._handshake_cond.notify_all()
-        self._handler_queue.put(("closed", peer, reason))
-
-    # ======================================================================
-    # message-handler thread
-    # ======================================================================
-    def _handler_loop(self) -> None:
-        while True:
-            item = self._handler_queue.get()
-            if item is None:
-                return
-            try:
-                kind = item[0]
-                if kind == "msg":
-                    self._handle_message(item[1], item[2])
-                elif kind == "connected":
-                    self._send_version(item[1])
-                elif kind == "closed":
-                    self._notify_listeners(self._disconnect_listeners, item[1], item[2])
-            except Exception:
-                logger.exception("[P2P] Message handler failed")
-
-    def _handle_message(self, conn: Connection, net_msg: NetMessage) -> None:
-        try:
-            if conn.closed or not conn.peer.is_connected() or self._stop_event.is_set():
-                return
-            self._dispatch(conn, net_msg)
-        finally:
-            size = len(net_msg.payload) + MESSAGE_HEADER_SIZE
-            with self._pending_lock:
-                conn.pending_msgs -= 1
-                conn.pending_bytes -= size
-                resume = (conn.read_paused and conn.pending_msgs <= self.handler_backlog_msgs // 2
-                          and conn.pending_bytes <= self.handler_backlog_bytes // 2)
-            if resume:
-                self._post(lambda: self._resume_reading(conn))
-
-    def _dispatch(self, conn: Connection, net_msg: NetMessage) -> None:
-        peer, command = conn.peer, net_msg.command
-        try:
-            msg = decode_payload(command, net_msg.payload)
-        except SerializationError as e:
-            self.misbehaving(peer.id, SCORE_UNDECODABLE, f"undecodable {command}: {e}")
-            return
-        if msg is None:
-            logger.debug(f"[P2P] Ignoring unknown command {command!r} from peer {peer.id}")
-            return
-        internal = self._internal.get(command)
-        if internal is not None:
-            internal(conn, msg)
-        elif not peer.is_handshake_complete():
-            logger.debug(f"[P2P] Ignoring {command} from peer {peer.id} before the handshake")
-            return
-        for fn in self._handlers.get(command, ()):
-            if conn.closed:
-                return
-            try:
-                fn(peer, msg)
-            except (SerializationError, ValueError) as e:
-                self.misbehaving(peer.id, SCORE_HANDLER_REJECTED, f"handler rejected: {command}: {e}")
-            except Exception:
-                logger.exception(f"[P2P] Handler for {command} from peer {peer.id} failed")
-
-    def _notify_listeners(self, listeners: list[Callable], *args) -> None:
-        for fn in listeners:
-            try:
-                fn(*args)
-            except Exception:
-                logger.exception(f"[P2P] Listener {fn!r} failed")
-
-    def _start_height(self) -> int:
-        chainstate = self.ctx.chainstate
-        if chainstate is None:
-            return 0
-        try:
-            return int(chainstate.height())
-        except Exception:
-            logger.exception("[P2P] Could not read the chain height for version")
-            return 0
-
-    def _send_version(self, conn: Connection) -> None:
-        """Our one ``version``, before anything else on this connection (``net`` 7.1 item 3)."""
-        if conn.closed:
-            return
-        peer = conn.peer
-        self._local_nonces.add(conn.local_nonce)
-        version = MsgVersion(timestamp=int(time.time()), nonce=conn.local_nonce,
-                             user_agent=USER_AGENT, start_height=self._start_height(), relay=True)
-        if self.send_message(peer.id, version):
-            self.peer_manager.transition(peer, (State.STATE_CONNECTED,), State.STATE_VERSION_SENT)
-            logger.info(f"[P2P] Sent version message to peer {peer.id}")
-        else:
-            logger.warning(f"[P2P] Failed to send version to peer {peer.id}")
-
-    def _on_version(self, conn: Connection, msg: MsgVersion) -> None:
-        peer = conn.peer
-        if peer.version_received:
-            # The C++ demotes the peer here (net D-11); we keep the handshake and score it.
-            self.misbehaving(peer.id, SCORE_DUPLICATE_VERSION,
-                             "duplicate version: version received twice")
-            return
-        if msg.nonce and msg.nonce in self._local_nonces:
-            logger.warning(f"[P2P] Self-connection detected on peer {peer.id} "
-                           f"({peer.address()}): disconnecting")
-            self.disconnect(peer.id, "self-connection")
-            return
-        peer.version_received = True
-        peer.version, peer.services, peer.nonce = msg.version, msg.services, msg.nonce
-        peer.user_agent, peer.start_height, peer.relay = msg.user_agent, msg.start_height, msg.relay
-        logger.info(f"[P2P] Handshake with peer {peer.id} "
-                    f"({msg.user_agent.decode('ascii', 'replace')})")
-        self.send_message(peer.id, MsgVerack())
-        self._maybe_complete(conn)
-
-    def _on_verack(self, conn: Connection, msg: MsgVerack) -> None:
-        # A verack may precede the peer's version (C++ accept race, net D-13):
-        # remember it; the handshake completes when both have arrived.
-        if not conn.peer.verack_received:
-            conn.peer.verack_received = True
-            self._maybe_complete(conn)
-
-    def _maybe_complete(self, conn: Connection) -> None:
-        peer = conn.peer
-        if not (peer.version_received and peer.verack_received):
-            return
-        if not self.peer_manager.transition(peer, (State.STATE_CONNECTED, State.STATE_VERSION_SENT),
-                                            State.STATE_HANDSHAKE_COMPLETE):
-            return  # already complete, or banned / closed meanwhile
-        logger.info(f"[P2P] Handshake complete with peer {peer.id}")
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
-        with self._handshake_cond:
-            self._handshake_cond.notify_all()
-        self._notify_listeners(self._handshake_listeners, peer)
-
-    def _on_ping(self, conn: Connection, msg: MsgPing) -> None:
-        self.send_message(conn.peer.id, MsgPong(msg.nonce))
-
-    def _on_pong(self, conn: Connection, msg: MsgPong) -> None:
-        if conn.ping_nonce is not None and msg.nonce == conn.ping_nonce:
-            conn.peer.ping_time = time.monotonic() - conn.ping_sent
-            conn.ping_nonce = None
+        self.sink.connection_closed(conn, reason)

@@ -1,0 +1,195 @@
+"""Per-connection transport state shared by the network and message-handler threads.
+
+One :class:`Connection` per peer holds what the network thread
+(:mod:`dilithion.net.net_transport`) keeps about a socket, plus the two small
+structures both threads touch, each with its own lock: the
+:class:`InboundBacklog` of framed messages waiting for the handler thread and
+the :class:`PingTracker` of the outstanding keepalive ping.
+:class:`TransportConfig` gathers the limits and timers.  No single C++
+counterpart: the C++ keeps these as loose maps in ``CConnectionManager``
+(``peer_sockets``, ``pending_pings``).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections import deque
+
+from loguru import logger
+
+from dilithion.net.peers import Peer, PeerManager
+from dilithion.net.serialize import MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, NetMessage
+from dilithion.net.socket import FrameReader, SendQueue, Socket, TokenBucket
+
+__all__ = ["Connection", "InboundBacklog", "PingTracker", "TransportConfig",
+           "send_timeout_ms_from_env"]
+
+
+def send_timeout_ms_from_env(default_ms: int) -> int:
+    """``DIL_SEND_TIMEOUT`` (milliseconds) when it is a positive number, else ``default_ms``."""
+    env = os.environ.get("DIL_SEND_TIMEOUT")
+    if not env:
+        return default_ms
+    try:
+        ms = int(env)
+    except ValueError:
+        ms = 0
+    if ms > 0:
+        return ms
+    logger.warning(f"[P2P] Ignoring DIL_SEND_TIMEOUT={env!r}: not a positive number of ms")
+    return default_ms
+
+
+class InboundBacklog:
+    """Messages of one connection that the network thread framed and the
+    message-handler thread has not processed yet.
+
+    Shared by exactly those two threads; ``_lock`` guards every field.  Past
+    ``max_msgs`` or ``max_bytes`` the backlog says *pause*: the network thread
+    stops reading the socket (TCP backpressure on the peer) until the handler
+    has worked it down to half.
+    """
+
+    __slots__ = ("max_msgs", "max_bytes", "_lock", "_items", "_bytes", "_paused")
+
+    def __init__(self, max_msgs: int, max_bytes: int) -> None:
+        self.max_msgs = max_msgs
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._items: deque[NetMessage] = deque()
+        self._bytes = 0
+        self._paused = False
+
+    @staticmethod
+    def _size(msg: NetMessage) -> int:
+        return len(msg.payload) + MESSAGE_HEADER_SIZE
+
+    def push(self, msg: NetMessage) -> tuple[bool, bool]:
+        """Append; returns ``(was_empty, pause_now)``.  ``pause_now`` is True once,
+        when this push crossed a limit (set here, under the lock the handler
+        checks, so the handler can never drain the backlog unaware of it)."""
+        with self._lock:
+            was_empty = not self._items
+            self._items.append(msg)
+            self._bytes += self._size(msg)
+            pause = not self._paused and (len(self._items) >= self.max_msgs
+                                          or self._bytes >= self.max_bytes)
+            if pause:
+                self._paused = True
+            return was_empty, pause
+
+    def pop(self) -> tuple[NetMessage | None, bool, bool]:
+        """The oldest message; returns ``(message, resume_now, more_left)``."""
+        with self._lock:
+            if not self._items:
+                return None, False, False
+            msg = self._items.popleft()
+            self._bytes -= self._size(msg)
+            resume = (self._paused and len(self._items) <= self.max_msgs // 2
+                      and self._bytes <= self.max_bytes // 2)
+            if resume:
+                self._paused = False
+            return msg, resume, bool(self._items)
+
+    @property
+    def paused(self) -> bool:
+        with self._lock:
+            return self._paused
+
+    def counts(self) -> tuple[int, int]:
+        """``(messages, bytes)`` waiting."""
+        with self._lock:
+            return len(self._items), self._bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+class PingTracker:
+    """The outstanding keepalive ping of one connection.
+
+    The network thread starts pings (its keepalive timer), the message-handler
+    thread answers them (``pong``): ``_lock`` guards both fields.
+    """
+
+    __slots__ = ("_lock", "_nonce", "_sent")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._nonce: int | None = None
+        self._sent = 0.0
+
+    def start(self, now: float) -> int:
+        """A fresh nonce, remembered as outstanding since ``now``."""
+        with self._lock:
+            self._nonce = secrets.randbits(64)
+            self._sent = now
+            return self._nonce
+
+    def answer(self, nonce: int, now: float) -> float | None:
+        """The round-trip time if ``nonce`` answers the outstanding ping, else None."""
+        with self._lock:
+            if self._nonce is None or nonce != self._nonce:
+                return None
+            self._nonce = None
+            return now - self._sent
+
+
+class Connection:
+    """Transport state of one peer.
+
+    Owned by the network thread, except: ``sendq`` (its own lock; any thread
+    pushes), ``backlog`` (its own lock; network thread pushes, handler thread
+    pops), ``ping`` (its own lock).  ``local_nonce`` never changes.  ``closed``
+    is set once by the network thread; other threads only read it.
+    """
+
+    def __init__(self, peer: Peer, sock: Socket, reader: FrameReader, sendq: SendQueue,
+                 bucket: TokenBucket, backlog: InboundBacklog, connecting: bool) -> None:
+        self.peer = peer
+        self.sock = sock
+        self.reader = reader
+        self.sendq = sendq
+        self.bucket = bucket
+        self.backlog = backlog
+        self.ping = PingTracker()
+        self.connecting = connecting
+        now = time.monotonic()
+        self.opened = now            # connect started / accepted / connected (monotonic)
+        self.last_recv_mono = now
+        self.last_send_mono = now
+        self.mask = 0                # selector interest currently registered
+        self.closed = False
+        self.flood_logged = False
+        self.local_nonce = secrets.randbits(64) or 1  # our version nonce on this connection
+
+
+class TransportConfig:
+    """Limits and timers of the transport (seconds and bytes); defaults are the node's."""
+
+    def __init__(self, *, send_timeout_ms: int = 5000, max_peers: int = 125, max_outbound: int = 8,
+                 recv_buffer_cap: int = MESSAGE_HEADER_SIZE + MAX_MESSAGE_SIZE,
+                 send_queue_cap: int = 8 * 1024 * 1024, ping_interval: float = 60.0,
+                 inactivity_timeout: float = 300.0, handshake_timeout: float = 60.0,
+                 connect_timeout: float = 5.0, ban_time: float = PeerManager.DEFAULT_BAN_TIME,
+                 msg_rate: float = 2000.0, msg_burst: float = 5000.0,
+                 handler_backlog_msgs: int = 1000,
+                 handler_backlog_bytes: int = 16 * 1024 * 1024) -> None:
+        self.send_timeout = send_timeout_ms / 1000.0
+        self.max_peers = max_peers
+        self.max_outbound = max_outbound
+        self.recv_buffer_cap = recv_buffer_cap
+        self.send_queue_cap = send_queue_cap
+        self.ping_interval = ping_interval
+        self.inactivity_timeout = inactivity_timeout
+        self.handshake_timeout = handshake_timeout
+        self.connect_timeout = connect_timeout
+        self.ban_time = ban_time
+        self.msg_rate = msg_rate
+        self.msg_burst = msg_burst
+        self.handler_backlog_msgs = handler_backlog_msgs
+        self.handler_backlog_bytes = handler_backlog_bytes
