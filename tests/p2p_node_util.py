@@ -15,14 +15,10 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import mine_block
-from dilithion.net.added_nodes import AddedNodes
-from dilithion.net.async_broadcaster import AsyncBroadcaster
-from dilithion.net.net import ConnectionManager
-from dilithion.node.genesis import create_genesis_block
-from dilithion.node.mempool import TxMemPool
-from dilithion.node.metrics import NodeMetrics
-from dilithion.node.p2p_handlers import P2PHandlers
+from dilithion.net.connection import TransportConfig
 from dilithion.net.protocol import MsgPing, MsgVersion, decode_payload
+from dilithion.node.genesis import create_genesis_block
+from dilithion.node.init import NodeAssembly, NodeConfig
 from dilithion.primitives.block import Block, Uint256
 from p2p_util import RawPeer, wait_until  # noqa: F401  (re-exported for the relay tests)
 
@@ -48,22 +44,23 @@ def regtest_chain(n: int) -> list[tuple[Block, Uint256]]:
 
 
 class Node:
-    """One Python node in this process: the real components, wired as the node program does."""
+    """One Python node in this process, assembled exactly as the node program does
+    (:class:`NodeAssembly`), on loopback with a free port and no RPC server."""
 
     def __init__(self, datadir: Path, params: ChainParams = REGTEST, with_mempool: bool = False,
-                 broadcaster_kw: dict | None = None, **connman_kw) -> None:
-        ctx = self.ctx = ChainState.open(params, datadir, RandomXHasher.for_key(),
-                                         utxo=with_mempool,
-                                         mempool=TxMemPool() if with_mempool else None,
-                                         metrics=NodeMetrics(process_metrics=False)).ctx
-        self.connman = ConnectionManager(ctx, **connman_kw)
-        ctx.connman = self.connman
-        ctx.peer_manager = self.connman.peer_manager
-        ctx.broadcaster = AsyncBroadcaster(ctx, self.connman, **(broadcaster_kw or {}))
-        self.handlers = P2PHandlers(ctx, self.connman)
-        ctx.added_nodes = AddedNodes(self.connman)
-        self.connman.start()
-        ctx.broadcaster.start()
+                 broadcaster_kw: dict | None = None, **transport_kw) -> None:
+        config = NodeConfig(network=params.get_network_name(), datadir=datadir, p2p_port=0,
+                            bind="127.0.0.1", rpc=False, coins=with_mempool,
+                            broadcaster_options=broadcaster_kw or {}, process_metrics=False,
+                            transport=TransportConfig(**transport_kw) if transport_kw else None)
+        self.assembly = NodeAssembly(config)
+        self.ctx = self.assembly.ctx
+        try:
+            self.assembly.start()
+        except BaseException:
+            self.assembly.stop(quiet=True)
+            raise
+        self.connman = self.ctx.connman
 
     @property
     def port(self) -> int:
@@ -104,9 +101,7 @@ class Node:
         return 0.0 if value is None else value
 
     def close(self) -> None:
-        self.ctx.broadcaster.stop()
-        self.connman.stop()
-        self.ctx.chainstate.close()
+        self.assembly.stop(quiet=True)
 
 
 def raw_peer(node: Node, agent: bytes = b"/p2p_util:0.1/", start_height: int = 0,

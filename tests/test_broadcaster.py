@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from dilithion.consensus.chain import BlockStatus
 from dilithion.net.socket import TokenBucket
 from dilithion.net.protocol import Inv, InvType, MsgInv
-from p2p_node_util import Node, next_commands, raw_peer, wait_until
+from p2p_node_util import Node, next_commands, raw_peer, regtest_chain, wait_until
 from p2p_util import RawPeer
 
 BLOCK, TX = InvType.MSG_BLOCK_INV, InvType.MSG_TX_INV
@@ -174,13 +175,15 @@ def test_excluded_and_incomplete_peers_get_nothing(node):
         raw.close()
 
 
-def test_same_block_is_announced_once(node):
+def test_a_new_tip_is_announced_once(node):
+    """Whoever connects a block (the miner, RPC ``generatetoaddress``, a peer's
+    ``block``), the block relay's tip listener is the only announcer: one inv."""
     raw = raw_peer(node)
-    b = node.ctx.broadcaster
-    b.broadcast_block(fake_hash(3))      # e.g. the miner ...
-    b.broadcast_block(fake_hash(3))      # ... and the tip listener
-    assert raw.wait_for("inv").inv == [Inv(BLOCK, fake_hash(3))]
+    (block, h), = regtest_chain(1)[1:]
+    assert node.chain.process_new_block(block, h).status is BlockStatus.TIP   # as the miner does
+    assert raw.wait_for("inv").inv == [Inv(BLOCK, bytes(h))]
     assert next_commands(raw) == []
+    assert node.ctx.broadcaster.diagnostics()["tasks_done"] == 1
     raw.close()
 
 

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from dilithion.net.protocol import MsgBlock
-from dilithion.node.blockchain_storage import StorageError
+from dilithion.node.init import NodeStartupError
 from p2p_node_util import Node, raw_peer, regtest_chain, wait_until
 
 
@@ -28,8 +28,9 @@ def test_full_disk_while_receiving_blocks_stops_the_node_cleanly(tiny_tmpfs):
     finally:
         node.close()
     # Still full: reopening is refused with the same clear reason.
-    with pytest.raises(StorageError, match="disk full"):
+    with pytest.raises(NodeStartupError) as refused:
         Node(disk / "node")
+    assert "disk full" in "\n".join(refused.value.lines)
     # With room again the datadir reopens at the last block the node reported connected.
     subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
     reopened = Node(disk / "node")

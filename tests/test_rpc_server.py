@@ -19,6 +19,7 @@ from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController
 from dilithion.mining.template import mine_block
 from dilithion.node.blockchain_storage import BlockchainDB
+from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
 from dilithion.primitives.block import Uint256
 from dilithion.primitives.transaction import OutPoint
@@ -399,11 +400,11 @@ def test_handler_exception_becomes_internal_error(tmp_path):
     ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
                       hasher=RandomXHasher.for_key())
     ctx.blockchain = BlockchainDB(str(tmp_path / "blocks"))
-    ctx.chainstate = ChainState(ctx)                                   # load() not called
+    ctx.chainstate = ChainState(ctx.chain_params, ctx.blockchain, ctx.hasher)   # never loaded
     server, rpc = start_server(ctx)
     try:
         assert rpc.error("getbestblockhash") == (-32603,
-                                                 "chain state not loaded: call load() first")
+                                                 "chain state not loaded: no block tree adopted yet")
         assert rpc.result("getblockcount") == -1
     finally:
         server.stop()
@@ -507,8 +508,8 @@ def test_chain_name_per_network(tmp_path):
         d = tmp_path / name
         ctx = NodeContext(chain_params=params, datadir=d, hasher=RandomXHasher.for_key())
         ctx.blockchain = BlockchainDB(str(d / "blocks"))
-        ctx.chainstate = ChainState(ctx)
-        ctx.chainstate.load()
+        load_chain_state(ctx)
+        ctx.chainstate = ctx.chainstate
         server, rpc = start_server(ctx)
         try:
             info = rpc.result("getblockchaininfo")

@@ -347,12 +347,9 @@ class MiningController:
                 logger.opt(exception=exc).error(f"[Mining] ERROR: submitting block failed: {exc}")
                 self._stop.wait(ERROR_BACKOFF_SECONDS)
                 return
+            # A new tip is announced by the block relay's tip listener, not here.
             self._log_outcome(result, height)
-            if result.status in (BlockStatus.TIP, BlockStatus.REORG):
-                broadcaster = self._ctx.broadcaster
-                if broadcaster is not None:
-                    broadcaster.broadcast_block(block_hash)
-            elif result.status is BlockStatus.INVALID:
+            if result.status is BlockStatus.INVALID:
                 self._stop.wait(ERROR_BACKOFF_SECONDS)
 
     def _log_outcome(self, result, height: int) -> None:
@@ -375,7 +372,7 @@ class MiningController:
                          f"{result.missing_parent.short() if result.missing_parent else '?'}...")
         else:
             logger.error(f"[Blockchain] ERROR: Failed to activate mined block in chain: "
-                         f"{getattr(result, 'reason', '')}")
+                         f"{result.reason or ''}")
 
 
 def _log_block_found(block: Block, block_hash: Uint256) -> None:

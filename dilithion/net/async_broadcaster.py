@@ -25,15 +25,19 @@ import heapq
 import itertools
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from loguru import logger
 
 from dilithion.net.protocol import Inv, InvType, MsgInv
 from dilithion.net.socket import TokenBucket
 from dilithion.primitives.block import Uint256
+
+if TYPE_CHECKING:
+    from dilithion.net.net_transport import ConnectionManager
+    from dilithion.net.tx_relay import TxRelayManager
 
 __all__ = ["AsyncBroadcaster", "BroadcastTask"]
 
@@ -83,22 +87,23 @@ class AsyncBroadcaster:
     counter and the per-peer statistics.  ``connman.send_message`` is called
     *outside* that lock so a slow transport never holds up callers.
 
-    ``peer_filter(peer, task) -> bool`` (set by the P2P handlers) can veto a
+    ``peer_filter(peer, task) -> bool`` (set by the block relay) can veto a
     peer for a task, e.g. a C++ peer that may lack the block's parent.
+    Each block is announced once: the block relay's tip listener is the only
+    caller of :meth:`broadcast_block`.
     """
 
     #: First retry delay; doubled per attempt (0.05, 0.1, 0.2 ... seconds).
     RETRY_BASE_S = 0.05
-    #: Announcement per hash is not repeated within this window (mining path and
-    #: tip listener may both report the same block).
-    DEDUPE_WINDOW_S = 30.0
     RATE_SAMPLE_S = 1.0
 
-    def __init__(self, ctx, connman, workers: int = 1, rate: float = 200.0, burst: float = 100.0,
+    def __init__(self, connman: ConnectionManager, *, tx_relay: TxRelayManager | None = None,
+                 metrics=None, workers: int = 1, rate: float = 200.0, burst: float = 100.0,
                  max_retries: int = 3,
                  peer_filter: Callable[[object, BroadcastTask], bool] | None = None) -> None:
-        self.ctx = ctx
         self.connman = connman
+        self.tx_relay = tx_relay
+        self.metrics = metrics
         self.workers = max(1, workers)
         self.rate = rate
         self.burst = burst
@@ -109,7 +114,6 @@ class AsyncBroadcaster:
         self._retries: list[tuple[float, int, BroadcastTask, int, int]] = []  # (due, seq, task, peer, attempt)
         self._seq = itertools.count()
         self._peers: dict[int, _PeerStats] = {}
-        self._recent: OrderedDict[tuple[int, bytes], float] = OrderedDict()
         self._threads: list[threading.Thread] = []
         self._running = False
         self._last_sample = 0.0
@@ -149,15 +153,7 @@ class AsyncBroadcaster:
 
     def _enqueue(self, inv_type: int, h, exclude_peer: int | None) -> None:
         now = time.monotonic()
-        key = (int(inv_type), bytes(h))
         with self._cv:
-            seen = self._recent.get(key)
-            if seen is not None and now - seen < self.DEDUPE_WINDOW_S:
-                return
-            self._recent[key] = now
-            self._recent.move_to_end(key)
-            while len(self._recent) > 4096:
-                self._recent.popitem(last=False)
             self._queue.append(BroadcastTask(int(inv_type), Uint256(bytes(h)), exclude_peer, now))
             self._set_depth_metric()
             self._cv.notify()
@@ -214,7 +210,7 @@ class AsyncBroadcaster:
             if not task.is_block:
                 if not peer.relay:
                     continue
-                relay = self.ctx.tx_relay
+                relay = self.tx_relay
                 if relay is not None and not relay.should_announce(peer.id, bytes(task.hash)):
                     continue
             if self.peer_filter is not None and not self.peer_filter(peer, task):
@@ -243,8 +239,8 @@ class AsyncBroadcaster:
 
     def _give_up(self, task: BroadcastTask, peer_id: int, why: str) -> None:
         logger.warning(f"[P2P] Failed to announce {task.hash.short()}... to peer {peer_id}: {why}")
-        if task.is_block and self.ctx.metrics is not None:
-            self.ctx.metrics.block_broadcast_failures.inc()
+        if task.is_block and self.metrics is not None:
+            self.metrics.block_broadcast_failures.inc()
         self._resolve(task, peer_id, delivered=False)
 
     def _attempt(self, task: BroadcastTask, peer_id: int, attempt: int) -> None:
@@ -262,8 +258,8 @@ class AsyncBroadcaster:
         except Exception as e:  # transport trouble is a refused enqueue
             logger.debug(f"[P2P] send to peer {peer_id} raised {e!r}")
         if ok:
-            if not task.is_block and self.ctx.tx_relay is not None:
-                self.ctx.tx_relay.mark_announced(peer_id, bytes(task.hash))
+            if not task.is_block and self.tx_relay is not None:
+                self.tx_relay.mark_announced(peer_id, bytes(task.hash))
             self._resolve(task, peer_id, delivered=True)
         elif attempt < self.max_retries:
             with self._cv:
@@ -299,7 +295,7 @@ class AsyncBroadcaster:
 
     def _finish(self, task: BroadcastTask) -> None:
         """All peers of the task resolved: account it and record its metrics."""
-        metrics = self.ctx.metrics
+        metrics = self.metrics
         with self._cv:
             if task.delivered or not task.eligible:
                 self.tasks_done += 1
@@ -336,7 +332,7 @@ class AsyncBroadcaster:
             for peer in peers:
                 stats = self._peer_stats(peer.id, now)
                 t0, b0 = stats.rate_sample
-                sent = int(getattr(peer, "bytes_sent", 0))
+                sent = int(peer.bytes_sent)
                 if now > t0:
                     stats.send_rate_bps = max(0.0, (sent - b0) / max(1e-6, now - t0))
                 stats.rate_sample = (now, sent)
@@ -345,8 +341,8 @@ class AsyncBroadcaster:
                 del self._peers[gone]
 
     def _set_depth_metric(self) -> None:
-        if self.ctx.metrics is not None:
-            self.ctx.metrics.message_queue_depth.set(len(self._queue))
+        if self.metrics is not None:
+            self.metrics.message_queue_depth.set(len(self._queue))
 
     def diagnostics(self) -> dict:
         """A consistent snapshot for RPC/tests; cheap, callable from any thread."""

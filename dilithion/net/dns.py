@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket as _socket
 
-__all__ = ["resolve"]
+__all__ = ["resolve", "parse_peer_entry"]
 
 
 def resolve(host: str) -> list[str]:
@@ -29,3 +29,29 @@ def resolve(host: str) -> list[str]:
     except (OSError, UnicodeError):
         return []
     return sorted({info[4][0] for info in infos}, key=lambda a: tuple(int(x) for x in a.split(".")))
+
+
+def parse_peer_entry(entry: str) -> tuple[str, int]:
+    """``host:port`` -> (IPv4 address, port); host names are resolved (``cli 6.1.4``).
+
+    Raises ``ValueError`` with the C++ ``[FAIL]`` wording.
+    """
+    if ":" not in entry:
+        raise ValueError(f"    [FAIL] Invalid address format: {entry} (expected ip:port)")
+    host, _, port_text = entry.rpartition(":")
+    if not port_text.isdigit():
+        raise ValueError(f"    [FAIL] Invalid port format in address: {entry} (expected ip:port)")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"    [FAIL] Invalid port number in address: {entry} (must be 1-65535)")
+    looks_numeric = all(part.isdigit() for part in host.split("."))
+    # A malformed dotted quad is refused without asking a resolver.
+    addresses = resolve(host) if host and (not looks_numeric or _is_ipv4(host)) else []
+    if not addresses or addresses[0] == "0.0.0.0":
+        raise ValueError(f"    [FAIL] Invalid IP address: {host}")
+    return addresses[0], port
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 for p in parts)

@@ -15,12 +15,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from typing import TYPE_CHECKING, Callable
 
 from loguru import logger
 
+from dilithion.consensus.tx_validation import TxValidationError
+from dilithion.core.lru import LRUDict
 from dilithion.net.protocol import Inv, InvType, MsgTx
 from dilithion.primitives.block import Uint256
+from dilithion.primitives.transaction import Transaction
+
+if TYPE_CHECKING:
+    from dilithion.net.async_broadcaster import AsyncBroadcaster
+    from dilithion.net.net_transport import ConnectionManager
+    from dilithion.node.mempool import TxMemPool
 
 __all__ = ["TxRelayManager", "TxRelay"]
 
@@ -48,10 +56,10 @@ class TxRelayManager:
 
     def __init__(self) -> None:
         self._cs = threading.Lock()
-        self._tx_inv_sent: dict[int, OrderedDict[bytes, None]] = {}
+        self._tx_inv_sent: dict[int, LRUDict[bytes, None]] = {}
         self._tx_in_flight: dict[bytes, int] = {}
         self._tx_request_time: dict[bytes, float] = {}
-        self._recently_announced: OrderedDict[bytes, float] = OrderedDict()
+        self._recently_announced: LRUDict[bytes, float] = LRUDict(self.MAX_RECENTLY_ANNOUNCED)
 
     def should_announce(self, peer_id: int, txid: bytes) -> bool:
         with self._cs:
@@ -61,15 +69,11 @@ class TxRelayManager:
         """Record that ``peer_id`` knows ``txid`` (we announced it, or it sent it)."""
         txid = bytes(txid)
         with self._cs:
-            seen = self._tx_inv_sent.setdefault(peer_id, OrderedDict())
-            seen[txid] = None
-            seen.move_to_end(txid)
-            while len(seen) > self.MAX_ANNOUNCED_PER_PEER:
-                seen.popitem(last=False)
-            self._recently_announced[txid] = time.monotonic()
-            self._recently_announced.move_to_end(txid)
-            while len(self._recently_announced) > self.MAX_RECENTLY_ANNOUNCED:
-                self._recently_announced.popitem(last=False)
+            seen = self._tx_inv_sent.get(peer_id)
+            if seen is None:
+                seen = self._tx_inv_sent[peer_id] = LRUDict(self.MAX_ANNOUNCED_PER_PEER)
+            seen.put(txid, None)
+            self._recently_announced.put(txid, time.monotonic())
 
     def in_flight(self, txid: bytes) -> bool:
         """Requested and not yet timed out."""
@@ -126,35 +130,27 @@ class TxRelayManager:
                     len(self._recently_announced))
 
 
-def _mempool_acceptor():
-    """``(accept_to_memory_pool, error classes)`` or ``(None, ())`` while the
-    mempool module is not available (it is written in parallel)."""
-    try:
-        from dilithion.node import mempool as mp
-    except ImportError:
-        return None, ()
-    errors = [getattr(mp, "TxValidationError", None)]
-    try:
-        from dilithion.consensus import tx_validation as tv
-        errors.append(getattr(tv, "TxValidationError", None))
-    except ImportError:
-        pass
-    return getattr(mp, "accept_to_memory_pool", None), tuple(e for e in errors if e)
-
-
 class TxRelay:
     """Handles tx items of ``inv``/``getdata`` and ``tx`` messages for one node.
 
-    Runs on the transport's message-handler thread; state lives in the shared
-    :class:`TxRelayManager` (``ctx.tx_relay``).
+    Runs on the message-handler thread; state lives in the shared
+    :class:`TxRelayManager`.  Without a mempool (``mempool=None``) tx items
+    are ignored, like the C++ node.  ``accept(tx)`` admits a transaction to
+    the mempool (it raises :class:`TxValidationError` when it refuses) and
+    ``broadcaster`` announces what was admitted.
     """
 
     CLEANUP_INTERVAL_S = 5.0
 
-    def __init__(self, ctx, connman, manager: TxRelayManager) -> None:
-        self.ctx = ctx
-        self.connman = connman
+    def __init__(self, transport: ConnectionManager, manager: TxRelayManager,
+                 mempool: TxMemPool | None = None,
+                 accept: Callable[[Transaction], bytes] | None = None,
+                 broadcaster: AsyncBroadcaster | None = None) -> None:
+        self.transport = transport
         self.manager = manager
+        self.mempool = mempool
+        self.accept = accept
+        self.broadcaster = broadcaster
         self._last_cleanup = time.monotonic()
 
     def _maybe_cleanup(self) -> None:
@@ -166,7 +162,7 @@ class TxRelay:
     def items_to_request(self, peer, txids: list[bytes]) -> list[Inv]:
         """The tx items of an ``inv`` that we lack and nobody is fetching."""
         self._maybe_cleanup()
-        mempool = self.ctx.mempool
+        mempool = self.mempool
         if mempool is None:
             return []  # like the C++ node without a mempool: tx items ignored
         wanted = []
@@ -181,7 +177,7 @@ class TxRelay:
     def serve(self, peer, txids: list[bytes]) -> int:
         """Answer ``getdata(tx)`` from the mempool; unknown txids get no reply
         (no ``notfound``, ``net D-15``).  Returns how many were sent."""
-        mempool = self.ctx.mempool
+        mempool = self.mempool
         if mempool is None:
             return 0
         sent = 0
@@ -190,7 +186,7 @@ class TxRelay:
             if tx is None:
                 logger.debug(f"[P2P] Peer {peer.id} requested unknown transaction {_short(txid)}...")
                 continue
-            if self.connman.send_message(peer.id, MsgTx(tx)):
+            if self.transport.send_message(peer.id, MsgTx(tx)):
                 self.manager.mark_announced(peer.id, txid)
                 sent += 1
                 logger.debug(f"[P2P] Serving transaction {_short(txid)}... to peer {peer.id}")
@@ -207,21 +203,18 @@ class TxRelay:
         self.manager.remove_in_flight(txid)
         self.manager.mark_announced(peer.id, txid)
         logger.info(f"[P2P] Received transaction from peer {peer.id}: {_short(txid)}...")
-        mempool = self.ctx.mempool
-        if mempool is None:
+        mempool = self.mempool
+        if mempool is None or self.accept is None:
             return False
         if mempool.exists(txid):
             return False
-        accept, errors = _mempool_acceptor()
-        if accept is None:
-            return False
         try:
-            accept(self.ctx, tx)
-        except errors as e:
+            self.accept(tx)
+        except TxValidationError as e:
             reason = getattr(e, "reason", None) or str(e)
             logger.info(f"[P2P] Transaction {_short(txid)}... from peer {peer.id} rejected: {reason}")
             return False
         logger.info(f"[P2P] Transaction {_short(txid)}... accepted to mempool")
-        if self.ctx.broadcaster is not None:
-            self.ctx.broadcaster.broadcast_tx(txid, exclude_peer=peer.id)
+        if self.broadcaster is not None:
+            self.broadcaster.broadcast_tx(txid, exclude_peer=peer.id)
         return True

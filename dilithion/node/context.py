@@ -3,28 +3,54 @@
 Every C++ singleton (``g_chainParams``, ``g_chainstate``, ``g_network_magic``,
 ``g_peer_manager``, ``g_mempool``, ``g_node_state`` ...) is an attribute here, so
 several nodes can live in one process (tests run three in one interpreter).
-Components are filled in by :mod:`dilithion.node.dilithion_node` in start-up
-order; a component that is not running stays ``None``.
+The components are built, started and stopped in one place,
+:class:`dilithion.node.init.NodeAssembly`; a component that is not running
+stays ``None``.  Components receive their neighbours as constructor arguments;
+only the top of the program (the RPC methods, the main loop) reads them from
+here.
+
+The field types of the layers above this module (mining, RPC) are named for
+the type checker only: this module never imports them at run time, so the
+node layer does not depend on the layers built on it.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 
+if TYPE_CHECKING:
+    from dilithion.consensus.chain import ChainState
+    from dilithion.mining.controller import MiningController
+    from dilithion.net.added_nodes import AddedNodes
+    from dilithion.net.async_broadcaster import AsyncBroadcaster
+    from dilithion.net.block_relay import BlockRelay
+    from dilithion.net.net_processing import NetMessageProcessor
+    from dilithion.net.net_transport import ConnectionManager
+    from dilithion.net.peers import PeerManager
+    from dilithion.net.tx_relay import TxRelayManager
+    from dilithion.node.blockchain_storage import BlockchainDB
+    from dilithion.node.mempool import TxMemPool
+    from dilithion.node.metrics import NodeMetrics
+    from dilithion.node.utxo_set import UTXOSet
+    from dilithion.rpc.server import RPCServer
+
 __all__ = ["NodeContext"]
 
 
 @dataclass
 class NodeContext:
-    """Ownership: the context itself is written only during start-up and
-    shutdown by the main thread; each component guards its own state."""
+    """Ownership: the fields are written only by the thread that assembles or
+    stops the node (:class:`~dilithion.node.init.NodeAssembly`); every other
+    thread only reads them, and each component guards its own state.
+    ``shutdown_requested`` and ``fatal_reason`` are the exceptions: any thread
+    may call :meth:`fatal_error` or set the event."""
 
     chain_params: ChainParams
     datadir: Path
@@ -32,18 +58,20 @@ class NodeContext:
     #: Stricter intended consensus rules the C++ lacks (``--strict``).
     strict: bool = False
 
-    blockchain: Any = None         # dilithion.node.blockchain_storage.BlockchainDB
-    chainstate: Any = None         # dilithion.consensus.chain.ChainState
-    utxo_set: Any = None           # dilithion.node.utxo_set.UTXOSet
-    mempool: Any = None            # dilithion.node.mempool.TxMemPool
-    peer_manager: Any = None       # dilithion.net.peers.PeerManager
-    connman: Any = None            # dilithion.net.net.ConnectionManager
-    broadcaster: Any = None        # dilithion.net.async_broadcaster.AsyncBroadcaster
-    tx_relay: Any = None           # dilithion.net.tx_relay.TxRelayManager
-    added_nodes: Any = None        # dilithion.net.added_nodes.AddedNodes
-    miner: Any = None              # dilithion.mining.controller.MiningController
-    rpc_server: Any = None         # dilithion.rpc.server.RPCServer
-    metrics: Any = None            # dilithion.node.metrics.NodeMetrics
+    blockchain: BlockchainDB | None = None
+    chainstate: ChainState | None = None
+    utxo_set: UTXOSet | None = None
+    mempool: TxMemPool | None = None
+    metrics: NodeMetrics | None = None
+    peer_manager: PeerManager | None = None
+    connman: ConnectionManager | None = None
+    processor: NetMessageProcessor | None = None
+    broadcaster: AsyncBroadcaster | None = None
+    tx_relay: TxRelayManager | None = None
+    block_relay: BlockRelay | None = None
+    added_nodes: AddedNodes | None = None
+    miner: MiningController | None = None
+    rpc_server: RPCServer | None = None
 
     #: Set to ask every thread of this node to finish (signal, RPC ``stop``).
     shutdown_requested: threading.Event = field(default_factory=threading.Event)

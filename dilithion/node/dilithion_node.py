@@ -1,7 +1,7 @@
 """``dilithion-node``: the node program (``src/node/dilithion-node.cpp``, ``cli`` 1).
 
-Start-up prints the C++ operator lines in the C++ order (``cli`` 1.7), wires the
-components onto one :class:`NodeContext`, runs a one-second main loop and shuts
+Start-up prints the C++ operator lines in the C++ order (``cli`` 1.7), assembles the
+node with :class:`~dilithion.node.init.NodeAssembly`, runs a one-second main loop and shuts
 down on SIGINT/SIGTERM or RPC ``stop``.  Deliberate differences from the C++:
 
 * no built-in public seeds: without ``--connect``/``--addnode`` the node
@@ -25,87 +25,21 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 from loguru import logger
 
-from dilithion.consensus.chain import ChainState
-from dilithion.core.chainparams import ChainParams, params_for
-from dilithion.crypto.randomx_hash import RandomXHasher
-from dilithion.mining.controller import MiningController, default_thread_count
-from dilithion.net.added_nodes import AddedNodes
-from dilithion.net.async_broadcaster import AsyncBroadcaster
-from dilithion.net.dns import resolve
-from dilithion.net.net import ConnectionManager
-from dilithion.node.blockchain_storage import BlockchainDB, StorageError
 from dilithion.node.context import NodeContext
-from dilithion.node.mempool import TxMemPool
-from dilithion.node.metrics import NodeMetrics
-from dilithion.node.p2p_handlers import P2PHandlers
-from dilithion.node.utxo_set import UTXOSet, UTXOStorageError
-from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
-from dilithion.rpc.server import RPCServer
+from dilithion.node.init import BANNER_RULE, VERSION, NodeAssembly, NodeConfig, NodeStartupError
 
-__all__ = ["NodeConfig", "NodeStartupError", "DilithionNode", "parse_port", "parse_threads",
-           "configure_logging", "main", "cli"]
+__all__ = ["DilithionNode", "parse_port", "parse_threads", "configure_logging", "main", "cli",
+           "quick_start_config"]
 
-VERSION = "1.0.0"
-BANNER_RULE = "======================================"
-#: Seconds between reconnection attempts to a configured peer: doubles up to the cap.
-#: The main loop prints the hash rate this often (the C++ prints every 10th iteration).
 #: How often pooled transactions past their expiry age are dropped (chain D40).
 MEMPOOL_EXPIRY_INTERVAL = 60.0
+#: The main loop prints the hash rate this often (the C++ prints every 10th iteration).
 HASH_RATE_LOG_INTERVAL = 10.0
-
-
-class NodeStartupError(Exception):
-    """A start-up step failed; ``lines`` go to stderr and the process exits 1."""
-
-    def __init__(self, *lines: str) -> None:
-        super().__init__(lines[0] if lines else "startup failed")
-        self.lines = lines
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclass
-class NodeConfig:
-    """Everything the command line decides (``NodeConfig`` in the C++)."""
-
-    network: str = "mainnet"
-    datadir: Path | None = None
-    p2p_port: int = 0
-    rpc_port: int = 0
-    bind: str | None = None
-    rpcbind: str = "127.0.0.1"
-    connect_nodes: list[str] = field(default_factory=list)
-    add_nodes: list[str] = field(default_factory=list)
-    start_mining: bool = False
-    mining_threads: int = 0          # 0 = auto
-    strict: bool = False
-    metrics_port: int | None = None
-    metrics_bind: str = "127.0.0.1"
-    log_level: str | None = None     # None: $DIL_LOG_LEVEL, else INFO
-    quick_start: bool = False
-
-    @property
-    def params(self) -> ChainParams:
-        return params_for(self.network)
-
-    def apply_defaults(self) -> None:
-        """Fill what the command line left open from the network's parameters."""
-        params = self.params
-        if self.datadir is None:
-            self.datadir = Path.home() / params.data_dir_name
-        self.datadir = Path(self.datadir).expanduser()
-        self.p2p_port = self.p2p_port or params.p2p_port
-        self.rpc_port = self.rpc_port or params.rpc_port
-        if self.bind is None:
-            self.bind = "127.0.0.1" if params.is_regtest() else "0.0.0.0"
-        if self.metrics_port is None and os.environ.get("DIL_METRICS_ENABLED") == "1":
-            self.metrics_port = parse_port(os.environ.get("DIL_METRICS_PORT", "9100"),
-                                           "DIL_METRICS_PORT", "metrics")
 
 
 def _parse_int(text: str, arg: str, kind: str, low: int, high: int) -> int:
@@ -256,57 +190,33 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> 
 
 #: Modules whose DEBUG records are the per-message P2P lines (the transport emits
 #: them only when ``DIL_P2P_LOG=1``; ``logger.bind(p2p=True)`` marks others).
-P2P_LOG_MODULES = ("dilithion.net.net", "dilithion.net.socket")
+P2P_LOG_MODULES = ("dilithion.net.net_transport", "dilithion.net.net_processing",
+                   "dilithion.net.socket")
 
 
 def _is_p2p_record(record) -> bool:
     return bool(record["extra"].get("p2p")) or record["name"] in P2P_LOG_MODULES
 
 
-# --------------------------------------------------------------------------- peers
-def parse_peer_entry(entry: str) -> tuple[str, int]:
-    """``host:port`` → (IPv4 address, port); host names are resolved (``cli 6.1.4``).
-
-    Raises ``ValueError`` with the C++ ``[FAIL]`` wording.
-    """
-    if ":" not in entry:
-        raise ValueError(f"    [FAIL] Invalid address format: {entry} (expected ip:port)")
-    host, _, port_text = entry.rpartition(":")
-    if not port_text.isdigit():
-        raise ValueError(f"    [FAIL] Invalid port format in address: {entry} (expected ip:port)")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"    [FAIL] Invalid port number in address: {entry} (must be 1-65535)")
-    looks_numeric = all(part.isdigit() for part in host.split("."))
-    # A malformed dotted quad is refused without asking a resolver.
-    addresses = resolve(host) if host and (not looks_numeric or _is_ipv4(host)) else []
-    if not addresses or addresses[0] == "0.0.0.0":
-        raise ValueError(f"    [FAIL] Invalid IP address: {host}")
-    return addresses[0], port
-
-
-def _is_ipv4(text: str) -> bool:
-    parts = text.split(".")
-    return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 for p in parts)
-
-
 # --------------------------------------------------------------------------- the node
 class DilithionNode:
-    """Start-up, main loop and shutdown of one node process.
+    """The node program around one :class:`NodeAssembly`: the start-up banner,
+    signals, the one-second main loop and the shutdown lines.
 
     Owned by the main thread.  Other threads touch it only through
     ``ctx.shutdown_requested`` (signal handler, RPC ``stop``).
     """
 
     def __init__(self, config: NodeConfig) -> None:
+        config.apply_defaults()
         self.config = config
-        self.ctx = None
-        self.mining_key = None
         self._signal: int | None = None
-        #: Becomes ``ctx.shutdown_requested``; exists before the context so an early
-        #: signal is not lost (``cli 6.1.6``).
+        #: ``ctx.shutdown_requested``: exists before start-up so an early signal
+        #: is not lost (``cli 6.1.6``).
         self._stop_event = threading.Event()
-        self._closers: list[tuple[str | None, object]] = []   # (log line, callable), LIFO
+        self.ctx = NodeContext(chain_params=config.params, datadir=config.datadir, hasher=None,
+                               strict=config.strict, shutdown_requested=self._stop_event)
+        self.assembly = NodeAssembly(config, self.ctx)
 
     # ---- lifecycle ---------------------------------------------------------
     def run(self) -> int:
@@ -339,12 +249,8 @@ class DilithionNode:
         self._signal = signum
         self._stop_event.set()
 
-    def _closer(self, line: str | None, fn) -> None:
-        self._closers.append((line, fn))
-
     def start(self) -> None:
         cfg = self.config
-        params = cfg.params
         for line in (BANNER_RULE, f"Dilithion Node v{VERSION}", "Post-Quantum Cryptocurrency",
                      BANNER_RULE, ""):
             logger.info(line)
@@ -361,193 +267,12 @@ class DilithionNode:
         if cfg.strict:
             logger.info("Consensus: --strict (intended rules the C++ node skips)")
         logger.info("")
-
-        self._open_storage(params)
-        self._start_metrics()
-        self._init_p2p()
-        self._init_wallet_and_miner()
-        self._start_p2p()
-        self._connect_configured_peers()
-        self._start_rpc()
-        self._start_mining()
+        self.assembly.start()
         for line in ("", BANNER_RULE, "Node Status: RUNNING", BANNER_RULE, "", "RPC Interface:",
                      f"  URL: http://{cfg.rpcbind}:{self.ctx.rpc_server.port}",
                      "  Methods: see `dilithion-cli help`", "",
                      "Press Ctrl+C to stop", ""):
             logger.info(line)
-
-    def _open_storage(self, params: ChainParams) -> None:
-        """Steps 7-12 of ``cli`` 1.7: databases, mempool, RandomX, chain state."""
-        cfg = self.config
-        logger.info("Initializing blockchain storage...")
-        try:
-            cfg.datadir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise NodeStartupError(f"Cannot create data directory {cfg.datadir}: "
-                                   f"{exc.strerror or exc}")
-        # The RandomX cache is built in its own step below, not by the context.
-        ctx = self.ctx = NodeContext(chain_params=params, datadir=cfg.datadir, hasher=None,
-                                     strict=cfg.strict, shutdown_requested=self._stop_event)
-        ctx.metrics = NodeMetrics()
-        try:
-            ctx.blockchain = BlockchainDB(str(cfg.datadir / "blocks"))
-        except (StorageError, OSError) as exc:
-            raise NodeStartupError("Failed to open blockchain database", f"  {exc}")
-        self._closer("  Closing blockchain database...", ctx.blockchain.close)
-        logger.info("  [OK] Blockchain database opened")
-        logger.info("Initializing UTXO set...")
-        try:
-            ctx.utxo_set = UTXOSet(str(cfg.datadir / "chainstate"))
-        except (UTXOStorageError, OSError) as exc:
-            raise NodeStartupError("Failed to open UTXO database", f"  {exc}")
-        self._closer("  Closing UTXO database...", ctx.utxo_set.close)
-        logger.info("  [OK] UTXO set opened")
-        logger.info("Initializing mempool...")
-        ctx.mempool = TxMemPool()
-        logger.info("  [OK] Mempool initialized")
-        logger.info("Initializing RandomX...")
-        ctx.hasher = RandomXHasher.for_key()
-        logger.info("  [OK] RandomX initialized")
-        logger.info("Initializing chain state...")
-        ctx.chainstate = ChainState(ctx)
-        logger.info("  [OK] Chain state initialized")
-        self._load_chain(params)
-
-    def _load_chain(self, params: ChainParams) -> None:
-        """Write the genesis block on a fresh datadir, or reload the stored chain."""
-        ctx = self.ctx
-        logger.info("Loading genesis block...")
-        try:
-            tip = ctx.chainstate.load()
-        except (StorageError, UTXOStorageError) as exc:
-            raise NodeStartupError("ERROR: Cannot load chain state from database", f"  {exc}")
-        genesis = ctx.chainstate.main_chain_hash_at(0)
-        logger.info(f"  Network: {params.get_network_name()}")
-        logger.info(f"  Genesis hash: {genesis.get_hex()}")
-        logger.info(f"  Genesis time: {params.genesis_time}")
-        logger.info("  [OK] Genesis block verified")
-        logger.info(f"  Best block hash: {tip.hash.short()}...")
-        logger.info(f"  [OK] Loaded chain state: {tip.height + 1} blocks (height {tip.height})")
-
-    def _start_metrics(self) -> None:
-        cfg = self.config
-        if cfg.metrics_port is None:
-            return
-        logger.info("Starting metrics server...")
-        try:
-            self.ctx.metrics.serve(cfg.metrics_port, cfg.metrics_bind)
-        except OSError as exc:
-            raise NodeStartupError(f"Failed to start metrics server on port {cfg.metrics_port}",
-                                   f"Error: {exc.strerror or exc}")
-        self._closer("  Stopping metrics server...", self.ctx.metrics.stop)
-        logger.info(f"  [OK] Metrics served on http://{cfg.metrics_bind}:{cfg.metrics_port}/metrics")
-
-    def _init_p2p(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        logger.info("Initializing P2P components...")
-        # No explicit send timeout: the manager applies DIL_SEND_TIMEOUT, else the chain default.
-        ctx.connman = ConnectionManager(ctx, listen_host=cfg.bind, listen_port=cfg.p2p_port)
-        ctx.peer_manager = ctx.connman.peer_manager
-        ctx.broadcaster = AsyncBroadcaster(ctx, ctx.connman)
-        self.p2p_handlers = P2PHandlers(ctx, ctx.connman)
-        ctx.added_nodes = AddedNodes(ctx.connman)
-        logger.info("  [OK] P2P components ready (not started)")
-
-    def _init_wallet_and_miner(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        logger.info("Initializing wallet...")
-        existed = (cfg.datadir / MINING_KEY_FILE).exists()
-        if not existed:
-            logger.info("  Generating initial address...")
-        try:
-            self.mining_key = load_or_create_mining_key(cfg.datadir)
-        except MiningKeyError as exc:
-            raise NodeStartupError(f"ERROR: {exc}")
-        if existed:
-            logger.info(f"  [OK] Mining key loaded: {self.mining_key.address()}")
-        else:
-            logger.info(f"  [OK] Initial address: {self.mining_key.address()} "
-                        f"(key saved to {cfg.datadir / MINING_KEY_FILE})")
-        logger.info("Initializing mining controller...")
-        threads = cfg.mining_threads or default_thread_count()
-        ctx.miner = MiningController(ctx, threads, pub_key_hash=self.mining_key.pub_key_hash())
-        self._closer(None, self._stop_miner)
-        logger.info(f"  [OK] Mining controller initialized ({threads} threads)")
-
-    def _stop_miner(self) -> None:
-        if self.ctx.miner.is_mining():
-            logger.info("  Stopping mining...")
-            self.ctx.miner.stop()
-
-    def _start_p2p(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        logger.info("Starting P2P networking server...")
-        try:
-            ctx.connman.start()
-        except OSError as exc:
-            raise NodeStartupError(f"Failed to bind P2P socket on port {cfg.p2p_port}",
-                                   f"Error: {exc.strerror or exc}")
-        self._closer("  Stopping P2P server...", self._stop_p2p)
-        ctx.broadcaster.start()
-        logger.info(f"  [OK] P2P server listening on {cfg.bind}:{ctx.connman.listen_port}")
-
-    def _stop_p2p(self) -> None:
-        self.ctx.broadcaster.stop()
-        self.ctx.connman.stop()
-
-    def _connect_configured_peers(self) -> None:
-        """Dial every ``--connect``/``--addnode`` entry once (``cli`` 1.7 step 18)."""
-        cfg = self.config
-        entries = [(e, "connect") for e in cfg.connect_nodes if e.lower() != "none"] + \
-                  [(e, "addnode") for e in cfg.add_nodes]
-        if not entries:
-            if any(e.lower() == "none" for e in cfg.connect_nodes):
-                logger.info("Outbound connections disabled (--connect=none)")
-            else:
-                logger.info("No --connect/--addnode given: listening only (no built-in seeds)")
-            return
-        if cfg.connect_nodes:
-            logger.info("Initiating outbound connections...")
-        for entry, kind in entries:
-            logger.info(f"  {'Connecting to' if kind == 'connect' else 'Adding node'} {entry}...")
-            try:
-                host, port = parse_peer_entry(entry)
-            except ValueError as exc:
-                logger.error(str(exc))
-                continue
-            name = entry.rpartition(":")[0]
-            if name != host:
-                logger.info(f"    Resolved {name} to {host}")
-            self.ctx.added_nodes.add(entry, host, port, kind)
-
-    def _start_rpc(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        logger.info("Initializing RPC server...")
-        if cfg.rpcbind not in ("127.0.0.1", "localhost", "::1"):
-            logger.warning(f"RPC listens on {cfg.rpcbind}, not loopback: anyone who can reach "
-                           "it and guess the credentials controls this node")
-        server = RPCServer(ctx, host=cfg.rpcbind, port=cfg.rpc_port)
-        try:
-            server.start()
-        except OSError as exc:
-            raise NodeStartupError(f"Failed to start RPC server on port {cfg.rpc_port}",
-                                   f"Error: {exc.strerror or exc}")
-        ctx.rpc_server = server
-        self._closer("  Stopping RPC server...", server.stop)
-        logger.info(f"  [OK] RPC server listening on {cfg.rpcbind}:{server.port}")
-
-    def _start_mining(self) -> None:
-        cfg, miner = self.config, self.ctx.miner
-        if not cfg.start_mining:
-            return
-        tip = self.ctx.chainstate.tip()
-        logger.info("")
-        logger.info("Starting mining...")
-        logger.info(f"  Building on block height {tip.height}")
-        logger.info(f"  Mining block height {tip.height + 1}")
-        logger.info(f"  Coinbase pays: {self.mining_key.address()}")
-        miner.start()
-        logger.info(f"  [OK] Mining started with {miner.thread_count()} threads")
 
     # ---- main loop and shutdown ------------------------------------------------
     def main_loop(self) -> None:
@@ -573,23 +298,10 @@ class DilithionNode:
         if self._signal is not None:
             logger.info("")
             logger.info(f"Received signal {self._signal}, shutting down gracefully...")
-        self._stop_event.set()
         if not quiet:
             logger.info("")
             logger.info("Shutting down...")
-        # Mining first (it feeds the chain and the broadcaster), then the other
-        # components newest first, the databases last: the closers list is in
-        # start-up order, so walking it backwards does exactly that.
-        if self.ctx is not None and self.ctx.miner is not None:
-            self._stop_miner()
-        for line, fn in reversed(self._closers):
-            if line and not quiet:
-                logger.info(line)
-            try:
-                fn()
-            except Exception as exc:  # noqa: BLE001 - keep closing the rest
-                logger.opt(exception=exc).error(f"Error during shutdown: {exc}")
-        self._closers.clear()
+        self.assembly.stop(quiet=quiet)
         if not quiet:
             logger.info("")
             logger.info("Dilithion node stopped cleanly")
@@ -667,7 +379,7 @@ def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnod
         raise click.UsageError("--testnet and --regtest cannot be combined")
     config = NodeConfig(
         network="testnet" if testnet else "regtest" if regtest else "mainnet",
-        datadir=Path(datadir) if datadir else None, p2p_port=port or 0, rpc_port=rpcport or 0,
+        datadir=Path(datadir) if datadir else None, p2p_port=port, rpc_port=rpcport,
         bind=bind, rpcbind=rpcbind, connect_nodes=list(connect), add_nodes=list(addnode),
         start_mining=mine, mining_threads=threads, strict=strict, metrics_port=metrics_port,
         metrics_bind=metrics_bind, log_level=log_level)
@@ -678,6 +390,9 @@ def main(config: NodeConfig) -> int:
     """Run a node with ``config``; the process exit status."""
     try:
         config.apply_defaults()
+        if config.metrics_port is None and os.environ.get("DIL_METRICS_ENABLED") == "1":
+            config.metrics_port = parse_port(os.environ.get("DIL_METRICS_PORT", "9100"),
+                                             "DIL_METRICS_PORT", "metrics")
         configure_logging(config.log_level)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)

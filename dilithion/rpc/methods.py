@@ -430,9 +430,7 @@ class NodeRPC:
             block, block_hash = solved
             if cs.process_new_block(block, block_hash).status in (BlockStatus.TIP,
                                                                  BlockStatus.REORG):
-                found.append(block_hash.get_hex())
-                if self.ctx.broadcaster is not None:
-                    self.ctx.broadcaster.broadcast_block(block_hash)
+                found.append(block_hash.get_hex())   # announced by the block relay's tip listener
         return found
 
     # -- control ---------------------------------------------------------------------

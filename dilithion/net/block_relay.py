@@ -11,7 +11,7 @@ module keeps the wire behaviour C++ peers rely on and fixes the rest:
 * **orphans**: a block whose parent we lack makes us ask *its sender* for the
   parent, again and again, until the chain connects (a C++ peer serves any
   stored block by hash, so this also catches a fresh node up from a C++ peer);
-* **relay**: every new tip is announced through ``ctx.broadcaster`` to every
+* **relay**: every new tip is announced through the broadcaster to every
   peer except the one the block came from;
 * **catch-up**: after a handshake we announce our main chain to a peer that is
   behind, ascending, in ``inv`` batches of at most 500 hashes; when the peer
@@ -29,19 +29,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 from loguru import logger
 
+from dilithion.consensus.chain import BlockStatus, ChainState
+from dilithion.consensus.storage import StorageError
+from dilithion.core.lru import LRUDict, LRUSet
 from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
-from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetblocks,
-                                    MsgGetdata, MsgInv)
-from dilithion.net.tx_relay import TxRelay, TxRelayManager
-from dilithion.node.blockchain_storage import StorageError
+from dilithion.net.net_processing import NetMessageProcessor
+from dilithion.net.net_transport import ConnectionManager
+from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetaddr,
+                                    MsgGetblocks, MsgGetdata, MsgInv, MsgTx)
+from dilithion.net.tx_relay import TxRelay
 from dilithion.primitives.block import Uint256
 
-__all__ = ["P2PHandlers", "INV_BATCH", "BLOCK_REQUEST_TIMEOUT_S", "MAX_BLOCKS_IN_FLIGHT"]
+__all__ = ["BlockRelay", "INV_BATCH", "BLOCK_REQUEST_TIMEOUT_S", "MAX_BLOCKS_IN_FLIGHT"]
 
 #: Most hashes in one catch-up ``inv`` (Bitcoin's ``MAX_BLOCKS_IN_TRANSIT``-like batch).
 INV_BATCH = 500
@@ -58,29 +62,10 @@ GETBLOCKS_INTERVAL_S = 2.0
 INVALID_BLOCK_SCORE = 100
 #: Most addresses returned for ``getaddr``.
 MAX_ADDR_REPLY = 1000
-
-
-def _block_status():
-    from dilithion.consensus.chain import BlockStatus
-    return BlockStatus
-
-
-class _KnownSet:
-    """Bounded insertion-ordered set of block hashes a peer is known to have."""
-
-    CAP = 20_000
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[bytes, None] = OrderedDict()
-
-    def add(self, h: bytes) -> None:
-        self._items[h] = None
-        self._items.move_to_end(h)
-        if len(self._items) > self.CAP:
-            self._items.popitem(last=False)
-
-    def __contains__(self, h: object) -> bool:
-        return h in self._items
+#: Block hashes remembered per peer as known to it.
+MAX_KNOWN_PER_PEER = 20_000
+#: First-seen times kept for the receive-propagation metric.
+MAX_FIRST_SEEN = 20_000
 
 
 @dataclass
@@ -89,7 +74,7 @@ class _PeerSync:
     ``branch_tip`` are the handler thread's alone)."""
 
     is_cpp: bool
-    known: _KnownSet = field(default_factory=_KnownSet)
+    known: LRUSet[bytes] = field(default_factory=lambda: LRUSet(MAX_KNOWN_PER_PEER))
     best_known_height: int = 0
     batch_last: bytes | None = None     # continuation trigger of the running catch-up
     batch_sent: float = 0.0
@@ -104,47 +89,43 @@ class _PeerSync:
         return self.batch_last is not None and now - self.batch_sent < CATCHUP_TIMEOUT_S
 
 
-class P2PHandlers:
-    """Registers the block/tx/addr handlers on ``connman`` and a tip listener on
-    ``ctx.chainstate``.
+class BlockRelay:
+    """Block relay and sync for one node: registers the block/tx/addr handlers
+    on the message processor, a tip listener on the chain state and a peer
+    filter on the broadcaster.  The port of the block and inv/getdata handler
+    lambdas of ``src/node/dilithion-node.cpp``.
 
-    Threads: handlers run on the transport's message-handler thread; the tip
-    listener runs on whichever thread connected the block (handler thread or a
-    mining thread); ``_may_announce`` runs on broadcaster workers.  ``_lock``
-    guards ``_peers``, ``_in_flight`` and ``_first_seen``; it is never held
-    while calling the chain state or the transport.
+    Threads: handlers run on the message-handler thread; the tip listener runs
+    on whichever thread connected the block (handler thread, a mining thread,
+    RPC); ``_may_announce`` runs on broadcaster workers.  ``_lock`` guards
+    ``_peers``, ``_in_flight`` and ``_first_seen``; it is never held while
+    calling the chain state or the transport.
     """
 
-    def __init__(self, ctx, connman) -> None:
-        self.ctx = ctx
-        self.connman = connman
+    def __init__(self, chain: ChainState, transport: ConnectionManager,
+                 processor: NetMessageProcessor, broadcaster: AsyncBroadcaster, tx: TxRelay, *,
+                 metrics=None, on_fatal: Callable[[str], None] | None = None) -> None:
+        self.chain = chain
+        self.transport = transport
+        self.broadcaster = broadcaster
+        self.tx = tx
+        self.metrics = metrics
+        self._on_fatal = on_fatal
         self._lock = threading.Lock()
         self._peers: dict[int, _PeerSync] = {}
-        self._in_flight: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
-        self._first_seen: OrderedDict[bytes, float] = OrderedDict()
+        # Oldest first: claims run on the handler thread with a non-decreasing clock.
+        self._in_flight: LRUDict[bytes, tuple[int, float]] = LRUDict(MAX_BLOCKS_IN_FLIGHT + 1)
+        self._first_seen: LRUDict[bytes, float] = LRUDict(MAX_FIRST_SEEN)
         self._origin = threading.local()     # peer whose block is being processed on this thread
-        if ctx.tx_relay is None:
-            ctx.tx_relay = TxRelayManager()
-        self.tx = TxRelay(ctx, connman, ctx.tx_relay)
-        self._owns_broadcaster = ctx.broadcaster is None
-        if self._owns_broadcaster:
-            ctx.broadcaster = AsyncBroadcaster(ctx, connman)
-            ctx.broadcaster.start()
-        ctx.broadcaster.peer_filter = self._may_announce
-        for command, fn in (("inv", self.on_inv), ("getdata", self.on_getdata),
-                            ("block", self.on_block), ("tx", self.on_tx),
-                            ("getblocks", self.on_getblocks),
-                            ("getaddr", self.on_getaddr), ("addr", self.on_addr)):
-            connman.register_handler(command, fn)
-        connman.add_handshake_listener(self.on_handshake)
-        connman.add_disconnect_listener(self.on_disconnect)
-        if ctx.chainstate is not None:
-            ctx.chainstate.add_tip_listener(self.on_tip_changed)
-
-    def close(self) -> None:
-        """Stop the broadcaster if this object created it."""
-        if self._owns_broadcaster and self.ctx.broadcaster is not None:
-            self.ctx.broadcaster.stop()
+        broadcaster.peer_filter = self._may_announce
+        for msg_type, fn in ((MsgInv, self.on_inv), (MsgGetdata, self.on_getdata),
+                             (MsgBlock, self.on_block), (MsgTx, self.on_tx),
+                             (MsgGetblocks, self.on_getblocks),
+                             (MsgGetaddr, self.on_getaddr), (MsgAddr, self.on_addr)):
+            processor.register(msg_type, fn)
+        processor.add_handshake_listener(self.on_handshake)
+        processor.add_disconnect_listener(self.on_disconnect)
+        chain.add_tip_listener(self.on_tip_changed)
 
     # ------------------------------------------------------------ peer state
     def _sync(self, peer) -> _PeerSync:
@@ -162,7 +143,7 @@ class P2PHandlers:
         """Start catch-up for a peer that is behind us (C++ peers: always from height 1)."""
         sync = self._sync(peer)
         their_height = 0 if sync.is_cpp else max(0, int(peer.start_height))
-        if self.ctx.chainstate is not None and self.ctx.chainstate.height() > their_height:
+        if self.chain is not None and self.chain.height() > their_height:
             self._send_catchup_batch(peer.id, sync, their_height + 1)
 
     def on_disconnect(self, peer, reason: str = "") -> None:
@@ -170,13 +151,12 @@ class P2PHandlers:
             self._peers.pop(peer.id, None)
             for h in [h for h, (pid, _t) in self._in_flight.items() if pid == peer.id]:
                 del self._in_flight[h]
-        self.ctx.tx_relay.peer_disconnected(peer.id)
-        if self.ctx.broadcaster is not None and hasattr(self.ctx.broadcaster, "peer_disconnected"):
-            self.ctx.broadcaster.peer_disconnected(peer.id)
+        self.tx.manager.peer_disconnected(peer.id)
+        self.broadcaster.peer_disconnected(peer.id)
 
     def _send_catchup_batch(self, peer_id: int, sync: _PeerSync, from_height: int) -> None:
         """Announce main-chain hashes ``from_height`` upwards (one ``inv``) or finish."""
-        chain = self.ctx.chainstate
+        chain = self.chain
         hashes = chain.main_chain_hashes(from_height, INV_BATCH) if from_height >= 1 else []
         with self._lock:
             if not hashes:
@@ -186,7 +166,7 @@ class P2PHandlers:
             sync.batch_sent = time.monotonic()
             sync.next_height = from_height + len(hashes)
         msg = MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(h)) for h in hashes])
-        if self.connman.send_message(peer_id, msg):
+        if self.transport.send_message(peer_id, msg):
             logger.info(f"[P2P] Announcing {len(hashes)} block(s) (heights {from_height}.."
                         f"{from_height + len(hashes) - 1}) to peer {peer_id} for catch-up")
         else:
@@ -196,7 +176,7 @@ class P2PHandlers:
 
     def _resume_height(self, sync: _PeerSync) -> int:
         """First main-chain height whose parent the peer is known to have."""
-        chain = self.ctx.chainstate
+        chain = self.chain
         h = min(sync.best_known_height, chain.height())
         while h > 0:
             mh = chain.main_chain_hash_at(h)
@@ -211,14 +191,14 @@ class P2PHandlers:
         catch-up if that block ends the current batch."""
         h = bytes(block_hash)
         sync = self._sync(peer)
-        index = self.ctx.chainstate.get_index(Uint256(h))
+        index = self.chain.get_index(Uint256(h))
         with self._lock:
             sync.known.add(h)
             if index is not None:
                 sync.best_known_height = max(sync.best_known_height, index.height)
             continue_batch = sync.batch_last == h
         if continue_batch:
-            chain = self.ctx.chainstate
+            chain = self.chain
             start = sync.next_height
             prev = chain.main_chain_hash_at(start - 1)
             if prev is None or bytes(prev) != h:   # reorg since the batch was sent
@@ -241,7 +221,7 @@ class P2PHandlers:
                 return False
         if not sync.is_cpp:
             return True
-        index = self.ctx.chainstate.get_index(task.hash)
+        index = self.chain.get_index(task.hash)
         if index is None or index.prev is None:
             return False
         with self._lock:
@@ -263,10 +243,10 @@ class P2PHandlers:
             # the front in O(1) each instead of a full scan per claim.
             self._in_flight.pop(h, None)
             while self._in_flight:
-                _oldest, (_p, t) = next(iter(self._in_flight.items()))
+                _oldest, (_p, t) = self._in_flight.oldest()
                 if now - t < BLOCK_REQUEST_TIMEOUT_S:
                     break
-                self._in_flight.popitem(last=False)
+                self._in_flight.pop_oldest()
             if len(self._in_flight) >= MAX_BLOCKS_IN_FLIGHT:
                 return False
             self._in_flight[h] = (peer_id, now)
@@ -275,9 +255,7 @@ class P2PHandlers:
     def _learned_of(self, h: bytes, now: float) -> None:
         with self._lock:
             if h not in self._first_seen:
-                self._first_seen[h] = now
-                while len(self._first_seen) > 20_000:
-                    self._first_seen.popitem(last=False)
+                self._first_seen.put(h, now)
 
     def in_flight_count(self) -> int:
         with self._lock:
@@ -285,17 +263,14 @@ class P2PHandlers:
 
     def _have_block(self, h: bytes) -> bool:
         """Indexed, or waiting in the orphan pool (its parent is chased separately)."""
-        chain = self.ctx.chainstate
-        orphans = getattr(chain, "orphans", None)
-        return chain.get_index(Uint256(h)) is not None or (orphans is not None
-                                                           and Uint256(h) in orphans)
+        return self.chain.knows_block(Uint256(h))
 
     def _request(self, peer, invs: list[Inv], n_blocks: int) -> None:
         if not invs:
             return
         if n_blocks:
             logger.info(f"[P2P] Requesting {n_blocks} block(s) from peer {peer.id}")
-        if not self.connman.send_message(peer.id, MsgGetdata(invs)):
+        if not self.transport.send_message(peer.id, MsgGetdata(invs)):
             logger.warning(f"[P2P] Could not queue getdata for peer {peer.id}")
             with self._lock:
                 for inv in invs:
@@ -348,15 +323,15 @@ class P2PHandlers:
     def _serve_block(self, peer, h: bytes) -> None:
         sync = self._sync(peer)
         if sync.serve_refused:          # written on this (the handler) thread only
-            if self.connman.queued_bytes(peer.id):
+            if self.transport.queued_bytes(peer.id):
                 return          # reading the block (up to 32 MiB) would only be refused again
             with self._lock:
                 sync.serve_refused = False
-        block = self.ctx.chainstate.get_block(Uint256(h))
+        block = self.chain.get_block(Uint256(h))
         if block is None:
             logger.info(f"[P2P] Peer {peer.id} requested unknown block: {Uint256(h).short()}...")
             return
-        if self.connman.send_message(peer.id, MsgBlock(block)):
+        if self.transport.send_message(peer.id, MsgBlock(block)):
             logger.info(f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
             self._note_has(peer, h)   # after the block is queued: a continuation inv follows it
         else:
@@ -366,7 +341,7 @@ class P2PHandlers:
 
     def on_block(self, peer, msg) -> None:
         """Connect a received block (solicited or not); chase missing parents."""
-        chain = self.ctx.chainstate
+        chain = self.chain
         block = msg.block
         now = time.monotonic()
         h = chain.hash_block(block)
@@ -380,13 +355,14 @@ class P2PHandlers:
             result = chain.process_new_block(block, block_hash=h)
         except StorageError as exc:
             logger.error(f"[P2P] ERROR: Failed to save block from peer {peer.id}")
-            self.ctx.fatal_error(f"cannot store block {h.short()}...: {exc}")
+            if self._on_fatal is not None:
+                self._on_fatal(f"cannot store block {h.short()}...: {exc}")
             return
         finally:
             self._origin.peer_id = None
         self._note_has(peer, hb)
         self._continue_batch(peer, self._sync(peer), result.index)
-        status = _block_status()
+        status = BlockStatus
         if result.status in (status.TIP, status.REORG):
             self._observe_received(result.connected)
             if result.status == status.REORG:
@@ -407,7 +383,7 @@ class P2PHandlers:
         elif result.status == status.INVALID:
             logger.error(f"[P2P] ERROR: Invalid block {h.short()}... from peer {peer.id}: "
                          f"{result.reason}")
-            self.connman.misbehaving(peer.id, INVALID_BLOCK_SCORE, f"invalid block: {result.reason}")
+            self.transport.misbehaving(peer.id, INVALID_BLOCK_SCORE, f"invalid block: {result.reason}")
 
     def _chase_parent(self, peer, missing) -> None:
         """Fetch what connects an orphan from its sender.
@@ -432,8 +408,8 @@ class P2PHandlers:
                 due = now - sync.getblocks_sent >= GETBLOCKS_INTERVAL_S
                 if due:
                     sync.getblocks_sent = now
-            if due and not self.connman.send_message(
-                    peer.id, MsgGetblocks(self.ctx.chainstate.locator())):
+            if due and not self.transport.send_message(
+                    peer.id, MsgGetblocks(self.chain.locator())):
                 logger.warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
             return
         if self._claim_request(parent, peer.id, now):
@@ -457,7 +433,7 @@ class P2PHandlers:
             sync.branch_tip = received
         if sync.batch_end is None:
             return
-        chain = self.ctx.chainstate
+        chain = self.chain
         now = time.monotonic()
         index = chain.get_index(Uint256(sync.batch_end))
         with self._lock:
@@ -468,20 +444,20 @@ class P2PHandlers:
                 index = sync.branch_tip
             sync.batch_end = None
             sync.getblocks_sent = now
-        if not self.connman.send_message(peer.id, MsgGetblocks(chain.locator(index))):
+        if not self.transport.send_message(peer.id, MsgGetblocks(chain.locator(index))):
             logger.warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
 
     def on_getblocks(self, peer, msg) -> None:
         """Announce our main chain after the last block the peer's locator shares with it."""
-        fork = self.ctx.chainstate.locator_fork_height(msg.locator)
+        fork = self.chain.locator_fork_height(msg.locator)
         logger.info(f"[P2P] Peer {peer.id} asked for our chain after height {fork}")
         self._send_catchup_batch(peer.id, self._sync(peer), fork + 1)
 
     def _observe_received(self, connected) -> None:
-        metrics = self.ctx.metrics
+        metrics = self.metrics
         now = time.monotonic()
         for block in connected or ():
-            h = bytes(self.ctx.chainstate.hash_block(block))
+            h = bytes(self.chain.hash_block(block))
             with self._lock:
                 t0 = self._first_seen.pop(h, None)
             if t0 is not None and metrics is not None:
@@ -499,7 +475,7 @@ class P2PHandlers:
                 return
             sync.sent_addr = True
         addrs = []
-        for p in self.connman.peer_manager.handshake_complete_peers():
+        for p in self.transport.peer_manager.handshake_complete_peers():
             if p.inbound or p.id == peer.id:
                 continue
             try:
@@ -507,7 +483,7 @@ class P2PHandlers:
             except ValueError:
                 continue
         if addrs:
-            self.connman.send_message(peer.id, MsgAddr(addrs[:MAX_ADDR_REPLY]))
+            self.transport.send_message(peer.id, MsgAddr(addrs[:MAX_ADDR_REPLY]))
 
     def on_addr(self, peer, msg) -> None:
         """Addresses are only logged: the node dials what it is told (``--connect``/``--addnode``)."""
@@ -519,5 +495,4 @@ class P2PHandlers:
         fixed).  After a reorg or a batch connection only the tip is announced:
         Python peers fetch the rest by their orphan walk, C++ peers by catch-up."""
         origin = getattr(self._origin, "peer_id", None)
-        if self.ctx.broadcaster is not None:
-            self.ctx.broadcaster.broadcast_block(new_tip.hash, exclude_peer=origin)
+        self.broadcaster.broadcast_block(new_tip.hash, exclude_peer=origin)

@@ -1,0 +1,347 @@
+"""Node assembly: builds, starts and stops every component of one node.
+
+The C++ node does all of this inline in ``main()`` (``src/node/dilithion-node.cpp``,
+``cli`` 1.7) with process globals.  Here :class:`NodeAssembly` does it from a
+:class:`NodeConfig` onto one :class:`NodeContext`, in the C++ start-up order
+and with the C++ operator lines, and stops everything in reverse.  The node
+program (:mod:`dilithion.node.dilithion_node`) adds the command line, signals
+and the main loop around it; tests, the readiness lab and the differential
+harness assemble their in-process nodes through the same class.
+
+Wiring happens here and nowhere else: each component gets its neighbours as
+constructor arguments, so the list of ``NodeContext`` fields filled in below is
+the node's whole component graph.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from dilithion.consensus.storage import StorageError
+from dilithion.core.chainparams import ChainParams, params_for
+from dilithion.crypto.randomx_hash import RandomXHasher
+from dilithion.mining.controller import MiningController, default_thread_count
+from dilithion.net.added_nodes import AddedNodes
+from dilithion.net.async_broadcaster import AsyncBroadcaster
+from dilithion.net.block_relay import BlockRelay
+from dilithion.net.dns import parse_peer_entry
+from dilithion.net.net_processing import NetMessageProcessor
+from dilithion.net.connection import TransportConfig, send_timeout_ms_from_env
+from dilithion.net.net_transport import ConnectionManager
+from dilithion.net.tx_relay import TxRelay, TxRelayManager
+from dilithion.node.blockchain_storage import BlockchainDB
+from dilithion.node.chain_loader import load_chain_state
+from dilithion.node.context import NodeContext
+from dilithion.node.mempool import TxMemPool, accept_to_memory_pool
+from dilithion.node.metrics import NodeMetrics
+from dilithion.node.utxo_set import UTXOSet, UTXOStorageError
+from dilithion.crypto.mldsa import KeyPair
+from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
+from dilithion.rpc.server import RPCServer
+
+__all__ = ["NodeConfig", "NodeAssembly", "NodeStartupError", "VERSION", "BANNER_RULE"]
+
+VERSION = "1.0.0"
+BANNER_RULE = "======================================"
+
+
+class NodeStartupError(Exception):
+    """A start-up step failed; ``lines`` go to stderr and the process exits 1."""
+
+    def __init__(self, *lines: str) -> None:
+        super().__init__(lines[0] if lines else "startup failed")
+        self.lines = lines
+
+
+@dataclass
+class NodeConfig:
+    """Everything the command line decides (``NodeConfig`` in the C++), plus the
+    knobs in-process nodes of tests and tools set (ports 0 = any free port)."""
+
+    network: str = "mainnet"
+    datadir: Path | None = None
+    p2p_port: int | None = None       # None: the network's port; 0: any free port
+    rpc_port: int | None = None       # likewise
+    bind: str | None = None
+    rpcbind: str = "127.0.0.1"
+    connect_nodes: list[str] = field(default_factory=list)
+    add_nodes: list[str] = field(default_factory=list)
+    start_mining: bool = False
+    mining_threads: int = 0          # 0 = auto
+    strict: bool = False
+    metrics_port: int | None = None
+    metrics_bind: str = "127.0.0.1"
+    log_level: str | None = None     # None: $DIL_LOG_LEVEL, else INFO
+    quick_start: bool = False
+    #: Run the JSON-RPC server (in-process test nodes may go without).
+    rpc: bool = True
+    #: Keep a UTXO set and a mempool.  Off: a relay-only node that ignores
+    #: transactions, like the C++ node (``net`` 5.5); for tests and tools.
+    coins: bool = True
+    #: Transport limits and timers; None: the defaults with the network's send
+    #: deadline (or ``DIL_SEND_TIMEOUT``).
+    transport: TransportConfig | None = None
+    #: Keyword arguments for the :class:`AsyncBroadcaster` (workers, rate, retries).
+    broadcaster_options: dict = field(default_factory=dict)
+    #: Process-wide collectors (CPU, memory) in the metrics; off for in-process test nodes.
+    process_metrics: bool = True
+
+    @property
+    def params(self) -> ChainParams:
+        return params_for(self.network)
+
+    def apply_defaults(self) -> None:
+        """Fill what the command line left open from the network's parameters."""
+        params = self.params
+        if self.datadir is None:
+            self.datadir = Path.home() / params.data_dir_name
+        self.datadir = Path(self.datadir).expanduser()
+        if self.p2p_port is None:
+            self.p2p_port = params.p2p_port
+        if self.rpc_port is None:
+            self.rpc_port = params.rpc_port
+        if self.bind is None:
+            self.bind = "127.0.0.1" if params.is_regtest() else "0.0.0.0"
+        if self.transport is None:
+            self.transport = TransportConfig(
+                send_timeout_ms=send_timeout_ms_from_env(params.send_timeout_ms))
+
+
+class NodeAssembly:
+    """One node's components: built and started by :meth:`start`, stopped by :meth:`stop`.
+
+    Owned by the thread that calls :meth:`start` and :meth:`stop` (the main
+    thread of the node program, or a test).  ``stop`` may follow a ``start``
+    that failed half-way: it stops whatever was started, newest first.
+    """
+
+    def __init__(self, config: NodeConfig, ctx: NodeContext | None = None) -> None:
+        config.apply_defaults()
+        self.config = config
+        self.ctx = ctx or NodeContext(chain_params=config.params, datadir=config.datadir,
+                                      hasher=None, strict=config.strict)
+        self.mining_key: KeyPair | None = None
+        self._closers: list[tuple[str | None, object]] = []   # (log line, callable), LIFO
+        self._quiet = False
+
+    # ------------------------------------------------------------ start-up
+    def start(self) -> NodeContext:
+        """Every start-up step of ``cli`` 1.7 in order; raises :class:`NodeStartupError`."""
+        self._open_storage()
+        self._start_metrics()
+        self._init_p2p()
+        self._init_wallet_and_miner()
+        self._start_p2p()
+        self._connect_configured_peers()
+        self._start_rpc()
+        self._start_mining()
+        return self.ctx
+
+    def _closer(self, line: str | None, fn) -> None:
+        self._closers.append((line, fn))
+
+    def _open_storage(self) -> None:
+        """Steps 7-12 of ``cli`` 1.7: databases, mempool, RandomX, chain state."""
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing blockchain storage...")
+        try:
+            cfg.datadir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise NodeStartupError(f"Cannot create data directory {cfg.datadir}: "
+                                   f"{exc.strerror or exc}")
+        ctx.metrics = NodeMetrics(process_metrics=cfg.process_metrics)
+        try:
+            ctx.blockchain = BlockchainDB(str(cfg.datadir / "blocks"))
+        except (StorageError, OSError) as exc:
+            raise NodeStartupError("Failed to open blockchain database", f"  {exc}")
+        self._closer("  Closing blockchain database...", ctx.blockchain.close)
+        logger.info("  [OK] Blockchain database opened")
+        if cfg.coins:
+            self._open_coins()
+        logger.info("Initializing RandomX...")
+        ctx.hasher = RandomXHasher.for_key()
+        logger.info("  [OK] RandomX initialized")
+        logger.info("Initializing chain state...")
+        logger.info("Loading genesis block...")
+        try:
+            tip = load_chain_state(ctx)
+        except (StorageError, UTXOStorageError) as exc:
+            raise NodeStartupError("ERROR: Cannot load chain state from database", f"  {exc}")
+        logger.info("  [OK] Chain state initialized")
+        params = ctx.chain_params
+        logger.info(f"  Network: {params.get_network_name()}")
+        logger.info(f"  Genesis hash: {ctx.chainstate.main_chain_hash_at(0).get_hex()}")
+        logger.info(f"  Genesis time: {params.genesis_time}")
+        logger.info("  [OK] Genesis block verified")
+        logger.info(f"  Best block hash: {tip.hash.short()}...")
+        logger.info(f"  [OK] Loaded chain state: {tip.height + 1} blocks (height {tip.height})")
+
+    def _open_coins(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing UTXO set...")
+        try:
+            ctx.utxo_set = UTXOSet(str(cfg.datadir / "chainstate"))
+        except (UTXOStorageError, OSError) as exc:
+            raise NodeStartupError("Failed to open UTXO database", f"  {exc}")
+        self._closer("  Closing UTXO database...", ctx.utxo_set.close)
+        logger.info("  [OK] UTXO set opened")
+        logger.info("Initializing mempool...")
+        ctx.mempool = TxMemPool()
+        logger.info("  [OK] Mempool initialized")
+
+    def _start_metrics(self) -> None:
+        cfg = self.config
+        if cfg.metrics_port is None:
+            return
+        logger.info("Starting metrics server...")
+        try:
+            self.ctx.metrics.serve(cfg.metrics_port, cfg.metrics_bind)
+        except OSError as exc:
+            raise NodeStartupError(f"Failed to start metrics server on port {cfg.metrics_port}",
+                                   f"Error: {exc.strerror or exc}")
+        self._closer("  Stopping metrics server...", self.ctx.metrics.stop)
+        logger.info(f"  [OK] Metrics served on http://{cfg.metrics_bind}:{cfg.metrics_port}/metrics")
+
+    def _init_p2p(self) -> None:
+        """Transport, message processor, broadcaster, tx and block relay, added nodes."""
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing P2P components...")
+        connman = ctx.connman = ConnectionManager(ctx.magic, cfg.transport, listen_host=cfg.bind,
+                                                  listen_port=cfg.p2p_port, metrics=ctx.metrics,
+                                                  on_fatal=ctx.fatal_error)
+        ctx.peer_manager = connman.peer_manager
+        ctx.processor = NetMessageProcessor(connman, metrics=ctx.metrics,
+                                            start_height=ctx.chainstate.height)
+        ctx.tx_relay = TxRelayManager()
+        ctx.broadcaster = AsyncBroadcaster(connman, tx_relay=ctx.tx_relay, metrics=ctx.metrics,
+                                           **cfg.broadcaster_options)
+        tx = TxRelay(connman, ctx.tx_relay, ctx.mempool,
+                     functools.partial(accept_to_memory_pool, ctx), ctx.broadcaster)
+        ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.processor, ctx.broadcaster, tx,
+                                     metrics=ctx.metrics, on_fatal=ctx.fatal_error)
+        ctx.added_nodes = AddedNodes(connman)
+        logger.info("  [OK] P2P components ready (not started)")
+
+    def _init_wallet_and_miner(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing wallet...")
+        existed = (cfg.datadir / MINING_KEY_FILE).exists()
+        if not existed:
+            logger.info("  Generating initial address...")
+        try:
+            self.mining_key = load_or_create_mining_key(cfg.datadir)
+        except MiningKeyError as exc:
+            raise NodeStartupError(f"ERROR: {exc}")
+        if existed:
+            logger.info(f"  [OK] Mining key loaded: {self.mining_key.address()}")
+        else:
+            logger.info(f"  [OK] Initial address: {self.mining_key.address()} "
+                        f"(key saved to {cfg.datadir / MINING_KEY_FILE})")
+        logger.info("Initializing mining controller...")
+        threads = cfg.mining_threads or default_thread_count()
+        ctx.miner = MiningController(ctx, threads, pub_key_hash=self.mining_key.pub_key_hash())
+        self._closer(None, self._stop_miner)
+        logger.info(f"  [OK] Mining controller initialized ({threads} threads)")
+
+    def _stop_miner(self) -> None:
+        if self.ctx.miner is not None and self.ctx.miner.is_mining():
+            if not self._quiet:
+                logger.info("  Stopping mining...")
+            self.ctx.miner.stop()
+
+    def _start_p2p(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        logger.info("Starting P2P networking server...")
+        ctx.processor.start()
+        self._closer(None, ctx.processor.stop)      # after the transport: runs last
+        try:
+            ctx.connman.start()
+        except OSError as exc:
+            raise NodeStartupError(f"Failed to bind P2P socket on port {cfg.p2p_port}",
+                                   f"Error: {exc.strerror or exc}")
+        self._closer("  Stopping P2P server...", self._stop_p2p)
+        ctx.broadcaster.start()
+        logger.info(f"  [OK] P2P server listening on {cfg.bind}:{ctx.connman.listen_port}")
+
+    def _stop_p2p(self) -> None:
+        self.ctx.broadcaster.stop()
+        self.ctx.connman.stop()
+
+    def _connect_configured_peers(self) -> None:
+        """Dial every ``--connect``/``--addnode`` entry once (``cli`` 1.7 step 18)."""
+        cfg = self.config
+        entries = [(e, "connect") for e in cfg.connect_nodes if e.lower() != "none"] + \
+                  [(e, "addnode") for e in cfg.add_nodes]
+        if not entries:
+            if any(e.lower() == "none" for e in cfg.connect_nodes):
+                logger.info("Outbound connections disabled (--connect=none)")
+            else:
+                logger.info("No --connect/--addnode given: listening only (no built-in seeds)")
+            return
+        if cfg.connect_nodes:
+            logger.info("Initiating outbound connections...")
+        for entry, kind in entries:
+            logger.info(f"  {'Connecting to' if kind == 'connect' else 'Adding node'} {entry}...")
+            try:
+                host, port = parse_peer_entry(entry)
+            except ValueError as exc:
+                logger.error(str(exc))
+                continue
+            name = entry.rpartition(":")[0]
+            if name != host:
+                logger.info(f"    Resolved {name} to {host}")
+            self.ctx.added_nodes.add(entry, host, port, kind)
+
+    def _start_rpc(self) -> None:
+        cfg, ctx = self.config, self.ctx
+        if not cfg.rpc:
+            return
+        logger.info("Initializing RPC server...")
+        if cfg.rpcbind not in ("127.0.0.1", "localhost", "::1"):
+            logger.warning(f"RPC listens on {cfg.rpcbind}, not loopback: anyone who can reach "
+                           "it and guess the credentials controls this node")
+        server = RPCServer(ctx, host=cfg.rpcbind, port=cfg.rpc_port)
+        try:
+            server.start()
+        except OSError as exc:
+            raise NodeStartupError(f"Failed to start RPC server on port {cfg.rpc_port}",
+                                   f"Error: {exc.strerror or exc}")
+        ctx.rpc_server = server
+        self._closer("  Stopping RPC server...", server.stop)
+        logger.info(f"  [OK] RPC server listening on {cfg.rpcbind}:{server.port}")
+
+    def _start_mining(self) -> None:
+        cfg, miner = self.config, self.ctx.miner
+        if not cfg.start_mining:
+            return
+        tip = self.ctx.chainstate.tip()
+        logger.info("")
+        logger.info("Starting mining...")
+        logger.info(f"  Building on block height {tip.height}")
+        logger.info(f"  Mining block height {tip.height + 1}")
+        logger.info(f"  Coinbase pays: {self.mining_key.address()}")
+        miner.start()
+        logger.info(f"  [OK] Mining started with {miner.thread_count()} threads")
+
+    # ------------------------------------------------------------ shutdown
+    def stop(self, quiet: bool = False) -> None:
+        """Stop everything that was started, newest first; close the databases last.
+
+        Mining stops first (it feeds the chain and the broadcaster); the closers
+        list is in start-up order, so walking it backwards does the rest.
+        """
+        self._quiet = quiet
+        self.ctx.shutdown_requested.set()
+        self._stop_miner()
+        for line, fn in reversed(self._closers):
+            if line and not quiet:
+                logger.info(line)
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001 - keep closing the rest
+                logger.opt(exception=exc).error(f"Error during shutdown: {exc}")
+        self._closers.clear()
+

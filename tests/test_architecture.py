@@ -1,0 +1,106 @@
+"""The architecture is a checked contract, not a convention.
+
+* the layers of ``.importlinter`` hold (no module imports from a layer above it);
+* every module of the package is placed in a layer (a new module cannot slip by);
+* no two modules import each other, directly or through others (no cycle);
+* no module grows past about 600 lines (split by job before that).
+"""
+from __future__ import annotations
+
+import configparser
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / ".importlinter"
+MAX_MODULE_LINES = 600
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return grimp.build_graph("dilithion", exclude_type_checking_imports=True, cache_dir=None)
+
+
+def layer_modules() -> list[str]:
+    parser = configparser.ConfigParser()
+    parser.read(CONFIG)
+    layers = parser["importlinter:contract:layers"]["layers"]
+    return [name.strip() for line in layers.splitlines() for name in line.replace("|", ":").split(":")
+            if name.strip()]
+
+
+def test_import_linter_layers_contract_is_kept():
+    from importlinter.cli import lint_imports
+
+    assert lint_imports(config_filename=str(CONFIG), no_cache=True) == 0, \
+        "lint-imports reports an upward import (run `lint-imports` for the chain)"
+
+
+def test_every_module_belongs_to_a_layer(graph):
+    layers = layer_modules()
+    unplaced = sorted(m for m in graph.modules
+                      if m != "dilithion" and not any(m == l or m.startswith(l + ".") for l in layers)
+                      and not any(l.startswith(m + ".") for l in layers))
+    assert unplaced == [], f"modules in no layer of .importlinter: {unplaced}"
+
+
+def _cycles(graph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    sys.setrecursionlimit(max(10_000, sys.getrecursionlimit()))
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.find_modules_directly_imported_by(v):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_cycle_between_modules(graph):
+    assert _cycles(graph) == []
+
+
+def test_cycle_detection_finds_a_cycle(tmp_path, monkeypatch):
+    """The check above can fail: two modules importing each other are reported."""
+    pkg = tmp_path / "cyclic_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from cyclic_pkg import b\n")
+    (pkg / "b.py").write_text("from cyclic_pkg import a\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _cycles(grimp.build_graph("cyclic_pkg", cache_dir=None)) == [["cyclic_pkg.a",
+                                                                        "cyclic_pkg.b"]]
+
+
+def test_no_module_over_the_size_limit():
+    sizes = {p.relative_to(REPO).as_posix(): len(p.read_text().splitlines())
+             for p in (REPO / "dilithion").rglob("*.py")}
+    too_big = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert too_big == {}, f"split these by job (limit {MAX_MODULE_LINES} lines): {too_big}"
