@@ -16,7 +16,8 @@ import time
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import MsgVerack, MsgVersion, decode_payload
-from dilithion.net.serialize import MESSAGE_HEADER_SIZE, MessageHeader, NetMessage, calculate_checksum
+from dilithion.net.serialize import (MESSAGE_HEADER_SIZE, MessageHeader, NetMessage,
+                                     calculate_checksum)
 
 REGTEST_MAGIC = ChainParams.regtest().magic
 
