@@ -62,3 +62,38 @@ def test_wait_until_raises_with_the_message():
 
 def _refused() -> bool:
     raise ConnectionRefusedError("nobody listens")
+
+
+@pytest.mark.parametrize("topology, peer_counts", [
+    ("ring", [2, 2, 2, 2]), ("star", [3, 1, 1, 1]), ("mesh", [3, 3, 3, 3])])
+def test_topologies_wire_the_expected_peers(network, topology, peer_counts):
+    nodes = network(4, topology)
+    assert [node.peer_count() for node in nodes] == peer_counts
+    nodes[3].mine(1)
+    sync_blocks(nodes)
+
+
+def test_restart_keeps_the_chain_and_the_log_helpers_see_each_run(network):
+    a, b = network(2)
+    a.mine(2)
+    sync_blocks([a, b])
+    b.disconnect_all()
+    wait_until(lambda: a.peer_count() == 0, message=a.peers)
+    b.restart(["--connect=none"])
+    assert b.height() == 2
+    b.wait_for_log("Node Status: RUNNING")
+    assert b.log_lines(r"\[OK\] Loaded chain state") == b.log_lines(r"\[OK\].*\(height 2\)")
+    assert len(b.log_lines(r"\[OK\] Loaded chain state")) == 1                # this run only
+    assert len(b.log_lines(r"Node Status: RUNNING", all_runs=True)) == 2
+    assert b.metric("chain_height") == 2 and b.metric("no_such_metric") == 0.0
+    b.assert_no_traceback()
+
+
+def test_inprocess_kind_says_what_is_missing_until_it_exists(network):
+    try:
+        import framework.inprocess  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(NotImplementedError, match="inprocess.py"):
+            network(1, kind="inprocess")
+    else:
+        pytest.skip("InProcessNode exists")
