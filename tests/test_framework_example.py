@@ -9,7 +9,7 @@ import pytest
 
 from dilithion.net.protocol import InvType
 
-from framework import TestPeer, sync_blocks, wait_until
+from framework import TestPeer, sync_blocks, sync_heights, wait_until
 
 
 def test_three_nodes_in_a_line_relay_mined_blocks(network):
@@ -76,7 +76,7 @@ def test_topologies_wire_the_expected_peers(network, topology, peer_counts):
 def test_restart_keeps_the_chain_and_the_log_helpers_see_each_run(network):
     a, b = network(2)
     a.mine(2)
-    sync_blocks([a, b])
+    sync_heights([a, b], 2)
     b.disconnect_all()
     wait_until(lambda: a.peer_count() == 0, message=a.peers)
     b.restart(["--connect=none"])
@@ -86,6 +86,9 @@ def test_restart_keeps_the_chain_and_the_log_helpers_see_each_run(network):
     assert len(b.log_lines(r"\[OK\] Loaded chain state")) == 1                # this run only
     assert len(b.log_lines(r"Node Status: RUNNING", all_runs=True)) == 2
     assert b.metric("chain_height") == 2 and b.metric("no_such_metric") == 0.0
+    a.mine(1)                                       # b is alone now: sync fails, saying why
+    with pytest.raises(AssertionError, match=r"(?s)node0: height=3 best=\w+\nnode1: height=2"):
+        sync_blocks([a, b], timeout=1)
     b.assert_no_traceback()
 
 
