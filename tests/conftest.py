@@ -86,3 +86,57 @@ def nodes(tmp_path):
     factory = NodeFactory(tmp_path)
     yield factory
     factory.stop_all()
+
+
+# ---------------------------------------------------------------------------
+# the test framework (tests/framework): nodes, networks, scripted peers
+# ---------------------------------------------------------------------------
+collect_ignore = ["framework"]      # a library; its test_peer.py holds no tests
+
+
+@pytest.fixture
+def framework_nodes(tmp_path):
+    """The per-test ``framework.Nodes`` registry; every node it made is stopped afterwards."""
+    from framework import Nodes
+
+    registry = Nodes(tmp_path)
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def process_node(framework_nodes):
+    """``process_node(name=None, extra_args=(), start=False, **kw)`` -> ``ProcessNode``."""
+    return framework_nodes.process_node
+
+
+@pytest.fixture
+def network(framework_nodes):
+    """``network(n, topology="line", kind="process", **node_kw)`` -> started, wired nodes.
+
+    Topologies: ``line``, ``ring``, ``star`` (hub is node 0), ``mesh``.
+    """
+    return framework_nodes.network
+
+
+@pytest.fixture
+def test_peer():
+    """``test_peer(node, cls=TestPeer, bind_host="127.0.0.1", handshake=True, **handshake_kw)``
+    -> a connected ``TestPeer`` (handshake done unless ``handshake=False``); all closed afterwards."""
+    from framework import TestPeer
+
+    peers = []
+
+    def make(node, cls=TestPeer, bind_host: str = "127.0.0.1", handshake: bool = True,
+             **handshake_kw):
+        peer = cls(bind_host=bind_host)
+        peers.append(peer)
+        host = node.p2p_address.rsplit(":", 1)[0]
+        peer.connect(node.p2p_port, host)
+        if handshake:
+            peer.handshake(**handshake_kw)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.close()

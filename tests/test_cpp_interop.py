@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -30,8 +29,8 @@ import pytest
 from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgInv, MsgVersion
 from dilithion.primitives.block import Block, Uint256
+from framework import RawPeer, free_port
 from p2p_node_util import Node, wait_until
-from p2p_util import RawPeer
 
 CPP_NODE = os.environ.get("DILITHION_CPP_NODE", "")
 if not CPP_NODE or not os.access(CPP_NODE, os.X_OK):
@@ -40,12 +39,6 @@ if not CPP_NODE or not os.access(CPP_NODE, os.X_OK):
 
 pytestmark = pytest.mark.cpp
 TESTNET = ChainParams.testnet()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class CppNode:

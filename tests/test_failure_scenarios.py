@@ -23,8 +23,6 @@ them and what they measured.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import random
 import signal
@@ -33,86 +31,31 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from dilithion.core.chainparams import ChainParams
-from dilithion.crypto.mldsa import KeyPair
 from dilithion.net.protocol import Inv, InvType, MsgGetdata
 from dilithion.rpc.client import RPCClientError
 
-from node_util import NodeProcess, wait_until
-from p2p_util import RawPeer
-
-@functools.lru_cache(maxsize=None)
-def payee(name: str) -> str:
-    """A coinbase address per node (never spent).  One shared payee would make two
-    partitioned nodes mine byte-identical blocks on the same parent within a second,
-    and the "partition" would have no fork at all."""
-    return KeyPair.from_seed(hashlib.sha3_256(name.encode()).digest()).address()
-CONVERGE_S = 60          # generous: the machine is shared and loaded
-
-
-def loopback(node: NodeProcess) -> str:
-    return f"127.0.0.1:{node.p2p_port}"
-
-
-def tips(nodes) -> list[str]:
-    return [node.best_hash() for node in nodes]
-
-
-def converged(nodes) -> bool:
-    return len(set(tips(nodes))) == 1
-
-
-def heights(nodes) -> list[int]:
-    return [node.height() for node in nodes]
-
-
-def peer_count(node: NodeProcess) -> int:
-    return len(node.rpc("getpeerinfo"))
-
-
-def mine(node: NodeProcess, n: int) -> list[str]:
-    """``n`` blocks mined now by ``node`` (RPC ``generatetoaddress``)."""
-    hashes = node.rpc("generatetoaddress", [n, payee(node.name)], timeout=120)
-    assert len(hashes) == n
-    return hashes
-
-
-def no_traceback(node: NodeProcess) -> None:
-    assert "Traceback" not in node.output() + node.errors(), node.describe()
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    """Builds NodeProcesses in ``tmp_path`` and kills every one at the end."""
-    made: list[NodeProcess] = []
-
-    def make(name: str, args=(), env=None) -> NodeProcess:
-        node = NodeProcess(tmp_path, name, list(args), env=env)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.kill()
+from framework import (CONVERGE_TIMEOUT as CONVERGE_S, REGTEST_MAGIC, RawPeer,
+                       best_hashes as tips, converged, heights, wait_until)
+from framework.node import metric_key
 
 
 # ---------------------------------------------------------------------------
 # partition and heal
 # ---------------------------------------------------------------------------
-def test_partition_and_heal_reorganises_the_lighter_side(cluster):
-    a = cluster("A", ["--connect=none"])
-    b = cluster("B")
-    c = cluster("C", ["--connect=none"])            # dials nobody on its own, ever
-    b.extra_args = [f"--connect={loopback(a)}"]
+def test_partition_and_heal_reorganises_the_lighter_side(process_node):
+    a = process_node("A", ["--connect=none"])
+    b = process_node("B")
+    c = process_node("C", ["--connect=none"])       # dials nobody on its own, ever
+    b.extra_args = [f"--connect={a.p2p_address}"]
     line = (a, b, c)
     for node in line:
         node.start()
-    c.rpc("addnode", [loopback(b), "onetry"])
-    assert wait_until(lambda: peer_count(b) == 2 and peer_count(c) == 1, timeout=15), b.describe()
+    c.rpc("addnode", [b.p2p_address, "onetry"])
+    wait_until(lambda: b.peer_count() == 2 and c.peer_count() == 1, timeout=15, message=b.describe)
     assert c.rpc("getaddednodeinfo") == []          # onetry: not a peer to redial
 
-    mine(a, 3)                                      # common history
-    assert wait_until(lambda: converged(line), timeout=CONVERGE_S), heights(line)
+    a.mine(3)                                       # common history
+    wait_until(lambda: converged(line), timeout=CONVERGE_S, message=lambda: heights(line))
     fork_height = a.height()
     assert fork_height == 3
 
@@ -125,20 +68,22 @@ def test_partition_and_heal_reorganises_the_lighter_side(cluster):
         c.rpc("disconnectnode", {"nodeid": outbound_b[0]})
     except RPCClientError as exc:                   # already gone: B's close reached C first
         assert "Node not found" in str(exc)
-    assert wait_until(lambda: peer_count(c) == 0 and peer_count(b) == 1, timeout=10)
+    wait_until(lambda: c.peer_count() == 0 and b.peer_count() == 1, timeout=10)
 
     # Both sides mine; nobody redials across the cut.
-    mine(a, 6)
-    c_branch = mine(c, 3)
-    assert wait_until(lambda: b.height() == fork_height + 6, timeout=CONVERGE_S), heights(line)
+    a.mine(6)
+    c_branch = c.mine(3)
+    wait_until(lambda: b.height() == fork_height + 6, timeout=CONVERGE_S,
+               message=lambda: heights(line))
     time.sleep(2.5)                                 # longer than the 2 s first redial delay
-    assert peer_count(c) == 0 and peer_count(b) == 1
+    assert c.peer_count() == 0 and b.peer_count() == 1
     assert c.height() == fork_height + 3 and c.best_hash() == c_branch[-1]
     assert a.best_hash() == b.best_hash() != c.best_hash()
 
     # Heal.
-    c.rpc("addnode", [loopback(b), "onetry"])
-    assert wait_until(lambda: converged(line), timeout=CONVERGE_S), (heights(line), c.describe())
+    c.rpc("addnode", [b.p2p_address, "onetry"])
+    wait_until(lambda: converged(line), timeout=CONVERGE_S,
+               message=lambda: (heights(line), c.describe()))
     assert c.height() == fork_height + 6
     forks = [t for t in c.rpc("getchaintips") if t["status"] == "valid-fork"]
     assert {"hash": c_branch[-1], "height": fork_height + 3, "branchlen": 3,
@@ -147,42 +92,42 @@ def test_partition_and_heal_reorganises_the_lighter_side(cluster):
     assert "[Chain] Reorganization plan:" in c.output()
     assert c.metric("block_propagation_time_seconds_count", role="receive") >= 6 + 3
     for node in line:
-        no_traceback(node)
+        node.assert_no_traceback()
 
 
 # ---------------------------------------------------------------------------
 # SIGKILL of the relaying middle node
 # ---------------------------------------------------------------------------
-def test_sigkilled_relay_restarts_on_its_datadir_and_the_line_converges(cluster):
-    a = cluster("A", ["--mine", "--threads=1", "--connect=none"])
-    b = cluster("B")
-    c = cluster("C")
-    b.extra_args = [f"--connect={loopback(a)}"]
-    c.extra_args = [f"--addnode={loopback(b)}"]     # C redials B when B comes back
+def test_sigkilled_relay_restarts_on_its_datadir_and_the_line_converges(process_node):
+    a = process_node("A", ["--mine", "--threads=1", "--connect=none"])
+    b = process_node("B")
+    c = process_node("C")
+    b.extra_args = [f"--connect={a.p2p_address}"]
+    c.extra_args = [f"--addnode={b.p2p_address}"]   # C redials B when B comes back
     line = (a, b, c)
     for node in line:
         node.start()
-    assert wait_until(lambda: c.height() >= 10, timeout=CONVERGE_S), heights(line)
+    wait_until(lambda: c.height() >= 10, timeout=CONVERGE_S, message=lambda: heights(line))
 
     b.send_signal(signal.SIGKILL)
     assert b.wait(10) == -signal.SIGKILL
     height_at_kill = c.height()
     # A keeps mining while its only relay is dead; C is cut off.
-    assert wait_until(lambda: a.height() >= height_at_kill + 10, timeout=CONVERGE_S)
+    wait_until(lambda: a.height() >= height_at_kill + 10, timeout=CONVERGE_S)
     assert c.height() <= height_at_kill + 1          # at most a block already in flight
 
     b.start()                                        # same datadir, same port
     assert "Loaded chain state" in b.run_output()
     loaded = [line_ for line_ in b.run_output().splitlines() if "Loaded chain state" in line_]
     assert "height 0)" not in loaded[0], loaded      # the chain survived the kill
-    assert wait_until(lambda: c.height() >= a.height() - 2 >= height_at_kill + 8,
-                      timeout=CONVERGE_S), (heights(line), b.describe())
+    wait_until(lambda: c.height() >= a.height() - 2 >= height_at_kill + 8, timeout=CONVERGE_S,
+               message=lambda: (heights(line), b.describe()))
     a.rpc("stopmining")
-    assert wait_until(lambda: converged(line), timeout=CONVERGE_S), heights(line)
-    assert f"[P2P] Lost connection to {loopback(b)}" in c.output()
-    assert f"[P2P] Reconnecting to {loopback(b)}" in c.output()
+    wait_until(lambda: converged(line), timeout=CONVERGE_S, message=lambda: heights(line))
+    assert f"[P2P] Lost connection to {b.p2p_address}" in c.output()
+    assert f"[P2P] Reconnecting to {b.p2p_address}" in c.output()
     for node in line:
-        no_traceback(node)
+        node.assert_no_traceback()
 
 
 # ---------------------------------------------------------------------------
@@ -195,37 +140,38 @@ def fill_with_block_requests(peer: RawPeer, block_hash_hex: str, requests: int =
         peer.send(MsgGetdata(inv=[item] * 5000))
 
 
-def test_stalled_peer_is_dropped_while_blocks_keep_reaching_a_healthy_peer(cluster):
-    a = cluster("A", ["--connect=none"], env={**os.environ, "DIL_SEND_TIMEOUT": "1000"})
-    healthy = cluster("H")
-    healthy.extra_args = [f"--connect={loopback(a)}"]
+def test_stalled_peer_is_dropped_while_blocks_keep_reaching_a_healthy_peer(process_node):
+    a = process_node("A", ["--connect=none"], env={**os.environ, "DIL_SEND_TIMEOUT": "1000"})
+    healthy = process_node("H")
+    healthy.extra_args = [f"--connect={a.p2p_address}"]
     a.start()
     healthy.start()
-    assert wait_until(lambda: peer_count(a) == 1, timeout=15)
-    tip = mine(a, 5)[-1]
+    wait_until(lambda: a.peer_count() == 1, timeout=15)
+    tip = a.mine(5)[-1]
 
-    stalled = RawPeer(a.p2p_port, ChainParams.regtest().magic, rcvbuf=4096)
+    stalled = RawPeer(a.p2p_port, REGTEST_MAGIC, rcvbuf=4096)
     try:
         stalled.handshake()
-        assert wait_until(lambda: peer_count(a) == 2, timeout=10)
+        wait_until(lambda: a.peer_count() == 2, timeout=10)
         a.rpc("startmining")
         fill_with_block_requests(stalled, tip)
-        assert wait_until(lambda: a.metric("send_timeout_errors_total") >= 1, timeout=20), a.describe()
+        wait_until(lambda: a.metric("send_timeout_errors_total") >= 1, timeout=20,
+                   message=a.describe)
         assert a.metric("peer_disconnections_total", reason="send_timeout") >= 1
         assert "[P2P] send timeout: peer" in a.output()
         # The healthy peer stayed connected and keeps receiving new blocks.
-        assert peer_count(a) == 1
+        assert a.peer_count() == 1
         before = healthy.height()
-        assert wait_until(lambda: healthy.height() >= before + 5, timeout=CONVERGE_S), \
-            (before, healthy.height(), a.height())
+        wait_until(lambda: healthy.height() >= before + 5, timeout=CONVERGE_S,
+                   message=lambda: (before, healthy.height(), a.height()))
         a.rpc("stopmining")
-        assert wait_until(lambda: converged((a, healthy)), timeout=CONVERGE_S)
+        wait_until(lambda: converged((a, healthy)), timeout=CONVERGE_S)
         assert healthy.metric("send_timeout_errors_total") == 0
-        assert peer_count(healthy) == 1
+        assert healthy.peer_count() == 1
     finally:
         stalled.close()
     for node in (a, healthy):
-        no_traceback(node)
+        node.assert_no_traceback()
 
 
 # ---------------------------------------------------------------------------
@@ -245,8 +191,8 @@ def soak_report(nodes, kills: dict[str, int]) -> str:
     """One line per node: height, kills, propagation and failure counters (this run's)."""
     lines = []
     for node in nodes:
-        m = node.metrics()
-        values = {f"{name}{labels.get('role', '')}": m.get((name, tuple(sorted(labels.items()))), 0.0)
+        m = node.metric_samples()
+        values = {f"{name}{labels.get('role', '')}": m.get(metric_key(name, labels), 0.0)
                   for name, labels in SOAK_METRICS}
         disconnects = {dict(labels)["reason"]: v for (name, labels), v in m.items()
                        if name == "peer_disconnections_total"}
@@ -266,16 +212,17 @@ def soak_report(nodes, kills: dict[str, int]) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_soak_five_node_ring_with_random_kills(cluster):
+def test_soak_five_node_ring_with_random_kills(process_node):
     """Metrics are per process run: a node's counters restart when it is killed."""
     names = "ABCDE"
-    nodes = [cluster(name, ["--mine", "--threads=1"] if name in "AC" else []) for name in names]
+    nodes = [process_node(name, ["--mine", "--threads=1"] if name in "AC" else [])
+             for name in names]
     for i, node in enumerate(nodes):                 # ring: each dials the next one
-        node.extra_args += [f"--addnode={loopback(nodes[(i + 1) % len(nodes)])}"]
+        node.extra_args += [f"--addnode={nodes[(i + 1) % len(nodes)].p2p_address}"]
     for node in nodes:
         node.start()
-    assert wait_until(lambda: all(peer_count(n) == 2 for n in nodes), timeout=30), \
-        [peer_count(n) for n in nodes]
+    wait_until(lambda: all(n.peer_count() == 2 for n in nodes), timeout=30,
+               message=lambda: [n.peer_count() for n in nodes])
 
     rng = random.Random(int(os.environ.get("DIL_SOAK_SEED", "1")))
     kills = {node.name: 0 for node in nodes}
@@ -295,14 +242,18 @@ def test_soak_five_node_ring_with_random_kills(cluster):
 
     for node in nodes:
         node.rpc("stopmining")
-    agreed = wait_until(lambda: converged(nodes), timeout=120, interval=1)
+    try:
+        wait_until(lambda: converged(nodes), timeout=120, interval=1)
+        agreed = True
+    except AssertionError:
+        agreed = False                               # reported below, with the metrics
     print(f"soak {SOAK_SECONDS:.0f} s, kills {kills}, converged={agreed} "
           f"tips {[t[:16] for t in tips(nodes)]}\n{soak_report(nodes, kills)}")
     assert agreed, (heights(nodes), tips(nodes))
     assert nodes[0].height() > 100                   # the miners did mine all along
     assert sum(kills.values()) >= int(SOAK_SECONDS // SOAK_KILL_EVERY_S) - 1
     for node in nodes:
-        no_traceback(node)
+        node.assert_no_traceback()
 
 
 # ---------------------------------------------------------------------------
@@ -310,20 +261,20 @@ def test_soak_five_node_ring_with_random_kills(cluster):
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_fork_deeper_than_the_orphan_pool_is_resolved_after_one_more_block(cluster):
+def test_fork_deeper_than_the_orphan_pool_is_resolved_after_one_more_block(process_node):
     """X and Z mine 760 blocks each apart, then connect: equal heights, so no catch-up
     batch. Z mines one more; X learns of it by one ``inv``, cannot connect it, and asks Z
     for its chain with a locator (``getblocks``): a parent-by-parent walk of 761 blocks
     would overflow the 750-block orphan pool and lose the tip."""
-    x = cluster("X", ["--connect=none"])
-    z = cluster("Z", ["--connect=none"])
+    x = process_node("X", ["--connect=none"])
+    z = process_node("Z", ["--connect=none"])
     for node in (x, z):
         node.start()
     with ThreadPoolExecutor(2) as pool:
-        list(pool.map(lambda node: mine(node, 760), (x, z)))
+        list(pool.map(lambda node: node.mine(760), (x, z)))
     assert x.height() == z.height() == 760 and x.best_hash() != z.best_hash()
-    z.rpc("addnode", [loopback(x), "onetry"])
-    assert wait_until(lambda: peer_count(x) == 1, timeout=15)
-    tip = mine(z, 1)[-1]
-    assert wait_until(lambda: x.best_hash() == tip, timeout=120, interval=1), \
-        (x.height(), x.rpc("getchaintips")[:3])
+    z.rpc("addnode", [x.p2p_address, "onetry"])
+    wait_until(lambda: x.peer_count() == 1, timeout=15)
+    tip = z.mine(1)[-1]
+    wait_until(lambda: x.best_hash() == tip, timeout=120, interval=1,
+               message=lambda: (x.height(), x.rpc("getchaintips")[:3]))

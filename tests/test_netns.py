@@ -1,7 +1,7 @@
 """Block propagation between real node processes in separate network namespaces.
 
 Loopback cannot be cut or slowed; veth links between namespaces can
-(``tests/netns_util.py``): two hops, a 64 kbit/s token-bucket link, and a
+(``tests/framework/netns.py``): two hops, a 64 kbit/s token-bucket link, and a
 partition by ``ip link set ... down``. Needs root and iproute2; the module
 skips otherwise. Every namespace and veth is deleted at the end of each test,
 also when it fails.
@@ -13,9 +13,8 @@ import time
 
 import pytest
 
-from netns_util import NetnsLab, in_ns, netns_unavailable_reason
-from node_util import wait_until
-from test_failure_scenarios import CONVERGE_S, converged, heights, mine, no_traceback, peer_count
+from framework import CONVERGE_TIMEOUT as CONVERGE_S, converged, heights, wait_until
+from framework.netns import NetnsLab, in_ns, netns_unavailable_reason
 
 UNAVAILABLE = netns_unavailable_reason()
 if UNAVAILABLE:
@@ -47,21 +46,22 @@ def test_block_crosses_two_hops_between_three_namespaces(lab, tmp_path):
     _, (a, b, c) = chain_of_namespaces(lab, tmp_path, 3, ["--connect=none"])
     for node in (a, b, c):
         node.start()
-    assert wait_until(lambda: peer_count(b) == 2 and peer_count(c) == 1, timeout=20), b.describe()
+    wait_until(lambda: b.peer_count() == 2 and c.peer_count() == 1, timeout=20, message=b.describe)
     # Each node sees its neighbour at the neighbour's namespace address, nothing else.
     assert {p["addr"].rsplit(":", 1)[0] for p in b.rpc("getpeerinfo")} == {a.ns.addr, c.ns.addr}
     assert [p["addr"] for p in c.rpc("getpeerinfo")] == [b.p2p_address]
-    assert peer_count(a) == 1
+    assert a.peer_count() == 1
     # A and C have no route to each other: only B can relay.
     assert in_ns(a.ns.name, "ip", "route", "get", c.ns.addr, check=False).returncode != 0
 
-    hashes = mine(a, 5)
-    assert wait_until(lambda: c.best_hash() == hashes[-1], timeout=CONVERGE_S), heights((a, b, c))
+    hashes = a.mine(5)
+    wait_until(lambda: c.best_hash() == hashes[-1], timeout=CONVERGE_S,
+               message=lambda: heights((a, b, c)))
     assert converged((a, b, c)) and c.height() == 5
     assert b.metric("block_propagation_time_seconds_count", role="announce") >= 1
     assert c.metric("block_propagation_time_seconds_count", role="receive") == 5
     for node in (a, b, c):
-        no_traceback(node)
+        node.assert_no_traceback()
 
 
 def tbf_sent_bytes(ns_name: str, ifname: str) -> int:
@@ -74,20 +74,22 @@ def test_thin_64kbit_link_still_converges(lab, tmp_path):
     (sa, sb), (a, b) = chain_of_namespaces(lab, tmp_path, 2, ["--connect=none"])
     lab.limit_bandwidth(sa, sb)                  # tbf rate 64kbit burst 4kb latency 2s, A -> B
     a.start()
-    hashes = mine(a, 60)                         # B will catch up through the thin link
+    hashes = a.mine(60)                          # B will catch up through the thin link
     b.start()
     started = time.monotonic()
-    assert wait_until(lambda: b.best_hash() == hashes[-1], timeout=CONVERGE_S), heights((a, b))
+    wait_until(lambda: b.best_hash() == hashes[-1], timeout=CONVERGE_S,
+               message=lambda: heights((a, b)))
     catch_up_s = time.monotonic() - started
-    hashes = mine(a, 5)                          # and new blocks still arrive
-    assert wait_until(lambda: b.best_hash() == hashes[-1], timeout=CONVERGE_S), heights((a, b))
+    hashes = a.mine(5)                           # and new blocks still arrive
+    wait_until(lambda: b.best_hash() == hashes[-1], timeout=CONVERGE_S,
+               message=lambda: heights((a, b)))
     ifname = lab.veths[(sa.name, sb.name)]
     sent = tbf_sent_bytes(sa.name, ifname)
     # 65 blocks went through the token bucket: it shaped real traffic.
     assert sent >= 65 * 150, sent
     print(f"\nthin link: 60-block catch-up in {catch_up_s:.1f} s, {sent} bytes through tbf")
     for node in (a, b):
-        no_traceback(node)
+        node.assert_no_traceback()
 
 
 def partition_and_heal(lab: NetnsLab, workdir, outage_s: float, mined_a: int, mined_b: int,
@@ -96,20 +98,20 @@ def partition_and_heal(lab: NetnsLab, workdir, outage_s: float, mined_a: int, mi
     (sa, sb), (a, b) = chain_of_namespaces(lab, workdir, 2, ["--connect=none"])
     a.start()
     b.start()
-    assert wait_until(lambda: peer_count(a) == 1 and peer_count(b) == 1, timeout=20)
-    common = mine(a, 3)
-    assert wait_until(lambda: b.best_hash() == common[-1], timeout=CONVERGE_S)
+    wait_until(lambda: a.peer_count() == 1 and b.peer_count() == 1, timeout=20)
+    common = a.mine(3)
+    wait_until(lambda: b.best_hash() == common[-1], timeout=CONVERGE_S)
 
     lab.set_link(sb, sa, up=False)
     outage_started = time.monotonic()
-    a_branch = mine(a, mined_a)
-    b_branch = mine(b, mined_b)
+    a_branch = a.mine(mined_a)
+    b_branch = b.mine(mined_b)
     time.sleep(max(0.0, outage_s - (time.monotonic() - outage_started)))
     assert a.best_hash() == a_branch[-1] and b.best_hash() == b_branch[-1]   # nothing crossed
 
     lab.set_link(sb, sa, up=True)
-    assert wait_until(lambda: converged((a, b)), timeout=converge_s), \
-        (heights((a, b)), b.describe())
+    wait_until(lambda: converged((a, b)), timeout=converge_s,
+               message=lambda: (heights((a, b)), b.describe()))
     heavier, lighter = (a_branch, b_branch) if mined_a > mined_b else (b_branch, a_branch)
     assert a.best_hash() == heavier[-1] and a.height() == 3 + max(mined_a, mined_b)
     loser = b if mined_a > mined_b else a
@@ -117,7 +119,7 @@ def partition_and_heal(lab: NetnsLab, workdir, outage_s: float, mined_a: int, mi
             "branchlen": min(mined_a, mined_b), "status": "valid-fork"} in loser.rpc("getchaintips")
     assert "[Chain] Reorganization plan:" in loser.output()
     for node in (a, b):
-        no_traceback(node)
+        node.assert_no_traceback()
     return a, b
 
 
@@ -135,7 +137,7 @@ def test_outage_beyond_the_inactivity_timeout_drops_and_redials(lab, tmp_path):
     nodes converge on B's heavier branch."""
     a, b = partition_and_heal(lab, tmp_path, outage_s=310, mined_a=4, mined_b=9,
                               converge_s=CONVERGE_S + 70)     # + the 60 s maximum redial backoff
-    assert wait_until(lambda: peer_count(a) == 1 and peer_count(b) == 1, timeout=30)
+    wait_until(lambda: a.peer_count() == 1 and b.peer_count() == 1, timeout=30)
     assert "inactivity timeout (300 s)" in a.output() + b.output()
     assert f"[P2P] Lost connection to {a.p2p_address}" in b.output()
     assert f"[P2P] Reconnecting to {a.p2p_address}" in b.output()

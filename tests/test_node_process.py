@@ -18,7 +18,7 @@ import pytest
 from dilithion.node.metrics import NodeMetrics
 from dilithion.node.wallet_key import MINING_KEY_FILE
 
-from node_util import NodeProcess, port_is_free, run_node, wait_until
+from framework import ProcessNode, port_is_free, run_node, wait_until
 
 SHUTDOWN_SECONDS = 8
 
@@ -26,9 +26,9 @@ SHUTDOWN_SECONDS = 8
 @pytest.fixture(scope="module")
 def line(tmp_path_factory):
     work = tmp_path_factory.mktemp("line")
-    a = NodeProcess(work, "A", ["--mine", "--threads=1", "--connect=none"])
-    b = NodeProcess(work, "B")
-    c = NodeProcess(work, "C")
+    a = ProcessNode(work, "A", ["--mine", "--threads=1", "--connect=none"])
+    b = ProcessNode(work, "B")
+    c = ProcessNode(work, "C")
     b.extra_args = [f"--connect=127.0.0.1:{a.p2p_port}"]
     c.extra_args = [f"--addnode=localhost:{b.p2p_port}"]     # host name, resolved
     nodes = {"A": a, "B": b, "C": c}
@@ -37,14 +37,15 @@ def line(tmp_path_factory):
         b.start()
         c.start()
         # Let A mine a while, then stop its miner so the three can settle on one tip.
-        assert wait_until(lambda: c.height() >= 15, timeout=60), c.describe() + b.describe()
+        wait_until(lambda: c.height() >= 15, timeout=60,
+                   message=lambda: c.describe() + b.describe())
         assert a.rpc("stopmining") in (True, None)
-        assert wait_until(lambda: a.best_hash() == b.best_hash() == c.best_hash(), timeout=30), \
-            (a.height(), b.height(), c.height())
+        wait_until(lambda: a.best_hash() == b.best_hash() == c.best_hash(), timeout=30,
+                   message=lambda: (a.height(), b.height(), c.height()))
         yield nodes
     finally:
         for node in nodes.values():
-            node.kill()
+            node.stop(check=False)                # the last test stopped them already
 
 
 def test_three_nodes_in_a_line_agree_on_the_best_block(line):
@@ -92,15 +93,15 @@ def test_metrics_endpoint_serves_every_metric_and_values_move(line):
     before = c.metric("blocks_connected_total")
     sent_before = a.metric("bytes_sent_total")
     a.rpc("startmining")
-    assert wait_until(lambda: c.metric("blocks_connected_total") > before, timeout=30)
+    wait_until(lambda: c.metric("blocks_connected_total") > before, timeout=30)
     a.rpc("stopmining")
     assert a.metric("bytes_sent_total") > sent_before
-    assert wait_until(lambda: a.best_hash() == b.best_hash() == c.best_hash(), timeout=30)
+    wait_until(lambda: a.best_hash() == b.best_hash() == c.best_hash(), timeout=30)
 
 
-def test_a_locked_datadir_is_one_clear_error(line, tmp_path):
+def test_a_locked_datadir_is_one_clear_error(line, process_node):
     """A second node on a running node's datadir: LevelDB's lock → message + exit 1."""
-    second = NodeProcess(tmp_path, "second", ["--connect=none"], datadir=line["A"].datadir)
+    second = process_node("second", ["--connect=none"], datadir=line["A"].datadir)
     second.start(wait=False)
     assert second.wait(30) == 1, second.describe()
     assert "Failed to open blockchain database" in second.errors()
@@ -112,10 +113,10 @@ def test_a_locked_datadir_is_one_clear_error(line, tmp_path):
     ("rpc", "Failed to start RPC server on port {port}"),
     ("metrics", "Failed to start metrics server on port {port}"),
 ])
-def test_a_busy_port_is_one_clear_error(line, tmp_path, which, message):
+def test_a_busy_port_is_one_clear_error(line, process_node, which, message):
     """Each listener's port taken by node B: one message on stderr and exit 1."""
     b = line["B"]
-    busy = NodeProcess(tmp_path, "busy", ["--connect=none"])
+    busy = process_node("busy", ["--connect=none"])
     port = {"p2p": b.p2p_port, "rpc": b.rpc_port, "metrics": b.metrics_port}[which]
     setattr(busy, f"{which}_port", port)
     busy.start(wait=False)
@@ -206,10 +207,10 @@ def test_help_prints_usage_and_exits_0(tmp_path):
     assert result.stderr == ""
 
 
-def test_bad_peer_entries_are_reported_and_the_node_keeps_running(tmp_path):
-    node = NodeProcess(tmp_path, "peers", ["--connect=nocolon", "--connect=127.0.0.1:0",
-                                           "--addnode=256.1.1.1:1234"],
-                       env={**os.environ, "DIL_LOG_LEVEL": "DEBUG"})
+def test_bad_peer_entries_are_reported_and_the_node_keeps_running(process_node):
+    node = process_node("peers", ["--connect=nocolon", "--connect=127.0.0.1:0",
+                                  "--addnode=256.1.1.1:1234"],
+                        env={**os.environ, "DIL_LOG_LEVEL": "DEBUG"})
     node.start()
     try:
         errors = node.errors()
@@ -223,7 +224,7 @@ def test_bad_peer_entries_are_reported_and_the_node_keeps_running(tmp_path):
         assert node.wait(SHUTDOWN_SECONDS) == 0
 
 
-def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
+def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path, process_node):
     """Quick start (cli 1.5): regtest, mining, ~/.dilithion-regtest, default ports."""
     from dilithion.core.chainparams import ChainParams
     params = ChainParams.regtest()
@@ -231,7 +232,7 @@ def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
         pytest.skip(f"default regtest ports {params.p2p_port}/{params.rpc_port} are in use")
     home = tmp_path / "home"
     home.mkdir()
-    node = NodeProcess(tmp_path, "quick", explicit_ports=False, datadir=home / params.data_dir_name)
+    node = process_node("quick", explicit_ports=False, datadir=home / params.data_dir_name)
     # Metrics switched on by the environment alone (no flag in quick start).
     node.env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "DIL_LOG_LEVEL": "INFO",
                 "DIL_METRICS_ENABLED": "1", "DIL_METRICS_PORT": str(node.metrics_port)}
@@ -239,7 +240,7 @@ def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
     node.start()
     try:
         assert "quick start = local REGTEST node, mining with 1 thread" in node.output()
-        assert wait_until(lambda: node.height() >= 3, timeout=60)
+        wait_until(lambda: node.height() >= 3, timeout=60)
         info = node.rpc("getmininginfo")
         assert info["mining"] is True and info["threads"] == 1
         assert (home / ".dilithion-regtest" / "blocks").is_dir()
@@ -251,40 +252,33 @@ def test_no_arguments_starts_a_regtest_miner_in_the_home_directory(tmp_path):
         assert node.wait(SHUTDOWN_SECONDS) == 0, node.describe()
 
 
-def test_addnode_peer_is_redialled_after_it_restarts(tmp_path):
+def test_addnode_peer_is_redialled_after_it_restarts(process_node):
     """Also: DIL_P2P_LOG=1 (on B only) shows every message at the default INFO level."""
-    a = NodeProcess(tmp_path, "A", ["--connect=none"])
-    b = NodeProcess(tmp_path, "B", env={**os.environ, "DIL_P2P_LOG": "1"})
+    a = process_node("A", ["--connect=none"])
+    b = process_node("B", env={**os.environ, "DIL_P2P_LOG": "1"})
     b.extra_args = [f"--addnode=127.0.0.1:{a.p2p_port}"]
-    try:
-        a.start()
-        b.start()
-        assert wait_until(lambda: len(b.rpc("getpeerinfo")) == 1, timeout=10)
-        a.send_signal(signal.SIGTERM)
-        assert a.wait(SHUTDOWN_SECONDS) == 0
-        assert wait_until(lambda: len(b.rpc("getpeerinfo")) == 0, timeout=10)
-        a.start()                                     # same port, same datadir
-        assert wait_until(lambda: len(b.rpc("getpeerinfo")) == 1, timeout=20), b.describe()
-        assert wait_until(lambda: len(a.rpc("getpeerinfo")) == 1, timeout=10)
-        assert f"[P2P] Lost connection to 127.0.0.1:{a.p2p_port}" in b.output()
-        assert f"[P2P] Reconnecting to 127.0.0.1:{a.p2p_port}" in b.output()
-        assert "DEBUG: [P2P] recv version" in b.output()
-        assert "DEBUG: [P2P] send verack" in b.output()
-        assert "[P2P] recv " not in a.output() and "DEBUG" not in a.output()
-    finally:
-        a.kill()
-        b.kill()
+    a.start()
+    b.start()
+    wait_until(lambda: len(b.rpc("getpeerinfo")) == 1, timeout=10)
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(SHUTDOWN_SECONDS) == 0
+    wait_until(lambda: len(b.rpc("getpeerinfo")) == 0, timeout=10)
+    a.start()                                     # same port, same datadir
+    wait_until(lambda: len(b.rpc("getpeerinfo")) == 1, timeout=20, message=b.describe)
+    wait_until(lambda: len(a.rpc("getpeerinfo")) == 1, timeout=10)
+    assert f"[P2P] Lost connection to 127.0.0.1:{a.p2p_port}" in b.output()
+    assert f"[P2P] Reconnecting to 127.0.0.1:{a.p2p_port}" in b.output()
+    assert "DEBUG: [P2P] recv version" in b.output()
+    assert "DEBUG: [P2P] send verack" in b.output()
+    assert "[P2P] recv " not in a.output() and "DEBUG" not in a.output()
 
 
-def test_full_disk_stops_the_node_with_one_error_and_loses_nothing(tmp_path, tiny_tmpfs):
+def test_full_disk_stops_the_node_with_one_error_and_loses_nothing(process_node, tiny_tmpfs):
     tiny_disk = tiny_tmpfs("160k")     # a mining regtest node fills it within seconds
-    node = NodeProcess(tmp_path, "full", ["--connect=none", "--mine", "--threads=1"],
-                       datadir=tiny_disk / "dd")
+    node = process_node("full", ["--connect=none", "--mine", "--threads=1"],
+                        datadir=tiny_disk / "dd")
     node.start()
-    try:
-        assert node.wait(90) == 1, node.describe()
-    finally:
-        node.kill()
+    assert node.wait(90) == 1, node.describe()
     err = node.errors()
     assert "FATAL: cannot store mined block" in err and "No space left on device" in err, err
     assert "Traceback" not in err

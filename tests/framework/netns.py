@@ -13,7 +13,7 @@ one address whatever its number of links, only neighbours reach each other (no
 forwarding), and the peer route comes back by itself when a link is set up
 again after ``ip link set ... down``.
 
-``NetnsNode`` is a ``NodeProcess`` started as ``ip netns exec <ns>
+``NetnsNode`` is a ``ProcessNode`` started as ``ip netns exec <ns>
 dilithion-node --bind=<node address> --rpcbind=127.0.0.1 ...``. RPC and metrics
 stay on the namespace's own loopback; the test reaches them from a worker
 thread that entered the namespace with ``setns(2)`` (a network namespace is per
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from node_util import NodeProcess
+from .process_node import ProcessNode
 
 SUBNET_PREFIX = "10.250.0."
 NS_PREFIX = "dilns"                     # every namespace this module creates starts with it
@@ -112,7 +112,7 @@ class NetnsLab:
         self.tag = f"{os.getpid()}x{next(_lab_numbers)}"
         self.namespaces: list[Namespace] = []
         self.veths: dict[tuple[str, str], str] = {}    # (from ns, to ns) -> interface in "from"
-        self.nodes: list[NodeProcess] = []
+        self.nodes: list[ProcessNode] = []
 
     def add_namespace(self) -> Namespace:
         index = len(self.namespaces)
@@ -158,7 +158,7 @@ class NetnsLab:
     def close(self) -> None:
         """Stop the nodes, then delete every namespace (their veths go with them)."""
         for node in self.nodes:
-            node.kill()
+            node.stop(check=False)
         for ns in self.namespaces:
             ns.executor.shutdown(wait=True)
             run_ip("netns", "del", ns.name, check=False)
@@ -167,7 +167,7 @@ class NetnsLab:
         assert not leftovers, f"namespaces not deleted: {leftovers}"
 
 
-class NetnsNode(NodeProcess):
+class NetnsNode(ProcessNode):
     """A ``dilithion-node`` inside a namespace, bound to that namespace's address."""
 
     def __init__(self, ns: Namespace, workdir: Path, extra_args: list[str], env=None) -> None:
@@ -185,7 +185,7 @@ class NetnsNode(NodeProcess):
         return ["ip", "netns", "exec", self.ns.name, *super().command()]
 
     def rpc(self, method: str, params=None, timeout: float = 10.0):
-        return self.ns.call(NodeProcess.rpc, self, method, params, timeout)
+        return self.ns.call(ProcessNode.rpc, self, method, params, timeout)
 
     def metrics_text(self) -> str:
-        return self.ns.call(NodeProcess.metrics_text, self)
+        return self.ns.call(ProcessNode.metrics_text, self)

@@ -1,0 +1,28 @@
+"""The test framework: nodes, wire peers, networks and waiting, in one vocabulary.
+
+Plays the role of Bitcoin Core's ``test/functional/test_framework``. Tests import
+from here; the fixtures ``network``, ``process_node`` and ``test_peer`` in
+``tests/conftest.py`` build on it.
+
+* :class:`TestNode` - the node interface (``ProcessNode``: a real process;
+  ``InProcessNode`` in ``inprocess.py``: the same interface inside pytest);
+* :class:`TestPeer` - a scripted wire peer with a reader thread; ``RawPeer``,
+  ``frame``, ``frame_raw`` for byte-level tests;
+* :func:`wait_until`, :func:`sync_blocks`, :func:`sync_heights` - waiting that
+  fails with the state that matters.
+"""
+from .network import TOPOLOGIES, Nodes, connect_topology
+from .node import TestNode, payee
+from .process_node import NODE_BIN, ProcessNode, run_node
+from .test_peer import TestPeer
+from .util import (CONVERGE_TIMEOUT, best_hashes, chain_states, converged, free_port, heights,
+                   port_is_free, sync_blocks, sync_heights, wait_until)
+from .wire import REGTEST_MAGIC, RawPeer, frame, frame_raw
+
+__all__ = [
+    "CONVERGE_TIMEOUT", "NODE_BIN", "REGTEST_MAGIC", "TOPOLOGIES",
+    "Nodes", "ProcessNode", "RawPeer", "TestNode", "TestPeer",
+    "best_hashes", "chain_states", "connect_topology", "converged", "frame", "frame_raw",
+    "free_port", "heights", "payee", "port_is_free", "run_node", "sync_blocks", "sync_heights",
+    "wait_until",
+]
