@@ -80,8 +80,8 @@ def tiny_tmpfs(tmp_path):
 
 @pytest.fixture
 def nodes(tmp_path):
-    """Transport-only nodes (``p2p_util.NodeFactory``), all stopped after the test."""
-    from p2p_util import NodeFactory
+    """Transport-only nodes (``framework.NodeFactory``), all stopped after the test."""
+    from framework import NodeFactory
 
     factory = NodeFactory(tmp_path)
     yield factory

@@ -11,8 +11,8 @@ import pytest
 from dilithion.consensus.chain import BlockStatus
 from dilithion.net.socket import TokenBucket
 from dilithion.net.protocol import Inv, InvType, MsgInv
-from p2p_node_util import Node, next_commands, raw_peer, regtest_chain, wait_until
-from p2p_util import RawPeer
+from framework import InProcessNode, next_commands, raw_peer, regtest_chain, wait_until
+from framework import RawPeer
 
 BLOCK, TX = InvType.MSG_BLOCK_INV, InvType.MSG_TX_INV
 
@@ -24,7 +24,7 @@ def fake_hash(i: int) -> bytes:
 @pytest.fixture
 def node(tmp_path, request):
     kw = getattr(request, "param", {})
-    n = Node(tmp_path / "n", **kw)
+    n = InProcessNode(tmp_path, "n", coins=False, rpc=False, **kw).start()
     yield n
     n.close()
 
@@ -34,7 +34,7 @@ def node(tmp_path, request):
 RETURNS_AT_ONCE_S = 0.25
 
 
-def fill_send_queue(node: Node, peer_id: int) -> None:
+def fill_send_queue(node: InProcessNode, peer_id: int) -> None:
     """Queue messages for a peer that does not read until the transport refuses
     even the smallest one and the kernel buffers stay full."""
     big = MsgInv([Inv(TX, fake_hash(i)) for i in range(1000)])
@@ -86,7 +86,7 @@ def test_stalled_peer_never_delays_the_others(node):
     assert diag["peers"][stalled_id]["queued_bytes"] > 0
     assert node.metric("block_broadcast_failures_total") == 1
     assert node.metric("peer_broadcast_success_rate") == pytest.approx(0.9)
-    assert node.metric("block_propagation_time_seconds_count", {"role": "announce"}) == 1
+    assert node.metric("block_propagation_time_seconds_count", role="announce") == 1
     assert diag["last_broadcast_latency_s"] < 1.0
     for raw in healthy + [stalled]:
         raw.close()
@@ -135,7 +135,7 @@ def test_300_peers_receive_a_broadcast(node):
         raw.close()
 
 
-@pytest.mark.parametrize("node", [{"broadcaster_kw": {"rate": 5.0, "burst": 2.0}}], indirect=True)
+@pytest.mark.parametrize("node", [{"broadcaster_options": {"rate": 5.0, "burst": 2.0}}], indirect=True)
 def test_per_peer_rate_limit_spaces_announcements(node):
     relaying = raw_peer(node)
     silent = raw_peer(node, relay=False)          # asked for no tx relay
@@ -161,7 +161,7 @@ def test_per_peer_rate_limit_spaces_announcements(node):
 def test_excluded_and_incomplete_peers_get_nothing(node):
     a = raw_peer(node)
     bpeer = raw_peer(node)
-    half = RawPeer(node.port, node.ctx.magic)    # never completes the handshake
+    half = RawPeer(node.p2p_port, node.ctx.magic)    # never completes the handshake
     node.ctx.broadcaster.broadcast_block(fake_hash(5), exclude_peer=node.peer_id_of(a))
     assert bpeer.wait_for("inv").inv == [Inv(BLOCK, fake_hash(5))]
     assert next_commands(a) == []

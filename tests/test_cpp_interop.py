@@ -30,7 +30,7 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgInv, MsgVersion
 from dilithion.primitives.block import Block, Uint256
 from framework import RawPeer, free_port
-from p2p_node_util import Node, wait_until
+from framework import InProcessNode, wait_until
 
 CPP_NODE = os.environ.get("DILITHION_CPP_NODE", "")
 if not CPP_NODE or not os.access(CPP_NODE, os.X_OK):
@@ -96,7 +96,7 @@ def vector_chain(cpp_chain) -> list[tuple[Block, Uint256]]:
 
 @pytest.fixture
 def py_node(tmp_path):
-    node = Node(tmp_path / "py", params=TESTNET)
+    node = InProcessNode(tmp_path, "py", coins=False, rpc=False, params=TESTNET).start()
     yield node
     node.close()
 
@@ -115,7 +115,7 @@ def cpp_factory(tmp_path):
         cpp.stop()
 
 
-def cpp_peers(node: Node) -> list:
+def cpp_peers(node: InProcessNode) -> list:
     return [p for p in node.connman.peer_manager.handshake_complete_peers() if p.is_cpp()]
 
 
@@ -123,7 +123,7 @@ def test_handshake_both_ways_and_cpp_catches_up_the_vector_chain(py_node, cpp_fa
                                                                  vector_chain):
     py_node.load(vector_chain[1:])
     assert py_node.height() == 6
-    cpp = cpp_factory(py_node.port)
+    cpp = cpp_factory(py_node.p2p_port)
     # It dials us (inbound here) ...
     assert wait_until(lambda: any(p.inbound for p in cpp_peers(py_node)), timeout=180), \
         cpp.output()[-3000:]
@@ -166,9 +166,9 @@ def test_python_node_catches_up_from_a_mining_cpp_node(tmp_path, py_node, cpp_fa
     """The C++ mines from scratch with one thread (~3 min per testnet block); we
     connect once it has found a block, and when it announces its next one we
     must fetch it and walk back through its getdata service to its tip."""
-    helper = Node(tmp_path / "listener", params=TESTNET)   # something for --connect to reach
+    helper = InProcessNode(tmp_path, "listener", coins=False, rpc=False, params=TESTNET).start()   # something for --connect to reach
     try:
-        cpp = cpp_factory(helper.port, mine=True)
+        cpp = cpp_factory(helper.p2p_port, mine=True)
         assert cpp.wait_for_line(r"BLOCK FOUND", timeout=900), cpp.output()[-3000:]
         pid = None
         for _ in range(30):

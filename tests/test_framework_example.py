@@ -92,11 +92,14 @@ def test_restart_keeps_the_chain_and_the_log_helpers_see_each_run(network):
     b.assert_no_traceback()
 
 
-def test_inprocess_kind_says_what_is_missing_until_it_exists(network):
-    try:
-        import framework.inprocess  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(NotImplementedError, match="inprocess.py"):
-            network(1, kind="inprocess")
-    else:
-        pytest.skip("InProcessNode exists")
+@pytest.mark.parametrize("kind", ["inprocess", "process"])
+def test_one_test_runs_on_both_node_kinds(network, kind):
+    """The same ten lines drive nodes in this process (assembled by the node's own
+    NodeAssembly) or real ``dilithion-node`` processes."""
+    nodes = network(3, "line", kind=kind)
+    hashes = nodes[0].mine(3)
+    sync_blocks(nodes)
+    assert [node.height() for node in nodes] == [3, 3, 3]
+    assert nodes[2].best_hash() == hashes[-1]
+    assert nodes[2].metric("chain_height") == 3
+    assert nodes[2].log_lines(r"Updated best block to height 3")

@@ -29,7 +29,7 @@ from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_c
 from dilithion.primitives.transaction import OutPoint
 
 from coins_helpers import FEE, p2pkh, spend
-from p2p_node_util import MINER, regtest_chain, wait_until
+from framework import MINER, regtest_chain, wait_until
 
 
 def make_ctx(tmp_path, params: ChainParams, with_utxo: bool = False) -> NodeContext:

@@ -11,7 +11,7 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import MsgInv, MsgPing, MsgVersion
 from dilithion.net.serialize import MAX_MESSAGE_SIZE, ser_compact_size
 
-from p2p_util import RawPeer, frame, frame_raw, metric, wait_until
+from framework import RawPeer, frame, frame_raw, transport_metric, wait_until
 
 MAGIC = ChainParams.regtest().magic
 
@@ -68,7 +68,7 @@ def test_wrong_magic_disconnects_and_bans(setup, logs):
     assert setup.bad.is_closed(3)
     assert wait_until(lambda: setup.cm.peer_manager.is_banned("127.0.0.1"))
     assert _logged_once(logs, f"Misbehaving peer {setup.bad_id}", "wrong magic")
-    assert metric(setup.cm, "peer_misbehaviour_total", reason="wrong magic") == 1
+    assert transport_metric(setup.cm, "peer_misbehaviour_total", reason="wrong magic") == 1
     setup.good_still_served()
     with RawPeer(setup.cm.listen_port, MAGIC) as again:  # the host is refused for a while
         assert again.is_closed(3)
@@ -90,7 +90,7 @@ def test_repeated_bad_checksums_reach_ban_threshold(setup):
     setup.bad.send_raw(bytes(bad) * 10)
     assert setup.bad.is_closed(3)
     assert setup.cm.peer_manager.is_banned("127.0.0.1")
-    assert metric(setup.cm, "peer_disconnections_total", reason="misbehaviour") == 1
+    assert transport_metric(setup.cm, "peer_disconnections_total", reason="misbehaviour") == 1
     setup.good_still_served()
 
 
@@ -107,7 +107,7 @@ def test_payload_over_per_connection_cap_refused_at_header(setup):
     # 64 KiB cap in this fixture: a legal-size (< 32 MiB) but over-cap announcement
     setup.bad.send_raw(frame_raw(MAGIC, "block", b"", size=100_000)[:24] + b"\0" * 1000)
     assert setup.bad.is_closed(3)
-    assert metric(setup.cm, "peer_misbehaviour_total", reason="oversized") == 1
+    assert transport_metric(setup.cm, "peer_misbehaviour_total", reason="oversized") == 1
     setup.good_still_served()
 
 
@@ -115,7 +115,7 @@ def test_truncated_payload_peer_closes_mid_message(setup, logs):
     setup.bad.send_raw(frame(MAGIC, MsgPing(5))[:24 + 3])  # header and 3 of 8 payload bytes
     setup.bad.close()
     assert wait_until(lambda: setup.cm.peer_manager.get_peer(setup.bad_id) is None)
-    assert metric(setup.cm, "peer_misbehaviour_total", reason="truncated message") == 1
+    assert transport_metric(setup.cm, "peer_misbehaviour_total", reason="truncated message") == 1
     assert _logged_once(logs, f"Misbehaving peer {setup.bad_id}", "truncated message")
     setup.good_still_served()
 

@@ -12,7 +12,7 @@ from dilithion.net.protocol import (Inv, MsgBlock, MsgGetaddr, MsgInv, MsgPing, 
                                     MsgVersion)
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 
-from p2p_util import NodeFactory, RawPeer, frame, frame_raw, metric, wait_until
+from framework import NodeFactory, RawPeer, frame, frame_raw, transport_metric, wait_until
 
 MAGIC = ChainParams.regtest().magic
 
@@ -34,7 +34,7 @@ def test_handshake_both_directions(nodes):
         info = cm.peer_info()
         assert sorted(i["inbound"] for i in info) == [False, True]
         assert all(i["handshake"] and i["subver"] == "/DilithionPy:0.1.0/" for i in info)
-        assert metric(cm, "connected_peers_count") == 2
+        assert transport_metric(cm, "connected_peers_count") == 2
 
 
 def test_version_first_and_verack_only_once(nodes):
@@ -137,7 +137,7 @@ def test_connect_refused_is_removed(nodes):
     pid = cm.connect("127.0.0.1", port)
     assert pid is not None
     assert wait_until(lambda: cm.peer_manager.get_peer(pid) is None)
-    assert metric(cm, "socket_errors_total") >= 1
+    assert transport_metric(cm, "socket_errors_total") >= 1
 
 
 def _block_message(size: int) -> MsgBlock:
@@ -169,8 +169,8 @@ def test_slow_reader_is_cut_at_send_deadline_without_delaying_others(nodes):
         assert cm.queued_bytes(slow_id) > 0  # ...and the slow one was still stuck meanwhile
         assert wait_until(lambda: cm.peer_manager.get_peer(slow_id) is None, timeout=5)
         assert 0.5 < time.monotonic() - t_stuck < 3.0
-        assert metric(cm, "send_timeout_errors_total") == 1
-        assert metric(cm, "peer_disconnections_total", reason="send_timeout") == 1
+        assert transport_metric(cm, "send_timeout_errors_total") == 1
+        assert transport_metric(cm, "peer_disconnections_total", reason="send_timeout") == 1
         assert slow.is_closed(5)  # socket really closed (D-20)
         fast.send(MsgPing(99))
         assert fast.wait_for("pong").nonce == 99
@@ -267,7 +267,7 @@ def test_keepalive_ping_and_inactivity_timeout(nodes):
         peers = cm.peer_manager.handshake_complete_peers()
         assert [p.port for p in peers] == [lively_port]
         assert peers[0].ping_time is not None
-        assert metric(cm, "peer_disconnections_total", reason="timeout") == 1
+        assert transport_metric(cm, "peer_disconnections_total", reason="timeout") == 1
 
 
 def test_handshake_timeout(nodes):
@@ -306,7 +306,7 @@ def test_disconnect_api_closes_socket(nodes):
         cm.disconnect(_ids(cm)[0], "test says so")
         assert raw.is_closed(2)
     assert wait_until(lambda: reasons == ["test says so"])
-    assert metric(cm, "peer_disconnections_total", reason="requested") == 1
+    assert transport_metric(cm, "peer_disconnections_total", reason="requested") == 1
 
 
 def test_connect_timeout(nodes):
@@ -389,7 +389,7 @@ def test_internal_error_costs_one_connection_not_the_thread(nodes):
         cm._conns[broken_id].reader.next_message = boom
         broken.send(MsgPing(1))
         assert broken.is_closed(3)
-        assert metric(cm, "peer_disconnections_total", reason="error") == 1
+        assert transport_metric(cm, "peer_disconnections_total", reason="error") == 1
         good.send(MsgPing(2))
         assert good.wait_for("pong").nonce == 2
         assert cm._net_thread.is_alive()

@@ -16,7 +16,7 @@ from dilithion.net.protocol import (MESSAGE_TYPES, Inv, MsgInv, MsgPing, MsgPong
 from dilithion.net.serialize import NetMessage
 from dilithion.net.socket import FrameError, FrameReader, SendQueue, Socket, TokenBucket
 
-from p2p_util import NodeFactory, RawPeer, frame, wait_until
+from framework import NodeFactory, RawPeer, frame, wait_until
 
 MAGIC = ChainParams.regtest().magic
 

@@ -8,7 +8,7 @@ import pytest
 from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import Inv, Message, MsgInv
 
-from p2p_util import RawPeer, frame, wait_until
+from framework import RawPeer, frame, wait_until
 
 MAGIC = ChainParams.regtest().magic
 

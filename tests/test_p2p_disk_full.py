@@ -7,13 +7,13 @@ import pytest
 
 from dilithion.net.protocol import MsgBlock
 from dilithion.node.init import NodeStartupError
-from p2p_node_util import Node, raw_peer, regtest_chain, wait_until
+from framework import InProcessNode, raw_peer, regtest_chain, wait_until
 
 
 def test_full_disk_while_receiving_blocks_stops_the_node_cleanly(tiny_tmpfs):
     disk = tiny_tmpfs("96k")
     chain = regtest_chain(300)       # the session chain the sync tests mine anyway
-    node = Node(disk / "node")
+    node = InProcessNode(disk, "node", coins=False, rpc=False).start()
     try:
         peer = raw_peer(node)
         for block, _ in chain[1:]:
@@ -29,11 +29,11 @@ def test_full_disk_while_receiving_blocks_stops_the_node_cleanly(tiny_tmpfs):
         node.close()
     # Still full: reopening is refused with the same clear reason.
     with pytest.raises(NodeStartupError) as refused:
-        Node(disk / "node")
+        InProcessNode(disk, "node", coins=False, rpc=False).start()
     assert "disk full" in "\n".join(refused.value.lines)
     # With room again the datadir reopens at the last block the node reported connected.
     subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
-    reopened = Node(disk / "node")
+    reopened = InProcessNode(disk, "node", coins=False, rpc=False).start()
     try:
         assert reopened.height() == stored_height and reopened.chain.tip().hash == stored_tip
         assert stored_tip == chain[stored_height][1]

@@ -14,7 +14,7 @@ from dilithion.net.tx_relay import TxRelayManager
 from dilithion.node.mempool import accept_to_memory_pool
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 from coins_helpers import FEE, p2pkh, spend
-from p2p_node_util import MINER, Node, next_commands, raw_peer, regtest_chain, wait_until
+from framework import MINER, InProcessNode, next_commands, raw_peer, regtest_chain, wait_until
 
 TX = InvType.MSG_TX_INV
 RECIPIENT = KeyPair.from_seed(b"\x07" * 32)
@@ -24,10 +24,10 @@ MATURE_TIP = 101
 
 @pytest.fixture
 def nodes(tmp_path):
-    made: list[Node] = []
+    made: list[InProcessNode] = []
 
-    def make(name: str, with_mempool: bool = True, **kw) -> Node:
-        node = Node(tmp_path / name, with_mempool=with_mempool, **kw)
+    def make(name: str, with_mempool: bool = True, **kw) -> InProcessNode:
+        node = InProcessNode(tmp_path, name, rpc=False, coins=with_mempool, **kw).start()
         if with_mempool:
             node.load(regtest_chain(MATURE_TIP))
         made.append(node)
@@ -38,7 +38,7 @@ def nodes(tmp_path):
         node.close()
 
 
-def spend_coinbase(node: Node, height: int) -> Transaction:
+def spend_coinbase(node: InProcessNode, height: int) -> Transaction:
     """A valid signed transaction spending the miner's coinbase at ``height``."""
     block = regtest_chain(height)[height][0]
     outpoint = OutPoint(block_transactions(block)[0].get_hash(), 0)
@@ -49,8 +49,8 @@ def spend_coinbase(node: Node, height: int) -> Transaction:
 
 def test_tx_relays_a_to_b_to_c(nodes):
     a, b, c = nodes("a"), nodes("b"), nodes("c")
-    a.connect_to(b)
-    b.connect_to(c)
+    a.dial(b)
+    b.dial(c)
     tx = spend_coinbase(a, 1)
     txid = accept_to_memory_pool(a.ctx, tx)
     a.ctx.broadcaster.broadcast_tx(txid)

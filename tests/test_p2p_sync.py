@@ -16,17 +16,17 @@ from dilithion.primitives.block import Block, BlockHeader
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import mine_block, mine_chain
-from p2p_node_util import REGTEST, Node, next_commands, raw_peer, regtest_chain, wait_until
+from framework import REGTEST, InProcessNode, next_commands, raw_peer, regtest_chain, wait_until
 
 BLOCK = InvType.MSG_BLOCK_INV
 
 
 @pytest.fixture
 def nodes(tmp_path):
-    made: list[Node] = []
+    made: list[InProcessNode] = []
 
-    def make(name: str, **kw) -> Node:
-        node = Node(tmp_path / name, **kw)
+    def make(name: str, **kw) -> InProcessNode:
+        node = InProcessNode(tmp_path, name, coins=False, rpc=False, **kw).start()
         made.append(node)
         return node
 
@@ -42,14 +42,13 @@ def test_fresh_node_catches_up_300_blocks(nodes):
     server.load(chain)
     fresh = nodes("fresh")
     started = time.monotonic()
-    fresh.connect_to(server)
+    fresh.dial(server)
     assert wait_until(lambda: fresh.height() == 300, timeout=60), fresh.height()
     elapsed = time.monotonic() - started
     assert fresh.chain.tip().hash == chain[300][1]
     assert elapsed < 60
     # Every block was learned from an inv and timed until connected.
-    assert wait_until(lambda: fresh.metric("block_propagation_time_seconds_count",
-                                           {"role": "receive"}) == 300)
+    assert wait_until(lambda: fresh.metric("block_propagation_time_seconds_count", role="receive") == 300)
     # Nothing is left waiting.
     assert fresh.ctx.block_relay.in_flight_count() == 0
 
@@ -125,8 +124,7 @@ def test_unknown_block_inv_is_fetched_once_and_known_ones_are_not_echoed(nodes):
     got = next_commands(peer)
     assert got == [("getdata", MsgGetdata([Inv(BLOCK, unknown)]))]   # no block echo (net D-14)
     peer.send(MsgBlock(chain[2][0]))
-    assert wait_until(lambda: node.metric("block_propagation_time_seconds_count",
-                                          {"role": "receive"}) == 1)
+    assert wait_until(lambda: node.metric("block_propagation_time_seconds_count", role="receive") == 1)
     assert node.height() == 2
     peer.close()
 
@@ -205,17 +203,16 @@ def test_invalid_block_gets_the_sender_banned(nodes):
 # --------------------------------------------------------------------------- relay
 def test_block_entering_at_a_reaches_c_through_b(nodes):
     a, b, c = nodes("a"), nodes("b"), nodes("c")
-    a.connect_to(b)
-    b.connect_to(c)
+    a.dial(b)
+    b.dial(c)
     chain = regtest_chain(3)
     for height in (1, 2, 3):
         a.load(chain[height:height + 1])           # as if A had mined it
         assert wait_until(lambda: c.height() == height, timeout=10), (height, c.height())
     assert c.chain.tip().hash == chain[3][1]
-    assert wait_until(lambda: c.metric("block_propagation_time_seconds_count",
-                                       {"role": "receive"}) == 3)
-    assert b.metric("block_propagation_time_seconds_count", {"role": "announce"}) >= 3
-    assert a.metric("block_propagation_time_seconds_count", {"role": "announce"}) == 3
+    assert wait_until(lambda: c.metric("block_propagation_time_seconds_count", role="receive") == 3)
+    assert b.metric("block_propagation_time_seconds_count", role="announce") >= 3
+    assert a.metric("block_propagation_time_seconds_count", role="announce") == 3
 
 
 def test_received_block_is_not_announced_back_to_its_sender(nodes):
@@ -270,7 +267,7 @@ def test_a_fork_deeper_than_the_orphan_pool_heals_between_python_nodes(nodes):
     b.load(genesis + light)
     b.chain.orphans.max_blocks = 8           # far shallower than the 36-block fork
     assert b.height() == 30 and a.height() == 36
-    b.connect_to(a)
+    b.dial(a)
     assert wait_until(lambda: b.chain.tip().hash == heavy[-1][1], timeout=30), b.height()
     # The old branch is still known, as a side branch.
     assert ("valid-fork", 30) in {(status, index.height) for index, _, status in b.chain.chain_tips()}
@@ -295,5 +292,5 @@ def test_fork_heals_when_batches_end_on_blocks_we_never_request(nodes, monkeypat
     a.load(genesis + heavy)
     b.load(genesis + light)
     b.chain.orphans.max_blocks = 6
-    b.connect_to(a)
+    b.dial(a)
     assert wait_until(lambda: b.chain.tip().hash == heavy[-1][1], timeout=40), b.height()

@@ -14,7 +14,7 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import MsgPing
 
-from p2p_util import RawPeer, wait_until
+from framework import RawPeer, wait_until
 
 REGTEST = ChainParams.regtest()
 
@@ -96,9 +96,9 @@ def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
 
     from dilithion.net.protocol import Inv, InvType, MsgInv
     from dilithion.net.block_relay import MAX_BLOCKS_IN_FLIGHT
-    from p2p_node_util import Node, raw_peer
+    from framework import InProcessNode, raw_peer
 
-    node = Node(tmp_path / "n")
+    node = InProcessNode(tmp_path, "n", coins=False, rpc=False).start()
     try:
         peer = raw_peer(node)
         invs = [Inv(InvType.MSG_BLOCK_INV, os.urandom(32)) for _ in range(50_000)]
@@ -123,7 +123,7 @@ def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path
     grew with every such race.  The trace hook closes the peer right after the
     worker's snapshot and waits for ``on_disconnect``."""
     from dilithion.net.async_broadcaster import AsyncBroadcaster
-    from p2p_node_util import Node, raw_peer, regtest_chain
+    from framework import InProcessNode, raw_peer, regtest_chain
 
     snapshot_line = _line_after(AsyncBroadcaster._eligible_peers, "handshake_complete_peers()")
     code = AsyncBroadcaster._eligible_peers.__code__
@@ -145,7 +145,7 @@ def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path
     blocks = regtest_chain(1)
     threading.settrace(tracer)
     try:
-        node = Node(tmp_path / "n")
+        node = InProcessNode(tmp_path, "n", coins=False, rpc=False).start()
     finally:
         threading.settrace(None)
     try:
@@ -173,9 +173,9 @@ def test_tx_inv_flood_cannot_grow_the_relay_tables_without_bound(tmp_path):
 
     from dilithion.net.protocol import Inv, InvType, MsgInv
     from dilithion.net.tx_relay import TxRelayManager
-    from p2p_node_util import Node, raw_peer
+    from framework import InProcessNode, raw_peer
 
-    node = Node(tmp_path / "n", with_mempool=True)
+    node = InProcessNode(tmp_path, "n", rpc=False, coins=True).start()
     try:
         peer = raw_peer(node)
         for _ in range(5):
@@ -198,7 +198,7 @@ def _big_block_on_genesis(vtx_size: int):
     from dilithion.consensus.pow import check_proof_of_work
     from dilithion.crypto.randomx_hash import RandomXHasher
     from dilithion.primitives.block import Block, BlockHeader, Uint256
-    from p2p_node_util import regtest_chain
+    from framework import regtest_chain
 
     hasher = RandomXHasher.for_key()
     _genesis, genesis_hash = regtest_chain(0)[0]
@@ -218,10 +218,10 @@ def test_getdata_for_a_big_block_stops_reading_once_the_send_queue_refuses(tmp_p
     requester read nothing.  After a refusal the node now reads no more blocks
     for that peer until its send queue has drained."""
     from dilithion.net.protocol import Inv, InvType, MsgGetdata
-    from p2p_node_util import Node, raw_peer
+    from framework import InProcessNode, raw_peer
 
     block, h = _big_block_on_genesis(2 * 1024 * 1024)
-    node = Node(tmp_path / "n")
+    node = InProcessNode(tmp_path, "n", coins=False, rpc=False).start()
     try:
         node.chain.process_new_block(block, block_hash=h)
         hog = raw_peer(node, rcvbuf=4096)          # asks, never reads
@@ -245,7 +245,7 @@ from loguru import logger
 warnings = []
 logger.remove()
 logger.add(lambda m: warnings.append(1), level="WARNING")
-from p2p_util import NodeFactory
+from framework import NodeFactory
 import pathlib, tempfile
 factory = NodeFactory(pathlib.Path(tempfile.mkdtemp()))
 cm = factory()

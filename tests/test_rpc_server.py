@@ -29,7 +29,7 @@ from dilithion.rpc.ratelimiter import RateLimiter
 from dilithion.rpc.server import RPCServer
 
 from coins_helpers import FEE, p2pkh, spend
-from p2p_node_util import MINER, REGTEST, Node, regtest_chain, wait_until
+from framework import MINER, REGTEST, InProcessNode, regtest_chain, wait_until
 
 
 # -- raw HTTP helpers (independent of dilithion-cli) ---------------------------------------
@@ -115,7 +115,7 @@ def chain10():
 @pytest.fixture
 def node(tmp_path, chain10):
     """A full in-process node (LevelDB chain, UTXO set, mempool, P2P) with 10 mined blocks."""
-    n = Node(tmp_path / "node", with_mempool=True)
+    n = InProcessNode(tmp_path, "node", rpc=False, coins=True).start()
     n.load(chain10)
     server, rpc = start_server(n.ctx)
     yield n, rpc
@@ -522,7 +522,7 @@ def test_chain_name_per_network(tmp_path):
 # -- mempool and transactions ------------------------------------------------------------------------
 def test_sendrawtransaction_validates_pools_and_announces(tmp_path):
     chain = regtest_chain(100)                   # block 1's coinbase is mature at tip 100
-    n = Node(tmp_path / "node", with_mempool=True)
+    n = InProcessNode(tmp_path, "node", rpc=False, coins=True).start()
     n.load(chain)
     server, rpc = start_server(n.ctx)
     try:
@@ -568,19 +568,19 @@ def test_sendrawtransaction_validates_pools_and_announces(tmp_path):
 # -- P2P methods ----------------------------------------------------------------------------------
 def test_peer_methods_with_two_nodes(node, tmp_path):
     n, rpc = node
-    other = Node(tmp_path / "other")
+    other = InProcessNode(tmp_path, "other", coins=False, rpc=False).start()
     try:
         assert rpc.result("getpeerinfo") == []
-        assert rpc.result("addnode", [f"127.0.0.1:{other.port}", "onetry"]) is None
+        assert rpc.result("addnode", [f"127.0.0.1:{other.p2p_port}", "onetry"]) is None
         assert wait_until(lambda: any(p["handshake"] for p in rpc.result("getpeerinfo")), 5)
         peers = rpc.result("getpeerinfo")
-        assert peers[0]["addr"] == f"127.0.0.1:{other.port}"
+        assert peers[0]["addr"] == f"127.0.0.1:{other.p2p_port}"
         assert rpc.result("getnetworkinfo")["connections"] == 1
         assert isinstance(rpc.result("getbroadcastinfo")["queue_depth"], int)
-        assert rpc.result("disconnectnode", {"address": f"127.0.0.1:{other.port}"}) is None
+        assert rpc.result("disconnectnode", {"address": f"127.0.0.1:{other.p2p_port}"}) is None
         assert wait_until(lambda: rpc.result("getpeerinfo") == [], 5)
 
-        rpc.result("addnode", {"node": f"127.0.0.1:{other.port}"})         # command add
+        rpc.result("addnode", {"node": f"127.0.0.1:{other.p2p_port}"})         # command add
         assert wait_until(lambda: len(rpc.result("getpeerinfo")) == 1, 5)
         peer_id = rpc.result("getpeerinfo")[0]["id"]
         assert rpc.error("disconnectnode", {"nodeid": peer_id + 100}) == (
@@ -593,15 +593,15 @@ def test_peer_methods_with_two_nodes(node, tmp_path):
         assert wait_until(lambda: any(p["handshake"] for p in rpc.result("getpeerinfo")), 5)
         n.ctx.added_nodes.maintain()
         assert rpc.result("getaddednodeinfo") == [
-            {"addednode": f"127.0.0.1:{other.port}", "connected": True,
+            {"addednode": f"127.0.0.1:{other.p2p_port}", "connected": True,
              "peer_id": rpc.result("getpeerinfo")[0]["id"]}]
         # remove: disconnected and forgotten, so never redialled.
-        rpc.result("addnode", [f"127.0.0.1:{other.port}", "remove"])
+        rpc.result("addnode", [f"127.0.0.1:{other.p2p_port}", "remove"])
         assert wait_until(lambda: rpc.result("getpeerinfo") == [], 5)
         n.ctx.added_nodes.maintain(now=time.monotonic() + 600)
         time.sleep(0.3)
         assert rpc.result("getpeerinfo") == [] and rpc.result("getaddednodeinfo") == []
-        assert rpc.error("addnode", [f"127.0.0.1:{other.port}", "remove"])[0] == -29
+        assert rpc.error("addnode", [f"127.0.0.1:{other.p2p_port}", "remove"])[0] == -29
     finally:
         other.close()
 

@@ -27,10 +27,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from loguru import logger  # noqa: E402
 
 from dilithion.net.protocol import Inv, InvType, MsgInv  # noqa: E402
-from p2p_node_util import Node, raw_peer  # noqa: E402
+from framework import InProcessNode, raw_peer  # noqa: E402
 
 
-def fill(node: Node, peer_id: int) -> None:
+def fill(node: InProcessNode, peer_id: int) -> None:
     big = MsgInv([Inv(InvType.MSG_TX_INV, i.to_bytes(32, "little")) for i in range(1000)])
     small = MsgInv([Inv(InvType.MSG_TX_INV, bytes(32))])
     for _ in range(50):
@@ -62,8 +62,8 @@ def wait_all(sel: selectors.BaseSelector, peers: list, needle: bytes, timeout: f
 
 def bench_fanout(tmp: Path, n_peers: int, n_stalled: int, rounds: int) -> dict:
     # A long send deadline keeps the stalled peers connected (and stalled) for the whole run.
-    node = Node(tmp / "fanout", max_peers=n_peers + 5, send_queue_cap=1 << 20,
-                send_timeout_ms=600_000)
+    node = InProcessNode(tmp, "fanout", coins=False, rpc=False, max_peers=n_peers + 5,
+                         send_queue_cap=1 << 20, send_timeout_ms=600_000).start()
     try:
         healthy = [raw_peer(node) for _ in range(n_peers - n_stalled)]
         stalled = [raw_peer(node, rcvbuf=4096) for _ in range(n_stalled)]
@@ -95,7 +95,7 @@ def bench_fanout(tmp: Path, n_peers: int, n_stalled: int, rounds: int) -> dict:
 
 
 def bench_one_connection(tmp: Path, messages: int) -> float:
-    node = Node(tmp / "pipe")
+    node = InProcessNode(tmp, "pipe", coins=False, rpc=False).start()
     try:
         raw = raw_peer(node)
         pid = node.peer_id_of(raw)

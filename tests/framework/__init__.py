@@ -5,23 +5,30 @@ from here; the fixtures ``network``, ``process_node`` and ``test_peer`` in
 ``tests/conftest.py`` build on it.
 
 * :class:`TestNode` - the node interface (``ProcessNode``: a real process;
-  ``InProcessNode`` in ``inprocess.py``: the same interface inside pytest);
+  ``InProcessNode``: the same interface inside pytest, assembled by the same
+  ``NodeAssembly`` as the program, with direct access to its components);
+* :class:`NodeFactory` - transport-only nodes for the P2P transport tests;
+* :func:`regtest_chain` - a real regtest chain mined once per session;
 * :class:`TestPeer` - a scripted wire peer with a reader thread; ``RawPeer``,
   ``frame``, ``frame_raw`` for byte-level tests;
 * :func:`wait_until`, :func:`sync_blocks`, :func:`sync_heights` - waiting that
   fails with the state that matters.
 """
+from .chains import MINER, REGTEST, regtest_chain
+from .inprocess import InProcessNode, next_commands, raw_peer
 from .network import TOPOLOGIES, Nodes, connect_topology
 from .node import TestNode, payee
 from .process_node import NODE_BIN, ProcessNode, run_node
 from .test_peer import TestPeer
+from .transport import NodeFactory, transport_metric
 from .util import (CONVERGE_TIMEOUT, best_hashes, chain_states, converged, free_port, heights,
                    port_is_free, sync_blocks, sync_heights, wait_until)
 from .wire import REGTEST_MAGIC, RawPeer, frame, frame_raw
 
 __all__ = [
-    "CONVERGE_TIMEOUT", "NODE_BIN", "REGTEST_MAGIC", "TOPOLOGIES",
-    "Nodes", "ProcessNode", "RawPeer", "TestNode", "TestPeer",
+    "CONVERGE_TIMEOUT", "MINER", "NODE_BIN", "REGTEST", "REGTEST_MAGIC", "TOPOLOGIES",
+    "InProcessNode", "NodeFactory", "Nodes", "ProcessNode", "RawPeer", "TestNode", "TestPeer",
+    "next_commands", "raw_peer", "regtest_chain", "transport_metric",
     "best_hashes", "chain_states", "connect_topology", "converged", "frame", "frame_raw",
     "free_port", "heights", "payee", "port_is_free", "run_node", "sync_blocks", "sync_heights",
     "wait_until",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from .inprocess import InProcessNode
 from .node import TestNode
 from .process_node import ProcessNode
 
@@ -46,19 +47,6 @@ def connect_topology(nodes: list[TestNode], topology: str = "line") -> None:
         nodes[i].connect_to(nodes[j])
 
 
-def inprocess_node_class():
-    """``InProcessNode`` from ``framework/inprocess.py``, imported only when asked for,
-    so process-only test runs never load the in-process node stack."""
-    try:
-        from .inprocess import InProcessNode
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.inprocess":
-            raise
-        raise NotImplementedError("kind='inprocess' needs tests/framework/inprocess.py "
-                                  "(InProcessNode), which does not exist yet") from None
-    return InProcessNode
-
-
 class Nodes:
     """Builds nodes in one work directory and shuts every one of them down in ``close``."""
 
@@ -77,8 +65,8 @@ class Nodes:
         return node.start() if start else node
 
     def inprocess_node(self, name: str | None = None, extra_args=(), start: bool = False,
-                       **kw) -> TestNode:
-        node = inprocess_node_class()(self.workdir, self._name(name), list(extra_args), **kw)
+                       **kw) -> InProcessNode:
+        node = InProcessNode(self.workdir, self._name(name), list(extra_args), **kw)
         self.made.append(node)
         return node.start() if start else node
 

@@ -5,7 +5,7 @@ log. So everything that can be phrased that way (height, best hash, mining,
 peers, metrics by name and labels, waiting for log lines) is written once here
 on top of four primitives a node kind must provide:
 
-* ``rpc(method, params=None, timeout=10.0)`` - one JSON-RPC call;
+* ``rpc_port`` - where its JSON-RPC server listens (``rpc()`` is written here);
 * ``metric_samples()`` - ``{(sample name, sorted label items): value}``;
 * ``log_text(all_runs=False)`` - what the node logged;
 * ``start()`` / ``stop()`` / ``kill()`` / ``is_running()`` - the lifecycle.
@@ -19,7 +19,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from dilithion.crypto.mldsa import KeyPair
-from dilithion.rpc.client import RPCCallError
+from dilithion.rpc.auth import read_cookie
+from dilithion.rpc.client import RPCCallError, RPCClient
 
 from .util import wait_until
 
@@ -52,6 +53,7 @@ class TestNode(ABC):
     name: str
     datadir: Path
     p2p_port: int
+    rpc_port: int
     #: command-line style flags for the next ``start()`` (``restart`` replaces them)
     extra_args: list[str]
 
@@ -71,9 +73,13 @@ class TestNode(ABC):
     @abstractmethod
     def is_running(self) -> bool: ...
 
-    @abstractmethod
     def rpc(self, method: str, params=None, timeout: float = 10.0):
-        """One JSON-RPC call; errors raise ``dilithion.rpc.client.RPCClientError``."""
+        """One JSON-RPC call on ``127.0.0.1:<rpc_port>`` with the datadir's cookie, as
+        ``dilithion-cli`` makes it; errors raise ``dilithion.rpc.client.RPCClientError``."""
+        cookie = read_cookie(self.datadir)
+        user, password = cookie if cookie else (None, None)
+        return RPCClient("127.0.0.1", self.rpc_port, user, password, timeout=timeout,
+                         max_request_bytes=None).call(method, params)
 
     @abstractmethod
     def metric_samples(self) -> dict[MetricKey, float]:

@@ -17,9 +17,6 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dilithion.rpc.auth import read_cookie
-from dilithion.rpc.client import RPCClient
-
 from .node import MetricKey, TestNode, metric_key
 from .util import free_port, wait_until
 
@@ -176,12 +173,6 @@ class ProcessNode(TestNode):
                 f"--- stderr (tail) ---\n{self.errors()[-3000:]}")
 
     # ---- queries ------------------------------------------------------------------
-    def rpc(self, method: str, params=None, timeout: float = 10.0):
-        cookie = read_cookie(self.datadir)
-        user, password = cookie if cookie else (None, None)
-        return RPCClient("127.0.0.1", self.rpc_port, user, password, timeout=timeout,
-                         max_request_bytes=None).call(method, params)
-
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
                                     timeout=5) as reply:

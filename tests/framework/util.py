@@ -34,8 +34,9 @@ def _describe_predicate(predicate: Callable) -> str:
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
-               message: Message = None) -> None:
-    """Poll ``predicate`` until it is truthy; raise ``AssertionError`` after ``timeout`` s.
+               message: Message = None) -> bool:
+    """Poll ``predicate`` until it is truthy (returns True); raise ``AssertionError``
+    after ``timeout`` s.  (Returning True lets ``assert wait_until(...)`` read naturally.)
 
     ``message`` is a string or a callable evaluated only on timeout (e.g.
     ``node.describe``, so the log tail is read when it is needed, not before).
@@ -45,7 +46,7 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
     while True:
         try:
             if predicate():
-                return
+                return True
             last_error = None
         except TRANSIENT_ERRORS as exc:
             last_error = exc
