@@ -6,7 +6,10 @@ The map has one ``### <C++ files> -> <Python modules>`` section per C++ file of
 ``not ported: <reason>`` or starts with one backticked dotted name; this test
 imports the longest importable module prefix of each name and looks the rest up
 as attributes (dataclass fields and annotated class attributes count, since they
-are not class attributes when they have no default).  The C++ repository is not
+are not class attributes when they have no default).  A Python class, function,
+method or property mapped from a C++ name it is not the mechanical translation of
+must name that C++ name in its docstring (rule in
+:func:`test_renamed_objects_name_their_cpp_original`).  The C++ repository is not
 needed: the expected file list is written out below.
 """
 from __future__ import annotations
@@ -243,3 +246,169 @@ def test_every_python_name_exists():
             missing[name] = f"{name}  [{where}]: {why}"
     assert not missing, ("PORT-MAP.md names Python objects that do not exist:\n"
                          + "\n".join(missing[n] for n in sorted(missing)))
+
+
+# --- renamed objects name their C++ original in their docstring --------------
+
+#: A C++ cell that is a name list: backticked names separated by commas, then
+#: at most one parenthesised remark.  Any other cell is a description.
+NAME_LIST = re.compile(r"^(?P<names>`[^`]+`(?:\s*,\s*`[^`]+`)*)(?:\s*\([^()]*\))?$")
+CPP_KEYWORD = re.compile(r"^(?:class|struct|enum|static|namespace)\s+")
+CPP_CONSTRUCTOR = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\([^()]*\)$")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Mixed-case acronyms that snake_case keeps as one word (``IsIPv4`` -> ``is_ipv4``).
+ONE_WORD = {"IPv4": "Ipv4", "IPv6": "Ipv6"}
+
+
+def snake_case(name: str) -> str:
+    """``GetUTXOCount`` -> ``get_utxo_count``; ``RPC_GetBlock`` -> ``rpc_get_block``."""
+    for word, replacement in ONE_WORD.items():
+        name = name.replace(word, replacement)
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    name = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return name.lower()
+
+
+def cpp_names(cell: str) -> list[tuple[str, bool]] | None:
+    """``(identifier, is_constructor)`` per name of a name-list cell; ``None`` for a description.
+
+    In each backticked name a leading ``class``/``struct``/``enum``/``static``/
+    ``namespace`` and any ``Scope::`` qualifiers are dropped, and ``Name(args)`` is
+    the constructor of ``Name``.  What is left must be a bare identifier.
+    """
+    m = NAME_LIST.match(cell)
+    if not m:
+        return None
+    names = []
+    for span in re.findall(r"`([^`]+)`", m["names"]):
+        text = CPP_KEYWORD.sub("", span.strip())
+        ctor = CPP_CONSTRUCTOR.match(text)
+        text = (ctor["name"] if ctor else text).split("::")[-1]
+        if not IDENTIFIER.fullmatch(text):
+            return None
+        names.append((text, bool(ctor)))
+    return names
+
+
+def _lookup(dotted: str) -> tuple[str, object] | None:
+    """The attribute name and the object as stored (a ``property``, not its value), or ``None``."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        break
+    else:
+        return None
+    rest = parts[i:]
+    if not rest:
+        return None  # a module
+    for attr in rest[:-1]:
+        owner = getattr(owner, attr, None)
+    try:
+        if isinstance(owner, type):
+            return rest[-1], inspect.getattr_static(owner, rest[-1])
+        return rest[-1], getattr(owner, rest[-1])
+    except AttributeError:
+        return None  # a dataclass field or annotated attribute without a default
+
+
+def code_object(dotted: str) -> tuple[str, str, object, str | None] | None:
+    """``(kind, attribute name, identity, docstring)`` of a class, function, method or
+    property; ``None`` for modules, fields, constants and other data."""
+    found = _lookup(dotted)
+    if found is None:
+        return None
+    attr, obj = found
+    if isinstance(obj, type):
+        return "class", attr, obj, obj.__dict__.get("__doc__")
+    if isinstance(obj, property):
+        return "function", attr, obj, obj.fget.__doc__ if obj.fget else None
+    if isinstance(obj, (staticmethod, classmethod)):
+        obj = obj.__func__
+    callback = getattr(obj, "callback", None)  # a click command: the decorated function
+    if not inspect.isroutine(obj) and inspect.isfunction(callback):
+        obj = callback
+    if inspect.isroutine(obj):
+        return "function", attr, obj, obj.__doc__
+    return None
+
+
+def mechanical(cpp: str, constructor: bool, kind: str) -> str:
+    """The Python name the porting rule gives ``cpp``."""
+    if constructor:
+        return "__init__"
+    if kind == "class":
+        return cpp[1:] if re.match(r"C[A-Z]", cpp) else cpp
+    return snake_case(cpp)
+
+
+def renamed_names() -> dict[int, tuple[str, str | None, dict[str, list[int]]]]:
+    """Per Python object: its first mapped dotted name, its docstring and the C++
+    names mapped to it under another name (with the map lines naming them)."""
+    _, rows = parse()
+    out: dict[int, tuple[str, str | None, dict[str, list[int]]]] = {}
+    for row in rows:
+        if NOT_PORTED.match(row.python) or not row.python.startswith("`"):
+            continue
+        names = cpp_names(row.cpp)
+        if names is None:
+            continue
+        dotted = FIRST_NAME.match(row.python).group(1)
+        found = code_object(dotted)
+        if found is None:
+            continue
+        kind, attr, obj, doc = found
+        for cpp, constructor in names:
+            expected = mechanical(cpp, constructor, kind)
+            if attr == expected or (not constructor and attr.lstrip("_") == expected):
+                continue
+            entry = out.setdefault(id(obj), (dotted, doc, {}))
+            entry[2].setdefault(cpp, []).append(row.line)
+    return out
+
+
+def _mentions(doc: str | None, identifier: str) -> bool:
+    """``identifier`` occurs in ``doc`` as a whole word (``Error`` in ``RPCResponse::Error``)."""
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(identifier)}(?![A-Za-z0-9_])",
+                     doc or "") is not None
+
+
+def test_renamed_objects_name_their_cpp_original():
+    """A Python class, function, method or property whose name is not the mechanical
+    translation of the C++ name mapped to it has that C++ name in its docstring, so
+    a grep for the C++ name finds the Python code.
+
+    * Rows: those whose Python cell is a class, function, method or property (a
+      property counts with its getter's docstring, a click command with its
+      function's).  Modules, dataclass fields, constants and other attributes are
+      skipped, as are ``not ported`` rows.
+    * C++ cells: only name lists count: one or more backticked names separated by
+      commas, then at most one parenthesised remark without nested parentheses:
+      "`ProcessInvMessage` (private)", "`struct Stats`, `GetStats`",
+      "`CRPCServer(port)`".  In each name a leading class/struct/enum/static/
+      namespace and any ``Scope::`` qualifiers are dropped, and ``Name(args)`` is a
+      constructor of ``Name``; what is left must be a bare identifier.  Any other
+      cell is a description and is skipped: "`SetInvHandler` lambda (...)",
+      "`CDataStream` constructors (...)", "`main`: main loop",
+      "`VersionHandler` ... `TxHandler` (handler typedefs)".
+    * Mechanical translation: a constructor becomes ``__init__``; for a Python
+      class, the C++ name without a leading ``C`` before a capital (``CPeerManager``
+      -> ``PeerManager``); for anything else its snake_case (``GetConnectedPeers`` ->
+      ``get_connected_peers``, ``IPv4``/``IPv6`` one word), leading underscores on
+      the Python name allowed.
+    * Any other Python name is a rename: every C++ name mapped to the object that
+      way must appear in its docstring as a bare identifier (``ConnectToPeer``).
+    """
+    renamed = renamed_names()
+    count = sum(len(names) for _, _, names in renamed.values())
+    assert count > 150, f"only {count} renamed C++ names found: is the table format intact?"
+    offenders = []
+    for dotted, doc, names in renamed.values():
+        missing = [f"{cpp} (line {', '.join(map(str, lines))})"
+                   for cpp, lines in sorted(names.items()) if not _mentions(doc, cpp)]
+        if missing:
+            offenders.append(f"{dotted}: {'; '.join(missing)}")
+    assert not offenders, (f"{len(offenders)} renamed Python objects do not name their C++ "
+                           "original in the docstring:\n" + "\n".join(sorted(offenders)))

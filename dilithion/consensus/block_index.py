@@ -59,7 +59,9 @@ class BlockIndex:
     def from_header(cls, block_hash: Uint256, header: BlockHeader,
                     prev: "BlockIndex | None", status: int) -> "BlockIndex":
         """A new entry below ``prev``: height and chain work follow from the parent
-        (``BuildChainWork``: the genesis starts with its own block proof)."""
+        (``BuildChainWork``: the genesis starts with its own block proof).
+
+        C++: the ``CBlockIndex(const CBlockHeader&)`` constructor."""
         height = 0 if prev is None else prev.height + 1
         work = add_chain_work(0 if prev is None else prev.chain_work, header.bits)
         return cls(block_hash, header, height, prev, work, status)
@@ -99,5 +101,5 @@ class BlockIndex:
         return index
 
     def __repr__(self) -> str:
-        # ``CBlockIndex::ToString``: the first 20 display characters of the hash.
+        """``CBlockIndex::ToString``: the first 20 display characters of the hash."""
         return f"BlockIndex(hash={self.hash.get_hex()[:20]}..., height={self.height}, nTx={self.n_tx})"

@@ -171,16 +171,19 @@ class ChainState:
 
     # ------------------------------------------------------------------ queries
     def tip(self) -> BlockIndex:
+        """The best block's index (``GetTip``)."""
         with self.lock:
             if not self._main:
                 raise RuntimeError("chain state not loaded: no block tree adopted yet")
             return self._main[-1]
 
     def height(self) -> int:
+        """The best block's height (``GetHeight``; the C++ also keeps ``g_chain_height``)."""
         with self.lock:
             return len(self._main) - 1
 
     def get_index(self, block_hash: Uint256) -> BlockIndex | None:
+        """The entry of ``block_hash``, or ``None`` (``GetBlockIndex``, ``HasBlockIndex``)."""
         with self.lock:
             return self._index.get(block_hash)
 
@@ -264,6 +267,7 @@ class ChainState:
             return 0
 
     def hash_block(self, block: Block) -> Uint256:
+        """The block's RandomX hash, cached (of the genesis block: C++ ``GetGenesisHash``)."""
         return self._hashes.get(block.header.serialize())
 
     def add_tip_listener(self, callback: TipListener) -> None:
@@ -312,6 +316,8 @@ class ChainState:
     # ------------------------------------------------------------------ accepting blocks
     def process_new_block(self, block: Block, block_hash: Uint256 | None = None) -> BlockResult:
         """Decide a received or mined block; store, connect, reorganise as needed.
+
+        C++: ``AddBlockIndex`` and ``ActivateBestChain`` (and the callers' inline steps).
 
         ``block_hash`` may be given when the caller already knows it (the miner);
         otherwise it is computed (and cached) here, outside the chain lock.

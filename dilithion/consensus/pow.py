@@ -54,7 +54,10 @@ def big_to_compact(target: int) -> int:
 
 
 def hash_less_than(block_hash: bytes | int, target: int) -> bool:
-    """Numeric ``hash < target`` over the little-endian value (equal is not less)."""
+    """Numeric ``hash < target`` over the little-endian value (equal is not less).
+
+    Also the miner's private ``CMiningController::CheckProofOfWork``.
+    """
     return _as_int(block_hash) < target
 
 
@@ -69,6 +72,7 @@ def check_proof_of_work(block_hash: bytes | int, bits: int,
 
     The range is the C++ ``[0x1d00ffff, 0x1f0fffff]`` on mainnet and testnet;
     regtest widens the easy end (see :mod:`dilithion.core.chainparams`).
+    Also ``CBlockValidator::CheckBlockHeader``.
     """
     lo = params.pow_min_bits if params else MIN_DIFFICULTY_BITS
     hi = params.pow_max_bits if params else MAX_DIFFICULTY_BITS
@@ -102,9 +106,10 @@ def retarget(old_bits: int, actual_timespan: int, target_timespan: int,
 
     The timespan is clamped to [span/4, 4*span]; the new target is the exact
     ``target * actual // span`` truncated to 256 bits (what the C++ 320-bit long
-    multiplication and division give); the result is clamped by comparing the
-    *compact integers*, not the targets (``chain D9``).  ``min_bits``/``max_bits``
-    default to the C++ range; regtest passes its own wider easy end.
+    multiplication and division, ``Multiply256x64`` and ``Divide320x64``, give);
+    the result is clamped by comparing the *compact integers*, not the targets
+    (``chain D9``).  ``min_bits``/``max_bits`` default to the C++ range; regtest
+    passes its own wider easy end.
     """
     actual = max(target_timespan // 4, min(actual_timespan, target_timespan * 4))
     new_target = (compact_to_big(old_bits) * actual // target_timespan) & MAX_UINT256

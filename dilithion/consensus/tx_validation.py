@@ -84,7 +84,10 @@ def parse_transaction(raw: bytes) -> Transaction:
 # -- context-free checks (CheckTransactionBasic) --------------------------------
 
 def check_transaction_basic(tx: Transaction) -> None:
-    """Structure, value ranges, size and duplicate inputs (``chain`` 6.4, in order)."""
+    """Structure, value ranges, size and duplicate inputs (``chain`` 6.4, in order).
+
+    C++: also ``CheckDuplicateInputs``, folded in.
+    """
     if tx.is_null():
         raise TxValidationError("Transaction is null")
     if tx.is_coinbase():
@@ -136,6 +139,9 @@ def check_transaction_inputs(tx: Transaction, view: CoinsView, height: int) -> i
     ``height`` is the height of the block the transaction would be in (the
     next block for the mempool).  Returns the fee (0 for a coinbase).  The fee
     rule includes the C++ maximum fee (``chain D34``).
+
+    C++: also ``CalculateTotalInputValue``, ``CheckCoinbaseMaturity`` and
+    ``CUTXOSet::IsCoinBaseMature``, folded in.
     """
     if tx.is_coinbase():
         return 0

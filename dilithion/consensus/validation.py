@@ -82,6 +82,8 @@ def _parse_counted(vtx: bytes) -> list[Transaction]:
 def parse_block_transactions(block: Block) -> ParsedBlock:
     """Decode ``vtx`` in whichever framing it uses; raises ``SerializationError``.
 
+    C++: ``DeserializeBlockTransactions``.
+
     A null parent means genesis (its ``vtx`` is text).  Otherwise the bare form
     is tried first because it is what every C++-mined block holds; the header
     does not commit to the framing (``chain D3``), so the merkle check in
@@ -186,11 +188,14 @@ def committed_merkle_root(block: Block, parsed: ParsedBlock | None = None) -> by
 
 
 def _check_merkle_root(block: Block, parsed: ParsedBlock) -> None:
+    """The header commits to these transactions (``VerifyMerkleRoot``)."""
     if committed_merkle_root(block, parsed) != block.header.hash_merkle_root:
         raise BlockValidationError("Merkle root mismatch")
 
 
 def _check_structure(txs: list[Transaction]) -> None:
+    """One coinbase, first; no duplicate transactions (``CheckNoDuplicateTransactions``)
+    and no outpoint spent twice (``CheckNoDoubleSpends``)."""
     if not txs[0].is_coinbase():
         raise BlockValidationError("First transaction is not coinbase")
     if any(tx.is_coinbase() for tx in txs[1:]):
@@ -213,6 +218,8 @@ def check_block(block: Block, height: int, view: CoinsView, verify_scripts: bool
     Raises :class:`BlockValidationError`; returns the total fees.  ``view`` is
     only read: the block's own effects go to a private overlay so each
     transaction sees the outputs of the earlier ones.
+
+    C++: also ``CheckCoinbase`` and ``CalculateTotalFees``, folded in.
     """
     if not block.vtx:
         raise BlockValidationError("Block has no transactions")

@@ -88,7 +88,10 @@ def encode_base58_check(payload: bytes) -> str:
 
 
 def decode_base58_check(text: str) -> bytes:
-    """Inverse of :func:`encode_base58_check`; raises ``ValueError`` with the reason."""
+    """Inverse of :func:`encode_base58_check`; raises ``ValueError`` with the reason.
+
+    Text over 1024 characters is refused: the limit C++ ``MAX_BASE58_LENGTH`` sets.
+    """
     if len(text) > _MAX_ADDRESS_TEXT:
         raise ValueError("address text longer than 1024 characters")
     n = 0
@@ -111,6 +114,7 @@ def pub_key_hash_to_address(pkh: bytes) -> str:
 
 
 def address_to_pub_key_hash(address: str) -> bytes:
+    """The 20-byte key hash of an address; raises ``ValueError`` (C++ RPC ``ValidateAddress``)."""
     payload = decode_base58_check(address)
     if len(payload) != 21 or payload[0] != ADDRESS_VERSION:
         raise ValueError(f"not a Dilithion address: {address!r}")

@@ -136,6 +136,7 @@ class MiningController:
         return self._blocks_found
 
     def thread_count(self) -> int:
+        """The number of worker threads (``GetThreadCount``)."""
         return self._threads
 
     def is_mining(self) -> bool:
@@ -163,7 +164,10 @@ class MiningController:
                            self._hash_rate, self._threads, self._mining)
 
     def start(self) -> bool:
-        """Start the workers; ``False`` if already mining."""
+        """Start the workers; ``False`` if already mining (``StartMining``).
+
+        The statistics restart here (``CMiningStats::Reset``).
+        """
         with self._lifecycle_lock:
             if self._mining:
                 return False
@@ -186,7 +190,7 @@ class MiningController:
             return True
 
     def stop(self) -> None:
-        """Stop and join every worker (each finishes its current hash).
+        """Stop and join every worker, each after its current hash (``StopMining``).
 
         The hasher is left alone: block validation shares it (``chain D41``).
         Statistics stay readable until the next start.
@@ -206,7 +210,10 @@ class MiningController:
 
     # ------------------------------------------------------------------ tip tracking
     def _on_tip_changed(self, new_tip, connected, disconnected) -> None:
-        """Chain-state tip listener: every worker drops its template after its current hash."""
+        """Chain-state tip listener: every worker drops its template after its current hash.
+
+        C++: ``UpdateTemplate``, which the caller had to invoke.
+        """
         with self._job_lock:
             self._generation += 1
         if self._mining:
@@ -237,7 +244,7 @@ class MiningController:
 
     def build_template(self, pub_key_hash: bytes | None = None) -> BlockTemplate:
         """A template on the current tip, paying this node's key (or ``pub_key_hash``),
-        with mempool txs."""
+        with mempool txs (``BuildMiningTemplate`` in ``dilithion-node.cpp``)."""
         cs = self._ctx.chainstate
         params = self._ctx.chain_params
         with cs.lock:
@@ -255,7 +262,10 @@ class MiningController:
                                      now=now)
 
     def _mempool_transactions(self) -> list[tuple[Transaction, int]]:
-        """``(tx, fee)`` pairs from the mempool in its order, within the block size."""
+        """``(tx, fee)`` pairs from the mempool in its order, within the block size.
+
+        C++: ``SelectTransactionsForBlock``.
+        """
         mempool = self._ctx.mempool
         if mempool is None or mempool.size() == 0:
             return []
@@ -274,7 +284,10 @@ class MiningController:
 
     # ------------------------------------------------------------------ threads
     def _worker(self, index: int) -> None:
-        """Worker ``index`` of N tries nonces ``index, index+N, ...`` on the shared job."""
+        """Worker ``index`` of N tries nonces ``index, index+N, ...`` on the shared job.
+
+        C++: ``MiningWorker``.
+        """
         step = self._threads
         hasher = self._ctx.hasher
         hashes = self._hashes
@@ -326,7 +339,10 @@ class MiningController:
 
     # ------------------------------------------------------------------ found block
     def _submit(self, block: Block, block_hash: Uint256, height: int, job: _Job) -> None:
-        """Hand a solved block to the chain (``cli`` 2.7) and announce it if it became the tip."""
+        """Hand a solved block to the chain (``cli`` 2.7) and announce it if it became the tip.
+
+        C++: the callback the node set with ``SetBlockFoundCallback``.
+        """
         with self._found_lock:
             if job.generation != self._generation:
                 # Another worker's block (or a peer's) replaced the tip during this

@@ -41,7 +41,10 @@ class BlockTemplate:
 
 def create_coinbase(height: int, pub_key_hash: bytes, fees: int = 0,
                     params: ChainParams | None = None) -> Transaction:
-    """The node's coinbase: scriptSig ``Block <H> mined by Dilithion``, one P2PKH output."""
+    """The node's coinbase: scriptSig ``Block <H> mined by Dilithion``, one P2PKH output.
+
+    C++: ``CreateCoinbaseTransaction``.
+    """
     subsidy = (calculate_block_subsidy(height, params.initial_reward, params.halving_interval)
                if params else calculate_block_subsidy(height))
     return Transaction(
@@ -87,7 +90,7 @@ def search_nonce(hasher, template: BlockTemplate, start_nonce: int = 0, step: in
 
     Returns the solved block (a copy) and its hash, or ``None`` when
     ``max_hashes`` is used up or ``stop`` is set.  ``on_hash`` is called after
-    every hash (statistics).
+    every hash (statistics).  Also does the job of ``MineGenesisBlock``.
     """
     header = BlockHeader(**vars(template.block.header))
     nonce = start_nonce & 0xFFFFFFFF

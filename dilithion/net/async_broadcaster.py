@@ -148,7 +148,10 @@ class AsyncBroadcaster:
         self._enqueue(InvType.MSG_BLOCK_INV, block_hash, exclude_peer)
 
     def broadcast_tx(self, txid, exclude_peer: int | None = None) -> None:
-        """Queue a tx ``inv`` for every peer that relays txs and has not seen it."""
+        """Queue a tx ``inv`` for every peer that relays txs and has not seen it.
+
+        C++: ``AnnounceTransactionToPeers``.
+        """
         self._enqueue(InvType.MSG_TX_INV, txid, exclude_peer)
 
     def _enqueue(self, inv_type: int, h, exclude_peer: int | None) -> None:

@@ -279,7 +279,10 @@ class BlockRelay:
 
     # ------------------------------------------------------------ handlers
     def on_inv(self, peer, msg) -> None:
-        """Request unknown blocks (one ``getdata``, no echo of known ones: ``net D-14``)."""
+        """Request unknown blocks (one ``getdata``, no echo of known ones: ``net D-14``).
+
+        C++: ``ProcessInvMessage`` and the node's ``SetInvHandler`` lambda.
+        """
         now = time.monotonic()
         wanted: list[Inv] = []
         txids: list[bytes] = []
@@ -310,7 +313,10 @@ class BlockRelay:
 
     def on_getdata(self, peer, msg) -> None:
         """Serve stored blocks (any chain status) and mempool transactions; no
-        ``notfound`` for unknown items (``net D-15``)."""
+        ``notfound`` for unknown items (``net D-15``).
+
+        C++: ``ProcessGetDataMessage`` and the node's ``SetGetDataHandler`` lambda.
+        """
         txids: list[bytes] = []
         for item in msg.inv:
             if item.type == InvType.MSG_BLOCK_INV:
@@ -340,7 +346,10 @@ class BlockRelay:
                 sync.serve_refused = True
 
     def on_block(self, peer, msg) -> None:
-        """Connect a received block (solicited or not); chase missing parents."""
+        """Connect a received block (solicited or not); chase missing parents.
+
+        C++: ``ProcessBlockMessage`` and the node's ``SetBlockHandler`` lambda.
+        """
         chain = self.chain
         block = msg.block
         now = time.monotonic()
@@ -464,11 +473,15 @@ class BlockRelay:
                 metrics.block_propagation_time.labels(role="receive").observe(now - t0)
 
     def on_tx(self, peer, msg) -> None:
+        """Pass a received transaction to :class:`TxRelay` (``ProcessTxMessage``)."""
         self.tx.on_tx(peer, msg.tx)
 
     def on_getaddr(self, peer, msg) -> None:
         """Reply once per connection with the listening addresses we dialled
-        (inbound peers' ports are ephemeral).  The C++ never answers (``net`` 3.5)."""
+        (inbound peers' ports are ephemeral).  The C++ never answers (``net`` 3.5).
+
+        C++: ``ProcessGetAddrMessage``; the reply is what ``GetPeerAddresses`` was for.
+        """
         sync = self._sync(peer)
         with self._lock:
             if sync.sent_addr:
@@ -486,7 +499,10 @@ class BlockRelay:
             self.transport.send_message(peer.id, MsgAddr(addrs[:MAX_ADDR_REPLY]))
 
     def on_addr(self, peer, msg) -> None:
-        """Addresses are only logged: the node dials what it is told (``--connect``/``--addnode``)."""
+        """Addresses are only logged: the node dials what it is told (``--connect``/``--addnode``).
+
+        C++: ``ProcessAddrMessage``.
+        """
         logger.debug(f"[P2P] Received {len(msg.addrs)} address(es) from peer {peer.id}")
 
     # ------------------------------------------------------------ tip listener

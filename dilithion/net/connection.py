@@ -169,7 +169,11 @@ class Connection:
 
 
 class TransportConfig:
-    """Limits and timers of the transport (seconds and bytes); defaults are the node's."""
+    """Limits and timers of the transport (seconds and bytes); defaults are the node's.
+
+    ``connect_timeout`` and ``handshake_timeout`` are the C++ ``PEER_CONNECT_TIMEOUT``
+    and ``PEER_HANDSHAKE_TIMEOUT``.
+    """
 
     def __init__(self, *, send_timeout_ms: int = 5000, max_peers: int = 125, max_outbound: int = 8,
                  recv_buffer_cap: int = MESSAGE_HEADER_SIZE + MAX_MESSAGE_SIZE,

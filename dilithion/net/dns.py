@@ -16,6 +16,7 @@ def resolve(host: str) -> list[str]:
 
     A dotted-quad literal is returned as is without a lookup; an unknown name
     gives an empty list (the caller reports it), never an exception.
+    C++: ``CDNSResolver::ResolveAll``; ``ResolveHostname`` is its first element.
     """
     if not host:
         return []
@@ -34,7 +35,8 @@ def resolve(host: str) -> list[str]:
 def parse_peer_entry(entry: str) -> tuple[str, int]:
     """``host:port`` -> (IPv4 address, port); host names are resolved (``cli 6.1.4``).
 
-    Raises ``ValueError`` with the C++ ``[FAIL]`` wording.
+    Raises ``ValueError`` with the C++ ``[FAIL]`` wording.  C++: the node's
+    ``parseIPv4`` lambda.
     """
     if ":" not in entry:
         raise ValueError(f"    [FAIL] Invalid address format: {entry} (expected ip:port)")

@@ -80,7 +80,12 @@ class NetMessageProcessor:
         message (after the handshake; the handshake types also before it, after
         the built-in handling).  Raises ``TypeError`` for a class that is not a
         wire message, so a typo fails when the node starts, not when a peer
-        sends something."""
+        sends something.
+
+        C++: ``SetVersionHandler``, ``SetPingHandler``, ``SetPongHandler``,
+        ``SetAddrHandler``, ``SetInvHandler``, ``SetGetDataHandler``,
+        ``SetBlockHandler`` and ``SetTxHandler``.
+        """
         if MESSAGE_TYPES.get(getattr(msg_type, "command", None)) is not msg_type:
             raise TypeError(f"{msg_type!r} is not a wire message class of dilithion.net.protocol")
         self._handlers.setdefault(msg_type.command, []).append(fn)
@@ -220,7 +225,10 @@ class NetMessageProcessor:
 
     # ------------------------------------------------------------ the handshake
     def send_version(self, conn: Connection) -> None:
-        """Our one ``version``, before anything else on this connection (``net`` 7.1 item 3)."""
+        """Our one ``version``, before anything else on this connection (``net`` 7.1 item 3).
+
+        C++: ``SendVersionMessage``, the only active step of ``PerformHandshake``.
+        """
         if conn.closed:
             return
         peer = conn.peer
@@ -235,6 +243,8 @@ class NetMessageProcessor:
             logger.warning(f"[P2P] Failed to send version to peer {peer.id}")
 
     def on_version(self, conn: Connection, msg: MsgVersion) -> None:
+        """Record the peer's ``version`` and answer ``verack``
+        (``ProcessVersionMessage``, ``SendVerackMessage``)."""
         peer = conn.peer
         if peer.version_received:
             # The C++ demotes the peer here (net D-11); we keep the handshake and score it.
@@ -255,6 +265,7 @@ class NetMessageProcessor:
         self._maybe_complete(conn)
 
     def on_verack(self, conn: Connection, msg: MsgVerack) -> None:
+        """Note the ``verack``; the handshake completes with both (``ProcessVerackMessage``)."""
         # A verack may precede the peer's version (C++ accept race, net D-13):
         # remember it; the handshake completes when both have arrived.
         if not conn.peer.verack_received:
@@ -274,9 +285,11 @@ class NetMessageProcessor:
         self._notify(self._handshake_listeners, peer)
 
     def on_ping(self, conn: Connection, msg: MsgPing) -> None:
+        """Answer with a ``pong`` (``ProcessPingMessage``, ``SendPongMessage``)."""
         self.transport.send_message(conn.peer.id, MsgPong(msg.nonce))
 
     def on_pong(self, conn: Connection, msg: MsgPong) -> None:
+        """Record the round trip if the nonce is the one we sent (``ProcessPongMessage``)."""
         rtt = conn.ping.answer(msg.nonce, time.monotonic())
         if rtt is not None:
             conn.peer.ping_time = rtt

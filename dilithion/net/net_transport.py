@@ -133,7 +133,8 @@ class ConnectionManager:
         self._net_thread.start()
 
     def stop(self) -> None:
-        """Close every socket and join the network thread (well under a second when idle)."""
+        """Close every socket and join the network thread (well under a second when idle).
+        C++: ``Cleanup``."""
         if not self._started or self.stopping.is_set():
             return
         self.stopping.set()
@@ -227,7 +228,8 @@ class ConnectionManager:
             self._post(lambda: self._close_id(peer_id, f"banned: {reason}", "misbehaviour"))
 
     def peer_info(self) -> list[dict]:
-        """One dict per connected peer, ascending id (RPC ``getpeerinfo``)."""
+        """One dict per connected peer, ascending id (RPC ``getpeerinfo``); C++
+        ``CPeerManager::GetStats`` and its ``Stats``."""
         out = []
         for p in self.peer_manager.get_all_peers():
             if p.state == State.STATE_DISCONNECTED:
@@ -395,6 +397,7 @@ class ConnectionManager:
         conn.mask = mask
 
     def _accept_all(self) -> None:
+        """Accept every pending inbound connection (``AcceptConnection``)."""
         while True:
             try:
                 accepted = self._listener.accept()
@@ -450,6 +453,7 @@ class ConnectionManager:
         self.sink.connection_opened(conn)
 
     def _read(self, conn: Connection) -> None:
+        """Read what the socket has and frame it into messages (``ReceiveMessages``)."""
         room = conn.reader.room()
         data = conn.sock.recv(min(self.READ_CHUNK, max(room, 1)))
         if data is None:
@@ -531,6 +535,7 @@ class ConnectionManager:
         self._update_interest(conn)
 
     def _maintenance(self, now: float) -> None:
+        """Timers and pings of every connection (``PeriodicMaintenance``, ``SendPingMessage``)."""
         for conn in self._snapshot():
             if not conn.closed:
                 self._guarded(conn, self._maintain, conn, now)

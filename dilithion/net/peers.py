@@ -213,6 +213,8 @@ class PeerManager:
             return False
 
     def ban_ip(self, host: str, ban_time_seconds: float | None = None) -> None:
+        """Ban ``host`` for ``ban_time_seconds`` or the default (C++ ``BanIP``, ``BanPeer``,
+        ``CPeer::Ban``)."""
         with self._cs_peers:
             self._bans[host] = time.time() + (self.ban_time if ban_time_seconds is None
                                               else ban_time_seconds)

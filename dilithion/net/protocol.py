@@ -149,6 +149,7 @@ class Address:
     @classmethod
     def from_ipv4(cls, dotted: str, port: int, services: int = ServiceFlags.NODE_NETWORK,
                   time: int | None = None) -> "Address":
+        """An IPv4-mapped address (C++ ``CAddress::SetIPv4``, ``CDNSResolver::MakeAddress``)."""
         octets = bytes(int(p) for p in dotted.split("."))
         if len(octets) != 4:
             raise ValueError(f"not a dotted IPv4 address: {dotted!r}")
@@ -191,6 +192,11 @@ class Message:
         raise NotImplementedError
 
     def serialize(self) -> bytes:
+        """The payload bytes, written by each class's :meth:`serialize_to`.
+
+        C++: the private ``SerializeVersionMessage``, ``SerializePingPong``,
+        ``SerializeAddrMessage`` and ``SerializeInvMessage``.
+        """
         s = DataStream()
         self.serialize_to(s)
         return s.get_data()
@@ -214,6 +220,7 @@ class MsgVersion(Message):
     The C++ always sends nonce 0 and start height 0 and ignores both on receipt,
     so the Python node may send a random nonce (self-connection detection) and
     its real height (catch-up) without confusing a C++ peer.
+    C++: ``struct CVersionMessage``; built by ``CreateVersionMessage``.
     """
 
     command: ClassVar[str] = "version"
@@ -260,16 +267,23 @@ class _EmptyMessage(Message):
 
 
 class MsgVerack(_EmptyMessage):
+    """``verack``: no payload (C++ ``CreateVerackMessage``)."""
+
     command: ClassVar[str] = "verack"
 
 
 class MsgGetaddr(_EmptyMessage):
+    """``getaddr``: no payload (C++ ``CreateGetAddrMessage``)."""
+
     command: ClassVar[str] = "getaddr"
 
 
 @dataclass
 class MsgPing(Message):
-    """``ping``/``pong``: a u64 nonce; extra bytes are ignored, as the C++ does."""
+    """``ping``/``pong``: a u64 nonce; extra bytes are ignored, as the C++ does.
+
+    C++: ``struct CPingPong``; built by ``CreatePingMessage``.
+    """
 
     command: ClassVar[str] = "ping"
     allow_trailing: ClassVar[bool] = True
@@ -285,6 +299,8 @@ class MsgPing(Message):
 
 @dataclass
 class MsgPong(MsgPing):
+    """``pong``: the nonce of the ``ping`` it answers (C++ ``CreatePongMessage``)."""
+
     command: ClassVar[str] = "pong"
 
 
@@ -293,7 +309,7 @@ class MsgAddr(Message):
     """``addr``: count (at most ``MAX_INV_SIZE``, as the C++) then 30-byte addresses.
 
     Unlike the C++, trailing bytes after the last entry are rejected (the C++
-    never sends any).
+    never sends any).  C++: built by ``CreateAddrMessage``.
     """
 
     command: ClassVar[str] = "addr"
@@ -316,6 +332,7 @@ class MsgInv(Message):
 
     A count that cannot fit in the remaining bytes fails before any list is
     built; trailing bytes are rejected (the C++ ignores them and never sends any).
+    C++: built by ``CreateInvMessage``.
     """
 
     command: ClassVar[str] = "inv"
@@ -334,12 +351,17 @@ class MsgInv(Message):
 
 @dataclass
 class MsgGetdata(MsgInv):
+    """``getdata``: the ``inv`` layout (C++ ``CreateGetDataMessage``)."""
+
     command: ClassVar[str] = "getdata"
 
 
 @dataclass
 class MsgBlock(Message):
-    """``block``: the C++ ignores bytes after ``vtx``, and so does this parser."""
+    """``block``: the C++ ignores bytes after ``vtx``, and so does this parser.
+
+    C++: built by ``CreateBlockMessage``.
+    """
 
     command: ClassVar[str] = "block"
     allow_trailing: ClassVar[bool] = True
@@ -360,6 +382,7 @@ class MsgTx(Message):
     The C++ P2P path parses without any limit and ignores trailing bytes
     (``net`` 3.10, D-09); here the 100,000 input/output and 10,000-byte script
     limits apply and the payload must be consumed exactly.
+    C++: built by ``CreateTxMessage``.
     """
 
     command: ClassVar[str] = "tx"

@@ -263,6 +263,7 @@ class MessageHeader:
         return self.command.split(b"\0", 1)[0].decode("ascii", "backslashreplace")
 
     def serialize(self) -> bytes:
+        """The 24 header bytes (C++ ``SerializeHeader``)."""
         return _HEADER.pack(self.magic, self.command, self.payload_size, self.checksum)
 
     def __eq__(self, other: object) -> bool:
@@ -277,7 +278,7 @@ class MessageHeader:
         """The first 24 bytes of ``data`` (a receive buffer may hold more).
 
         No validity check here: the C++ reads the fields first and judges them
-        in ``IsValid``; call :meth:`check` for that.
+        in ``IsValid``; call :meth:`check` for that.  C++: ``DeserializeHeader``.
         """
         if len(data) < MESSAGE_HEADER_SIZE:
             raise SerializationError(

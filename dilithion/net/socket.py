@@ -57,6 +57,7 @@ class Socket:
     __slots__ = ("sock", "last_error")
 
     def __init__(self, sock: _socket.socket) -> None:
+        """Wrap ``sock``: non-blocking, and TCP_NODELAY where it applies (C++ ``SetNoDelay``)."""
         self.sock = sock
         self.last_error = 0
         sock.setblocking(False)
@@ -69,7 +70,10 @@ class Socket:
     # -- construction --------------------------------------------------------
     @classmethod
     def listen(cls, host: str, port: int, backlog: int = 128) -> "Socket":
-        """Bound and listening; raises OSError when the port is taken."""
+        """Bound and listening; raises OSError when the port is taken.
+
+        C++: ``Bind``, ``SetReuseAddr`` and ``Listen`` in one.
+        """
         s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         try:
             s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
@@ -86,6 +90,7 @@ class Socket:
 
         The caller waits for writability and then calls :meth:`finish_connect`.
         Raises OSError if the connect fails at once (e.g. bad address).
+        C++: ``Connect``.
         """
         s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         wrapped = cls(s)
@@ -96,7 +101,10 @@ class Socket:
         return wrapped
 
     def finish_connect(self) -> int:
-        """The outcome of a non-blocking connect: 0 on success, else the errno."""
+        """The outcome of a non-blocking connect: 0 on success, else the errno.
+
+        C++: ``IsConnected``.
+        """
         err = self.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR)
         self.last_error = err
         return err
@@ -136,13 +144,15 @@ class Socket:
         return os.strerror(self.last_error) if self.last_error else "no error"
 
     def fileno(self) -> int:
+        """The descriptor, -1 once closed (C++ ``IsValid`` is ``fileno() >= 0``)."""
         return self.sock.fileno()
 
     def local_port(self) -> int:
+        """The bound local port (``GetLocalPort``)."""
         return self.sock.getsockname()[1]
 
     def close(self) -> None:
-        """Close for real (the C++ leaks the descriptor, ``net D-20``)."""
+        """Close for real (the C++ leaks the descriptor, ``net D-20``); also C++ ``Reset``."""
         try:
             self.sock.close()
         except OSError:
@@ -207,6 +217,7 @@ class FrameReader:
         return len(self._buf)
 
     def feed(self, data: bytes) -> None:
+        """Append received bytes; messages come out of :meth:`next_message` (C++ ``RecvAll``)."""
         self._buf += data
 
     def next_message(self) -> NetMessage | None:
@@ -290,6 +301,7 @@ class SendQueue:
         """Write as much as the socket takes: returns (bytes written, messages finished).
 
         Returns written = -1 on a socket error (``sock.last_error`` says which).
+        C++: ``SendAll``, finished over as many writable events as it takes.
         """
         written = finished = 0
         while True:

@@ -198,6 +198,7 @@ class BlockchainDB:
     """
 
     def __init__(self, path: str | Path, create_if_missing: bool = True) -> None:
+        """Open the database at ``path``; raises ``StorageError`` (C++ ``Open``)."""
         self.path = Path(path)
         self._lock = threading.Lock()
         self._failed: str | None = None
@@ -226,6 +227,7 @@ class BlockchainDB:
 
     @property
     def closed(self) -> bool:
+        """True once closed (the inverse of C++ ``IsOpen``)."""
         return self._db.closed
 
     def __enter__(self) -> "BlockchainDB":

@@ -223,7 +223,7 @@ def open_chain_state(params: ChainParams, datadir, hasher: RandomXHasher | None 
 
 
 def close_chain_state(ctx: NodeContext) -> None:
-    """Close the databases :func:`open_chain_state` opened."""
+    """Close the databases :func:`open_chain_state` opened (C++ ``CChainState::Cleanup``)."""
     if ctx.utxo_set is not None:
         ctx.utxo_set.close()
     ctx.blockchain.close()

@@ -46,7 +46,9 @@ __all__ = ["NodeContext"]
 
 @dataclass
 class NodeContext:
-    """Ownership: the fields are written only by the thread that assembles or
+    """One node's components, instead of the C++ globals (``g_node_state`` and the rest).
+
+    Ownership: the fields are written only by the thread that assembles or
     stops the node (:class:`~dilithion.node.init.NodeAssembly`); every other
     thread only reads them, and each component guards its own state.
     ``shutdown_requested`` and ``fatal_reason`` are the exceptions: any thread

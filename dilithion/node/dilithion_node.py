@@ -74,11 +74,15 @@ _RANGE_ERRORS = {"rpc": "Error: RPC port number out of range: {arg}",
 
 
 def parse_port(text: str, option: str, kind: str) -> int:
+    """A port in 1-65535 (C++ ``MIN_PORT``-``MAX_PORT``); ``click.BadParameter`` otherwise."""
     return _parse_int(text, f"{option}={text}", kind, 1, 65535)
 
 
 def parse_threads(text: str) -> int:
-    """``auto``/``AUTO`` → 0 (every CPU), else 1-256."""
+    """``auto``/``AUTO`` → 0 (every CPU), else 1-256.
+
+    C++: ``MIN_MINING_THREADS``-``MAX_MINING_THREADS``.
+    """
     if text in ("auto", "AUTO"):
         return 0
     return _parse_int(text, f"--threads={text}", "threads", 1, 256)
@@ -105,7 +109,7 @@ class _ThreadsType(click.ParamType):
 
 
 def usage_text(prog: str) -> str:
-    """The usage text: the C++ layout, with this node's flags and defaults."""
+    """The usage text: the C++ layout, with this node's flags and defaults (``PrintUsage``)."""
     return f"""Dilithion Node v{VERSION} - Post-Quantum Cryptocurrency (Python reference node)
 
 Usage: {prog} [options]
@@ -205,6 +209,7 @@ class DilithionNode:
 
     Owned by the main thread.  Other threads touch it only through
     ``ctx.shutdown_requested`` (signal handler, RPC ``stop``).
+    C++: ``struct NodeState``, whose running flag is the stop request here.
     """
 
     def __init__(self, config: NodeConfig) -> None:
@@ -245,7 +250,10 @@ class DilithionNode:
             signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        """Only records the request: the main loop does the work (``cli 6.1.6``)."""
+        """Only records the request: the main loop does the work (``cli 6.1.6``).
+
+        C++: ``SignalHandler``.
+        """
         self._signal = signum
         self._stop_event.set()
 
@@ -374,7 +382,10 @@ def quick_start_config() -> NodeConfig:
               callback=_show_help)
 def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
         threads, strict, metrics_port, metrics_bind, log_level):
-    """Run a Dilithion node."""
+    """Run a Dilithion node.\f
+
+    C++: ``NodeConfig::ParseArgs`` (click stops the help text at the form feed).
+    """
     if testnet and regtest:
         raise click.UsageError("--testnet and --regtest cannot be combined")
     config = NodeConfig(

@@ -59,7 +59,10 @@ class MempoolEntry:
 
 
 def mempool_entry_sort_key(entry: MempoolEntry) -> tuple[float, int, bytes]:
-    """C++ order: higher fee rate first, then earlier time, then smaller raw txid."""
+    """C++ order: higher fee rate first, then earlier time, then smaller raw txid.
+
+    C++: the comparator ``CompareTxMemPoolEntryByFeeRate``.
+    """
     return (-entry.fee_rate, entry.time, entry.txid)
 
 
@@ -160,7 +163,7 @@ class TxMemPool:
         """Drop confirmed transactions and every pooled transaction they conflict with.
 
         Returns the removed txids (confirmed ones first in block order, then
-        conflicts as found).
+        conflicts as found).  C++: ``RemoveConfirmedTxs``.
         """
         removed = []
         with self.lock:
@@ -242,6 +245,7 @@ class TxMemPool:
         return entry.tx if entry else None
 
     def get_entry(self, txid: bytes) -> MempoolEntry | None:
+        """The pooled entry of ``txid``, or ``None`` (C++ ``CTxMemPool::GetTx``)."""
         with self.lock:
             return self._entries.get(bytes(txid))
 
@@ -274,6 +278,7 @@ class TxMemPool:
             return len(self._entries)
 
     def total_bytes(self) -> int:
+        """Bytes of all pooled transactions (C++ ``GetMempoolSize``)."""
         with self.lock:
             return self._bytes
 

@@ -18,7 +18,10 @@ PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 
 
 class NodeMetrics:
-    """The metric families of one node, registered in a private registry."""
+    """The metric families of one node, registered in a private registry.
+
+    C++: takes the place of ``struct CNetworkStats``.
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None,
                  process_metrics: bool = True) -> None:

@@ -77,12 +77,16 @@ class UTXOStats:
 
 
 def encode_coin(coin: Coin) -> bytes:
-    """The C++ UTXO value layout: ``u32 height | u8 coinbase | u64 value | u32 len | script``."""
+    """The C++ UTXO value layout: ``u32 height | u8 coinbase | u64 value | u32 len | script``.
+
+    C++: ``SerializeUTXOEntry``.
+    """
     return _COIN_HEAD.pack(coin.height, int(coin.is_coinbase), coin.value,
                            len(coin.script_pubkey)) + coin.script_pubkey
 
 
 def decode_coin(data: bytes) -> Coin:
+    """The inverse of :func:`encode_coin` (C++ ``DeserializeUTXOEntry``)."""
     if len(data) < _COIN_HEAD.size:
         raise SerializationError(f"coin record of {len(data)} bytes is shorter than {_COIN_HEAD.size}")
     height, flag, value, length = _COIN_HEAD.unpack_from(data)
@@ -93,6 +97,7 @@ def decode_coin(data: bytes) -> Coin:
 
 
 def _coin_key(outpoint: OutPoint) -> bytes:
+    """The database key of a coin: prefix, txid, output index (C++ ``SerializeOutPoint``)."""
     return _COIN + outpoint.hash + outpoint.n.to_bytes(4, "little")
 
 
@@ -144,6 +149,7 @@ class UTXOSet:
     """
 
     def __init__(self, path: str | Path, sync: bool = True) -> None:
+        """Open (or create) the set at ``path`` (C++ ``CUTXOSet::Open``)."""
         self.path = Path(path)
         self.lock = threading.RLock()
         self._sync = sync
@@ -176,6 +182,7 @@ class UTXOSet:
 
     # -- reads -----------------------------------------------------------------
     def get(self, outpoint: OutPoint) -> Coin | None:
+        """The unspent coin at ``outpoint``, or ``None`` (C++ ``GetUTXO``)."""
         with self.lock:
             data = self._db.get(_coin_key(outpoint))
         if data is None:
@@ -189,6 +196,7 @@ class UTXOSet:
                                    f"{outpoint.hash[::-1].hex()}:{outpoint.n}: {exc}") from exc
 
     def have(self, outpoint: OutPoint) -> bool:
+        """Whether ``outpoint`` is unspent (C++ ``HaveUTXO``)."""
         return self.get(outpoint) is not None
 
     def best_block(self) -> BestBlock | None:
@@ -208,6 +216,7 @@ class UTXOSet:
         return count, low | high << 64
 
     def stats(self) -> UTXOStats:
+        """Coin count, total amount and best block (C++ ``CUTXOSet::GetStats``)."""
         with self.lock:
             count, total = self._read_stats()
             best = self.best_block()
@@ -218,7 +227,10 @@ class UTXOSet:
             return self._db.get(_UNDO + bytes(block_hash)) is not None
 
     def coins(self) -> Iterator[tuple[OutPoint, Coin]]:
-        """Every unspent output in outpoint order (a snapshot taken under the lock)."""
+        """Every unspent output in outpoint order (a snapshot taken under the lock).
+
+        C++: ``ForEach``, as an iterator.
+        """
         with self.lock:
             items = list(self._db.iterator(prefix=_COIN))
         for key, value in items:
@@ -243,6 +255,7 @@ class UTXOSet:
         and raises :class:`BlockValidationError` before anything is written.
         :class:`UTXOStateError` means the caller's order is wrong (the block
         does not extend the current best block, or is already connected).
+        C++: ``ApplyBlock``, with ``AddUTXO`` and ``SpendUTXO`` folded in.
         """
         block_hash = Uint256(bytes(block_hash))
         with self.lock:
@@ -273,7 +286,7 @@ class UTXOSet:
                 batch.put(_BEST, _BEST_VALUE.pack(block_hash, height))
 
     def disconnect_block(self, block: Block, height: int, block_hash: bytes) -> None:
-        """Undo the best block exactly, from its undo record alone.
+        """Undo the best block exactly, from its undo record alone (C++ ``UndoBlock``).
 
         ``block`` is checked against the record (its parent must be the best
         block the record restores); its ``vtx`` is not re-parsed, so a block

@@ -72,6 +72,7 @@ def parse_basic_auth(value: str | None) -> tuple[str, str] | None:
 
     Strict Base64 (the C++ decoder silently skips junk, ``cli`` 3.4); the
     scheme name is case-insensitive as RFC 7617 says.
+    C++: ``ParseAuthHeader`` with ``Base64Decode``.
     """
     if not value:
         return None
@@ -87,7 +88,7 @@ def parse_basic_auth(value: str | None) -> tuple[str, str] | None:
 
 
 def basic_auth_header(user: str, password: str) -> str:
-    """The ``Authorization`` header value for ``user``/``password``."""
+    """The ``Authorization`` header value for ``user``/``password`` (C++ ``Base64Encode``)."""
     return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
 
 
@@ -101,17 +102,20 @@ class Authenticator:
     """The set of accepted ``user:password`` pairs, stored as salted digests.
 
     Written once before the server starts (``add``), then only read by the
-    handler threads, so it needs no lock.
+    handler threads, so it needs no lock.  C++: ``namespace RPCAuth``.
     """
 
     def __init__(self) -> None:
+        """No credentials yet; one random salt for them all (C++ ``GenerateSalt``)."""
         self._salt = secrets.token_bytes(32)
         self._digests: list[bytes] = []
 
     def _digest(self, user: str, password: str) -> bytes:
+        """Salted SHA3-256 of ``user:password`` (C++ ``HashPassword``)."""
         return hashlib.sha3_256(self._salt + f"{user}:{password}".encode("utf-8")).digest()
 
     def add(self, user: str, password: str) -> None:
+        """Accept ``user``/``password``; both must be non-empty."""
         if not user or not password:
             raise ValueError("RPC user and password must both be non-empty")
         self._digests.append(self._digest(user, password))
@@ -120,6 +124,10 @@ class Authenticator:
         return len(self._digests)
 
     def check(self, authorization: str | None) -> AuthResult:
+        """Judge an ``Authorization`` header value in constant time.
+
+        C++: ``AuthenticateRequest``, ``VerifyPassword`` and ``SecureCompare``.
+        """
         creds = parse_basic_auth(authorization)
         if creds is None:
             return AuthResult.MISSING

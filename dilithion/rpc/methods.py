@@ -65,7 +65,7 @@ class _HashCounter:
 
 
 class RPCError(Exception):
-    """A handler's refusal, sent as a JSON-RPC error object."""
+    """A handler's refusal, sent as a JSON-RPC error object (C++ ``RPCResponse::Error``)."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -75,6 +75,8 @@ class RPCError(Exception):
 
 @dataclass(frozen=True)
 class RPCMethod:
+    """One served method: name, ``help`` description and bound handler (C++ ``RPCHandler``)."""
+
     name: str
     description: str
     handler: Callable[..., Any]
@@ -175,10 +177,12 @@ class NodeRPC:
     # -- chain ---------------------------------------------------------------------
     @rpc_method("getblockcount", "Get the current block height")
     def rpc_getblockcount(self) -> int:
+        """The best block's height (C++ ``RPC_GetBlockCount``)."""
         return self._need("chainstate").height()
 
     @rpc_method("getbestblockhash", "Get the hash of the best (tip) block")
     def rpc_getbestblockhash(self) -> str:
+        """The best block's hash (C++ ``RPC_GetBestBlockHash``)."""
         _, cs = self._need("blockchain", "chainstate")
         tip = cs.tip()
         if tip is None:
@@ -187,7 +191,10 @@ class NodeRPC:
 
     @rpc_method("getblockhash", "Get block hash by height")
     def rpc_getblockhash(self, height: int) -> dict:
-        """``{"blockhash": ...}`` as the C++, but always the main-chain block (``cli 6.3 #37``)."""
+        """``{"blockhash": ...}`` as the C++, but always the main-chain block (``cli 6.3 #37``).
+
+        C++: ``RPC_GetBlockHash``.
+        """
         cs, _ = self._need("chainstate", "blockchain")
         if height < 0:
             raise RPCError(RPC_INVALID_PARAMETER, "Height parameter out of range")
@@ -198,6 +205,7 @@ class NodeRPC:
 
     @rpc_method("getblock", "Get block by hash")
     def rpc_getblock(self, hash: str) -> dict:  # noqa: A002 - the RPC parameter's name
+        """A stored block by hash: header fields and txids (C++ ``RPC_GetBlock``)."""
         _, cs = self._need("blockchain", "chainstate")
         block_hash = _parse_hash(hash, "hash")
         with cs.lock:
@@ -236,6 +244,7 @@ class NodeRPC:
 
     @rpc_method("getblockchaininfo", "Get blockchain information")
     def rpc_getblockchaininfo(self) -> dict:
+        """Chain, height, best hash, difficulty, chain work (C++ ``RPC_GetBlockchainInfo``)."""
         _, cs = self._need("blockchain", "chainstate")
         params = self.ctx.chain_params
         with cs.lock:
@@ -253,6 +262,7 @@ class NodeRPC:
 
     @rpc_method("getchaintips", "Get the active tip and the tip of every known side branch")
     def rpc_getchaintips(self) -> list:
+        """The active tip and every side-branch tip (C++ ``RPC_GetChainTips``)."""
         cs = self._need("chainstate")
         return [{"height": index.height, "hash": index.hash.get_hex(), "branchlen": branchlen,
                  "status": status} for index, branchlen, status in cs.chain_tips()]
@@ -260,6 +270,7 @@ class NodeRPC:
     # -- mempool and transactions -----------------------------------------------------
     @rpc_method("getmempoolinfo", "Get mempool statistics")
     def rpc_getmempoolinfo(self) -> dict:
+        """Mempool size and bytes (C++ ``RPC_GetMempoolInfo``)."""
         stats = self._need("mempool").get_stats()
         return {"size": stats["count"], "bytes": stats["bytes"], "usage": stats["bytes"],
                 "min_fee_rate": _g6(stats["min_fee_rate"]),
@@ -267,11 +278,15 @@ class NodeRPC:
 
     @rpc_method("getrawmempool", "List the txids in the mempool (highest fee rate first)")
     def rpc_getrawmempool(self) -> list:
+        """The pooled txids, highest fee rate first (C++ ``RPC_GetRawMempool``)."""
         return [Uint256(txid).get_hex() for txid in self._need("mempool").txids()]
 
     @rpc_method("gettransaction", "Get a mempool transaction by txid")
     def rpc_gettransaction(self, txid: str) -> dict:
-        """The C++ result shape; like the C++ it looks only in the mempool."""
+        """The C++ result shape; like the C++ it looks only in the mempool.
+
+        C++: ``RPC_GetTransaction``.
+        """
         mempool, _ = self._need("mempool", "blockchain")
         raw = _parse_hash(txid, "txid")
         if not mempool.exists(bytes(raw)):
@@ -280,7 +295,10 @@ class NodeRPC:
 
     @rpc_method("sendrawtransaction", "Broadcast a raw transaction to the network")
     def rpc_sendrawtransaction(self, hex: str) -> str:  # noqa: A002
-        """Validate, add to the mempool and announce (the C++ never announces, ``net`` tx relay)."""
+        """Validate, add to the mempool and announce (the C++ never announces, ``net`` tx relay).
+
+        C++: ``RPC_SendRawTransaction``.
+        """
         self._need("mempool", "utxo_set", "chainstate")
         tx = _parse_tx_hex(hex)
         from dilithion.node.mempool import TxValidationError, accept_to_memory_pool
@@ -297,6 +315,7 @@ class NodeRPC:
 
     @rpc_method("decoderawtransaction", "Decode a raw transaction")
     def rpc_decoderawtransaction(self, hex: str) -> dict:  # noqa: A002
+        """A raw transaction as JSON (C++ ``RPC_DecodeRawTransaction``)."""
         tx = _parse_tx_hex(hex)
         return {"txid": Uint256(tx.get_hash()).get_hex(), "version": tx.version,
                 "locktime": tx.lock_time, "vin_count": len(tx.vin), "vout_count": len(tx.vout)}
@@ -304,12 +323,16 @@ class NodeRPC:
     # -- network -------------------------------------------------------------------
     @rpc_method("getpeerinfo", "Get peer information")
     def rpc_getpeerinfo(self) -> list:
+        """One object per connected peer (C++ ``RPC_GetPeerInfo``)."""
         connman = self.ctx.connman
         return [] if connman is None else connman.peer_info()
 
     @rpc_method("getnetworkinfo", "Get network information")
     def rpc_getnetworkinfo(self) -> dict:
-        """The real user agent and protocol (the C++ reports constants that it does not use)."""
+        """The real user agent and protocol (the C++ reports constants that it does not use).
+
+        C++: ``RPC_GetNetworkInfo``.
+        """
         connman = self.ctx.connman
         return {"version": _package_version(), "subversion": USER_AGENT.decode("ascii"),
                 "protocolversion": PROTOCOL_VERSION,
@@ -318,7 +341,10 @@ class NodeRPC:
     @rpc_method("addnode", "Connect to a peer (command add, onetry or remove)")
     def rpc_addnode(self, node: str, command: str = "add") -> None:
         """``add`` keeps the peer connected (redialled when dropped), ``onetry`` dials
-        once, ``remove`` forgets it and disconnects it.  The C++ method does nothing."""
+        once, ``remove`` forgets it and disconnects it.  The C++ method does nothing.
+
+        C++: ``RPC_AddNode``.
+        """
         if command not in ("add", "onetry", "remove"):
             raise RPCError(RPC_INVALID_PARAMETER,
                            f"Invalid command parameter: {command} (expected add, remove or onetry)")
@@ -377,6 +403,7 @@ class NodeRPC:
     # -- mining ----------------------------------------------------------------------
     @rpc_method("getmininginfo", "Get mining status and hashrate")
     def rpc_getmininginfo(self) -> dict:
+        """Mining state, threads and hash rate (C++ ``RPC_GetMiningInfo``)."""
         miner = self._need("miner")
         cs = self.ctx.chainstate
         return {"mining": miner.is_mining(), "hashrate": int(miner.get_hash_rate()),
@@ -386,6 +413,7 @@ class NodeRPC:
 
     @rpc_method("startmining", "Start mining on the node's key")
     def rpc_startmining(self) -> bool:
+        """Start the miner if it is not running (C++ ``RPC_StartMining``)."""
         miner = self._need("miner")
         if not miner.is_mining():
             miner.start()
@@ -394,6 +422,7 @@ class NodeRPC:
 
     @rpc_method("stopmining", "Stop mining")
     def rpc_stopmining(self) -> bool:
+        """Stop the miner if it is running (C++ ``RPC_StopMining``)."""
         miner = self._need("miner")
         if miner.is_mining():
             miner.stop()
@@ -408,6 +437,7 @@ class NodeRPC:
         Stops early, returning the blocks found so far, when ``maxtries``
         hashes are used up or the node shuts down.  A block that lost a race
         with the background miner (it is only a side block) is not counted.
+        C++: ``RPC_GenerateToAddress``.
         """
         miner, cs = self._need("miner", "chainstate")
         if not 1 <= nblocks <= MAX_GENERATE_BLOCKS:

@@ -92,7 +92,8 @@ def bind_params(method: str, raw: Any) -> dict[str, Any]:
     Returns only the parameters present (a JSON ``null`` counts as absent);
     raises :class:`ParamsError` with a message naming the parameter for a
     missing required one, a wrong JSON type, an unknown name or too many
-    positional values.
+    positional values.  C++: replaces ``SafeParseDouble``, ``SafeParseInt64`` and
+    ``SafeParseUInt32``.
     """
     sig = signature(method)
     if raw is None:

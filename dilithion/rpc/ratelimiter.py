@@ -59,7 +59,10 @@ class RateLimiter:
         self._last_cleanup = clock()
 
     def allow_request(self, ip: str) -> bool:
-        """Count one request from ``ip``; False once the window's quota is used up."""
+        """Count one request from ``ip``; False once the window's quota is used up.
+
+        C++: ``AllowRequest``, with ``IsWindowExpired`` folded in.
+        """
         now = self._clock()
         with self._lock:
             self._maybe_cleanup(now)
@@ -124,6 +127,7 @@ class RateLimiter:
         return rec
 
     def _maybe_cleanup(self, now: float) -> None:
+        """Drop stale records now and then, on a request (C++: the ``CleanupThread``)."""
         if now - self._last_cleanup >= self.CLEANUP_INTERVAL:
             self._cleanup(now)
 

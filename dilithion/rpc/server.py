@@ -68,6 +68,10 @@ class JSONRPCDispatcher:
         self._methods = dict(methods)
 
     def handle(self, body: bytes) -> str:
+        """Parse a request or batch and return the JSON response text.
+
+        C++: ``ParseRPCRequest`` into ``struct RPCRequest``, and ``SerializeResponse``.
+        """
         try:
             payload = json.loads(body, parse_constant=_reject_constant)
         except (ValueError, RecursionError):           # includes UnicodeDecodeError
@@ -80,6 +84,8 @@ class JSONRPCDispatcher:
         return self._handle_one(payload)
 
     def _handle_one(self, request: Any) -> str:
+        """Run one request object and build its response (C++ ``ExecuteRPC``; the
+        ``struct RPCResponse`` and ``RPCResponse::Success`` it fills)."""
         if not isinstance(request, dict):
             return _dump(_error_response(RPC_INVALID_REQUEST,
                                          "Invalid Request: expected a JSON object", None))
@@ -139,6 +145,7 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
         self._send_json(code, {"error": message or self.responses.get(code, ("Error",))[0]})
 
     def _send_json(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        """Send ``body`` as a JSON HTTP response and close (C++ ``BuildHTTPResponse``)."""
         data = (body if isinstance(body, str) else _dump(body)).encode("utf-8")
         self.close_connection = True
         if self.request_version == "HTTP/0.9":        # headerless replies would be unreadable
@@ -154,7 +161,10 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _admit(self) -> bool:
-        """Lockout, rate limit and authentication, in the C++ order, before reading the body."""
+        """Lockout, rate limit and authentication, in the C++ order, before reading the body.
+
+        C++: ``GetClientIP``, ``ExtractAuthHeader`` and ``BuildHTTPUnauthorized``.
+        """
         owner = self.server.owner
         ip = self.client_address[0]
         if owner.limiter.is_locked_out(ip):
@@ -180,6 +190,7 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
                             {"Allow": "POST"})
 
     def do_POST(self) -> None:
+        """Admit, read the body and answer one JSON-RPC request (C++ ``HandleClient``)."""
         if not self._admit():
             return
         length = self._content_length()
@@ -195,7 +206,10 @@ class _RPCRequestHandler(BaseHTTPRequestHandler):
         self._send_json(200, self.server.owner.dispatcher.handle(body))
 
     def _content_length(self) -> int | None:
-        """The declared body length, or None after answering 400/411/413."""
+        """The declared body length, or None after answering 400/411/413.
+
+        C++: the body framing part of ``ParseHTTPRequest`` (the standard library parses the rest).
+        """
         if self.headers.get("Transfer-Encoding"):
             self._send_json(411, {"error": "Content-Length required (chunked bodies unsupported)"})
             return None
@@ -248,6 +262,7 @@ class _HTTPServer(ThreadingHTTPServer):
     Handler threads are joined on close (``block_on_close``); ``_conns`` (under
     ``_conns_lock``) lets :meth:`RPCServer.stop` cut connections still waiting
     for a slow client instead of waiting out their 30-second timeouts.
+    C++: replaces the accept loop ``ServerThread`` and the ``WorkerThread`` pool.
     """
 
     daemon_threads = False
@@ -321,7 +336,10 @@ class RPCServer:
 
     @property
     def port(self) -> int:
-        """The bound port once started (useful with ``port=0``), else the requested one."""
+        """The bound port once started (useful with ``port=0``), else the requested one.
+
+        C++: ``GetPort``.
+        """
         return self._httpd.server_address[1] if self._httpd is not None else self._requested_port
 
     @property
@@ -356,6 +374,7 @@ class RPCServer:
             return True
 
     def _configure_auth(self) -> None:
+        """Accept the configured credentials and a fresh cookie (C++ ``InitializeAuth``)."""
         self.authenticator = Authenticator()
         user, password = self._explicit_credentials
         if user is None and password is None:
