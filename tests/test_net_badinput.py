@@ -38,10 +38,10 @@ class Setup:
         self.bad_id = next(p.id for p in cm.peer_manager.get_all_peers() if p.port == port)
 
     def good_still_served(self, nonce=7):
-        t0 = time.monotonic()
+        """The good peer is answered after the bad one's input (wait_for's timeout is a
+        liveness guard, not a speed bound)."""
         self.good.send(MsgPing(nonce))
         assert self.good.wait_for("pong").nonce == nonce
-        assert time.monotonic() - t0 < 0.5
 
     def score(self):
         peer = self.cm.peer_manager.get_peer(self.bad_id)
@@ -95,10 +95,11 @@ def test_repeated_bad_checksums_reach_ban_threshold(setup):
 
 
 def test_oversized_header_decided_without_waiting_for_payload(setup, logs):
-    t0 = time.monotonic()
+    # Only the 24-byte header is ever sent: a node that waited for the payload would
+    # keep the connection open (the inactivity timeout is minutes), so being closed
+    # at all is the behaviour; the 10 s is a liveness guard.
     setup.bad.send_raw(frame_raw(MAGIC, "block", b"", size=MAX_MESSAGE_SIZE + 1)[:24])
-    assert setup.bad.is_closed(3)
-    assert time.monotonic() - t0 < 1.0
+    assert setup.bad.is_closed(10)
     assert _logged_once(logs, f"Misbehaving peer {setup.bad_id}", "oversized")
     setup.good_still_served()
 
