@@ -38,10 +38,10 @@ class Setup:
         self.bad_id = next(p.id for p in cm.peer_manager.get_all_peers() if p.port == port)
 
     def good_still_served(self, nonce=7):
-        t0 = time.monotonic()
+        """The good peer is answered after the bad one's input (wait_for's timeout is a
+        liveness guard, not a speed bound)."""
         self.good.send(MsgPing(nonce))
         assert self.good.wait_for("pong").nonce == nonce
-        assert time.monotonic() - t0 < 0.5
 
     def score(self):
         peer = self.cm.peer_manager.get_peer(self.bad_id)
@@ -65,13 +65,13 @@ def _logged_once(logs, *needles):
 
 def test_wrong_magic_disconnects_and_bans(setup, logs):
     setup.bad.send_raw(frame_raw(0xD1714102, "ping", bytes(8)))  # mainnet magic on regtest
-    assert setup.bad.is_closed(3)
+    assert setup.bad.is_closed(10)
     assert wait_until(lambda: setup.cm.peer_manager.is_banned("127.0.0.1"))
     assert _logged_once(logs, f"Misbehaving peer {setup.bad_id}", "wrong magic")
     assert transport_metric(setup.cm, "peer_misbehaviour_total", reason="wrong magic") == 1
     setup.good_still_served()
     with RawPeer(setup.cm.listen_port, MAGIC) as again:  # the host is refused for a while
-        assert again.is_closed(3)
+        assert again.is_closed(10)
 
 
 def test_bad_checksum_skips_only_that_message(setup, logs):
@@ -88,17 +88,18 @@ def test_repeated_bad_checksums_reach_ban_threshold(setup):
     bad = bytearray(frame(MAGIC, MsgPing(1)))
     bad[20] ^= 0xFF
     setup.bad.send_raw(bytes(bad) * 10)
-    assert setup.bad.is_closed(3)
+    assert setup.bad.is_closed(10)
     assert setup.cm.peer_manager.is_banned("127.0.0.1")
     assert transport_metric(setup.cm, "peer_disconnections_total", reason="misbehaviour") == 1
     setup.good_still_served()
 
 
 def test_oversized_header_decided_without_waiting_for_payload(setup, logs):
-    t0 = time.monotonic()
+    # Only the 24-byte header is ever sent: a node that waited for the payload would
+    # keep the connection open (the inactivity timeout is minutes), so being closed
+    # at all is the behaviour; the 10 s is a liveness guard.
     setup.bad.send_raw(frame_raw(MAGIC, "block", b"", size=MAX_MESSAGE_SIZE + 1)[:24])
-    assert setup.bad.is_closed(3)
-    assert time.monotonic() - t0 < 1.0
+    assert setup.bad.is_closed(10)
     assert _logged_once(logs, f"Misbehaving peer {setup.bad_id}", "oversized")
     setup.good_still_served()
 
@@ -106,7 +107,7 @@ def test_oversized_header_decided_without_waiting_for_payload(setup, logs):
 def test_payload_over_per_connection_cap_refused_at_header(setup):
     # 64 KiB cap in this fixture: a legal-size (< 32 MiB) but over-cap announcement
     setup.bad.send_raw(frame_raw(MAGIC, "block", b"", size=100_000)[:24] + b"\0" * 1000)
-    assert setup.bad.is_closed(3)
+    assert setup.bad.is_closed(10)
     assert transport_metric(setup.cm, "peer_misbehaviour_total", reason="oversized") == 1
     setup.good_still_served()
 
@@ -157,7 +158,7 @@ def test_message_flood_is_dropped_scored_and_banned(nodes, logs):
         good.handshake()
         bad.handshake()
         bad.send_raw(frame(MAGIC, MsgPing(0)) * 200)
-        assert bad.is_closed(3)
+        assert bad.is_closed(10)
         assert cm.peer_manager.is_banned("127.0.0.1")
         assert sum("flood" in line and "Misbehaving" in line for line in logs) == 1
         good.send(MsgPing(1))

@@ -146,7 +146,10 @@ def _block_message(size: int) -> MsgBlock:
 
 
 def test_slow_reader_is_cut_at_send_deadline_without_delaying_others(nodes):
-    cm = nodes(send_timeout_ms=1000, send_queue_cap=64 * 1024 * 1024)
+    send_timeout = 2.0
+    cm = nodes(send_timeout_ms=int(send_timeout * 1000), send_queue_cap=64 * 1024 * 1024)
+    cuts = []
+    nodes.processor(cm).add_disconnect_listener(lambda p, reason: cuts.append((p.id, reason, time.monotonic())))
     with RawPeer(cm.listen_port, MAGIC, rcvbuf=4096) as slow, RawPeer(cm.listen_port, MAGIC) as fast:
         slow.handshake()
         fast.handshake()
@@ -154,21 +157,30 @@ def test_slow_reader_is_cut_at_send_deadline_without_delaying_others(nodes):
         slow_id = next(p.id for p in cm.peer_manager.get_all_peers()
                        if p.port == slow.sock.getsockname()[1])
         big = _block_message(1024 * 1024)
+        # The send deadline counts from the last write progress, which is after this.
+        before_queueing = time.monotonic()
         sent = 0
         while sent < 24:  # far more than loopback kernel buffers hold
             assert cm.send_message(slow_id, big)
             sent += 1
         assert cm.queued_bytes(slow_id) > 0
-        t_stuck = time.monotonic()
-        # the other peer is served at once while the slow one is stuck
+        # The other peer is served while the slow one is stuck: its pongs arrive before
+        # the slow peer's deadline cuts it (a transport that waited on the slow peer
+        # would answer only after the cut).  No speed bound: 5 loopback round trips
+        # against a 2 s deadline.
         for n in range(5):
-            t0 = time.monotonic()
             fast.send(MsgPing(n))
             assert fast.wait_for("pong").nonce == n
-            assert time.monotonic() - t0 < 0.3
-        assert cm.queued_bytes(slow_id) > 0  # ...and the slow one was still stuck meanwhile
-        assert wait_until(lambda: cm.peer_manager.get_peer(slow_id) is None, timeout=5)
-        assert 0.5 < time.monotonic() - t_stuck < 3.0
+        # ...while the slow one was still connected and stuck.
+        assert cm.peer_manager.get_peer(slow_id) is not None and cuts == []
+        assert cm.queued_bytes(slow_id) > 0
+        # The listener runs after the peer is dropped: wait for it (liveness guard).
+        assert wait_until(lambda: cuts, timeout=10)
+        assert cm.peer_manager.get_peer(slow_id) is None
+        # Cut by the send deadline, and not before it: both hold however loaded the machine.
+        [(cut_id, reason, cut_at)] = cuts
+        assert (cut_id, reason) == (slow_id, "send timeout")
+        assert cut_at - before_queueing >= send_timeout
         assert transport_metric(cm, "send_timeout_errors_total") == 1
         assert transport_metric(cm, "peer_disconnections_total", reason="send_timeout") == 1
         assert slow.is_closed(5)  # socket really closed (D-20)
@@ -232,10 +244,11 @@ def test_inbound_limit_with_200_simultaneous_peers(nodes):
             s = socket.create_connection(("127.0.0.1", cm.listen_port), timeout=5)
             socks.append(s)
         assert wait_until(lambda: cm.peer_manager.get_connection_count() == 125, timeout=10)
-        time.sleep(0.3)
         closed = 0
         for s in socks:
-            s.settimeout(0.5)
+            # Each socket gets our version or EOF; the timeout is only a liveness guard,
+            # so a refusal the node has not processed yet is waited for, not miscounted.
+            s.settimeout(10)
             try:
                 data = s.recv(4096)  # accepted ones get our version, refused ones EOF
             except (TimeoutError, ConnectionError):
@@ -250,20 +263,26 @@ def test_inbound_limit_with_200_simultaneous_peers(nodes):
 
 
 def test_keepalive_ping_and_inactivity_timeout(nodes):
-    cm = nodes(ping_interval=0.2, inactivity_timeout=0.8)
+    # Pings every 0.2 s, 2 s of silence allowed: the lively peer has 1.8 s to answer
+    # each ping, so a stalled test thread does not get it cut.
+    cm = nodes(ping_interval=0.2, inactivity_timeout=2.0)
     with RawPeer(cm.listen_port, MAGIC) as lively, RawPeer(cm.listen_port, MAGIC) as silent:
         lively.handshake()
         silent.handshake()
         assert wait_until(lambda: len(_ids(cm)) == 2)
         lively_port = lively.sock.getsockname()[1]
-        deadline = time.monotonic() + 2.0
+        silent_port = silent.sock.getsockname()[1]
+        deadline = time.monotonic() + 20  # liveness guard
         pings = 0
-        while time.monotonic() < deadline:  # answer every ping for longer than the timeout
-            ping = lively.wait_for("ping", 1.0)
+        # Answer every ping until the silent peer (handshaken together with the lively
+        # one, then mute) is cut for inactivity.
+        while any(p.port == silent_port for p in cm.peer_manager.get_all_peers()):
+            assert time.monotonic() < deadline, "the silent peer was never cut"
+            ping = lively.wait_for("ping", 5.0)
             lively.send(MsgPong(ping.nonce))
             pings += 1
-        assert pings >= 3
-        assert silent.is_closed(2)
+        assert pings >= 1
+        assert silent.is_closed(5)
         peers = cm.peer_manager.handshake_complete_peers()
         assert [p.port for p in peers] == [lively_port]
         assert peers[0].ping_time is not None
@@ -272,11 +291,11 @@ def test_keepalive_ping_and_inactivity_timeout(nodes):
 
 def test_handshake_timeout(nodes):
     cm = nodes(handshake_timeout=0.4)
+    t0 = time.monotonic()  # before the connection exists, so before its handshake clock starts
     with RawPeer(cm.listen_port, MAGIC) as mute:
         assert mute.recv_message().command == "version"
-        t0 = time.monotonic()
-        assert mute.is_closed(3)
-        assert 0.3 < time.monotonic() - t0 < 2.0
+        assert mute.is_closed(10)  # liveness guard; the default timeout would be 60 s
+        assert time.monotonic() - t0 >= 0.4  # not closed before the timeout
     assert cm.connected_count() == 0
 
 
@@ -286,11 +305,11 @@ def test_stop_joins_quickly_with_peers(nodes, tmp_path):
         b.connect("127.0.0.1", a.listen_port)
     raws = [RawPeer(a.listen_port, MAGIC) for _ in range(5)]
     assert wait_until(lambda: a.peer_manager.get_connection_count() == 8)
-    t0 = time.monotonic()
-    a.stop()
-    assert time.monotonic() - t0 < 1.0
-    assert not a._net_thread.is_alive()
-    assert all(r.is_closed(2) for r in raws)
+    # stop() joins both threads (with timeouts): when it returns they are gone.  How
+    # long it takes is a benchmark figure, not a verdict on a loaded machine.
+    nodes.stop(a)
+    assert not a._net_thread.is_alive() and not nodes.processor(a).thread.is_alive()
+    assert all(r.is_closed(10) for r in raws)
     assert wait_until(lambda: b.connected_count() == 0)
     for r in raws:
         r.close()
@@ -304,7 +323,7 @@ def test_disconnect_api_closes_socket(nodes):
         raw.handshake()
         assert wait_until(lambda: _ids(cm))
         cm.disconnect(_ids(cm)[0], "test says so")
-        assert raw.is_closed(2)
+        assert raw.is_closed(10)
     assert wait_until(lambda: reasons == ["test says so"])
     assert transport_metric(cm, "peer_disconnections_total", reason="requested") == 1
 
@@ -325,13 +344,14 @@ def test_connect_timeout(nodes):
         time.sleep(0.1)
         cm = nodes(connect_timeout=0.5)
         reasons = []
-        nodes.processor(cm).add_disconnect_listener(lambda p, r: reasons.append(r))
-        t0 = time.monotonic()
+        nodes.processor(cm).add_disconnect_listener(lambda p, r: reasons.append((r, time.monotonic())))
+        t0 = time.monotonic()  # before the dial starts, so before its connect clock
         pid = cm.connect("127.0.0.1", port)
         assert pid is not None
-        assert wait_until(lambda: reasons, timeout=5)
-        assert reasons[0].startswith("connect timeout")
-        assert 0.4 < time.monotonic() - t0 < 2.0
+        assert wait_until(lambda: reasons, timeout=10)  # liveness guard
+        reason, dropped_at = reasons[0]
+        assert reason.startswith("connect timeout")
+        assert dropped_at - t0 >= 0.5  # dropped by the timer, not before it
     finally:
         for f in fillers:
             f.close()

@@ -89,10 +89,15 @@ def test_reader_skips_bad_checksum_and_keeps_framing():
 
 
 def test_token_bucket_limits_rate():
-    bucket = TokenBucket(rate=10, burst=5)
-    assert sum(bucket.try_take() for _ in range(20)) == 5
-    time.sleep(0.25)
-    assert 1 <= sum(bucket.try_take() for _ in range(20)) <= 4
+    # Explicit times instead of time.sleep: the refill is exact, whatever the load.
+    bucket = TokenBucket(rate=8, burst=5, now=100.0)
+    assert sum(bucket.try_take(100.0) for _ in range(20)) == 5        # the burst
+    assert sum(bucket.try_take(100.25) for _ in range(20)) == 2       # 0.25 s x 8/s
+    assert not bucket.try_take(100.3)                                 # 0.4 of a token
+    assert bucket.next_token_at(100.3) == pytest.approx(100.375)
+    assert bucket.try_take(100.5) and bucket.try_take(100.5)          # 0.4 + 1.6 tokens
+    assert not bucket.try_take(100.5)
+    assert sum(bucket.try_take(110.0) for _ in range(20)) == 5        # refill capped at burst
 
 
 def test_send_queue_finishes_partial_messages():

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -130,13 +129,11 @@ def test_stop_by_rpc_sigterm_and_sigint_then_restart_keeps_the_chain(line, tmp_p
     a, b, c = line["A"], line["B"], line["C"]
     best, height = c.best_hash(), c.height()
     assert c.rpc("stop") is not None
-    started = time.monotonic()
     assert c.wait(SHUTDOWN_SECONDS) == 0, c.describe()
     b.send_signal(signal.SIGTERM)
     assert b.wait(SHUTDOWN_SECONDS) == 0, b.describe()
     a.send_signal(signal.SIGINT)
     assert a.wait(SHUTDOWN_SECONDS) == 0, a.describe()
-    assert time.monotonic() - started < 3 * SHUTDOWN_SECONDS
     for node, signum in ((b, 15), (a, 2)):
         assert f"Received signal {signum}, shutting down gracefully..." in node.output()
     for node in (a, b, c):

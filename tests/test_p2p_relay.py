@@ -14,7 +14,7 @@ from dilithion.net.tx_relay import TxRelayManager
 from dilithion.node.mempool import accept_to_memory_pool
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 from coins_helpers import FEE, p2pkh, spend
-from framework import MINER, InProcessNode, next_commands, raw_peer, regtest_chain, wait_until
+from framework import MINER, FakeClock, InProcessNode, next_commands, raw_peer, regtest_chain, wait_until
 
 TX = InvType.MSG_TX_INV
 RECIPIENT = KeyPair.from_seed(b"\x07" * 32)
@@ -143,10 +143,11 @@ def test_manager_announce_bookkeeping_and_per_peer_bound(monkeypatch):
     assert m.get_stats() == (0, 0, 5)
 
 
-def test_manager_requests_expire_and_follow_disconnects(monkeypatch):
-    monkeypatch.setattr(TxRelayManager, "TX_REQUEST_TIMEOUT", 0.05)
-    monkeypatch.setattr(TxRelayManager, "TX_ANNOUNCE_TTL", 0.05)
-    m = TxRelayManager()
+def test_manager_requests_expire_and_follow_disconnects():
+    # A hand-driven clock: with 50 ms timeouts and the real clock, a stall between
+    # mark_requested and the first assertion would expire the request early.
+    clock = FakeClock()
+    m = TxRelayManager(clock=clock)
     a, b = b"\x0a" * 32, b"\x0b" * 32
     m.mark_requested(a, 1)
     m.mark_requested(b, 2)
@@ -154,7 +155,10 @@ def test_manager_requests_expire_and_follow_disconnects(monkeypatch):
     assert m.already_have(a, None) and m.in_flight(b)
     m.peer_disconnected(2)
     assert not m.in_flight(b) and m.get_stats() == (1, 1, 1)
-    time.sleep(0.06)
+    clock.advance(TxRelayManager.TX_ANNOUNCE_TTL)                 # 15 s: stamps expire, requests not
+    assert m.already_have(a, None)
+    assert m.cleanup_expired() == 0 and m.get_stats() == (1, 1, 0)
+    clock.advance(TxRelayManager.TX_REQUEST_TIMEOUT - TxRelayManager.TX_ANNOUNCE_TTL)  # at 60 s
     assert not m.already_have(a, None)            # expired even before cleanup runs
     assert m.cleanup_expired() == 1
     assert m.get_stats() == (1, 0, 0)

@@ -5,7 +5,6 @@ and real RandomX; the mined regtest chain is shared for the session.
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -41,12 +40,9 @@ def test_fresh_node_catches_up_300_blocks(nodes):
     server = nodes("server")
     server.load(chain)
     fresh = nodes("fresh")
-    started = time.monotonic()
     fresh.dial(server)
-    assert wait_until(lambda: fresh.height() == 300, timeout=60), fresh.height()
-    elapsed = time.monotonic() - started
+    assert wait_until(lambda: fresh.height() == 300, timeout=60), fresh.height()   # liveness guard
     assert fresh.chain.tip().hash == chain[300][1]
-    assert elapsed < 60
     # Every block was learned from an inv and timed until connected.
     assert wait_until(lambda: fresh.metric("block_propagation_time_seconds_count", role="receive") == 300)
     # Nothing is left waiting.
@@ -228,7 +224,9 @@ def test_received_block_is_not_announced_back_to_its_sender(nodes):
 
 
 def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
-    monkeypatch.setattr(block_relay, "BLOCK_REQUEST_TIMEOUT_S", 0.2)
+    # The request timeout is the module's 30 s while "in flight" is checked, and 0
+    # when expiry is: with a 0.2 s timeout and a sleep, a slow handler thread could
+    # see the request expire before the "asks for nothing" check.
     chain = regtest_chain(3)
     node = nodes("n")
     peer = raw_peer(node, agent=CPP_USER_AGENT)
@@ -240,7 +238,7 @@ def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
     peer.send(MsgInv([Inv(BLOCK, bytes(chain[3][1]))]))
     peer.send(MsgBlock(chain[3][0]))
     assert next_commands(peer) == []
-    time.sleep(0.3)
+    monkeypatch.setattr(block_relay, "BLOCK_REQUEST_TIMEOUT_S", 0.0)   # now expired
     peer.send(MsgBlock(chain[3][0]))               # expired: the walk resumes
     assert peer.wait_for("getdata") == parent
     peer.close()

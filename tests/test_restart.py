@@ -193,16 +193,15 @@ def test_long_python_chain_restarts_without_hashing_every_block(stored_chain, lo
     datadir = copy_datadir(stored_chain[0], tmp_path / "copy")
     side = stored_chain[1]
     counting = CountingHasher(hasher)
-    started = time.monotonic()
     chain = open_chain(datadir, counting)
-    elapsed = time.monotonic() - started
+    # The behaviour is a count: the genesis is the only block hashed.  How long a reload
+    # takes is contrib/bench/bench_chain.py's figure ("reload s"), not a verdict here.
     assert counting.calls == 1                              # the genesis only
     assert chain.height() == 200 and chain.tip().hash == long_chain[-1][1]
     assert chain.main_chain_hashes(1, 200) == [h for _, h in long_chain]
     side_tip = chain.get_index(side[-1][1])
     assert side_tip is not None and side_tip.height == 155 and not chain.is_on_main_chain(side_tip)
     assert side_tip.chain_work == 156 * chain.get_index(long_chain[0][1]).chain_work // 2
-    assert elapsed < 5, f"loading 206 blocks took {elapsed:.1f} s"
     # the side branch is alive after the restart: 46 more blocks make it win (depth 50 reorg)
     more = mine_on(hasher, side[-1][1], 155, 46, PKH_B, branch=1)
     results = [chain.process_new_block(b, h) for b, h in more]

@@ -11,6 +11,7 @@ import threading
 import time
 
 from dilithion.core.chainparams import ChainParams
+from dilithion.core.lru import LRUDict
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import MsgPing
 
@@ -53,7 +54,7 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
     def local(frame, event, arg):
         if event == "line" and frame.f_lineno > put_line and armed.is_set():
             conn = frame.f_locals["conn"]
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + 10.0      # liveness guard for a loaded machine
             while conn.backlog.counts()[0] and time.monotonic() < deadline:
                 time.sleep(0.001)
             held.append(conn.backlog.counts()[0])
@@ -85,6 +86,26 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
         peer.close()
 
 
+class _CountingLRUDict(LRUDict):
+    """An ``LRUDict`` that counts the entries its views and ``oldest()`` hand out."""
+
+    steps = 0
+
+    def items(self):
+        for item in super().items():
+            self.steps += 1
+            yield item
+
+    def values(self):
+        for value in super().values():
+            self.steps += 1
+            yield value
+
+    def oldest(self):
+        self.steps += 1
+        return super().oldest()
+
+
 def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
     """block_relay.py (then p2p_handlers.py) ``_claim_request``: past 10,000 requests in flight every
     new claim scanned the whole in-flight map, so one legal ``inv`` of 50,000
@@ -101,13 +122,18 @@ def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
     node = InProcessNode(tmp_path, "n", coins=False, rpc=False).start()
     try:
         peer = raw_peer(node)
+        # "Fast" as a count, not a time: the entries the claims look at in the in-flight
+        # map (the old full scan per claim: ~4 * 10^8 for this inv; now O(1) per claim).
+        relay = node.ctx.block_relay
+        with relay._lock:
+            counting = _CountingLRUDict(relay._in_flight.cap)
+            relay._in_flight = counting
         invs = [Inv(InvType.MSG_BLOCK_INV, os.urandom(32)) for _ in range(50_000)]
-        started = time.monotonic()
         peer.send(MsgInv(invs))
-        getdata = peer.wait_for("getdata", 30.0)
+        getdata = peer.wait_for("getdata", 60.0)
         peer.send(MsgPing(5))
-        assert _pong(peer, 5, 30.0)
-        assert time.monotonic() - started < 15.0, "the handler thread was stalled by one inv"
+        assert _pong(peer, 5, 60.0)                   # liveness guard
+        assert counting.steps <= 2 * len(invs), "the claims scanned the in-flight map"
         assert len(getdata.inv) == MAX_BLOCKS_IN_FLIGHT
         assert node.ctx.block_relay.in_flight_count() == MAX_BLOCKS_IN_FLIGHT
         peer.close()
@@ -156,8 +182,9 @@ def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path
         armed.set()
         node.load(blocks[1:])
         assert wait_until(lambda: bool(left), 10.0) and left == [True]
-        assert wait_until(lambda: node.ctx.broadcaster.diagnostics()["queue_depth"] == 0)
-        time.sleep(0.2)
+        # The task is finished (the filter has run for every snapshot peer), not just dequeued.
+        diag = node.ctx.broadcaster.diagnostics
+        assert wait_until(lambda: diag()["tasks_done"] + diag()["tasks_failed"] >= 1)
         assert state["pid"] not in node.ctx.block_relay._peers
     finally:
         node.close()
@@ -224,14 +251,26 @@ def test_getdata_for_a_big_block_stops_reading_once_the_send_queue_refuses(tmp_p
     node = InProcessNode(tmp_path, "n", coins=False, rpc=False).start()
     try:
         node.chain.process_new_block(block, block_hash=h)
+        # Count block reads instead of timing the handler thread.
+        chainstate = node.ctx.chainstate
+        reads = []
+        real_get_block = chainstate.get_block
+
+        def counting_get_block(*args, **kw):
+            reads.append(1)
+            return real_get_block(*args, **kw)
+
+        chainstate.get_block = counting_get_block
         hog = raw_peer(node, rcvbuf=4096)          # asks, never reads
         other = raw_peer(node)
         hog.send(MsgGetdata([Inv(InvType.MSG_BLOCK_INV, bytes(h))] * 2000))
-        time.sleep(0.2)
-        started = time.monotonic()
+        assert wait_until(lambda: reads, 30.0)     # the handler thread is serving the getdata...
         other.send(MsgPing(8))
-        assert _pong(other, 8, 120.0)
-        assert time.monotonic() - started < 10.0, "the handler thread kept reading the block"
+        assert _pong(other, 8, 120.0)              # ...and has finished it (liveness guard)
+        # The queue takes blocks up to its cap (the first even past it), then refuses
+        # one; after that refusal no more reads, of the 2,000 asked for.
+        # (8 MiB queue + kernel buffers hold a few 2 MiB blocks: a handful, not thousands.)
+        assert len(reads) <= 20, len(reads)
         assert node.connman.queued_bytes(node.peer_id_of(hog)) >= 2 * 1024 * 1024
         hog.close()
         other.close()
@@ -242,25 +281,31 @@ def test_getdata_for_a_big_block_stops_reading_once_the_send_queue_refuses(tmp_p
 _EMFILE_CHILD = r'''
 import json, os, resource, sys, time
 from loguru import logger
-warnings = []
+failed_accepts = []
 logger.remove()
-logger.add(lambda m: warnings.append(1), level="WARNING")
+logger.add(lambda m: failed_accepts.append(1) if "Failed to accept" in m.record["message"] else None,
+           level="WARNING")
 from framework import NodeFactory
+from dilithion.net.net_transport import ACCEPT_RETRY_S
 import pathlib, tempfile
 factory = NodeFactory(pathlib.Path(tempfile.mkdtemp()))
 cm = factory()
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+window_start = time.monotonic()              # no accept can fail before this
 resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")), hard))
 print(cm.listen_port, flush=True)
 sys.stdin.readline()                         # the parent has connected
-cpu0, warned0 = time.process_time(), len(warnings)
-time.sleep(2.0)
-cpu, warned = time.process_time() - cpu0, len(warnings) - warned0
+deadline = time.monotonic() + 30             # liveness guard: the first EMFILE
+while not failed_accepts and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(2.0)                              # room for a few ACCEPT_RETRY_S rests
+failed = len(failed_accepts)
+window = time.monotonic() - window_start     # every counted failure lies inside it
 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-deadline = time.monotonic() + 5
+deadline = time.monotonic() + 10
 while time.monotonic() < deadline and not cm.peer_manager.get_connection_count():
     time.sleep(0.05)
-print(json.dumps({"cpu": cpu, "warnings": warned,
+print(json.dumps({"failed_accepts": failed, "window": window, "retry_s": ACCEPT_RETRY_S,
                   "accepted_later": cm.peer_manager.get_connection_count()}), flush=True)
 factory.stop_all()
 '''
@@ -290,8 +335,10 @@ def test_out_of_descriptors_on_accept_does_not_spin_the_network_thread():
         child.stdin.write("go\n")
         child.stdin.flush()
         report = json.loads(child.stdout.readline())
-        assert report["warnings"] < 50, report
-        assert report["cpu"] < 1.0, report
+        # A count, not CPU time: failed accepts are at least ACCEPT_RETRY_S apart, so a
+        # window of W seconds holds at most W / ACCEPT_RETRY_S + 1 of them (the spinning
+        # thread made ~46,000 a second).  A loaded machine can only make fewer.
+        assert 1 <= report["failed_accepts"] <= report["window"] / report["retry_s"] + 1, report
         assert report["accepted_later"] >= 1, report
     finally:
         for s in socks:

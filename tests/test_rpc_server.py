@@ -26,6 +26,7 @@ from dilithion.primitives.transaction import OutPoint
 from dilithion.rpc.auth import basic_auth_header, read_cookie
 from dilithion.rpc.client import RPCClient, RPCCallError, UsageError
 from dilithion.rpc.ratelimiter import RateLimiter
+from dilithion.rpc import server as server_mod
 from dilithion.rpc.server import RPCServer
 
 from coins_helpers import FEE, p2pkh, spend
@@ -161,12 +162,17 @@ def test_bind_failure_raises_and_leaves_no_cookie(tmp_path):
         blocker.close()
 
 
-def test_stop_does_not_wait_for_an_idle_connection(bare):
+def test_stop_does_not_wait_for_an_idle_connection(bare, monkeypatch):
+    # The idle client's handler thread reads with the per-connection socket timeout;
+    # made an hour here, a stop() that waited it out could not pass the 30 s guard.
+    monkeypatch.setattr(server_mod._RPCRequestHandler, "timeout", 3600.0)
     idle = socket.create_connection(("127.0.0.1", bare.server.port))
-    time.sleep(0.2)
-    started = time.monotonic()
-    bare.server.stop()
-    assert time.monotonic() - started < 3.0                   # not the 30 s socket timeout
+    httpd = bare.server._httpd
+    assert wait_until(lambda: bool(httpd._conns))            # its handler thread is reading
+    stopper = threading.Thread(target=bare.server.stop)
+    stopper.start()
+    stopper.join(30)                                          # liveness guard
+    assert not stopper.is_alive() and not bare.server.is_running()
     idle.close()
 
 

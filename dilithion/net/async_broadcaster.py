@@ -100,7 +100,11 @@ class AsyncBroadcaster:
     def __init__(self, connman: ConnectionManager, *, tx_relay: TxRelayManager | None = None,
                  metrics=None, workers: int = 1, rate: float = 200.0, burst: float = 100.0,
                  max_retries: int = 3,
-                 peer_filter: Callable[[object, BroadcastTask], bool] | None = None) -> None:
+                 peer_filter: Callable[[object, BroadcastTask], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        #: Monotonic seconds for rate limits, retry due times and latency.
+        #: Tests inject a fake clock; waits still use real time (bounded by RATE_SAMPLE_S).
+        self._clock = clock
         self.connman = connman
         self.tx_relay = tx_relay
         self.metrics = metrics
@@ -155,7 +159,7 @@ class AsyncBroadcaster:
         self._enqueue(InvType.MSG_TX_INV, txid, exclude_peer)
 
     def _enqueue(self, inv_type: int, h, exclude_peer: int | None) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with self._cv:
             self._queue.append(BroadcastTask(int(inv_type), Uint256(bytes(h)), exclude_peer, now))
             self._set_depth_metric()
@@ -186,7 +190,7 @@ class AsyncBroadcaster:
     def _next_job(self):
         """Wait (lock held) for a new task, a due retry or a rate sample tick."""
         while self._running:
-            now = time.monotonic()
+            now = self._clock()
             last_sample = self._last_sample
             if self._retries and self._retries[0][0] <= now:
                 due, _seq, task, peer_id, attempt = heapq.heappop(self._retries)
@@ -248,7 +252,7 @@ class AsyncBroadcaster:
 
     def _attempt(self, task: BroadcastTask, peer_id: int, attempt: int) -> None:
         """One delivery try; on refusal schedule a retry instead of waiting."""
-        now = time.monotonic()
+        now = self._clock()
         with self._cv:
             stats = self._peer_stats(peer_id, now)
             if not stats.bucket.try_take(now):
@@ -269,7 +273,7 @@ class AsyncBroadcaster:
                 self.tasks_retried += 1
                 if peer_id in self._peers:
                     self._peers[peer_id].retried += 1
-                self._schedule(time.monotonic() + self.RETRY_BASE_S * (2 ** attempt),
+                self._schedule(self._clock() + self.RETRY_BASE_S * (2 ** attempt),
                                task, peer_id, attempt + 1)
         else:
             self._give_up(task, peer_id, f"send queue full after {attempt + 1} attempt(s)")
@@ -279,7 +283,7 @@ class AsyncBroadcaster:
         self._cv.notify()
 
     def _resolve(self, task: BroadcastTask, peer_id: int, delivered: bool) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with self._cv:
             stats = self._peers.get(peer_id)
             if delivered:
@@ -329,7 +333,7 @@ class AsyncBroadcaster:
 
     def _sample_rates(self) -> None:
         """Update each peer's send rate from the transport's byte counters."""
-        now = time.monotonic()
+        now = self._clock()
         peers = self.connman.peer_manager.get_connected_peers()
         with self._cv:
             for peer in peers:

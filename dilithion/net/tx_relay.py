@@ -54,7 +54,9 @@ class TxRelayManager:
     MAX_TX_IN_FLIGHT = 50_000
     MAX_RECENTLY_ANNOUNCED = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Monotonic seconds for request and announce expiry (tests inject a fake clock).
+        self._clock = clock
         self._cs = threading.Lock()
         self._tx_inv_sent: dict[int, LRUDict[bytes, None]] = {}
         self._tx_in_flight: dict[bytes, int] = {}
@@ -73,13 +75,13 @@ class TxRelayManager:
             if seen is None:
                 seen = self._tx_inv_sent[peer_id] = LRUDict(self.MAX_ANNOUNCED_PER_PEER)
             seen.put(txid, None)
-            self._recently_announced.put(txid, time.monotonic())
+            self._recently_announced.put(txid, self._clock())
 
     def in_flight(self, txid: bytes) -> bool:
         """Requested and not yet timed out."""
         with self._cs:
             t = self._tx_request_time.get(bytes(txid))
-            return t is not None and time.monotonic() - t < self.TX_REQUEST_TIMEOUT
+            return t is not None and self._clock() - t < self.TX_REQUEST_TIMEOUT
 
     def already_have(self, txid: bytes, mempool) -> bool:
         if self.in_flight(txid):
@@ -93,7 +95,7 @@ class TxRelayManager:
             if full and bytes(txid) not in self._tx_in_flight:
                 return False
             self._tx_in_flight[bytes(txid)] = peer_id
-            self._tx_request_time[bytes(txid)] = time.monotonic()
+            self._tx_request_time[bytes(txid)] = self._clock()
             return True
 
     def remove_in_flight(self, txid: bytes) -> None:
@@ -103,7 +105,7 @@ class TxRelayManager:
 
     def cleanup_expired(self) -> int:
         """Drop timed-out requests and stale announce stamps; returns requests dropped."""
-        now = time.monotonic()
+        now = self._clock()
         with self._cs:
             expired = sorted(t for t, at in self._tx_request_time.items()
                              if now - at >= self.TX_REQUEST_TIMEOUT)

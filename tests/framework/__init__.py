@@ -15,6 +15,7 @@ from here; the fixtures ``network``, ``process_node`` and ``test_peer`` in
   fails with the state that matters.
 """
 from .chains import MINER, REGTEST, regtest_chain
+from .clock import FakeClock
 from .inprocess import InProcessNode, next_commands, raw_peer
 from .network import TOPOLOGIES, Nodes, connect_topology
 from .node import TestNode, payee
@@ -26,7 +27,7 @@ from .util import (CONVERGE_TIMEOUT, best_hashes, chain_states, converged, free_
 from .wire import REGTEST_MAGIC, RawPeer, frame, frame_raw
 
 __all__ = [
-    "CONVERGE_TIMEOUT", "MINER", "NODE_BIN", "REGTEST", "REGTEST_MAGIC", "TOPOLOGIES",
+    "CONVERGE_TIMEOUT", "FakeClock", "MINER", "NODE_BIN", "REGTEST", "REGTEST_MAGIC", "TOPOLOGIES",
     "InProcessNode", "NodeFactory", "Nodes", "ProcessNode", "RawPeer", "TestNode", "TestPeer",
     "next_commands", "raw_peer", "regtest_chain", "transport_metric",
     "best_hashes", "chain_states", "connect_topology", "converged", "frame", "frame_raw",

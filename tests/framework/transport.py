@@ -53,10 +53,14 @@ class NodeFactory:
     def ctx(self, cm):
         return self._parts[id(cm)][0]
 
+    def stop(self, cm) -> None:
+        """Stop one transport and its processor (as the node does: transport first)."""
+        cm.stop()
+        self.processor(cm).stop()
+
     def stop_all(self) -> None:
         for cm in self.managers:
-            cm.stop()
-            self.processor(cm).stop()
+            self.stop(cm)
 
 
 def transport_metric(cm, name: str, **labels) -> float:
