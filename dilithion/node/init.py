@@ -153,11 +153,7 @@ class NodeAssembly:
             raise NodeStartupError(f"Cannot create data directory {cfg.datadir}: "
                                    f"{exc.strerror or exc}")
         ctx.metrics = NodeMetrics(process_metrics=cfg.process_metrics)
-        try:
-            ctx.blockchain = BlockchainDB(str(cfg.datadir / "blocks"))
-        except (StorageError, OSError) as exc:
-            raise NodeStartupError("Failed to open blockchain database", f"  {exc}")
-        self._closer("  Closing blockchain database...", ctx.blockchain.close)
+        ctx.blockchain = self._open_database("blockchain", BlockchainDB, "blocks")
         logger.info("  [OK] Blockchain database opened")
         if cfg.coins:
             self._open_coins()
@@ -179,14 +175,20 @@ class NodeAssembly:
         logger.info(f"  Best block hash: {tip.hash.short()}...")
         logger.info(f"  [OK] Loaded chain state: {tip.height + 1} blocks (height {tip.height})")
 
-    def _open_coins(self) -> None:
-        cfg, ctx = self.config, self.ctx
-        logger.info("Initializing UTXO set...")
+    def _open_database(self, what: str, opener, subdir: str):
+        """One LevelDB under the datadir, closed at shutdown; a failure is the C++
+        start-up error ``Failed to open <what> database`` with the reason."""
         try:
-            ctx.utxo_set = UTXOSet(str(cfg.datadir / "chainstate"))
-        except (UTXOStorageError, OSError) as exc:
-            raise NodeStartupError("Failed to open UTXO database", f"  {exc}")
-        self._closer("  Closing UTXO database...", ctx.utxo_set.close)
+            db = opener(str(self.config.datadir / subdir))
+        except (StorageError, OSError) as exc:      # UTXOStorageError is a StorageError
+            raise NodeStartupError(f"Failed to open {what} database", f"  {exc}")
+        self._closer(f"  Closing {what} database...", db.close)
+        return db
+
+    def _open_coins(self) -> None:
+        ctx = self.ctx
+        logger.info("Initializing UTXO set...")
+        ctx.utxo_set = self._open_database("UTXO", UTXOSet, "chainstate")
         logger.info("  [OK] UTXO set opened")
         logger.info("Initializing mempool...")
         ctx.mempool = TxMemPool()
