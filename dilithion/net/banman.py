@@ -66,7 +66,8 @@ class BanEntry:
 
 
 class BanMan:
-    """Manual bans (persisted) and discouraged hosts (in memory) of one node.
+    """Manual bans (persisted) and discouraged hosts (in memory) of one node; replaces
+    the C++ ``CPeerManager::banned_ips`` set (Core: ``BanMan``).
 
     Ownership: shared by every thread (the network thread asks on accept, the
     handler threads discourage, RPC threads ban); ``_cs_banned`` guards
@@ -150,7 +151,8 @@ class BanMan:
 
     # -- discouragement -------------------------------------------------------------
     def discourage(self, host: str) -> None:
-        """Remember ``host`` as misbehaving for ``discourage_time`` (Core ``BanMan::Discourage``)."""
+        """Remember ``host`` as misbehaving for ``discourage_time`` (Core ``BanMan::Discourage``;
+        what the dormant C++ ``CPeerManager::BanPeer`` would do after ``Misbehaving``)."""
         with self._cs_banned:
             self._discouraged.pop(host, None)
             self._discouraged[host] = self._clock() + self.discourage_time
