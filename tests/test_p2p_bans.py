@@ -18,7 +18,7 @@ import pytest
 from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgInv, MsgPing
 from dilithion.primitives.block import Block, BlockHeader
 
-from framework import REGTEST_MAGIC, RawPeer, frame, frame_raw, regtest_chain, wait_until
+from framework import REGTEST_MAGIC, RawPeer, frame, frame_raw, regtest_chain
 
 CLI = Path(sys.executable).parent / "dilithion-cli"
 HONEST = "127.0.0.1"
