@@ -181,7 +181,7 @@ def test_getdata_serves_stored_blocks_and_ignores_unknown(nodes):
     peer.close()
 
 
-def test_invalid_block_gets_the_sender_banned(nodes):
+def test_invalid_block_gets_the_sender_discouraged(nodes):
     chain = regtest_chain(1)
     node = nodes("n")
     peer = raw_peer(node)
@@ -192,7 +192,7 @@ def test_invalid_block_gets_the_sender_banned(nodes):
                             good.header.nonce), good.vtx)
     peer.send(MsgBlock(bad))
     assert peer.is_closed(timeout=5)
-    assert node.connman.peer_manager.is_banned("127.0.0.1")
+    assert node.connman.peer_manager.is_discouraged("127.0.0.1")
     assert node.height() == 0
 
 

@@ -266,6 +266,23 @@ class ChainState:
                     return index.height
             return 0
 
+    def precheck_block(self, block: Block) -> str | None:
+        """Why ``block`` is invalid on checks that need no RandomX hash, or None.
+
+        ``nBits`` outside the network's range: the first half of
+        ``check_proof_of_work``, which :meth:`process_new_block` applies after the
+        hash.  The size limit needs no check here: ``vtx`` is capped at 4 MiB
+        while the message is decoded, before any hash (the 1 MB
+        ``MAX_BLOCK_SIZE`` is a strict-mode rule applied only when connecting,
+        so checking it earlier would change decisions).  Callers run this before
+        :meth:`hash_block`; it rejects only blocks :meth:`process_new_block`
+        rejects too, so the decision stays the C++'s, only cheaper.
+        """
+        bits, lo, hi = block.header.bits, self.params.pow_min_bits, self.params.pow_max_bits
+        if not lo <= bits <= hi:
+            return f"bad-diffbits: nBits 0x{bits:08x} outside [0x{lo:08x}, 0x{hi:08x}]"
+        return None
+
     def hash_block(self, block: Block) -> Uint256:
         """The block's RandomX hash, cached (of the genesis block: C++ ``GetGenesisHash``)."""
         return self._hashes.get(block.header.serialize())

@@ -352,6 +352,11 @@ class BlockRelay:
         """
         chain = self.chain
         block = msg.block
+        reason = chain.precheck_block(block)      # no RandomX hash for a block this bad
+        if reason is not None:
+            logger.error(f"[P2P] ERROR: Invalid block from peer {peer.id}: {reason}")
+            self.transport.misbehaving(peer.id, INVALID_BLOCK_SCORE, f"invalid block: {reason}")
+            return
         now = time.monotonic()
         h = chain.hash_block(block)
         hb = bytes(h)

@@ -30,6 +30,7 @@ from typing import Callable, Protocol
 
 from loguru import logger
 
+from dilithion.net.banman import BanMan, discouraged, score_misbehaviour
 from dilithion.net.connection import Connection, InboundBacklog, TransportConfig
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.protocol import Message, MsgPing
@@ -77,7 +78,8 @@ class ConnectionManager:
 
     def __init__(self, magic: int, config: TransportConfig | None = None, *,
                  listen_host: str | None = "127.0.0.1", listen_port: int = 0,
-                 metrics=None, on_fatal: Callable[[str], None] | None = None) -> None:
+                 metrics=None, on_fatal: Callable[[str], None] | None = None,
+                 banman: BanMan | None = None) -> None:
         self.magic = magic
         self.config = cfg = config or TransportConfig()
         self.listen_host = listen_host
@@ -85,7 +87,7 @@ class ConnectionManager:
         self.send_timeout = cfg.send_timeout
         self.metrics = metrics
         self._on_fatal = on_fatal
-        self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time)
+        self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time, banman)
         self.sink: MessageSink | None = None
         self._log_messages = os.environ.get("DIL_P2P_LOG") == "1"
 
@@ -207,25 +209,20 @@ class ConnectionManager:
         return conn.sendq.queued_bytes() if conn is not None else 0
 
     def misbehaving(self, peer_id: int, howmuch: int, reason: str) -> None:
-        """Score bad input; at ``BAN_THRESHOLD`` the host is banned and the peer closed.
+        """Score bad input (:func:`~dilithion.net.banman.score_misbehaviour`): at
+        ``BAN_THRESHOLD`` the host is discouraged and all its connections closed;
+        score 0 only logs.  Any thread."""
+        score_misbehaviour(self, peer_id, howmuch, reason)
 
-        ``reason`` reads ``"<kind>: <detail>"``; ``<kind>`` labels the metric.
-        Any thread (framing errors on the network thread, decoding and handler
-        errors on the handler thread).
-        """
-        peer = self.peer_manager.get_peer(peer_id)
-        if peer is None:
-            return
-        crossed = self.peer_manager.misbehaving(peer_id, howmuch)
-        kind = reason.split(":", 1)[0].strip() or "other"
-        logger.warning(f"[P2P] Misbehaving peer {peer_id} ({peer.address()}): {reason} "
-                       f"(+{howmuch}, score {peer.misbehavior_score})")
-        if self.metrics is not None:
-            self.metrics.misbehaviour_events.labels(reason=kind).inc()
-        if crossed:
-            logger.warning(f"[P2P] Banning {peer.host} for {self.peer_manager.ban_time:g} s "
-                           f"(peer {peer_id} reached score {peer.misbehavior_score})")
-            self._post(lambda: self._close_id(peer_id, f"banned: {reason}", "misbehaviour"))
+    def disconnect_hosts(self, match: Callable[[str], bool], reason: str) -> None:
+        """Close every connection whose host ``match``es (a ban or discouragement
+        closes all of them, not just the offending one).  Any thread; at once on the
+        network thread, so a flooding connection reads nothing more."""
+        def op() -> None:
+            for conn in self._snapshot():
+                if not conn.closed and match(conn.peer.host):
+                    self._close(conn, reason, "misbehaviour")
+        op() if threading.current_thread() is self._net_thread else self._post(op)
 
     def peer_info(self) -> list[dict]:
         """One dict per connected peer, ascending id (RPC ``getpeerinfo``); C++
@@ -415,6 +412,9 @@ class ConnectionManager:
                 logger.info(f"[P2P] Refused connection from banned host {host}:{port}")
                 sock.close()
                 continue
+            victim = self.peer_manager.eviction_candidate(host)
+            if victim is not None:
+                self._close_id(victim, "evicted for a new peer: discouraged host", "misbehaviour")
             peer = self.peer_manager.add_peer(host, port, inbound=True, state=State.STATE_CONNECTED)
             if peer is None:
                 logger.info(f"[P2P] Failed to accept peer connection from {host}:{port}: "
@@ -498,11 +498,8 @@ class ConnectionManager:
             conn.flood_logged = True
             self.misbehaving(conn.peer.id, SCORE_FLOOD, f"flood: {detail}; dropping {msg.command}")
             return
-        crossed = self.peer_manager.misbehaving(conn.peer.id, SCORE_FLOOD)
-        if crossed:
-            logger.warning(f"[P2P] Banning {conn.peer.host} for {self.peer_manager.ban_time:g} s "
-                           f"(peer {conn.peer.id} flood: {detail})")
-            self._close(conn, f"banned: flood: {detail}", "misbehaviour")
+        if self.peer_manager.misbehaving(conn.peer.id, SCORE_FLOOD):
+            discouraged(self, conn.peer, f"flood: {detail}")
 
     def _deliver(self, conn: Connection, msg: NetMessage) -> None:
         if self._log_messages:

@@ -2,7 +2,8 @@
 
 Differences from the C++ (``net`` 4.4, 4.5): the misbehaviour score is live
 (bad input is scored and, past :attr:`PeerManager.BAN_THRESHOLD`, the host is
-refused for ``ban_time`` seconds), bans expire, the outbound limit of 8 is
+*discouraged* for ``ban_time`` seconds, :mod:`dilithion.net.banman`), manual
+bans are by IP or subnet, expire and persist, the outbound limit of 8 is
 enforced (``net D-26``), and a peer leaves the table when its connection
 closes (``net D-19``, ``D-20``).  The dormant address database and the
 hard-coded seeds are not ported (the node never dials anything implicitly).
@@ -14,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from dilithion.net.banman import BanMan
 from dilithion.net.protocol import CPP_USER_AGENT
 
 __all__ = ["Peer", "PeerManager"]
@@ -81,38 +83,46 @@ class Peer:
 
 
 class PeerManager:
-    """The peer table and the ban list (``CPeerManager``).
+    """The peer table (``CPeerManager``); bans and discouragement live in ``banman``.
 
-    Shared by every thread; ``_cs_peers`` guards ``_peers``, ``_bans``, the
+    Shared by every thread; ``_cs_peers`` guards ``_peers``, the
     misbehaviour scores and every ``Peer.state`` (only :meth:`add_peer`,
     :meth:`transition`, :meth:`misbehaving` and :meth:`remove_peer` write it).
     ``_state_changed`` (a condition on that lock) wakes :meth:`wait_for_handshake`.
-    Peer ids start at 1 and are never reused (``net`` 4.3).
+    Peer ids start at 1 and are never reused (``net`` 4.3).  ``banman``
+    (:class:`~dilithion.net.banman.BanMan`, its own lock ``_cs_banned``, taken
+    after ``_cs_peers``) is set once before the transport starts.
     """
 
     MAX_TOTAL_CONNECTIONS = 125
     MAX_OUTBOUND_CONNECTIONS = 8
     BAN_THRESHOLD = 100
-    DEFAULT_BAN_TIME = 3600  # the C++'s 86,400 s is dormant there; one hour here
+    #: Discouragement time after misbehaviour (the C++'s dormant 86,400 s ban; one hour here).
+    DEFAULT_BAN_TIME = 3600
 
     def __init__(self, max_peers: int = MAX_TOTAL_CONNECTIONS,
                  max_outbound: int = MAX_OUTBOUND_CONNECTIONS,
-                 ban_time: float = DEFAULT_BAN_TIME) -> None:
+                 ban_time: float = DEFAULT_BAN_TIME, banman: BanMan | None = None) -> None:
         self.max_peers = max_peers
         self.max_outbound = max_outbound
         self.ban_time = ban_time
+        self.banman = banman or BanMan(discourage_time=ban_time)
         self._cs_peers = threading.Lock()
         self._state_changed = threading.Condition(self._cs_peers)
         self._peers: dict[int, Peer] = {}
-        self._bans: dict[str, float] = {}  # host -> wall-clock expiry
         self._next_id = 1
 
     # -- table -----------------------------------------------------------------
     def add_peer(self, host: str, port: int, inbound: bool,
                  state: "Peer.State" = Peer.State.STATE_DISCONNECTED) -> Peer | None:
-        """A new table entry in ``state``, or None when full, over the outbound limit, or banned."""
+        """A new table entry in ``state``, or None when full, over the outbound limit, or
+        banned.  An inbound peer from a discouraged host needs one slot to spare
+        (Core: ``discouraged && nInbound + 1 >= nMaxInbound``)."""
         with self._cs_peers:
-            if self._is_banned_locked(host) or not self._has_room_locked(inbound):
+            if self.banman.is_banned(host) or not self._has_room_locked(inbound):
+                return None
+            if inbound and len(self._peers) + 1 >= self.max_peers and \
+                    self.banman.is_discouraged(host):
                 return None
             peer = Peer(self._next_id, host, port, inbound, state)
             self._next_id += 1
@@ -192,12 +202,13 @@ class PeerManager:
         with self._cs_peers:
             return sum(1 for p in self._peers.values() if p.inbound)
 
-    # -- misbehaviour and bans ---------------------------------------------------
+    # -- misbehaviour, discouragement and bans ---------------------------------------
     def misbehaving(self, peer_id: int, howmuch: int) -> bool:
-        """Add to the peer's score; True when this call crossed the ban threshold.
+        """Add to the peer's score; True when this call crossed the threshold.
 
-        Crossing bans the peer's host for ``ban_time``; the caller closes the
-        connection.  Returns False for unknown peers and for peers already banned.
+        Crossing discourages the peer's host (:meth:`BanMan.discourage`); the
+        caller closes its connections.  False for unknown peers and for peers
+        already past the threshold.
         """
         with self._cs_peers:
             peer = self._peers.get(peer_id)
@@ -206,43 +217,41 @@ class PeerManager:
             before = peer.misbehavior_score
             peer.misbehavior_score += howmuch
             if before < self.BAN_THRESHOLD <= peer.misbehavior_score:
-                self._bans[peer.host] = time.time() + self.ban_time
+                self.banman.discourage(peer.host)
                 peer.state = Peer.State.STATE_BANNED
                 self._state_changed.notify_all()
                 return True
             return False
 
-    def ban_ip(self, host: str, ban_time_seconds: float | None = None) -> None:
-        """Ban ``host`` for ``ban_time_seconds`` or the default (C++ ``BanIP``, ``BanPeer``,
-        ``CPeer::Ban``)."""
+    def eviction_candidate(self, host: str) -> int | None:
+        """When the table is full and ``host`` (not discouraged) knocks: an inbound peer
+        from a discouraged host to evict for it, newest first (Core's
+        ``m_prefer_evict``); None when there is room or no such peer."""
         with self._cs_peers:
-            self._bans[host] = time.time() + (self.ban_time if ban_time_seconds is None
-                                              else ban_time_seconds)
+            if len(self._peers) < self.max_peers or self.banman.is_discouraged(host):
+                return None
+            for peer in sorted(self._peers.values(), key=lambda p: -p.id):
+                if peer.inbound and self.banman.is_discouraged(peer.host):
+                    return peer.id
+            return None
+
+    def ban_ip(self, host: str, ban_time_seconds: float | None = None) -> None:
+        """Ban ``host`` (an IP or subnet) for ``ban_time_seconds`` or the ``setban``
+        default (C++ ``BanIP``, ``BanPeer``, ``CPeer::Ban``); the caller closes its connections."""
+        self.banman.ban(host, ban_time_seconds)
 
     def unban_ip(self, host: str) -> None:
-        with self._cs_peers:
-            self._bans.pop(host, None)
+        self.banman.unban(host)
 
     def clear_bans(self) -> None:
-        with self._cs_peers:
-            self._bans.clear()
+        self.banman.clear_banned()
 
     def is_banned(self, host: str) -> bool:
-        with self._cs_peers:
-            return self._is_banned_locked(host)
+        return self.banman.is_banned(host)
 
-    def _is_banned_locked(self, host: str) -> bool:
-        until = self._bans.get(host)
-        if until is None:
-            return False
-        if time.time() >= until:
-            del self._bans[host]
-            return False
-        return True
+    def is_discouraged(self, host: str) -> bool:
+        return self.banman.is_discouraged(host)
 
     def banned(self) -> dict[str, float]:
-        """host -> expiry (wall clock) of the bans still in force."""
-        with self._cs_peers:
-            for host in list(self._bans):
-                self._is_banned_locked(host)
-            return dict(self._bans)
+        """subnet -> expiry (wall clock) of the manual bans still in force."""
+        return {str(e.subnet): e.until for e in self.banman.list_banned()}

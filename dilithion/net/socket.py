@@ -178,11 +178,15 @@ class FrameError(Exception):
 
 @dataclass(frozen=True)
 class FramingPolicy:
-    """Scores for framing faults (chosen here; the C++ never scores, ``net D-05``)."""
+    """Scores for framing faults (chosen here; the C++ never scores, ``net D-05``).
+
+    A wrong magic is a node of another network (a testnet node dialling a
+    regtest one), an honest misconfiguration: disconnected, never scored.
+    """
 
     bad_checksum: int = 10
     bad_command: int = 20
-    wrong_magic: int = 100
+    wrong_magic: int = 0
     oversized: int = 100
 
 

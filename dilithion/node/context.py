@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from dilithion.mining.controller import MiningController
     from dilithion.net.added_nodes import AddedNodes
     from dilithion.net.async_broadcaster import AsyncBroadcaster
+    from dilithion.net.banman import BanMan
     from dilithion.net.block_relay import BlockRelay
     from dilithion.net.net_processing import NetMessageProcessor
     from dilithion.net.net_transport import ConnectionManager
@@ -66,6 +67,8 @@ class NodeContext:
     mempool: TxMemPool | None = None
     metrics: NodeMetrics | None = None
     peer_manager: PeerManager | None = None
+    #: Manual bans (persisted in ``banlist.json``) and discouraged hosts.
+    banman: BanMan | None = None
     connman: ConnectionManager | None = None
     processor: NetMessageProcessor | None = None
     broadcaster: AsyncBroadcaster | None = None

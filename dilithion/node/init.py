@@ -26,6 +26,7 @@ from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController, default_thread_count
 from dilithion.net.added_nodes import AddedNodes
 from dilithion.net.async_broadcaster import AsyncBroadcaster
+from dilithion.net.banman import BANLIST_FILE, BanMan
 from dilithion.net.block_relay import BlockRelay
 from dilithion.net.dns import parse_peer_entry
 from dilithion.net.net_processing import NetMessageProcessor
@@ -211,9 +212,11 @@ class NodeAssembly:
         """Transport, message processor, broadcaster, tx and block relay, added nodes."""
         cfg, ctx = self.config, self.ctx
         logger.info("Initializing P2P components...")
+        ctx.banman = BanMan(cfg.datadir / BANLIST_FILE, metrics=ctx.metrics,
+                            discourage_time=cfg.transport.ban_time)
         connman = ctx.connman = ConnectionManager(ctx.magic, cfg.transport, listen_host=cfg.bind,
                                                   listen_port=cfg.p2p_port, metrics=ctx.metrics,
-                                                  on_fatal=ctx.fatal_error)
+                                                  on_fatal=ctx.fatal_error, banman=ctx.banman)
         ctx.peer_manager = connman.peer_manager
         ctx.processor = NetMessageProcessor(connman, metrics=ctx.metrics,
                                             start_height=ctx.chainstate.height)

@@ -60,6 +60,12 @@ class NodeMetrics:
         self.chain_height = Gauge("chain_height", "Height of the active chain tip", registry=r)
         self.misbehaviour_events = Counter(
             "peer_misbehaviour", "Bad-input events scored against peers", ["reason"], registry=r)
+        self.peer_discouraged = Counter(
+            "peer_discouraged", "Hosts discouraged for reaching the misbehaviour threshold "
+            "(all their connections closed)", registry=r)
+        self.banned_hosts = Gauge(
+            "banned_hosts", "Manual bans (setban, banlist.json) in force: IPs and subnets",
+            registry=r)
         for role in ("announce", "receive"):
             self.block_propagation_time.labels(role=role)
         for reason in ("closed", "timeout", "send_timeout", "misbehaviour", "shutdown"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import ipaddress
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -32,7 +33,8 @@ __all__ = ["RPCError", "RPCMethod", "NodeRPC",
            "RPC_PARSE_ERROR", "RPC_INVALID_REQUEST", "RPC_METHOD_NOT_FOUND", "RPC_INVALID_PARAMS",
            "RPC_INTERNAL_ERROR", "RPC_MISC_ERROR", "RPC_INVALID_ADDRESS_OR_KEY",
            "RPC_INVALID_PARAMETER", "RPC_DESERIALIZATION_ERROR", "RPC_VERIFY_REJECTED",
-           "RPC_CLIENT_NODE_NOT_CONNECTED"]
+           "RPC_CLIENT_NODE_NOT_CONNECTED", "RPC_CLIENT_NODE_ALREADY_ADDED",
+           "RPC_CLIENT_INVALID_IP_OR_SUBNET"]
 
 # JSON-RPC 2.0 codes
 RPC_PARSE_ERROR = -32700
@@ -47,6 +49,8 @@ RPC_INVALID_PARAMETER = -8               # well-typed but unacceptable value
 RPC_DESERIALIZATION_ERROR = -22          # hex or transaction bytes do not decode
 RPC_VERIFY_REJECTED = -26                # transaction refused by validation / mempool
 RPC_CLIENT_NODE_NOT_CONNECTED = -29      # disconnectnode / addnode remove: no such peer
+RPC_CLIENT_NODE_ALREADY_ADDED = -23      # setban add: already banned
+RPC_CLIENT_INVALID_IP_OR_SUBNET = -30    # setban: bad subnet, or remove of an unbanned one
 
 
 #: ``generatetoaddress`` limits (bitcoind's default for maxtries).
@@ -396,6 +400,49 @@ class NodeRPC:
         for peer_id in matches:
             connman.disconnect(peer_id, "disconnectnode")
 
+    @rpc_method("setban", "Ban (add) or unban (remove) an IP or subnet: setban <subnet> "
+                "add|remove [bantime] [absolute]")
+    def rpc_setban(self, subnet: str, command: str, bantime: int = 0,
+                   absolute: bool = False) -> None:
+        """Bitcoin Core's ``setban``: ``bantime`` seconds (0: 24 h), or a Unix time when
+        ``absolute``; persisted in ``banlist.json``; every connection from the
+        banned range is closed.  C++: ``CPeerManager::BanIP``/``UnbanIP`` (no RPC there)."""
+        from dilithion.net.banman import parse_subnet
+        if command not in ("add", "remove"):
+            raise RPCError(RPC_INVALID_PARAMETER,
+                           f"Invalid command parameter: {command} (expected add or remove)")
+        connman = self._need("connman")
+        banman = connman.peer_manager.banman
+        try:
+            net = parse_subnet(subnet)
+        except ValueError:
+            raise RPCError(RPC_CLIENT_INVALID_IP_OR_SUBNET, "Error: Invalid IP/Subnet") from None
+        if command == "remove":
+            if not banman.unban(net):
+                raise RPCError(RPC_CLIENT_INVALID_IP_OR_SUBNET, "Error: Unban failed. Requested "
+                               "address/subnet was not previously manually banned.")
+            return None
+        if absolute and bantime <= int(time.time()):
+            raise RPCError(RPC_INVALID_PARAMETER, "Error: Absolute timestamp is in the past")
+        if not banman.ban(net, bantime, absolute):
+            raise RPCError(RPC_CLIENT_NODE_ALREADY_ADDED, "Error: IP/Subnet already banned")
+        connman.disconnect_hosts(lambda host: _in_subnet(host, net), f"banned ({net})")
+        return None
+
+    @rpc_method("listbanned", "List the manually banned IPs and subnets")
+    def rpc_listbanned(self) -> list:
+        """Core's shape: address, ban_created, banned_until, ban_duration, time_remaining."""
+        now = int(time.time())
+        return [dict(e.to_json(), ban_duration=int(e.until - e.created),
+                     time_remaining=max(0, int(e.until) - now))
+                for e in self._need("connman").peer_manager.banman.list_banned()]
+
+    @rpc_method("clearbanned", "Lift every manual ban")
+    def rpc_clearbanned(self) -> None:
+        """Core's ``clearbanned`` (C++ ``CPeerManager::ClearBans``, no RPC there)."""
+        self._need("connman").peer_manager.banman.clear_banned()
+        return None
+
     @rpc_method("getbroadcastinfo", "Get block/transaction broadcast queue diagnostics")
     def rpc_getbroadcastinfo(self) -> dict:
         return self._need("broadcaster").diagnostics()
@@ -498,6 +545,13 @@ def _package_version() -> str:
         return importlib.metadata.version("dilithion")
     except importlib.metadata.PackageNotFoundError:
         return "0.0.0"
+
+
+def _in_subnet(host: str, net) -> bool:
+    try:
+        return ipaddress.ip_address(host) in net
+    except ValueError:
+        return False
 
 
 def _peer_id(info: dict):

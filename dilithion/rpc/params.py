@@ -53,6 +53,7 @@ METHOD_PARAMS: dict[str, tuple[Param, ...]] = {
     "gettransaction": (Param("txid"),),
     "addnode": (Param("node"), _opt("command")),
     "disconnectnode": (_opt("address"), _opt("nodeid", _I)),
+    "setban": (Param("subnet"), Param("command"), _opt("bantime", _I), _opt("absolute", _B)),
     "help": (_opt("command"),),
     "stop": (_opt("confirm", _B),),
     # C++-only methods (wallet and unfinished ones), for dilithion-cli
