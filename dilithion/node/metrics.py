@@ -60,6 +60,15 @@ class NodeMetrics:
         self.chain_height = Gauge("chain_height", "Height of the active chain tip", registry=r)
         self.misbehaviour_events = Counter(
             "peer_misbehaviour", "Bad-input events scored against peers", ["reason"], registry=r)
+        self.blocks_in_flight = Gauge(
+            "blocks_in_flight", "Block requests (getdata) waiting for their block, all peers",
+            registry=r)
+        self.block_download_stalls = Counter(
+            "block_download_stalls", "Peers disconnected for stalling a block download that "
+            "another announcer could serve", registry=r)
+        self.blocks_unrequested_dropped = Counter(
+            "blocks_unrequested_dropped", "Unrequested blocks with no more work than the tip, "
+            "not stored", registry=r)
         for role in ("announce", "receive"):
             self.block_propagation_time.labels(role=role)
         for reason in ("closed", "timeout", "send_timeout", "misbehaviour", "shutdown"):
