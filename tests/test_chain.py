@@ -317,10 +317,17 @@ def test_default_accepts_what_strict_rejects(make_chain, main50, hasher, what, r
     result = strict.process_new_block(block, h)
     assert result.status is BlockStatus.INVALID and result.reason.startswith(reason)
     assert strict.height() == 10 and not strict.db.block_exists(h)
-    assert strict.get_index(h).status & BLOCK_FAILED
-    assert strict.process_new_block(block, h).reason == "duplicate-invalid"
     child, child_hash = mine_block(hasher, h, 12, PKH_B, PARAMS, now=block_time(12, 7))
     assert default.process_new_block(child, child_hash).status is BlockStatus.TIP
+    if what == "merkle":
+        # A mutated body (Core's BLOCK_MUTATED): another body could match the header, so the
+        # hash is not remembered as failed and the block's child simply waits for it.
+        assert strict.get_index(h) is None
+        assert strict.process_new_block(block, h).reason.startswith(reason)
+        assert strict.process_new_block(child, child_hash).status is BlockStatus.ORPHAN
+        return
+    assert strict.get_index(h).status & BLOCK_FAILED
+    assert strict.process_new_block(block, h).reason == "duplicate-invalid"
     rejected = strict.process_new_block(child, child_hash)
     assert rejected.status is BlockStatus.INVALID and rejected.reason.startswith("bad-prevblk")
 

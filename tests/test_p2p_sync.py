@@ -10,7 +10,7 @@ import pytest
 
 from dilithion.net.protocol import (CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetblocks, MsgGetdata,
                                     MsgInv)
-from dilithion.net import block_relay
+from dilithion.net import block_download, block_relay
 from dilithion.primitives.block import Block, BlockHeader
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
@@ -224,7 +224,7 @@ def test_received_block_is_not_announced_back_to_its_sender(nodes):
 
 
 def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
-    # The request timeout is the module's 30 s while "in flight" is checked, and 0
+    # The request timeout is block_download's 30 s while "in flight" is checked, and 0
     # when expiry is: with a 0.2 s timeout and a sleep, a slow handler thread could
     # see the request expire before the "asks for nothing" check.
     chain = regtest_chain(3)
@@ -238,7 +238,7 @@ def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
     peer.send(MsgInv([Inv(BLOCK, bytes(chain[3][1]))]))
     peer.send(MsgBlock(chain[3][0]))
     assert next_commands(peer) == []
-    monkeypatch.setattr(block_relay, "BLOCK_REQUEST_TIMEOUT_S", 0.0)   # now expired
+    monkeypatch.setattr(block_download, "BLOCK_REQUEST_TIMEOUT_S", 0.0)   # now expired
     peer.send(MsgBlock(chain[3][0]))               # expired: the walk resumes
     assert peer.wait_for("getdata") == parent
     peer.close()

@@ -11,7 +11,6 @@ import threading
 import time
 
 from dilithion.core.chainparams import ChainParams
-from dilithion.core.lru import LRUDict
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import MsgPing
 
@@ -86,56 +85,33 @@ def test_read_pause_cannot_be_lost_when_handler_drains_before_pause(nodes):
         peer.close()
 
 
-class _CountingLRUDict(LRUDict):
-    """An ``LRUDict`` that counts the entries its views and ``oldest()`` hand out."""
-
-    steps = 0
-
-    def items(self):
-        for item in super().items():
-            self.steps += 1
-            yield item
-
-    def values(self):
-        for value in super().values():
-            self.steps += 1
-            yield value
-
-    def oldest(self):
-        self.steps += 1
-        return super().oldest()
-
-
 def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
     """block_relay.py (then p2p_handlers.py) ``_claim_request``: past 10,000 requests in flight every
     new claim scanned the whole in-flight map, so one legal ``inv`` of 50,000
     unknown block hashes cost ~10^9 steps on the message-handler thread (every
     peer's messages waited for minutes) and the map grew without bound.  Now
     the oldest expired requests are dropped from the front in O(1) and no more
-    than the cap are ever in flight."""
+    than the cap are ever in flight.  (Since the download scheduler,
+    ``block_download.py``: one ``inv`` is looked at up to ``MAX_INV_BLOCK_ITEMS``
+    and one peer has at most 16 blocks in flight.)"""
     import os
 
     from dilithion.net.protocol import Inv, InvType, MsgInv
-    from dilithion.net.block_relay import MAX_BLOCKS_IN_FLIGHT
+    from dilithion.net.block_download import MAX_BLOCKS_IN_TRANSIT_PER_PEER, MAX_WANTED_PER_PEER
     from framework import InProcessNode, raw_peer
 
     node = InProcessNode(tmp_path, "n", coins=False, rpc=False).start()
     try:
         peer = raw_peer(node)
-        # "Fast" as a count, not a time: the entries the claims look at in the in-flight
-        # map (the old full scan per claim: ~4 * 10^8 for this inv; now O(1) per claim).
-        relay = node.ctx.block_relay
-        with relay._lock:
-            counting = _CountingLRUDict(relay._in_flight.cap)
-            relay._in_flight = counting
         invs = [Inv(InvType.MSG_BLOCK_INV, os.urandom(32)) for _ in range(50_000)]
         peer.send(MsgInv(invs))
         getdata = peer.wait_for("getdata", 60.0)
         peer.send(MsgPing(5))
         assert _pong(peer, 5, 60.0)                   # liveness guard
-        assert counting.steps <= 2 * len(invs), "the claims scanned the in-flight map"
-        assert len(getdata.inv) == MAX_BLOCKS_IN_FLIGHT
-        assert node.ctx.block_relay.in_flight_count() == MAX_BLOCKS_IN_FLIGHT
+        assert len(getdata.inv) == MAX_BLOCKS_IN_TRANSIT_PER_PEER
+        assert node.ctx.block_relay.in_flight_count() == MAX_BLOCKS_IN_TRANSIT_PER_PEER
+        sizes = node.ctx.block_relay.download.table_sizes()
+        assert sizes["wanted"] <= MAX_WANTED_PER_PEER
         peer.close()
     finally:
         node.close()
@@ -210,7 +186,8 @@ def test_tx_inv_flood_cannot_grow_the_relay_tables_without_bound(tmp_path):
         peer.send(MsgPing(6))
         assert _pong(peer, 6, 60.0)
         _announced, in_flight, recent = node.ctx.tx_relay.get_stats()
-        assert in_flight == TxRelayManager.MAX_TX_IN_FLIGHT
+        # Since the per-peer caps: one peer has at most MAX_PEER_TX_IN_FLIGHT requests.
+        assert in_flight == TxRelayManager.MAX_PEER_TX_IN_FLIGHT
         assert recent <= TxRelayManager.MAX_RECENTLY_ANNOUNCED
         peer.close()
     finally:

@@ -29,7 +29,8 @@ Deliberate differences from the C++ node (none changes a stored byte):
   :meth:`ChainState.load` can always bring the two databases together;
 * a failure part-way through a reorganisation restores the old tip completely
   (the C++ may leave ``pnext`` links inconsistent, ``chain D39``), and strict-mode
-  invalid blocks are remembered as failed in memory (never stored);
+  invalid blocks are remembered as failed in memory (never stored), except for
+  failures another body could cure (``CURABLE_REASONS``);
 * the start-up load (:mod:`dilithion.node.chain_loader`) rebuilds the whole
   tree from disk, side branches included, and therefore restarts on data the
   C++ node cannot restart on (``chain D15``, ``D16``).
@@ -51,8 +52,8 @@ from loguru import logger
 
 from dilithion.consensus.block_index import BLOCK_FAILED, STATUS_STORED_BLOCK, BlockIndex
 from dilithion.consensus.orphan_pool import OrphanPool
-from dilithion.consensus.pow import (check_block_timestamp, check_proof_of_work,
-                                     get_next_work_required)
+from dilithion.consensus.pow import (MAX_FUTURE_BLOCK_TIME, check_block_timestamp,
+                                     check_proof_of_work, get_next_work_required)
 from dilithion.consensus.storage import BlockStore, CoinStore, StorageError
 from dilithion.consensus.validation import BlockValidationError, committed_merkle_root
 from dilithion.core.chainparams import ChainParams
@@ -77,11 +78,15 @@ class BlockStatus(enum.Enum):
     SIDE = "side"            # stored on a branch with less or equal work (or too deep to reorg)
     ORPHAN = "orphan"        # parent unknown: waiting in the orphan pool
     DUPLICATE = "duplicate"  # already known (indexed or waiting in the orphan pool)
+    UNREQUESTED = "unrequested"  # not asked for and no more work than the tip: not stored
     INVALID = "invalid"      # rejected; ``reason`` says why
 
 
 #: Results after which the block is indexed and its waiting orphans can follow.
 _ACCEPTED = (BlockStatus.TIP, BlockStatus.REORG, BlockStatus.SIDE)
+#: Strict failures another body or a later clock may cure (C++ Core's ``BLOCK_MUTATED`` and
+#: ``BLOCK_TIME_FUTURE``): the hash is not remembered as failed, so the real block still connects.
+CURABLE_REASONS = ("bad-txnmrklroot", "time-too-new")
 
 
 @dataclass
@@ -331,20 +336,23 @@ class ChainState:
         return path
 
     # ------------------------------------------------------------------ accepting blocks
-    def process_new_block(self, block: Block, block_hash: Uint256 | None = None) -> BlockResult:
+    def process_new_block(self, block: Block, block_hash: Uint256 | None = None, *,
+                          requested: bool = True) -> BlockResult:
         """Decide a received or mined block; store, connect, reorganise as needed.
 
         C++: ``AddBlockIndex`` and ``ActivateBestChain`` (and the callers' inline steps).
 
         ``block_hash`` may be given when the caller already knows it (the miner);
         otherwise it is computed (and cached) here, outside the chain lock.
+        ``requested=False`` (a peer's block we did not ask for): if it would not
+        become the tip it is not stored (``UNREQUESTED``), as Core's ``AcceptBlock``.
         Raises :class:`StorageError` when a database cannot be read or written
         (disk full, corrupt record); the in-memory chain then still matches the disk.
         """
         block_hash = Uint256(block_hash) if block_hash is not None else self.hash_block(block)
         with self.lock:
             change = _Change(self.tip())
-            result = self._accept(block, block_hash, change)
+            result = self._accept(block, block_hash, change, requested)
             if result.status in _ACCEPTED or result.index is not None:
                 self._connect_orphans(block_hash, change)
             new_tip = self._main[-1]
@@ -358,7 +366,8 @@ class ChainState:
                 logger.exception("[Chain] Tip listener {} failed", callback)
         return result
 
-    def _accept(self, block: Block, block_hash: Uint256, change: _Change) -> BlockResult:
+    def _accept(self, block: Block, block_hash: Uint256, change: _Change,
+                requested: bool = True) -> BlockResult:
         header = block.header
         known = self._index.get(block_hash)
         if known is not None:
@@ -372,7 +381,10 @@ class ChainState:
             return BlockResult(BlockStatus.INVALID, block_hash,
                                reason=f"high-hash: proof of work fails nBits 0x{header.bits:08x}")
         parent = self._index.get(header.hash_prev_block)
+        mutated = self._mutated(block) if self.strict else None
         if parent is None:
+            if mutated is not None:     # a mutated orphan would shadow the real block in the pool
+                return BlockResult(BlockStatus.INVALID, block_hash, reason=mutated)
             self.orphans.add(block_hash, block)
             missing = self.orphans.missing_root(header.hash_prev_block)
             logger.info("[Chain] Orphan block {}... waits for {}... ({} in pool)",
@@ -382,12 +394,20 @@ class ChainState:
         index = BlockIndex.from_header(block_hash, header, parent, STATUS_STORED_BLOCK)
         reason = "bad-prevblk: descends from an invalid block" if parent.is_failed() else None
         if reason is None and self.strict:
-            reason = self._check_contextual(block, parent)
+            reason = self._check_contextual(block, parent) or mutated
+        if reason is not None and reason.startswith(CURABLE_REASONS):
+            logger.warning("[Chain] Rejected block {}... (not marked failed): {}",
+                           block_hash.short(), reason)
+            return BlockResult(BlockStatus.INVALID, block_hash, reason=reason)
         if reason is not None:
             return self._reject(index, reason)
 
         tip = self._main[-1]
         if index.chain_work <= tip.chain_work:
+            if not requested:
+                logger.info("[Chain] Unrequested block {}... at height {} has no more work than "
+                            "the tip: not stored", block_hash.short(), index.height)
+                return BlockResult(BlockStatus.UNREQUESTED, block_hash)
             return self._store_side(index, block, tip)
         fork = self.find_fork(tip, index)
         depth = tip.height - fork.height
@@ -557,11 +577,19 @@ class ChainState:
         expected = get_next_work_required(parent, params)
         if header.bits != expected:
             return f"bad-diffbits: nBits 0x{header.bits:08x}, expected 0x{expected:08x}"
-        if not check_block_timestamp(header.time, parent, int(_time.time())):
-            return f"time-invalid: nTime {header.time} is not after the median time past or too far ahead"
+        now = int(_time.time())
+        if header.time > now + MAX_FUTURE_BLOCK_TIME:
+            return f"time-too-new: nTime {header.time} is more than 2 h after our clock {now}"
+        if not check_block_timestamp(header.time, parent, now):
+            return f"time-invalid: nTime {header.time} is not after the median time past"
+        return None
+
+    @staticmethod
+    def _mutated(block: Block) -> str | None:
+        """The body does not match the header's merkle root (Core: ``BLOCK_MUTATED``)."""
         root = Uint256(committed_merkle_root(block))
-        if root != header.hash_merkle_root:
-            return f"bad-txnmrklroot: header has {header.hash_merkle_root}, transactions give {root}"
+        if root != block.header.hash_merkle_root:
+            return f"bad-txnmrklroot: header has {block.header.hash_merkle_root}, transactions give {root}"
         return None
 
     def _connect_orphans(self, parent_hash: Uint256, change: _Change) -> None:

@@ -6,8 +6,10 @@ relays a received block (``net D-17``), never downloads history, and keeps a
 block with an unknown parent forever (``net D-18``, ``chain D21``).  This
 module keeps the wire behaviour C++ peers rely on and fixes the rest:
 
-* **fetch**: unknown announced blocks are requested with one ``getdata``;
-  requests in flight are not repeated until they expire (30 s);
+* **fetch**: unknown announced blocks are requested with ``getdata``, at most 16
+  in flight per peer, scheduled by :class:`~dilithion.net.block_download.BlockDownload`
+  (a staller is disconnected and its blocks asked of their other announcers);
+  an unrequested block that would not become the tip is not stored;
 * **orphans**: a block whose parent we lack makes us ask *its sender* for the
   parent, again and again, until the chain connects (a C++ peer serves any
   stored block by hash, so this also catches a fresh node up from a C++ peer);
@@ -38,6 +40,7 @@ from dilithion.consensus.chain import BlockStatus, ChainState
 from dilithion.consensus.storage import StorageError
 from dilithion.core.lru import LRUDict, LRUSet
 from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
+from dilithion.net.block_download import BlockDownload
 from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetaddr,
@@ -45,14 +48,17 @@ from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, Ms
 from dilithion.net.tx_relay import TxRelay
 from dilithion.primitives.block import Uint256
 
-__all__ = ["BlockRelay", "INV_BATCH", "BLOCK_REQUEST_TIMEOUT_S", "MAX_BLOCKS_IN_FLIGHT"]
+__all__ = ["BlockRelay", "INV_BATCH", "MAX_INV_BLOCK_ITEMS"]
 
 #: Most hashes in one catch-up ``inv`` (Bitcoin's ``MAX_BLOCKS_IN_TRANSIT``-like batch).
 INV_BATCH = 500
-#: A block requested by ``getdata`` may be requested again (from anyone) after this.
-BLOCK_REQUEST_TIMEOUT_S = 30.0
-#: Most block requests in flight at once (an ``inv`` may name 50,000 hashes).
-MAX_BLOCKS_IN_FLIGHT = 10_000
+#: Block items of one ``inv`` that are looked at (two catch-up batches); the rest of a
+#: 50,000-item ``inv`` is ignored, so one message cannot fill a peer's tables.
+MAX_INV_BLOCK_ITEMS = 2 * INV_BATCH
+#: Misbehaviour score for an unrequested block that would not become the tip (not stored).
+UNREQUESTED_BLOCK_SCORE = 10
+#: How often the stall checker looks at the requests in flight.
+STALL_CHECK_INTERVAL_S = 0.2
 #: A catch-up batch nobody continued is abandoned after this; tip announcements resume.
 CATCHUP_TIMEOUT_S = 60.0
 #: At most one ``getblocks`` per peer in this many seconds (every orphan from a peer
@@ -97,9 +103,11 @@ class BlockRelay:
 
     Threads: handlers run on the message-handler thread; the tip listener runs
     on whichever thread connected the block (handler thread, a mining thread,
-    RPC); ``_may_announce`` runs on broadcaster workers.  ``_lock`` guards
-    ``_peers``, ``_in_flight`` and ``_first_seen``; it is never held while
-    calling the chain state or the transport.
+    RPC); ``_may_announce`` runs on broadcaster workers; the stall checker
+    (``block-stall``, :meth:`start`/:meth:`stop`) releases stallers' requests.
+    ``_lock`` guards ``_peers`` and ``_first_seen``; the download tables are
+    owned by ``self.download`` (:class:`BlockDownload`, its own ``_lock``).
+    Neither lock is held while calling the chain state or the transport.
     """
 
     def __init__(self, chain: ChainState, transport: ConnectionManager,
@@ -113,8 +121,9 @@ class BlockRelay:
         self._on_fatal = on_fatal
         self._lock = threading.Lock()
         self._peers: dict[int, _PeerSync] = {}
-        # Oldest first: claims run on the handler thread with a non-decreasing clock.
-        self._in_flight: LRUDict[bytes, tuple[int, float]] = LRUDict(MAX_BLOCKS_IN_FLIGHT + 1)
+        self.download = BlockDownload()
+        self._stop = threading.Event()
+        self._stall_thread: threading.Thread | None = None
         self._first_seen: LRUDict[bytes, float] = LRUDict(MAX_FIRST_SEEN)
         self._origin = threading.local()     # peer whose block is being processed on this thread
         broadcaster.peer_filter = self._may_announce
@@ -149,10 +158,52 @@ class BlockRelay:
     def on_disconnect(self, peer, reason: str = "") -> None:
         with self._lock:
             self._peers.pop(peer.id, None)
-            for h in [h for h, (pid, _t) in self._in_flight.items() if pid == peer.id]:
-                del self._in_flight[h]
+        refill = self.download.peer_gone(peer.id)
+        self.download.forget_staller(peer.id)
         self.tx.manager.peer_disconnected(peer.id)
         self.broadcaster.peer_disconnected(peer.id)
+        for other in refill:
+            self._fill(other)
+
+    # ------------------------------------------------------------ stall checker
+    def start(self) -> None:
+        """Start the stall checker thread (:meth:`check_stalls` every 0.2 s)."""
+        if self._stall_thread is None:
+            self._stop.clear()
+            self._stall_thread = threading.Thread(target=self._stall_loop, name="block-stall",
+                                                  daemon=True)
+            self._stall_thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._stall_thread is not None:
+            self._stall_thread.join(5.0)
+            self._stall_thread = None
+
+    def _stall_loop(self) -> None:
+        while not self._stop.wait(STALL_CHECK_INTERVAL_S):
+            try:
+                self.check_stalls()
+            except Exception:
+                logger.exception("[P2P] Block stall check failed")
+
+    def check_stalls(self) -> list[int]:
+        """Disconnect peers that stall a block another peer announced; ask the others."""
+        stallers, refill = self.download.take_stallers()
+        for peer_id in stallers:
+            logger.warning(f"[P2P] Peer {peer_id} stalled block download: disconnecting; "
+                           f"asking other announcers")
+            if self.metrics is not None:
+                self.metrics.block_download_stalls.inc()
+            self.transport.disconnect(peer_id, "block download stall")
+        for peer_id in refill:
+            self._fill(peer_id)
+        self._update_gauge()
+        return stallers
+
+    def _update_gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.blocks_in_flight.set(self.download.in_flight_count())
 
     def _send_catchup_batch(self, peer_id: int, sync: _PeerSync, from_height: int) -> None:
         """Announce main-chain hashes ``from_height`` upwards (one ``inv``) or finish."""
@@ -232,25 +283,20 @@ class BlockRelay:
         return False
 
     # ------------------------------------------------------------ block requests
-    def _claim_request(self, h: bytes, peer_id: int, now: float) -> bool:
-        """Mark ``h`` requested from ``peer_id`` unless an unexpired request exists."""
-        with self._lock:
-            cur = self._in_flight.get(h)
-            if cur is not None and now - cur[1] < BLOCK_REQUEST_TIMEOUT_S:
-                return False
-            # Re-inserted at the end, so the map stays oldest first (claims run on the
-            # handler thread with a non-decreasing clock): expired requests leave from
-            # the front in O(1) each instead of a full scan per claim.
-            self._in_flight.pop(h, None)
-            while self._in_flight:
-                _oldest, (_p, t) = self._in_flight.oldest()
-                if now - t < BLOCK_REQUEST_TIMEOUT_S:
-                    break
-                self._in_flight.pop_oldest()
-            if len(self._in_flight) >= MAX_BLOCKS_IN_FLIGHT:
-                return False
-            self._in_flight[h] = (peer_id, now)
-            return True
+    def _fill(self, peer_id: int, extra: list[Inv] | None = None) -> None:
+        """Request from ``peer_id`` the blocks it announced, up to its free slots."""
+        wanted: list[bytes] = []
+        for _round in range(4):             # rounds only repeat when known blocks were dropped
+            candidates = self.download.candidates(peer_id)
+            if not candidates:
+                break
+            have = {h for h in candidates if self._have_block(h)}
+            wanted += self.download.claim(peer_id, candidates, have)
+            if not have:
+                break
+        invs = [Inv(InvType.MSG_BLOCK_INV, h) for h in wanted]
+        self._request(peer_id, invs + list(extra or ()), len(invs))
+        self._update_gauge()
 
     def _learned_of(self, h: bytes, now: float) -> None:
         with self._lock:
@@ -258,24 +304,20 @@ class BlockRelay:
                 self._first_seen.put(h, now)
 
     def in_flight_count(self) -> int:
-        with self._lock:
-            return len(self._in_flight)
+        return self.download.in_flight_count()
 
     def _have_block(self, h: bytes) -> bool:
         """Indexed, or waiting in the orphan pool (its parent is chased separately)."""
         return self.chain.knows_block(Uint256(h))
 
-    def _request(self, peer, invs: list[Inv], n_blocks: int) -> None:
+    def _request(self, peer_id: int, invs: list[Inv], n_blocks: int) -> None:
         if not invs:
             return
         if n_blocks:
-            logger.info(f"[P2P] Requesting {n_blocks} block(s) from peer {peer.id}")
-        if not self.transport.send_message(peer.id, MsgGetdata(invs)):
-            logger.warning(f"[P2P] Could not queue getdata for peer {peer.id}")
-            with self._lock:
-                for inv in invs:
-                    if inv.type == InvType.MSG_BLOCK_INV:
-                        self._in_flight.pop(inv.hash, None)
+            logger.info(f"[P2P] Requesting {n_blocks} block(s) from peer {peer_id}")
+        if not self.transport.send_message(peer_id, MsgGetdata(invs)):
+            logger.warning(f"[P2P] Could not queue getdata for peer {peer_id}")
+            self.download.unclaim([i.hash for i in invs if i.type == InvType.MSG_BLOCK_INV])
 
     # ------------------------------------------------------------ handlers
     def on_inv(self, peer, msg) -> None:
@@ -284,30 +326,31 @@ class BlockRelay:
         C++: ``ProcessInvMessage`` and the node's ``SetInvHandler`` lambda.
         """
         now = time.monotonic()
-        wanted: list[Inv] = []
-        txids: list[bytes] = []
-        blocks = [item.hash for item in msg.inv if item.type == InvType.MSG_BLOCK_INV]
+        items = dict.fromkeys(msg.inv)
+        blocks = list(dict.fromkeys(bytes(i.hash) for i in items if i.type == InvType.MSG_BLOCK_INV))
+        txids = [bytes(i.hash) for i in items if i.type == InvType.MSG_TX_INV]
+        if len(blocks) > MAX_INV_BLOCK_ITEMS:
+            logger.info(f"[P2P] Peer {peer.id} announced {len(blocks)} blocks in one inv; "
+                        f"looking at the first {MAX_INV_BLOCK_ITEMS}")
+            blocks = blocks[:MAX_INV_BLOCK_ITEMS]
         batch = len(blocks) > 1
         if batch:
             # A catch-up batch: once its last block is in our block tree, ask for the next
             # (we may never request that block, so the sender cannot tell we are done).
-            self._sync(peer).batch_end = bytes(blocks[-1])
-        for item in dict.fromkeys(msg.inv):
-            if item.type == InvType.MSG_BLOCK_INV:
-                h = bytes(item.hash)
-                self._note_has(peer, h)
-                if self._have_block(h):
-                    continue
-                logger.info(f"[P2P] Peer {peer.id} announced new block: {Uint256(h).short()}...")
+            self._sync(peer).batch_end = blocks[-1]
+        new = []
+        for h in blocks:
+            self._note_has(peer, h)
+            if not self._have_block(h):
+                new.append(h)
                 self._learned_of(h, now)
-                if self._claim_request(h, peer.id, now):
-                    wanted.append(Inv(InvType.MSG_BLOCK_INV, h))
-            elif item.type == InvType.MSG_TX_INV:
-                txids.append(bytes(item.hash))
-        n_blocks = len(wanted)
-        if txids:
-            wanted += self.tx.items_to_request(peer, txids)
-        self._request(peer, wanted, n_blocks)
+        if len(new) == 1:          # one line per inv, never one per item
+            logger.info(f"[P2P] Peer {peer.id} announced new block: {Uint256(new[0]).short()}...")
+        elif new:
+            logger.info(f"[P2P] Peer {peer.id} announced {len(new)} new blocks: "
+                        f"{Uint256(new[0]).short()}...{Uint256(new[-1]).short()}...")
+        self.download.announced(peer.id, new)
+        self._fill(peer.id, self.tx.items_to_request(peer, txids) if txids else None)
         if batch:
             self._continue_batch(peer, self._sync(peer))
 
@@ -361,12 +404,11 @@ class BlockRelay:
         h = chain.hash_block(block)
         hb = bytes(h)
         logger.info(f"[P2P] Received block from peer {peer.id}: {h.short()}...")
-        with self._lock:
-            self._in_flight.pop(hb, None)
+        requested, freed = self.download.received(hb, peer.id)
         self._learned_of(hb, now)
         self._origin.peer_id = peer.id
         try:
-            result = chain.process_new_block(block, block_hash=h)
+            result = chain.process_new_block(block, block_hash=h, requested=requested)
         except StorageError as exc:
             logger.error(f"[P2P] ERROR: Failed to save block from peer {peer.id}")
             if self._on_fatal is not None:
@@ -375,6 +417,8 @@ class BlockRelay:
         finally:
             self._origin.peer_id = None
         self._note_has(peer, hb)
+        for peer_id in freed:
+            self._fill(peer_id)
         self._continue_batch(peer, self._sync(peer), result.index)
         status = BlockStatus
         if result.status in (status.TIP, status.REORG):
@@ -397,7 +441,16 @@ class BlockRelay:
         elif result.status == status.INVALID:
             logger.error(f"[P2P] ERROR: Invalid block {h.short()}... from peer {peer.id}: "
                          f"{result.reason}")
-            self.transport.misbehaving(peer.id, INVALID_BLOCK_SCORE, f"invalid block: {result.reason}")
+            if not result.reason.startswith("time-too-new"):   # Core: BLOCK_TIME_FUTURE is not punished
+                self.transport.misbehaving(peer.id, INVALID_BLOCK_SCORE,
+                                           f"invalid block: {result.reason}")
+        elif result.status == status.UNREQUESTED:
+            if self.metrics is not None:
+                self.metrics.blocks_unrequested_dropped.inc()
+            if not self._sync(peer).is_cpp:        # a C++ node may push its fork's blocks
+                self.transport.misbehaving(peer.id, UNREQUESTED_BLOCK_SCORE,
+                                           f"unrequested block: {h.short()}... has no more work "
+                                           f"than our tip")
 
     def _chase_parent(self, peer, missing) -> None:
         """Fetch what connects an orphan from its sender.
@@ -426,8 +479,8 @@ class BlockRelay:
                     peer.id, MsgGetblocks(self.chain.locator())):
                 logger.warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
             return
-        if self._claim_request(parent, peer.id, now):
-            self._request(peer, [Inv(InvType.MSG_BLOCK_INV, parent)], 1)
+        if self.download.request_now(peer.id, parent):
+            self._request(peer.id, [Inv(InvType.MSG_BLOCK_INV, parent)], 1)
 
     def _continue_batch(self, peer, sync: _PeerSync, received=None) -> None:
         """Ask a Python peer for what follows its last catch-up batch, as Bitcoin's
@@ -450,10 +503,10 @@ class BlockRelay:
         chain = self.chain
         now = time.monotonic()
         index = chain.get_index(Uint256(sync.batch_end))
+        busy = index is None and self.download.busy_with(peer.id)
         with self._lock:
             if index is None:
-                if any(pid == peer.id for pid, _t in self._in_flight.values()) \
-                        or now - sync.getblocks_sent < GETBLOCKS_INTERVAL_S:
+                if busy or now - sync.getblocks_sent < GETBLOCKS_INTERVAL_S:
                     return
                 index = sync.branch_tip
             sync.batch_end = None

@@ -53,6 +53,10 @@ class TxRelayManager:
     #: grow by up to 50,000 entries per message until they expire.
     MAX_TX_IN_FLIGHT = 50_000
     MAX_RECENTLY_ANNOUNCED = 100_000
+    #: Core's ``MAX_PEER_TX_REQUEST_IN_FLIGHT``: one peer's unanswered tx requests.
+    MAX_PEER_TX_IN_FLIGHT = 100
+    #: Core's ``MAX_PEER_TX_ANNOUNCEMENTS``: tx items of one ``inv`` that are looked at.
+    MAX_PEER_TX_ANNOUNCEMENTS = 5_000
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         #: Monotonic seconds for request and announce expiry (tests inject a fake clock).
@@ -61,6 +65,7 @@ class TxRelayManager:
         self._tx_inv_sent: dict[int, LRUDict[bytes, None]] = {}
         self._tx_in_flight: dict[bytes, int] = {}
         self._tx_request_time: dict[bytes, float] = {}
+        self._peer_in_flight: dict[int, int] = {}      # peer -> len of its _tx_in_flight share
         self._recently_announced: LRUDict[bytes, float] = LRUDict(self.MAX_RECENTLY_ANNOUNCED)
 
     def should_announce(self, peer_id: int, txid: bytes) -> bool:
@@ -89,19 +94,34 @@ class TxRelayManager:
         return mempool is not None and bool(mempool.exists(bytes(txid)))
 
     def mark_requested(self, txid: bytes, peer_id: int) -> bool:
-        """Record a request; False (nothing recorded) when ``MAX_TX_IN_FLIGHT`` are pending."""
+        """Record a request; False (nothing recorded) when ``MAX_TX_IN_FLIGHT`` are pending
+        node-wide or ``MAX_PEER_TX_IN_FLIGHT`` from this peer."""
+        txid = bytes(txid)
         with self._cs:
-            full = len(self._tx_in_flight) >= self.MAX_TX_IN_FLIGHT
-            if full and bytes(txid) not in self._tx_in_flight:
+            if txid not in self._tx_in_flight and (
+                    len(self._tx_in_flight) >= self.MAX_TX_IN_FLIGHT
+                    or self._peer_in_flight.get(peer_id, 0) >= self.MAX_PEER_TX_IN_FLIGHT):
                 return False
-            self._tx_in_flight[bytes(txid)] = peer_id
-            self._tx_request_time[bytes(txid)] = self._clock()
+            self._drop(txid)
+            self._tx_in_flight[txid] = peer_id
+            self._peer_in_flight[peer_id] = self._peer_in_flight.get(peer_id, 0) + 1
+            self._tx_request_time[txid] = self._clock()
             return True
+
+    def _drop(self, txid: bytes) -> None:
+        """Forget one request (``_cs`` held)."""
+        peer_id = self._tx_in_flight.pop(txid, None)
+        self._tx_request_time.pop(txid, None)
+        if peer_id is not None:
+            left = self._peer_in_flight.get(peer_id, 0) - 1
+            if left > 0:
+                self._peer_in_flight[peer_id] = left
+            else:
+                self._peer_in_flight.pop(peer_id, None)
 
     def remove_in_flight(self, txid: bytes) -> None:
         with self._cs:
-            self._tx_in_flight.pop(bytes(txid), None)
-            self._tx_request_time.pop(bytes(txid), None)
+            self._drop(bytes(txid))
 
     def cleanup_expired(self) -> int:
         """Drop timed-out requests and stale announce stamps; returns requests dropped."""
@@ -112,8 +132,7 @@ class TxRelayManager:
             for txid in expired:
                 logger.debug(f"[TxRelay] Request for {_short(txid)}... from peer "
                              f"{self._tx_in_flight.get(txid)} timed out")
-                self._tx_in_flight.pop(txid, None)
-                self._tx_request_time.pop(txid, None)
+                self._drop(txid)
             for txid in [t for t, at in self._recently_announced.items()
                          if now - at >= self.TX_ANNOUNCE_TTL]:
                 del self._recently_announced[txid]
@@ -123,8 +142,8 @@ class TxRelayManager:
         with self._cs:
             self._tx_inv_sent.pop(peer_id, None)
             for txid in [t for t, p in self._tx_in_flight.items() if p == peer_id]:
-                self._tx_in_flight.pop(txid, None)
-                self._tx_request_time.pop(txid, None)
+                self._drop(txid)
+            self._peer_in_flight.pop(peer_id, None)
 
     def get_stats(self) -> tuple[int, int, int]:
         with self._cs:
@@ -168,7 +187,13 @@ class TxRelay:
         if mempool is None:
             return []  # like the C++ node without a mempool: tx items ignored
         wanted = []
-        for txid in dict.fromkeys(bytes(t) for t in txids):
+        unique = list(dict.fromkeys(bytes(t) for t in txids))
+        cap = self.manager.MAX_PEER_TX_ANNOUNCEMENTS
+        if len(unique) > cap:      # one inv cannot fill the peer's announced set
+            logger.info(f"[P2P] Peer {peer.id} announced {len(unique)} transactions in one inv; "
+                        f"looking at the first {cap}")
+            unique = unique[:cap]
+        for txid in unique:
             self.manager.mark_announced(peer.id, txid)   # the announcer has it
             if self.manager.already_have(txid, mempool):
                 continue

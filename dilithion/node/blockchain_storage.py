@@ -330,15 +330,41 @@ class BlockchainDB:
         except plyvel.Error as e:
             raise StorageError(f"cannot scan block database {self.path}: {_describe(e)}") from e
 
-    def iter_blocks(self) -> Iterator[tuple[Uint256, Block]]:
-        """Every stored block record as ``(hash from the key, Block)``, checksums verified."""
-        for key, value in self._scan(BLOCK_PREFIX):
-            yield _hash_from_key(key), decode_block_record(value, key)
+    def iter_blocks(self, corrupt: list | None = None) -> Iterator[tuple[Uint256, Block]]:
+        """Every stored block record as ``(hash from the key, Block)``, checksums verified.
 
-    def iter_block_indexes(self) -> Iterator[IndexRecord]:
-        """Every index record; raises if the hash inside differs from the key."""
+        With a ``corrupt`` list, an undecodable record is appended to it as
+        ``(hash, error)`` and skipped instead of raising."""
+        for key, value in self._scan(BLOCK_PREFIX):
+            try:
+                block = decode_block_record(value, key)
+            except StorageError as e:
+                if corrupt is None:
+                    raise
+                corrupt.append((_hash_from_key(key), e))
+                continue
+            yield _hash_from_key(key), block
+
+    def iter_block_indexes(self, corrupt: list | None = None) -> Iterator[IndexRecord]:
+        """Every index record; raises if the hash inside differs from the key (or, with
+        a ``corrupt`` list, records ``(hash, error)`` there and skips the record)."""
         for key, value in self._scan(INDEX_PREFIX):
-            record = decode_index_record(value, key)
-            if record.hash != _hash_from_key(key):
-                raise StorageError(f"corrupt index record {key!r}: it holds hash {record.hash}")
+            try:
+                record = decode_index_record(value, key)
+                if record.hash != _hash_from_key(key):
+                    raise StorageError(f"corrupt index record {key!r}: it holds hash {record.hash}")
+            except StorageError as e:
+                if corrupt is None:
+                    raise
+                corrupt.append((_hash_from_key(key), e))
+                continue
             yield record
+
+    def erase_records(self, block_hash: Uint256) -> None:
+        """Delete a block's ``b`` and ``i`` records (start-up repair of a corrupt side block)."""
+        with self._lock:
+            try:
+                self._db.delete(block_key(block_hash))
+                self._db.delete(index_key(block_hash), sync=True)
+            except plyvel.Error as e:
+                raise StorageError(f"cannot erase block {block_hash}: {_describe(e)}") from e

@@ -53,20 +53,40 @@ class BlockTreeLoader:
 
     def load(self) -> tuple[dict[Uint256, BlockIndex], BlockIndex]:
         """The index map and the tip (``bestblock``, else the most-work block)."""
-        records = {record.hash: record for record in self.db.iter_block_indexes()}
-        headers = {h: block.header for h, block in self.db.iter_blocks() if h in records}
-        for block_hash, header in headers.items():
+        corrupt: list[tuple[Uint256, Exception]] = []
+        records = {record.hash: record for record in self.db.iter_block_indexes(corrupt)}
+        headers = {h: block.header for h, block in self.db.iter_blocks(corrupt) if h in records}
+        for block_hash, header in list(headers.items()):
             record = records[block_hash]
             if (record.time, record.bits, record.nonce, record.version) != (
                     header.time, header.bits, header.nonce, header.version):
-                raise StorageError(f"index record 'i{block_hash}' does not match block record "
-                                   f"'b{block_hash}' (time/bits/nonce/version differ)")
+                corrupt.append((block_hash, StorageError(
+                    f"index record 'i{block_hash}' does not match block record 'b{block_hash}' "
+                    f"(time/bits/nonce/version differ)")))
+        for block_hash, _error in corrupt:
+            records.pop(block_hash, None)
+            headers.pop(block_hash, None)
         index = self._link(records, headers)
+        if corrupt:
+            self._repair(index, corrupt)
         unlinked, missing_body = len(headers) - len(index), len(records) - len(headers)
         if unlinked or missing_body:
             logger.warning("[Chain] Ignored {} indexed block(s) not linked to genesis and {} index "
                            "record(s) without block data", unlinked, missing_body)
         return index, self._tip(index)
+
+    def _repair(self, index: dict[Uint256, BlockIndex], corrupt) -> None:
+        """Drop corrupt records that are not on the main chain; a corrupt main-chain
+        record (``bestblock`` no longer links to the genesis) stops the start-up."""
+        best = self.db.read_best_block()
+        if best is None or best not in index:
+            first_hash, first_error = corrupt[0]
+            raise StorageError(f"corrupt record of main-chain block {first_hash} (the best block "
+                               f"{best} no longer links to the genesis): {first_error}")
+        for block_hash, error in corrupt:
+            logger.error("[Chain] Corrupt side-branch record of block {} dropped from the block "
+                         "database: {}", block_hash, error)
+            self.db.erase_records(block_hash)
 
     def _link(self, records, headers) -> dict[Uint256, BlockIndex]:
         if self.genesis_hash not in headers:

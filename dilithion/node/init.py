@@ -269,9 +269,11 @@ class NodeAssembly:
                                    f"Error: {exc.strerror or exc}")
         self._closer("  Stopping P2P server...", self._stop_p2p)
         ctx.broadcaster.start()
+        ctx.block_relay.start()
         logger.info(f"  [OK] P2P server listening on {cfg.bind}:{ctx.connman.listen_port}")
 
     def _stop_p2p(self) -> None:
+        self.ctx.block_relay.stop()
         self.ctx.broadcaster.stop()
         self.ctx.connman.stop()
 

@@ -66,6 +66,15 @@ class NodeMetrics:
         self.banned_hosts = Gauge(
             "banned_hosts", "Manual bans (setban, banlist.json) in force: IPs and subnets",
             registry=r)
+        self.blocks_in_flight = Gauge(
+            "blocks_in_flight", "Block requests (getdata) waiting for their block, all peers",
+            registry=r)
+        self.block_download_stalls = Counter(
+            "block_download_stalls", "Peers disconnected for stalling a block download that "
+            "another announcer could serve", registry=r)
+        self.blocks_unrequested_dropped = Counter(
+            "blocks_unrequested_dropped", "Unrequested blocks with no more work than the tip, "
+            "not stored", registry=r)
         for role in ("announce", "receive"):
             self.block_propagation_time.labels(role=role)
         for reason in ("closed", "timeout", "send_timeout", "misbehaviour", "shutdown"):
