@@ -80,33 +80,36 @@ def test_trickled_huge_messages_stay_within_the_receive_budget(nodes):
 @pytest.mark.parametrize("attackers_handshake", [True, False], ids=["handshaken", "silent"])
 def test_full_inbound_slots_evict_for_an_honest_peer_and_outbound_is_reserved(
         nodes, attackers_handshake):
-    """12 slots, 2 of them outbound: 10 attacker connections from 127.0.0.10 fill
-    every inbound slot.  An honest inbound peer still gets in (one attacker is
-    evicted) and an outbound connection (addnode / --connect) still succeeds."""
+    """12 slots, 2 of them outbound: 12 attacker connections from 127.0.0.10 (as many
+    as the whole table) hold every inbound slot.  An honest inbound peer still
+    gets in (an attacker is evicted) and an outbound connection (addnode /
+    --connect) still succeeds."""
     target = nodes()
     cm = nodes(max_peers=12, max_outbound=2)
     attackers = []
     try:
-        for _ in range(10):
+        for _ in range(12):
             raw = RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(0))
             attackers.append(raw)
             if attackers_handshake:
                 raw.handshake()
-        assert wait_until(lambda: cm.peer_manager.get_inbound_count() == 10)
+        # Only 10 inbound slots: the 11th and 12th connection each evicted an attacker.
+        assert wait_until(lambda: transport_metric(cm, "peers_evicted_total") == 2)
+        assert cm.peer_manager.get_inbound_count() == 10
         if attackers_handshake:
             assert wait_until(lambda: len(cm.peer_manager.handshake_complete_peers()) == 10)
         with TestPeer().connect(cm.listen_port) as honest:
             honest.handshake()
             honest.sync_with_ping()
-            assert transport_metric(cm, "peers_evicted_total") == 1
-            assert disconnects(cm, "evicted") == 1
+            assert transport_metric(cm, "peers_evicted_total") == 3
+            assert disconnects(cm, "evicted") == 3
             assert cm.peer_manager.get_inbound_count() == 10
             out = cm.connect("127.0.0.1", target.listen_port)
             assert out is not None
             assert cm.wait_for_handshake(out, 10)
             assert honest.is_connected
-        # The attacker that lost its slot sees the connection closed.
-        assert sum(raw.is_closed(0.2) for raw in attackers) == 1
+        # The attackers that lost their slots see their connections closed.
+        assert sum(raw.is_closed(0.2) for raw in attackers) == 3
     finally:
         for raw in attackers:
             raw.close()
