@@ -192,6 +192,27 @@ def test_big_payload_before_the_handshake_is_dropped_undecoded(nodes, monkeypatc
     assert transport_metric(cm, "peer_misbehaviour_total", reason="undecodable") == 0
 
 
+# ------------------------------------------------------------------ flags
+def test_flags_reach_the_transport_config(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from dilithion.node import dilithion_node
+    from dilithion.node.init import NodeConfig
+    cfg = NodeConfig(network="regtest", datadir=tmp_path, max_receive_buffer_mib=16,
+                     ping_timeout=5)
+    cfg.apply_defaults()
+    assert cfg.transport.max_receive_buffer == 16 * MiB and cfg.transport.ping_timeout == 5.0
+    default = NodeConfig(network="regtest", datadir=tmp_path)
+    default.apply_defaults()
+    assert default.transport.max_receive_buffer == 256 * MiB
+    assert default.transport.ping_timeout == 30.0
+    seen = []
+    monkeypatch.setattr(dilithion_node, "main", lambda config: seen.append(config) or 0)
+    result = CliRunner().invoke(dilithion_node.cli, ["--regtest", "--maxreceivebuffer=64",
+                                                     "--pingtimeout=10"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].max_receive_buffer_mib == 64 and seen[0].ping_timeout == 10
+
+
 # ------------------------------------------------------------------ measurements (slow)
 def _rss_bytes() -> int:
     with open("/proc/self/status") as f:
