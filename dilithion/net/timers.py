@@ -32,7 +32,7 @@ def check_timers(conn: Connection, cfg: TransportConfig, send_timeout: float,
     """What the timers of ``conn`` demand at ``now`` (monotonic seconds).
 
     C++: the timeout half of ``PeriodicMaintenance`` and ``SendPingMessage``;
-    the ping timeout has no C++ counterpart (net D-19, D-38).
+    the ping timeout has no C++ counterpart (net D-19).
     """
     peer = conn.peer
     if conn.connecting:
