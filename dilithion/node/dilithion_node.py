@@ -217,8 +217,8 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> 
 
 #: Modules whose DEBUG records are the per-message P2P lines (the transport emits
 #: them only when ``DIL_P2P_LOG=1``; ``logger.bind(p2p=True)`` marks others).
-P2P_LOG_MODULES = ("dilithion.net.net_transport", "dilithion.net.net_processing",
-                   "dilithion.net.socket")
+P2P_LOG_MODULES = ("dilithion.net.net_transport", "dilithion.net.net_receive",
+                   "dilithion.net.net_processing", "dilithion.net.socket")
 
 
 def _is_p2p_record(record) -> bool:
