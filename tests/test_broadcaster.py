@@ -146,7 +146,8 @@ def test_peer_killed_mid_broadcast(node):
         raw.close()
 
 
-@pytest.mark.parametrize("node", [{"max_peers": 400}], indirect=True)
+@pytest.mark.parametrize("node", [{"max_peers": 400, "max_inbound_per_netgroup": 0}],
+                         indirect=True)
 def test_300_peers_receive_a_broadcast(node):
     peers = [raw_peer(node) for _ in range(300)]
     node.ctx.broadcaster.broadcast_block(fake_hash(7))

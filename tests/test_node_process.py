@@ -173,6 +173,13 @@ def test_stop_by_rpc_sigterm_and_sigint_then_restart_keeps_the_chain(line, tmp_p
     (["--regtest", "mine"], "Unknown option: mine"),
     (["--testnet", "--regtest"], "--testnet and --regtest cannot be combined"),
     (["--log-level=LOUD"], "Error: Invalid value for '--log-level'"),
+    (["--maxreceivebuffer=4"],
+     "Error: Invalid receive buffer size (must be 8-65536 MiB): --maxreceivebuffer=4"),
+    (["--maxreceivebuffer=lots"],
+     "Error: Invalid receive buffer size (not a number of MiB): --maxreceivebuffer=lots"),
+    (["--pingtimeout=0"], "Error: Invalid ping timeout (must be 1-3600 seconds): --pingtimeout=0"),
+    (["--pingtimeout=30s"],
+     "Error: Invalid ping timeout (not a number of seconds): --pingtimeout=30s"),
 ])
 def test_bad_flags_exit_1_with_a_clear_message(args, message, tmp_path):
     result = run_node(args, cwd=tmp_path)

@@ -93,7 +93,8 @@ def test_discouraged_host_loses_all_connections_honest_peer_keeps_its_own(node, 
 
 
 def test_discouraged_inbound_is_evicted_first_when_full(framework_nodes, test_peer):
-    node = framework_nodes.inprocess_node("full", coins=False, start=True, max_peers=3)
+    node = framework_nodes.inprocess_node("full", coins=False, start=True, max_peers=3,
+                                          max_outbound=0)
     pm = node.connman.peer_manager
     pm.banman.discourage("127.0.0.10")
     honest = test_peer(node, bind_host=HONEST)

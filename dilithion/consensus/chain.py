@@ -52,12 +52,11 @@ from loguru import logger
 
 from dilithion.consensus.block_index import BLOCK_FAILED, STATUS_STORED_BLOCK, BlockIndex
 from dilithion.consensus.orphan_pool import OrphanPool
-from dilithion.consensus.pow import (MAX_FUTURE_BLOCK_TIME, check_block_timestamp,
-                                     check_proof_of_work, get_next_work_required)
+from dilithion.consensus.pow import HeaderHashCache, check_proof_of_work
 from dilithion.consensus.storage import BlockStore, CoinStore, StorageError
-from dilithion.consensus.validation import BlockValidationError, committed_merkle_root
+from dilithion.consensus.validation import (BlockValidationError, contextual_header_failure,
+                                            mutation_reason)
 from dilithion.core.chainparams import ChainParams
-from dilithion.core.lru import LRUDict
 from dilithion.primitives.block import Block, Uint256
 
 __all__ = ["BlockStatus", "BlockResult", "ChainState", "MAX_REORG_DEPTH", "TipListener"]
@@ -65,7 +64,6 @@ __all__ = ["BlockStatus", "BlockResult", "ChainState", "MAX_REORG_DEPTH", "TipLi
 #: ``ActivateBestChain``'s limit on the number of blocks a reorganisation may disconnect.
 MAX_REORG_DEPTH = 100
 #: Header hashes remembered by :meth:`ChainState.hash_block` (80-byte key + 32-byte value each).
-HASH_CACHE_SIZE = 20_000
 
 TipListener = Callable[[BlockIndex, list[Block], list[Block]], None]
 
@@ -113,30 +111,6 @@ class _InvalidBlock(Exception):
         self.reason = reason
 
 
-class _HeaderHashCache:
-    """RandomX hashes by exact header bytes, so a block seen twice is hashed once.
-
-    Ownership: any thread; its own small lock guards the map (hashing runs
-    outside every lock because it takes ~30 ms).
-    """
-
-    def __init__(self, hasher, size: int = HASH_CACHE_SIZE) -> None:
-        self._hasher = hasher
-        self._map: LRUDict[bytes, Uint256] = LRUDict(size)
-        self._lock = threading.Lock()
-
-    def get(self, header80: bytes) -> Uint256:
-        with self._lock:
-            known = self._map.get(header80)
-            if known is not None:
-                self._map.touch(header80)
-                return known
-        digest = Uint256(self._hasher.hash(header80))
-        with self._lock:
-            self._map.put(header80, digest)
-        return digest
-
-
 class _Change:
     """Bookkeeping for one :meth:`ChainState.process_new_block` call: the tip it
     started from and every block body touched, so connect/disconnect/rollback
@@ -171,7 +145,7 @@ class ChainState:
         self._index: dict[Uint256, BlockIndex] = {}
         self._main: list[BlockIndex] = []            # the active chain by height
         self.orphans = OrphanPool()
-        self._hashes = _HeaderHashCache(hasher)
+        self._hashes = HeaderHashCache(hasher)
         self._listeners: list[TipListener] = []
 
     # ------------------------------------------------------------------ queries
@@ -381,7 +355,7 @@ class ChainState:
             return BlockResult(BlockStatus.INVALID, block_hash,
                                reason=f"high-hash: proof of work fails nBits 0x{header.bits:08x}")
         parent = self._index.get(header.hash_prev_block)
-        mutated = self._mutated(block) if self.strict else None
+        mutated = mutation_reason(block) if self.strict else None
         if parent is None:
             if mutated is not None:     # a mutated orphan would shadow the real block in the pool
                 return BlockResult(BlockStatus.INVALID, block_hash, reason=mutated)
@@ -394,7 +368,8 @@ class ChainState:
         index = BlockIndex.from_header(block_hash, header, parent, STATUS_STORED_BLOCK)
         reason = "bad-prevblk: descends from an invalid block" if parent.is_failed() else None
         if reason is None and self.strict:
-            reason = self._check_contextual(block, parent) or mutated
+            reason = contextual_header_failure(block.header, parent, self.params,
+                                               int(_time.time())) or mutated
         if reason is not None and reason.startswith(CURABLE_REASONS):
             logger.warning("[Chain] Rejected block {}... (not marked failed): {}",
                            block_hash.short(), reason)
@@ -569,28 +544,6 @@ class ChainState:
             utxo.connect_block(block, index.height, index.hash, strict=self.strict)
         except BlockValidationError as e:
             raise _InvalidBlock(index, e.reason) from e
-
-    def _check_contextual(self, block: Block, parent: BlockIndex) -> str | None:
-        """Strict mode's header rules, which the C++ library has and the node never applies."""
-        header = block.header
-        params = self.params
-        expected = get_next_work_required(parent, params)
-        if header.bits != expected:
-            return f"bad-diffbits: nBits 0x{header.bits:08x}, expected 0x{expected:08x}"
-        now = int(_time.time())
-        if header.time > now + MAX_FUTURE_BLOCK_TIME:
-            return f"time-too-new: nTime {header.time} is more than 2 h after our clock {now}"
-        if not check_block_timestamp(header.time, parent, now):
-            return f"time-invalid: nTime {header.time} is not after the median time past"
-        return None
-
-    @staticmethod
-    def _mutated(block: Block) -> str | None:
-        """The body does not match the header's merkle root (Core: ``BLOCK_MUTATED``)."""
-        root = Uint256(committed_merkle_root(block))
-        if root != block.header.hash_merkle_root:
-            return f"bad-txnmrklroot: header has {block.header.hash_merkle_root}, transactions give {root}"
-        return None
 
     def _connect_orphans(self, parent_hash: Uint256, change: _Change) -> None:
         """Process the orphans waiting for ``parent_hash``, recursively, parents first."""

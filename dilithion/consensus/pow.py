@@ -9,14 +9,18 @@ integers (``chain`` 1.1).
 """
 from __future__ import annotations
 
+import threading
+
 from dilithion.core.chainparams import MAX_DIFFICULTY_BITS, MIN_DIFFICULTY_BITS, ChainParams
+from dilithion.core.lru import LRUDict
+from dilithion.primitives.block import Uint256
 
 __all__ = [
     "MAX_UINT256", "compact_to_big", "big_to_compact", "hash_less_than", "check_proof_of_work",
     "get_block_proof", "add_chain_work", "retarget", "calculate_next_work_required",
     "get_next_work_required", "get_median_time_past", "check_block_timestamp",
     "calculate_block_subsidy", "MAX_FUTURE_BLOCK_TIME", "MEDIAN_TIME_SPAN", "BLOCK_TARGET_SPACING",
-    "chain_work_greater_than",
+    "chain_work_greater_than", "HeaderHashCache",
 ]
 
 MAX_UINT256 = (1 << 256) - 1
@@ -174,3 +178,29 @@ def calculate_block_subsidy(height: int, initial: int = 50 * 100_000_000,
         raise ValueError(f"block height cannot be negative: {height}")
     halvings = (height // halving_interval) & 0xFFFFFFFF
     return 0 if halvings >= 64 else initial >> halvings
+
+
+class HeaderHashCache:
+    """RandomX hashes by exact header bytes, so a block seen twice is hashed once.
+
+    Ownership: any thread; its own small lock guards the map (hashing runs
+    outside every lock because it takes ~30 ms).
+    """
+
+    SIZE = 20_000     # 80-byte key + 32-byte value each
+
+    def __init__(self, hasher, size: int = SIZE) -> None:
+        self._hasher = hasher
+        self._map: LRUDict[bytes, Uint256] = LRUDict(size)
+        self._lock = threading.Lock()
+
+    def get(self, header80: bytes) -> Uint256:
+        with self._lock:
+            known = self._map.get(header80)
+            if known is not None:
+                self._map.touch(header80)
+                return known
+        digest = Uint256(self._hasher.hash(header80))
+        with self._lock:
+            self._map.put(header80, digest)
+        return digest

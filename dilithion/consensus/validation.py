@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from dilithion.consensus import params
-from dilithion.consensus.pow import calculate_block_subsidy
+from dilithion.consensus.pow import (MAX_FUTURE_BLOCK_TIME, calculate_block_subsidy,
+                                     check_block_timestamp, get_next_work_required)
 from dilithion.consensus.tx_validation import (Coin, CoinsView, TxValidationError,
                                                check_transaction, check_transaction_basic)
 from dilithion.crypto.sha3 import sha3_256
 from dilithion.net.serialize import DataStream, SerializationError
-from dilithion.primitives.block import Block
+from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction
 
-__all__ = ["build_merkle_root", "committed_merkle_root", "BlockValidationError", "Framing", "ParsedBlock", "parse_block_transactions",
+__all__ = ["build_merkle_root", "committed_merkle_root", "mutation_reason", "contextual_header_failure",
+           "BlockValidationError", "Framing", "ParsedBlock", "parse_block_transactions",
            "block_transactions", "CoinsViewCache", "apply_transaction", "apply_transactions",
            "check_block"]
 
@@ -185,6 +187,28 @@ def committed_merkle_root(block: Block, parsed: ParsedBlock | None = None) -> by
     if parsed.framing is Framing.COUNTED:
         return build_merkle_root([tx.get_hash() for tx in parsed.txs])
     return sha3_256(block.vtx)
+
+
+def mutation_reason(block: Block) -> str | None:
+    """Why the body does not match the header's merkle root (Core: ``BLOCK_MUTATED``),
+    or None.  A different body could cure it, so the header hash is never marked failed."""
+    root = Uint256(committed_merkle_root(block))
+    if root != block.header.hash_merkle_root:
+        return f"bad-txnmrklroot: header has {block.header.hash_merkle_root}, transactions give {root}"
+    return None
+
+
+def contextual_header_failure(header: BlockHeader, parent, params, now: int) -> str | None:
+    """Strict mode's header rules on top of ``parent`` (a ``BlockIndex``), which the C++
+    library has and the node never applies; None when the header passes."""
+    expected = get_next_work_required(parent, params)
+    if header.bits != expected:
+        return f"bad-diffbits: nBits 0x{header.bits:08x}, expected 0x{expected:08x}"
+    if header.time > now + MAX_FUTURE_BLOCK_TIME:
+        return f"time-too-new: nTime {header.time} is more than 2 h after our clock {now}"
+    if not check_block_timestamp(header.time, parent, now):
+        return f"time-invalid: nTime {header.time} is not after the median time past"
+    return None
 
 
 def _check_merkle_root(block: Block, parsed: ParsedBlock) -> None:

@@ -23,8 +23,11 @@ from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.serialize import MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, NetMessage
 from dilithion.net.socket import FrameReader, SendQueue, Socket, TokenBucket
 
-__all__ = ["Connection", "InboundBacklog", "PingTracker", "TransportConfig",
-           "send_timeout_ms_from_env"]
+__all__ = ["Connection", "InboundBacklog", "PingTracker", "ReceiveBudget", "TransportConfig",
+           "send_timeout_ms_from_env", "DEFAULT_MAX_RECEIVE_BUFFER"]
+
+#: Node-wide bytes held for all peers' unfinished and unprocessed messages (256 MiB).
+DEFAULT_MAX_RECEIVE_BUFFER = 256 * 1024 * 1024
 
 
 def send_timeout_ms_from_env(default_ms: int) -> int:
@@ -42,6 +45,42 @@ def send_timeout_ms_from_env(default_ms: int) -> int:
     return default_ms
 
 
+class ReceiveBudget:
+    """The node-wide receive-buffer budget (``-maxreceivebuffer``, node-wide here).
+
+    Counts the bytes held for all peers together: unfinished messages in the
+    ``FrameReader`` buffers (charged by the network thread) and framed
+    messages waiting in the :class:`InboundBacklog` s (charged on push by the
+    network thread, released on pop by the handler thread).  ``_lock`` guards
+    ``_used`` and ``peak`` (the high-water mark, for tests and diagnostics).
+    The network thread never reads more than :meth:`free` bytes, so ``_used``
+    never exceeds ``limit``; what it does when the budget is spent is in
+    ``ConnectionManager._make_room_to_read``.
+    """
+
+    __slots__ = ("limit", "_lock", "_used", "peak")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._used = 0
+        self.peak = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._used += n
+            if self._used > self.peak:
+                self.peak = self._used
+
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def free(self) -> int:
+        with self._lock:
+            return self.limit - self._used
+
+
 class InboundBacklog:
     """Messages of one connection that the network thread framed and the
     message-handler thread has not processed yet.
@@ -49,14 +88,16 @@ class InboundBacklog:
     Shared by exactly those two threads; ``_lock`` guards every field.  Past
     ``max_msgs`` or ``max_bytes`` the backlog says *pause*: the network thread
     stops reading the socket (TCP backpressure on the peer) until the handler
-    has worked it down to half.
+    has worked it down to half.  Its bytes count towards the node-wide
+    ``budget`` (a :class:`ReceiveBudget`, own lock) while they wait here.
     """
 
-    __slots__ = ("max_msgs", "max_bytes", "_lock", "_items", "_bytes", "_paused")
+    __slots__ = ("max_msgs", "max_bytes", "budget", "_lock", "_items", "_bytes", "_paused")
 
-    def __init__(self, max_msgs: int, max_bytes: int) -> None:
+    def __init__(self, max_msgs: int, max_bytes: int, budget: ReceiveBudget | None = None) -> None:
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
+        self.budget = budget
         self._lock = threading.Lock()
         self._items: deque[NetMessage] = deque()
         self._bytes = 0
@@ -74,6 +115,8 @@ class InboundBacklog:
             was_empty = not self._items
             self._items.append(msg)
             self._bytes += self._size(msg)
+            if self.budget is not None:
+                self.budget.add(self._size(msg))
             pause = not self._paused and (len(self._items) >= self.max_msgs
                                           or self._bytes >= self.max_bytes)
             if pause:
@@ -87,6 +130,8 @@ class InboundBacklog:
                 return None, False, False
             msg = self._items.popleft()
             self._bytes -= self._size(msg)
+            if self.budget is not None:
+                self.budget.add(-self._size(msg))
             resume = (self._paused and len(self._items) <= self.max_msgs // 2
                       and self._bytes <= self.max_bytes // 2)
             if resume:
@@ -106,29 +151,60 @@ class InboundBacklog:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            if self.budget is not None:
+                self.budget.add(-self._bytes)
             self._bytes = 0
 
 
 class PingTracker:
     """The outstanding keepalive ping of one connection.
 
-    The network thread starts pings (its keepalive timer), the message-handler
-    thread answers them (``pong``): ``_lock`` guards both fields.
+    The network thread starts pings (its keepalive timer), notes a matching
+    ``pong`` as soon as it is framed (so a busy handler thread never makes a
+    live peer look dead) and enforces ``ping_timeout``; the message-handler
+    thread matches the ``pong`` for the round-trip time.  ``_lock`` guards
+    every field.
     """
 
-    __slots__ = ("_lock", "_nonce", "_sent")
+    __slots__ = ("_lock", "_nonce", "_sent", "_awaiting")
 
-    def __init__(self) -> None:
+    def __init__(self, now: float | None = None) -> None:
         self._lock = threading.Lock()
         self._nonce: int | None = None
-        self._sent = 0.0
+        self._sent = time.monotonic() if now is None else now   # last ping (or creation)
+        self._awaiting = False
 
     def start(self, now: float) -> int:
         """A fresh nonce, remembered as outstanding since ``now``."""
         with self._lock:
             self._nonce = secrets.randbits(64)
             self._sent = now
+            self._awaiting = True
             return self._nonce
+
+    def cancel(self) -> None:
+        """The ping could not be queued: nothing outstanding (the next one is due
+        ``ping_interval`` after this attempt)."""
+        with self._lock:
+            self._nonce = None
+            self._awaiting = False
+
+    def pong_framed(self, payload: bytes) -> None:
+        """A ``pong`` was framed (network thread): stop the timeout if it answers our ping."""
+        with self._lock:
+            if (self._awaiting and len(payload) >= 8
+                    and int.from_bytes(payload[:8], "little") == self._nonce):
+                self._awaiting = False
+
+    def overdue(self, now: float, timeout: float) -> bool:
+        """True when our ping has waited more than ``timeout`` seconds for its pong."""
+        with self._lock:
+            return self._awaiting and now - self._sent > timeout
+
+    def due(self, now: float, interval: float) -> bool:
+        """True when no ping is outstanding and the last one is ``interval`` old."""
+        with self._lock:
+            return not self._awaiting and now - self._sent > interval
 
     def answer(self, nonce: int, now: float) -> float | None:
         """The round-trip time if ``nonce`` answers the outstanding ping, else None."""
@@ -136,6 +212,7 @@ class PingTracker:
             if self._nonce is None or nonce != self._nonce:
                 return None
             self._nonce = None
+            self._awaiting = False
             return now - self._sent
 
 
@@ -156,15 +233,17 @@ class Connection:
         self.sendq = sendq
         self.bucket = bucket
         self.backlog = backlog
-        self.ping = PingTracker()
-        self.connecting = connecting
         now = time.monotonic()
+        self.ping = PingTracker(now)
+        self.connecting = connecting
         self.opened = now            # connect started / accepted / connected (monotonic)
         self.last_recv_mono = now
         self.last_send_mono = now
         self.mask = 0                # selector interest currently registered
         self.closed = False
         self.flood_logged = False
+        self.budget_paused = False   # not read until the node-wide receive budget has room
+        self.charged = 0             # reader bytes charged to the receive budget
         self.local_nonce = secrets.randbits(64) or 1  # our version nonce on this connection
 
 
@@ -172,12 +251,20 @@ class TransportConfig:
     """Limits and timers of the transport (seconds and bytes); defaults are the node's.
 
     ``connect_timeout`` and ``handshake_timeout`` are the C++ ``PEER_CONNECT_TIMEOUT``
-    and ``PEER_HANDSHAKE_TIMEOUT``.
+    and ``PEER_HANDSHAKE_TIMEOUT``.  ``max_receive_buffer`` is the node-wide
+    receive budget (:class:`ReceiveBudget`); ``ping_timeout`` disconnects a peer
+    whose pong has not arrived that long after our ping; inbound connections
+    are capped at ``max_peers - max_outbound`` (outbound slots are reserved)
+    and at ``max_inbound_per_netgroup`` per netgroup
+    (:func:`dilithion.net.eviction.netgroup`; 0 = no limit).
     """
 
     def __init__(self, *, send_timeout_ms: int = 5000, max_peers: int = 125, max_outbound: int = 8,
                  recv_buffer_cap: int = MESSAGE_HEADER_SIZE + MAX_MESSAGE_SIZE,
-                 send_queue_cap: int = 8 * 1024 * 1024, ping_interval: float = 60.0,
+                 send_queue_cap: int = 8 * 1024 * 1024, ping_interval: float = 30.0,
+                 ping_timeout: float = 30.0,
+                 max_receive_buffer: int = DEFAULT_MAX_RECEIVE_BUFFER,
+                 max_inbound_per_netgroup: int = 32,
                  inactivity_timeout: float = 300.0, handshake_timeout: float = 60.0,
                  connect_timeout: float = 5.0, ban_time: float = PeerManager.DEFAULT_BAN_TIME,
                  msg_rate: float = 2000.0, msg_burst: float = 5000.0,
@@ -189,6 +276,9 @@ class TransportConfig:
         self.recv_buffer_cap = recv_buffer_cap
         self.send_queue_cap = send_queue_cap
         self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.max_receive_buffer = max_receive_buffer
+        self.max_inbound_per_netgroup = max_inbound_per_netgroup
         self.inactivity_timeout = inactivity_timeout
         self.handshake_timeout = handshake_timeout
         self.connect_timeout = connect_timeout

@@ -5,7 +5,9 @@ The processing half of the C++ ``net.cpp``.  The network thread
 them in each connection's backlog; this module's one thread takes them,
 **round-robin between peers** (one message from each peer with work, in
 turn, as Bitcoin Core's message handler does), so one peer's backlog never
-delays the others.  It decodes each payload, runs the handshake
+delays the others.  It decodes each payload (before the handshake only
+``version``/``verack``/``ping``/``pong``; anything else is dropped undecoded
+and counted), runs the handshake
 (``version``/``verack``/``ping``/``pong``) and hands every other message to
 the handlers registered for its type.  Slow handlers (RandomX, database
 writes) therefore never stall any socket.
@@ -51,7 +53,7 @@ class NetMessageProcessor:
     ``version`` goes out before its messages are read and its clean-up runs
     after) and ``_running``.  The handler tables and listener lists are
     filled before :meth:`start` and only read afterwards.  ``_local_nonces``
-    belongs to the handler thread alone.
+    and ``dropped_before_handshake`` belong to the handler thread alone.
     """
 
     def __init__(self, transport: ConnectionManager, *, metrics=None,
@@ -67,6 +69,8 @@ class NetMessageProcessor:
             MsgVersion.command: self.on_version, MsgVerack.command: self.on_verack,
             MsgPing.command: self.on_ping, MsgPong.command: self.on_pong}
         self._local_nonces: set[int] = set()
+        #: Messages dropped undecoded before the handshake (handler thread only).
+        self.dropped_before_handshake = 0
         self._cv = threading.Condition(threading.Lock())
         self._ready: deque[Connection] = deque()
         self._control: deque[tuple[str, Connection, str]] = deque()
@@ -184,6 +188,14 @@ class NetMessageProcessor:
     def process_message(self, conn: Connection, net_msg) -> None:
         """Decode one framed message and run its handlers (``ProcessMessage``)."""
         peer, command = conn.peer, net_msg.command
+        if command not in self._internal and not peer.is_handshake_complete():
+            # Not decoded: before the handshake a big payload costs no CPU (D-35).
+            self.dropped_before_handshake += 1
+            if self.metrics is not None:
+                self.metrics.prehandshake_dropped.inc()
+            logger.debug(f"[P2P] Ignoring {command} ({len(net_msg.payload)} bytes) from peer "
+                         f"{peer.id} before the handshake")
+            return
         try:
             msg = decode_payload(command, net_msg.payload)
         except SerializationError as e:
@@ -195,9 +207,6 @@ class NetMessageProcessor:
         internal = self._internal.get(command)
         if internal is not None:
             internal(conn, msg)
-        elif not peer.is_handshake_complete():
-            logger.debug(f"[P2P] Ignoring {command} from peer {peer.id} before the handshake")
-            return
         for fn in self._handlers.get(command, ()):
             if conn.closed:
                 return
@@ -293,3 +302,5 @@ class NetMessageProcessor:
         rtt = conn.ping.answer(msg.nonce, time.monotonic())
         if rtt is not None:
             conn.peer.ping_time = rtt
+            if conn.peer.min_ping_time is None or rtt < conn.peer.min_ping_time:
+                conn.peer.min_ping_time = rtt

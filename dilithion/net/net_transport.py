@@ -7,8 +7,12 @@ closes one.  Here the transport half of the C++ ``net.cpp`` runs on one
 **network thread**: one ``selectors`` loop over the listening socket, every
 peer socket (all non-blocking) and a wake-up socketpair.  It accepts,
 finishes outbound connects, reads and frames bytes, writes queued messages,
-and enforces every timer (connect, handshake, send deadline, keepalive,
-inactivity).  It is the only thread that touches a socket.
+and enforces every timer (connect, handshake, send deadline, keepalive, ping
+timeout, inactivity: :mod:`dilithion.net.timers`).  It is the only thread
+that touches a socket.  It also keeps the node's resources bounded: the
+node-wide receive budget (:class:`~dilithion.net.connection.ReceiveBudget`)
+and inbound eviction (:mod:`dilithion.net.eviction`) when the inbound slots
+are full.
 
 Complete messages go to the message processor
 (:mod:`dilithion.net.net_processing`, the message-handler thread) through a
@@ -30,19 +34,20 @@ from typing import Callable, Protocol
 
 from loguru import logger
 
-from dilithion.net.banman import BanMan, discouraged, score_misbehaviour
-from dilithion.net.connection import Connection, InboundBacklog, TransportConfig
+from dilithion.net.banman import BanMan, score_misbehaviour
+from dilithion.net.connection import Connection, InboundBacklog, ReceiveBudget, TransportConfig
+from dilithion.net.eviction import EvictionCandidate, netgroup, select_node_to_evict
+from dilithion.net.net_receive import ReceivePath
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.protocol import Message, MsgPing
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
-from dilithion.net.socket import FrameError, FrameReader, SendQueue, Socket, TokenBucket, is_ipv4
+from dilithion.net.socket import FrameReader, SendQueue, Socket, TokenBucket, is_ipv4
+from dilithion.net.timers import check_timers
 
 __all__ = ["ConnectionManager", "MessageSink"]
 
 State = Peer.State
 
-SCORE_TRUNCATED = 20
-SCORE_FLOOD = 1
 #: Pause before accepting again after the process ran out of descriptors: the
 #: pending connection keeps the listener readable, so retrying at once would spin.
 ACCEPT_RETRY_S = 0.5
@@ -62,19 +67,18 @@ class MessageSink(Protocol):
     def connection_closed(self, conn: Connection, reason: str) -> None: ...
 
 
-class ConnectionManager:
+class ConnectionManager(ReceivePath):
     """All peer connections of one node: the transport half of ``CConnectionManager``.
 
     Threads: the network thread owns the selector, the listener, every socket,
-    framing and timers.  Any thread may call the public methods below; they
+    framing (:class:`~dilithion.net.net_receive.ReceivePath`) and timers.  Any thread may call the public methods below; they
     post work to the network thread or touch only locked state.
     Locks: ``_cs_conns`` guards the ``_conns`` dict, ``_ops_lock`` the work
     posted to the network thread (``_ops``, ``_flush_ids``).  The peer table
-    has its own lock (:class:`PeerManager`).  ``sink`` is set once before
+    has its own lock (:class:`PeerManager`), as has the node-wide
+    ``receive_buffer`` (:class:`ReceiveBudget`).  ``sink`` is set once before
     :meth:`start`.
     """
-
-    READ_CHUNK = 256 * 1024
 
     def __init__(self, magic: int, config: TransportConfig | None = None, *,
                  listen_host: str | None = "127.0.0.1", listen_port: int = 0,
@@ -87,7 +91,9 @@ class ConnectionManager:
         self.send_timeout = cfg.send_timeout
         self.metrics = metrics
         self._on_fatal = on_fatal
-        self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time, banman)
+        self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time, banman,
+                                        max_inbound_per_netgroup=cfg.max_inbound_per_netgroup)
+        self.receive_buffer = ReceiveBudget(cfg.max_receive_buffer)
         self.sink: MessageSink | None = None
         self._log_messages = os.environ.get("DIL_P2P_LOG") == "1"
 
@@ -294,7 +300,7 @@ class ConnectionManager:
     # ======================================================================
     def _tick(self) -> float:
         cfg = self.config
-        timers = (self.send_timeout, cfg.ping_interval, cfg.inactivity_timeout,
+        timers = (self.send_timeout, cfg.ping_interval, cfg.ping_timeout, cfg.inactivity_timeout,
                   cfg.handshake_timeout, cfg.connect_timeout)
         return max(0.01, min(0.25, min(timers) / 10))
 
@@ -368,7 +374,8 @@ class ConnectionManager:
         cfg = self.config
         conn = Connection(peer, sock, FrameReader(self.magic, cfg.recv_buffer_cap - MESSAGE_HEADER_SIZE),
                           SendQueue(cfg.send_queue_cap), TokenBucket(cfg.msg_rate, cfg.msg_burst),
-                          InboundBacklog(cfg.handler_backlog_msgs, cfg.handler_backlog_bytes),
+                          InboundBacklog(cfg.handler_backlog_msgs, cfg.handler_backlog_bytes,
+                                         self.receive_buffer),
                           connecting)
         with self._cs_conns:
             self._conns[peer.id] = conn
@@ -380,7 +387,7 @@ class ConnectionManager:
         if conn.connecting:
             mask = selectors.EVENT_WRITE
         else:
-            mask = 0 if conn.backlog.paused else selectors.EVENT_READ
+            mask = 0 if conn.backlog.paused or conn.budget_paused else selectors.EVENT_READ
             if conn.sendq:
                 mask |= selectors.EVENT_WRITE
         if mask == conn.mask:
@@ -412,13 +419,18 @@ class ConnectionManager:
                 logger.info(f"[P2P] Refused connection from banned host {host}:{port}")
                 sock.close()
                 continue
-            victim = self.peer_manager.eviction_candidate(host)
-            if victim is not None:
-                self._close_id(victim, "evicted for a new peer: discouraged host", "misbehaviour")
-            peer = self.peer_manager.add_peer(host, port, inbound=True, state=State.STATE_CONNECTED)
+            refusal = self.peer_manager.inbound_refusal(host)
+            if refusal == "full" and not self.peer_manager.is_discouraged(host) \
+                    and self._evict_inbound():
+                refusal = self.peer_manager.inbound_refusal(host)
+            peer = None if refusal else self.peer_manager.add_peer(
+                host, port, inbound=True, state=State.STATE_CONNECTED)
             if peer is None:
-                logger.info(f"[P2P] Failed to accept peer connection from {host}:{port}: "
-                            f"{self.peer_manager.max_peers} connections already")
+                limit = (f"{self.peer_manager.max_inbound_per_netgroup} inbound connections "
+                         f"from {netgroup(host)} already" if refusal == "netgroup" else
+                         f"{self.peer_manager.max_inbound} inbound connections already, "
+                         f"none evictable")
+                logger.info(f"[P2P] Failed to accept peer connection from {host}:{port}: {limit}")
                 sock.close()
                 continue
             conn = self._new_connection(peer, sock, connecting=False)
@@ -426,6 +438,22 @@ class ConnectionManager:
             logger.info(f"[P2P] Peer accepted and added to connection pool (peer_id={peer.id})")
             self._update_interest(conn)
             self.sink.connection_opened(conn)
+
+    def _evict_inbound(self) -> bool:
+        """Make room for a new inbound connection by closing one inbound peer
+        (Core's ``AttemptToEvictConnection``); False when every one is protected."""
+        pm = self.peer_manager
+        candidates = [EvictionCandidate(c.peer.id, netgroup(c.peer.host), c.opened,
+                                        c.peer.is_handshake_complete(), c.peer.min_ping_time,
+                                        c.peer.last_block_time, pm.is_discouraged(c.peer.host))
+                      for c in self._snapshot() if c.peer.inbound and not c.closed]
+        victim = select_node_to_evict(candidates)
+        conn = self._conns.get(victim) if victim is not None else None
+        if conn is None:
+            return False
+        self._metric("peers_evicted")
+        self._close(conn, "evicted to make room for a new inbound connection", "evicted")
+        return True
 
     def _service(self, conn: Connection, mask: int) -> None:
         if conn.connecting:
@@ -452,72 +480,6 @@ class ConnectionManager:
         self._update_interest(conn)
         self.sink.connection_opened(conn)
 
-    def _read(self, conn: Connection) -> None:
-        """Read what the socket has and frame it into messages (``ReceiveMessages``)."""
-        room = conn.reader.room()
-        data = conn.sock.recv(min(self.READ_CHUNK, max(room, 1)))
-        if data is None:
-            if conn.sock.last_error:
-                self._metric("socket_errors")
-                self._close(conn, f"socket error: {conn.sock.get_last_error_string()}", "closed")
-            return
-        if not data:
-            partial = conn.reader.pending_bytes()
-            if partial:
-                self.misbehaving(conn.peer.id, SCORE_TRUNCATED,
-                                 f"truncated message: connection closed with {partial} bytes "
-                                 f"of an unfinished message")
-            self._close(conn, "connection closed by peer", "closed")
-            return
-        now = time.monotonic()
-        conn.last_recv_mono = now
-        conn.peer.last_recv = time.time()
-        conn.peer.bytes_recv += len(data)
-        self._metric("bytes_received", len(data))
-        conn.reader.feed(data)
-        while not conn.closed:
-            try:
-                msg = conn.reader.next_message()
-            except FrameError as e:
-                self.misbehaving(conn.peer.id, e.score, f"{e.kind}: {e.reason}")
-                if e.fatal:
-                    self._close(conn, f"{e.kind}: stream cannot be resynchronised", "misbehaviour")
-                    return
-                continue
-            if msg is None:
-                break
-            if not conn.bucket.try_take():
-                self._on_flood(conn, msg)
-                continue
-            self._deliver(conn, msg)
-
-    def _on_flood(self, conn: Connection, msg: NetMessage) -> None:
-        cfg = self.config
-        detail = f"more than {cfg.msg_rate:g} messages/s (burst {cfg.msg_burst:g})"
-        if not conn.flood_logged:
-            conn.flood_logged = True
-            self.misbehaving(conn.peer.id, SCORE_FLOOD, f"flood: {detail}; dropping {msg.command}")
-            return
-        if self.peer_manager.misbehaving(conn.peer.id, SCORE_FLOOD):
-            discouraged(self, conn.peer, f"flood: {detail}")
-
-    def _deliver(self, conn: Connection, msg: NetMessage) -> None:
-        if self._log_messages:
-            logger.debug(f"[P2P] recv {msg.command} ({len(msg.payload)} bytes) peer={conn.peer.id}")
-        was_empty, pause = conn.backlog.push(msg)
-        if was_empty:
-            self.sink.message_ready(conn)
-        if pause:
-            pending, _bytes = conn.backlog.counts()
-            logger.debug(f"[P2P] Pausing reads from peer {conn.peer.id}: "
-                         f"{pending} messages unprocessed")
-            self._update_interest(conn)
-
-    def _resume_reading(self, conn: Connection) -> None:
-        if not conn.closed and not conn.backlog.paused:
-            conn.last_recv_mono = time.monotonic()  # our stall, not the peer's silence
-            self._update_interest(conn)
-
     def _flush(self, conn: Connection) -> None:
         written, _ = conn.sendq.write_to(conn.sock)
         if written < 0:
@@ -532,36 +494,36 @@ class ConnectionManager:
         self._update_interest(conn)
 
     def _maintenance(self, now: float) -> None:
-        """Timers and pings of every connection (``PeriodicMaintenance``, ``SendPingMessage``)."""
+        """Timers and pings of every connection (``PeriodicMaintenance``,
+        ``SendPingMessage``); resumes reads paused for the receive budget."""
+        has_room = self.receive_buffer.free() > 0
         for conn in self._snapshot():
+            if conn.budget_paused and has_room and not conn.closed:
+                conn.budget_paused = False
+                self._update_interest(conn)
             if not conn.closed:
                 self._guarded(conn, self._maintain, conn, now)
+        if self.metrics is not None:
+            self.metrics.receive_buffer_bytes.set(self.receive_buffer.used())
 
     def _maintain(self, conn: Connection, now: float) -> None:
-        """The timers of one connection (see the table in docs/P2P.md)."""
-        cfg = self.config
-        peer = conn.peer
-        if conn.connecting:
-            if now - conn.opened > cfg.connect_timeout:
-                self._close(conn, f"connect timeout ({cfg.connect_timeout:g} s)", "timeout")
+        """Act on the timers of one connection (:func:`dilithion.net.timers.check_timers`)."""
+        action = check_timers(conn, self.config, self.send_timeout, now)
+        if action is None:
             return
-        if conn.sendq and now - conn.sendq.progress_time > self.send_timeout:
+        if action.kind == "ping":
+            if self._enqueue(conn, MsgPing(conn.ping.start(now))):
+                self._flush(conn)
+            else:
+                conn.ping.cancel()
+            return
+        if action.kind == "send_timeout":
+            peer = conn.peer
             logger.warning(f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
                            f"bytes for {self.send_timeout * 1000:.0f} ms with "
                            f"{conn.sendq.queued_bytes()} bytes queued")
             self._metric("send_timeout_errors")
-            self._close(conn, "send timeout", "send_timeout")
-            return
-        if not peer.is_handshake_complete():
-            if now - conn.opened > cfg.handshake_timeout:
-                self._close(conn, f"handshake timeout ({cfg.handshake_timeout:g} s)", "timeout")
-            return
-        if not conn.backlog.paused and now - conn.last_recv_mono > cfg.inactivity_timeout:
-            self._close(conn, f"inactivity timeout ({cfg.inactivity_timeout:g} s)", "timeout")
-            return
-        if not conn.sendq and now - conn.last_send_mono > cfg.ping_interval:
-            if self._enqueue(conn, MsgPing(conn.ping.start(now))):
-                self._flush(conn)
+        self._close(conn, action.reason, action.category)
 
     def _close_id(self, peer_id: int, reason: str, category: str) -> None:
         conn = self._conns.get(peer_id)
@@ -586,6 +548,8 @@ class ConnectionManager:
             conn.mask = 0
         with self._cs_conns:
             self._conns.pop(peer.id, None)
+        self.receive_buffer.add(-conn.charged)
+        conn.charged = 0
         self.peer_manager.remove_peer(peer.id)
         conn.sock.close()
         conn.sendq.clear()

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from dilithion.net.banman import BanMan
+from dilithion.net.eviction import netgroup
 from dilithion.net.protocol import CPP_USER_AGENT
 
 __all__ = ["Peer", "PeerManager"]
@@ -27,7 +28,9 @@ class Peer:
 
     Written by the network thread (byte counters, ``last_send``/``last_recv``,
     ``connect_time``) and by the message-handler thread (the ``version``
-    fields, ``version_received``/``verack_received``, ``ping_time``); readers
+    fields, ``version_received``/``verack_received``, ``ping_time``,
+    ``min_ping_time``); ``last_block_time`` is written by the network thread
+    (a ``block`` message framed) and may be written by block relay; readers
     elsewhere take snapshots.  Each of those fields has that single writer
     thread.  ``state`` and ``misbehavior_score`` are written only under
     ``PeerManager._cs_peers``.  Times are wall-clock seconds (for RPC).
@@ -63,6 +66,10 @@ class Peer:
     verack_received: bool = False
     #: Round-trip time of the last answered ping, in seconds (None before one).
     ping_time: float | None = None
+    #: Lowest round-trip time seen (eviction protects the fastest peers).
+    min_ping_time: float | None = None
+    #: Wall-clock time this peer last sent us a block (0: never; eviction protects).
+    last_block_time: float = 0.0
 
     def is_connected(self) -> bool:
         return self.State.STATE_CONNECTED <= self.state < self.State.STATE_BANNED
@@ -92,6 +99,11 @@ class PeerManager:
     Peer ids start at 1 and are never reused (``net`` 4.3).  ``banman``
     (:class:`~dilithion.net.banman.BanMan`, its own lock ``_cs_banned``, taken
     after ``_cs_peers``) is set once before the transport starts.
+
+    Slots: outbound peers get ``max_outbound`` reserved slots; inbound peers at
+    most ``max_peers - max_outbound``, and at most ``max_inbound_per_netgroup``
+    from one netgroup (0: no limit).  When the inbound slots are full the
+    network thread evicts an inbound peer (:mod:`dilithion.net.eviction`).
     """
 
     MAX_TOTAL_CONNECTIONS = 125
@@ -102,9 +114,12 @@ class PeerManager:
 
     def __init__(self, max_peers: int = MAX_TOTAL_CONNECTIONS,
                  max_outbound: int = MAX_OUTBOUND_CONNECTIONS,
-                 ban_time: float = DEFAULT_BAN_TIME, banman: BanMan | None = None) -> None:
+                 ban_time: float = DEFAULT_BAN_TIME, banman: BanMan | None = None,
+                 max_inbound_per_netgroup: int = 0) -> None:
         self.max_peers = max_peers
         self.max_outbound = max_outbound
+        self.max_inbound = max(0, max_peers - max_outbound)
+        self.max_inbound_per_netgroup = max_inbound_per_netgroup
         self.ban_time = ban_time
         self.banman = banman or BanMan(discourage_time=ban_time)
         self._cs_peers = threading.Lock()
@@ -119,9 +134,9 @@ class PeerManager:
         banned.  An inbound peer from a discouraged host needs one slot to spare
         (Core: ``discouraged && nInbound + 1 >= nMaxInbound``)."""
         with self._cs_peers:
-            if self.banman.is_banned(host) or not self._has_room_locked(inbound):
+            if self.banman.is_banned(host) or not self._has_room_locked(inbound, host):
                 return None
-            if inbound and len(self._peers) + 1 >= self.max_peers and \
+            if inbound and self._inbound_count_locked() + 1 >= self.max_inbound and \
                     self.banman.is_discouraged(host):
                 return None
             peer = Peer(self._next_id, host, port, inbound, state)
@@ -129,13 +144,32 @@ class PeerManager:
             self._peers[peer.id] = peer
             return peer
 
-    def _has_room_locked(self, inbound: bool) -> bool:
+    def _inbound_count_locked(self) -> int:
+        return sum(1 for p in self._peers.values() if p.inbound)
+
+    def _has_room_locked(self, inbound: bool, host: str | None = None) -> bool:
+        return self._refusal_locked(inbound, host) is None
+
+    def _refusal_locked(self, inbound: bool, host: str | None) -> str | None:
         if len(self._peers) >= self.max_peers:
-            return False
+            return "full"
         if not inbound:
             outbound = sum(1 for p in self._peers.values() if not p.inbound)
-            return outbound < self.max_outbound
-        return True
+            return None if outbound < self.max_outbound else "outbound full"
+        inbound_peers = [p for p in self._peers.values() if p.inbound]
+        if host is not None and self.max_inbound_per_netgroup:
+            group = netgroup(host)
+            if sum(1 for p in inbound_peers
+                   if netgroup(p.host) == group) >= self.max_inbound_per_netgroup:
+                return "netgroup"
+        return "full" if len(inbound_peers) >= self.max_inbound else None
+
+    def inbound_refusal(self, host: str) -> str | None:
+        """Why a new inbound connection from ``host`` has no slot: ``"netgroup"``
+        (its netgroup is at its limit), ``"full"`` (every inbound slot taken:
+        evict one), or None (room)."""
+        with self._cs_peers:
+            return self._refusal_locked(True, host)
 
     def can_accept_connection(self, inbound: bool = True) -> bool:
         with self._cs_peers:
@@ -222,18 +256,6 @@ class PeerManager:
                 self._state_changed.notify_all()
                 return True
             return False
-
-    def eviction_candidate(self, host: str) -> int | None:
-        """When the table is full and ``host`` (not discouraged) knocks: an inbound peer
-        from a discouraged host to evict for it, newest first (Core's
-        ``m_prefer_evict``); None when there is room or no such peer."""
-        with self._cs_peers:
-            if len(self._peers) < self.max_peers or self.banman.is_discouraged(host):
-                return None
-            for peer in sorted(self._peers.values(), key=lambda p: -p.id):
-                if peer.inbound and self.banman.is_discouraged(peer.host):
-                    return peer.id
-            return None
 
     def ban_ip(self, host: str, ban_time_seconds: float | None = None) -> None:
         """Ban ``host`` (an IP or subnet) for ``ban_time_seconds`` or the ``setban``

@@ -62,15 +62,21 @@ def _parse_int(text: str, arg: str, kind: str, low: int, high: int) -> int:
 _BOUNDS_ERRORS = {"rpc": "Error: Invalid RPC port (must be 1-65535): {arg}",
                   "p2p": "Error: Invalid P2P port (must be 1-65535): {arg}",
                   "metrics": "Error: Invalid metrics port (must be 1-65535): {arg}",
-                  "threads": "Error: Invalid thread count (must be 1-256 or 'auto'): {arg}"}
+                  "threads": "Error: Invalid thread count (must be 1-256 or 'auto'): {arg}",
+                  "recvbuf": "Error: Invalid receive buffer size (must be 8-65536 MiB): {arg}",
+                  "pingtimeout": "Error: Invalid ping timeout (must be 1-3600 seconds): {arg}"}
 _FORMAT_ERRORS = {"rpc": "Error: Invalid RPC port format (not a number): {arg}",
                   "p2p": "Error: Invalid P2P port format (not a number): {arg}",
                   "metrics": "Error: Invalid metrics port format (not a number): {arg}",
-                  "threads": "Error: Invalid thread count (must be a number or 'auto'): {arg}"}
+                  "threads": "Error: Invalid thread count (must be a number or 'auto'): {arg}",
+                  "recvbuf": "Error: Invalid receive buffer size (not a number of MiB): {arg}",
+                  "pingtimeout": "Error: Invalid ping timeout (not a number of seconds): {arg}"}
 _RANGE_ERRORS = {"rpc": "Error: RPC port number out of range: {arg}",
                  "p2p": "Error: P2P port number out of range: {arg}",
                  "metrics": "Error: Metrics port number out of range: {arg}",
-                 "threads": "Error: Thread count number out of range: {arg}"}
+                 "threads": "Error: Thread count number out of range: {arg}",
+                 "recvbuf": "Error: Receive buffer size out of range: {arg}",
+                 "pingtimeout": "Error: Ping timeout out of range: {arg}"}
 
 
 def parse_port(text: str, option: str, kind: str) -> int:
@@ -99,6 +105,19 @@ class _PortType(click.ParamType):
             return value
         return parse_port(value, f"--{param.name.replace('_', '-')}" if param else "--port",
                           self.kind)
+
+
+class _BoundedIntType(click.ParamType):
+    """A whole number in ``[low, high]`` with the C++-style error wording."""
+
+    def __init__(self, kind: str, option: str, low: int, high: int) -> None:
+        self.kind, self.option, self.low, self.high = kind, option, low, high
+        self.name = kind
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        return _parse_int(value, f"{self.option}={value}", self.kind, self.low, self.high)
 
 
 class _ThreadsType(click.ParamType):
@@ -133,6 +152,10 @@ Options:
   --mine                Start mining automatically
   --threads=<n|auto>    Mining threads (number or 'auto' = every CPU)
   --strict              Apply the intended consensus rules the C++ node skips
+  --maxreceivebuffer=<MiB> Node-wide memory for peers' unfinished and unprocessed
+                        messages (default: 256; the largest holder is disconnected)
+  --pingtimeout=<s>     Disconnect a peer that leaves a ping unanswered this long
+                        (default: 30; a ping goes out every 30 s)
   --metrics-port=<port> Serve Prometheus metrics on this port
   --metrics-bind=<ip>   Metrics listen address (default: 127.0.0.1)
   --log-level=<level>   TRACE, DEBUG, INFO, WARNING or ERROR (default: INFO or $DIL_LOG_LEVEL)
@@ -194,8 +217,8 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> 
 
 #: Modules whose DEBUG records are the per-message P2P lines (the transport emits
 #: them only when ``DIL_P2P_LOG=1``; ``logger.bind(p2p=True)`` marks others).
-P2P_LOG_MODULES = ("dilithion.net.net_transport", "dilithion.net.net_processing",
-                   "dilithion.net.socket")
+P2P_LOG_MODULES = ("dilithion.net.net_transport", "dilithion.net.net_receive",
+                   "dilithion.net.net_processing", "dilithion.net.socket")
 
 
 def _is_p2p_record(record) -> bool:
@@ -373,6 +396,10 @@ def quick_start_config() -> NodeConfig:
 @click.option("--mine", is_flag=True)
 @click.option("--threads", type=_ThreadsType(), default="auto")
 @click.option("--strict", is_flag=True)
+@click.option("--maxreceivebuffer", type=_BoundedIntType("recvbuf", "--maxreceivebuffer", 8, 65536),
+              default=None)
+@click.option("--pingtimeout", type=_BoundedIntType("pingtimeout", "--pingtimeout", 1, 3600),
+              default=None)
 @click.option("--metrics-port", type=_PortType("metrics"), default=None)
 @click.option("--metrics-bind", type=str, default="127.0.0.1")
 @click.option("--log-level", type=click.Choice(["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING",
@@ -381,7 +408,7 @@ def quick_start_config() -> NodeConfig:
 @click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_help)
 def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
-        threads, strict, metrics_port, metrics_bind, log_level):
+        threads, strict, maxreceivebuffer, pingtimeout, metrics_port, metrics_bind, log_level):
     """Run a Dilithion node.\f
 
     C++: ``NodeConfig::ParseArgs`` (click stops the help text at the form feed).
@@ -393,7 +420,8 @@ def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnod
         datadir=Path(datadir) if datadir else None, p2p_port=port, rpc_port=rpcport,
         bind=bind, rpcbind=rpcbind, connect_nodes=list(connect), add_nodes=list(addnode),
         start_mining=mine, mining_threads=threads, strict=strict, metrics_port=metrics_port,
-        metrics_bind=metrics_bind, log_level=log_level)
+        metrics_bind=metrics_bind, log_level=log_level, max_receive_buffer_mib=maxreceivebuffer,
+        ping_timeout=pingtimeout)
     sys.exit(main(config))
 
 

@@ -83,8 +83,11 @@ class NodeConfig:
     #: transactions, like the C++ node (``net`` 5.5); for tests and tools.
     coins: bool = True
     #: Transport limits and timers; None: the defaults with the network's send
-    #: deadline (or ``DIL_SEND_TIMEOUT``).
+    #: deadline (or ``DIL_SEND_TIMEOUT``) and the two values below.
     transport: TransportConfig | None = None
+    #: ``--maxreceivebuffer`` (MiB) and ``--pingtimeout`` (s); None: the defaults.
+    max_receive_buffer_mib: int | None = None
+    ping_timeout: float | None = None
     #: Keyword arguments for the :class:`AsyncBroadcaster` (workers, rate, retries).
     broadcaster_options: dict = field(default_factory=dict)
     #: Process-wide collectors (CPU, memory) in the metrics; off for in-process test nodes.
@@ -107,8 +110,13 @@ class NodeConfig:
         if self.bind is None:
             self.bind = "127.0.0.1" if params.is_regtest() else "0.0.0.0"
         if self.transport is None:
+            extra = {}
+            if self.max_receive_buffer_mib is not None:
+                extra["max_receive_buffer"] = self.max_receive_buffer_mib * 1024 * 1024
+            if self.ping_timeout is not None:
+                extra["ping_timeout"] = float(self.ping_timeout)
             self.transport = TransportConfig(
-                send_timeout_ms=send_timeout_ms_from_env(params.send_timeout_ms))
+                send_timeout_ms=send_timeout_ms_from_env(params.send_timeout_ms), **extra)
 
 
 class NodeAssembly:

@@ -75,9 +75,19 @@ class NodeMetrics:
         self.blocks_unrequested_dropped = Counter(
             "blocks_unrequested_dropped", "Unrequested blocks with no more work than the tip, "
             "not stored", registry=r)
+        self.receive_buffer_bytes = Gauge(
+            "receive_buffer_bytes", "Bytes held for all peers' unfinished and unprocessed "
+            "messages (bounded by --maxreceivebuffer)", registry=r)
+        self.peers_evicted = Counter(
+            "peers_evicted", "Inbound peers disconnected to make room for a new inbound "
+            "connection", registry=r)
+        self.prehandshake_dropped = Counter(
+            "prehandshake_messages_dropped", "Messages other than version/verack/ping/pong "
+            "received before the handshake completed, dropped without decoding", registry=r)
         for role in ("announce", "receive"):
             self.block_propagation_time.labels(role=role)
-        for reason in ("closed", "timeout", "send_timeout", "misbehaviour", "shutdown"):
+        for reason in ("closed", "timeout", "send_timeout", "misbehaviour", "shutdown", "evicted",
+                       "receive_buffer"):
             self.peer_disconnections.labels(reason=reason)
         if process_metrics:
             ProcessCollector(registry=r)
