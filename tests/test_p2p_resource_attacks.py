@@ -16,6 +16,7 @@ import pytest
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.net import net_processing
+from dilithion.net.connection import DEFAULT_MAX_RECEIVE_BUFFER
 from dilithion.net.eviction import EvictionCandidate, netgroup, select_node_to_evict
 from dilithion.net.protocol import MsgPing
 from dilithion.net.serialize import MAX_MESSAGE_SIZE
@@ -203,7 +204,7 @@ def test_flags_reach_the_transport_config(tmp_path, monkeypatch):
     assert cfg.transport.max_receive_buffer == 16 * MiB and cfg.transport.ping_timeout == 5.0
     default = NodeConfig(network="regtest", datadir=tmp_path)
     default.apply_defaults()
-    assert default.transport.max_receive_buffer == 256 * MiB
+    assert default.transport.max_receive_buffer == DEFAULT_MAX_RECEIVE_BUFFER
     assert default.transport.ping_timeout == 30.0
     seen = []
     monkeypatch.setattr(dilithion_node, "main", lambda config: seen.append(config) or 0)
@@ -225,7 +226,7 @@ def _rss_bytes() -> int:
 @pytest.mark.slow
 def test_rss_with_40_trickling_attackers_and_the_default_budget(nodes):
     """40 attackers each push 12 MiB of a 32 MiB - 1 announcement (480 MiB) at the
-    default 256 MiB budget; reports the RSS growth (target: under 256 MiB)."""
+    default budget (224 MiB); reports the RSS growth (target: under 256 MiB)."""
     cm = nodes()
     peak = [_rss_bytes()]
     base = peak[0]
@@ -255,7 +256,7 @@ def test_rss_with_40_trickling_attackers_and_the_default_budget(nodes):
     growth = peak[0] - base
     print(f"\nRSS growth {growth / MiB:.0f} MiB; budget peak {cm.receive_buffer.peak / MiB:.0f} "
           f"MiB; cut {disconnects(cm, 'receive_buffer'):.0f}")
-    assert cm.receive_buffer.peak <= 256 * MiB
+    assert cm.receive_buffer.peak <= DEFAULT_MAX_RECEIVE_BUFFER
 
 
 @pytest.mark.slow

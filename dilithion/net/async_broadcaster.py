@@ -121,6 +121,7 @@ class AsyncBroadcaster:
         self._threads: list[threading.Thread] = []
         self._running = False
         self._last_sample = 0.0
+        self.tasks_queued = 0
         self.tasks_done = 0
         self.tasks_failed = 0
         self.tasks_retried = 0
@@ -162,6 +163,7 @@ class AsyncBroadcaster:
         now = self._clock()
         with self._cv:
             self._queue.append(BroadcastTask(int(inv_type), Uint256(bytes(h)), exclude_peer, now))
+            self.tasks_queued += 1
             self._set_depth_metric()
             self._cv.notify()
 
@@ -361,6 +363,7 @@ class AsyncBroadcaster:
             snap = {
                 "queue_depth": len(self._queue),
                 "pending_retries": len(self._retries),
+                "tasks_queued": self.tasks_queued,
                 "tasks_done": self.tasks_done,
                 "tasks_failed": self.tasks_failed,
                 "tasks_retried": self.tasks_retried,

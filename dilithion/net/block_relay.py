@@ -421,6 +421,8 @@ class BlockRelay:
             self._fill(peer_id)
         self._continue_batch(peer, self._sync(peer), result.index)
         status = BlockStatus
+        if result.status in (status.TIP, status.REORG, status.SIDE):
+            peer.last_block_time = time.time()      # eviction protects recent block senders
         if result.status in (status.TIP, status.REORG):
             self._observe_received(result.connected)
             if result.status == status.REORG:

@@ -123,8 +123,6 @@ class ReceivePath:
     def _deliver(self, conn: Connection, msg: NetMessage) -> None:
         if msg.command == "pong":
             conn.ping.pong_framed(msg.payload)
-        elif msg.command == "block":
-            conn.peer.last_block_time = time.time()
         if self._log_messages:
             logger.debug(f"[P2P] recv {msg.command} ({len(msg.payload)} bytes) peer={conn.peer.id}")
         was_empty, pause = conn.backlog.push(msg)

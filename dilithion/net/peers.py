@@ -29,8 +29,8 @@ class Peer:
     Written by the network thread (byte counters, ``last_send``/``last_recv``,
     ``connect_time``) and by the message-handler thread (the ``version``
     fields, ``version_received``/``verack_received``, ``ping_time``,
-    ``min_ping_time``); ``last_block_time`` is written by the network thread
-    (a ``block`` message framed) and may be written by block relay; readers
+    ``min_ping_time``, and ``last_block_time`` when the block relay accepts a
+    block from the peer, so junk blocks earn no eviction protection); readers
     elsewhere take snapshots.  Each of those fields has that single writer
     thread.  ``state`` and ``misbehavior_score`` are written only under
     ``PeerManager._cs_peers``.  Times are wall-clock seconds (for RPC).

@@ -153,7 +153,7 @@ Options:
   --threads=<n|auto>    Mining threads (number or 'auto' = every CPU)
   --strict              Apply the intended consensus rules the C++ node skips
   --maxreceivebuffer=<MiB> Node-wide memory for peers' unfinished and unprocessed
-                        messages (default: 256; the largest holder is disconnected)
+                        messages (default: 224; the largest holder is disconnected)
   --pingtimeout=<s>     Disconnect a peer that leaves a ping unanswered this long
                         (default: 30; a ping goes out every 30 s)
   --metrics-port=<port> Serve Prometheus metrics on this port

@@ -175,10 +175,19 @@ class InProcessNode(TestNode):
         return self.connman.peer_info()
 
     def load(self, blocks: list[tuple[Block, Uint256]]) -> None:
-        """Connect known blocks directly (hash given, so no RandomX work)."""
+        """Connect known blocks directly (hash given, so no RandomX work), as test
+        set-up: returns once the broadcaster has finished announcing them, so a
+        peer that connects afterwards is not sent a stale tip ``inv``."""
         for block, h in blocks:
             if self.chain.get_index(h) is None:
                 self.chain.process_new_block(block, block_hash=h)
+        self.wait_for_broadcasts()
+
+    def wait_for_broadcasts(self, timeout: float = 10.0) -> None:
+        """Until every queued announcement is resolved (sent or given up)."""
+        diag = self.ctx.broadcaster.diagnostics
+        wait_until(lambda: (lambda d: d["tasks_done"] + d["tasks_failed"] == d["tasks_queued"]
+                            and not d["pending_retries"])(diag()), timeout)
 
     def dial(self, other: TestNode, timeout: float = 5.0) -> int:
         """Dial ``other`` on the transport; our peer id once both handshakes are done."""
