@@ -95,11 +95,12 @@ class NodeMetrics:
         self.rpc_rejected = Counter(
             "rpc_rejected", "RPC requests refused before dispatch, by reason (queue_full: 503, "
             "rate_limited: 429, auth_backoff and not_allowed: 403, deadline: dropped "
-            "unfinished, too_large: 413, bad_request: unparsable HTTP)", ["reason"], registry=r)
+            "unfinished, too_large: 413, bad_request: unparsable HTTP, evicted: idle connection "
+            "closed for a new one over --rpcmaxconnections)", ["reason"], registry=r)
         self.rpc_auth_failures = Counter(
             "rpc_auth_failures", "RPC requests with wrong credentials", registry=r)
         for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
-                       "too_large", "bad_request"):
+                       "too_large", "bad_request", "evicted"):
             self.rpc_rejected.labels(reason=reason)
         for role in ("announce", "receive"):
             self.block_propagation_time.labels(role=role)

@@ -6,6 +6,10 @@ descriptor, not a thread), a fixed pool of worker threads, a connection cap
 clients wait in the kernel backlog) and an idle limit (``channel_timeout``).
 This module adds what the node needs on top (issue #11):
 
+* the connection cap evicts: a new connection over ``max_connections``
+  closes the one idle longest (no request in progress), so clients holding
+  connections open cannot keep the operator out; only when every connection
+  has a request queued or running does the listener pause (waitress);
 * a bounded work queue: a complete request that finds ``work_queue`` requests
   already waiting is answered ``503`` at once (Core ``-rpcworkqueue``);
 * a whole-request deadline: a request whose headers and body are not all in
@@ -247,6 +251,23 @@ class BoundedWSGIServer(TcpWSGIServer):
             conn.close()
             return
         self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map)
+        if len(self.active_channels) > self.limits.max_connections:
+            self._evict_one()
+
+    def _evict_one(self) -> None:
+        """Over the cap: close the connection that has waited longest without a
+        complete request (idle first, then the slowest sender), never one whose
+        request is queued or running.  New clients are thus always accepted,
+        and the operator's ``dilithion-cli`` (whole request in one write) is
+        never the one evicted.
+        """
+        idle = [ch for ch in self.active_channels.values()
+                if not ch.requests and not ch.draining and not ch.total_outbufs_len]
+        if not idle:
+            return                         # all busy: waitress stops accepting at the cap
+        victim = min(idle, key=lambda ch: ch.last_activity)
+        victim.handle_close()
+        self.on_refused(0)
 
     # -- timers -----------------------------------------------------------------------------
     def maintenance(self, now: float) -> None:
@@ -293,15 +314,16 @@ def make_http_server(app, host: str, port: int, limits: HTTPLimits,
     adj = Adjustments(
         host=host, port=port, ipv4=":" not in host, ipv6=":" in host,
         threads=limits.threads,
-        connection_limit=limits.max_connections + 2,     # + listener and trigger
-        channel_timeout=limits.idle_timeout,
-        cleanup_interval=max(0.05, min(1.0, limits.request_timeout / 4,
-                                       limits.idle_timeout / 4)),
-        asyncore_loop_timeout=max(0.05, min(1.0, limits.request_timeout / 4)),
-        asyncore_use_poll=True,
+        connection_limit=limits.max_connections + 3,     # + listener, trigger, one to evict
+        asyncore_use_poll=True,                          # select() fails past descriptor 1023
         max_request_body_size=limits.max_request_bytes + 1,   # waitress: >= is too large
         max_request_header_size=limits.max_header_bytes,
         ident="DilithionRPC", expose_tracebacks=False, log_socket_errors=False,
         backlog=128, channel_request_lookahead=0,
     )
+    # Adjustments casts these to int (0 would make the loop spin): set them as floats.
+    tick = max(0.05, min(1.0, limits.request_timeout / 4, limits.idle_timeout / 4))
+    adj.channel_timeout = float(limits.idle_timeout)
+    adj.cleanup_interval = tick
+    adj.asyncore_loop_timeout = tick
     return BoundedWSGIServer(app, limits, adj, on_refused)

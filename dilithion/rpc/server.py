@@ -55,7 +55,7 @@ FORBIDDEN_ERROR = "Forbidden: address not allowed by --rpcallowip"
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             405: "Method Not Allowed", 411: "Length Required", 429: "Too Many Requests"}
 #: Refusal reasons of the ``rpc_rejected`` metric, by HTTP status.
-_REFUSAL_REASONS = {503: "queue_full", 408: "deadline", 413: "too_large", 400: "bad_request",
+_REFUSAL_REASONS = {0: "evicted", 503: "queue_full", 408: "deadline", 413: "too_large", 400: "bad_request",
                     431: "bad_request", 501: "bad_request"}
 
 
