@@ -299,19 +299,21 @@ def test_flood_and_wrong_passwords_never_refuse_the_cookie(make_server, attacker
 
 def test_metrics_count_requests_refusals_and_failures(make_server):
     metrics = NodeMetrics(process_metrics=False)
-    server, auth = make_server(metrics=metrics, rate_limit=3)
+    server, auth = make_server(metrics=metrics, rate_limit=1, rpcuser="bob", rpcpassword="pw")
+    bob = basic_auth_header("bob", "pw")
     assert post(server.port, auth, b'{"method":"help","id":1}')[0] == 200
     assert post(server.port, auth, b'[{"method":"help"},{"method":"nosuch"}]')[0] == 200
     assert post(server.port, None)[0] == 401
     wrong = basic_auth_header("__cookie__", "0" * 64)
     assert post(server.port, wrong, source="127.0.0.20")[0] == 401
     assert post(server.port, wrong, source="127.0.0.20")[0] == 403    # in back-off
-    assert post(server.port, auth)[0] == 200
-    assert post(server.port, auth)[0] == 429                        # 3 per minute for the cookie
+    assert post(server.port, auth)[0] == 200                        # the cookie: not limited
+    assert post(server.port, bob)[0] == 200
+    assert post(server.port, bob)[0] == 429                         # 1 per minute for bob
     text = generate_latest(metrics.registry).decode()
     for line in ('rpc_requests_total{method="help",status="200"} 2.0',
                  'rpc_requests_total{method="other",status="200"} 1.0',
-                 'rpc_requests_total{method="getblockcount",status="200"} 1.0',
+                 'rpc_requests_total{method="getblockcount",status="200"} 2.0',
                  'rpc_requests_total{method="none",status="401"} 2.0',
                  'rpc_rejected_total{reason="auth_backoff"} 1.0',
                  'rpc_rejected_total{reason="rate_limited"} 1.0',

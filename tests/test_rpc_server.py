@@ -245,20 +245,25 @@ def test_wrong_passwords_back_off_per_source_and_reset_with_time(tmp_path):
 
 
 # -- limits ------------------------------------------------------------------------------------
-def test_rate_limit_per_client_window(tmp_path):
+def test_rate_limit_per_user_window(tmp_path):
+    """Deliberate change (issue #11): counted per conf user after authentication; the
+    cookie and requests without valid credentials are not counted."""
     now = [50.0]
+    (tmp_path / "dilithion.conf").write_text("rpcuser=alice\nrpcpassword=s3cret\n")
     ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
                       hasher=RandomXHasher.for_key())
     server, rpc = start_server(ctx, limiter=RateLimiter(max_requests_per_window=3,
                                                         clock=lambda: now[0]))
+    alice = basic_auth_header("alice", "s3cret")
     try:
-        assert [rpc.post('{"method":"help"}')[0] for _ in range(3)] == [200, 200, 200]
-        status, headers, body = rpc.post('{"method":"help"}')
+        assert [rpc.post('{"method":"help"}', auth=alice)[0] for _ in range(3)] == [200] * 3
+        status, headers, body = rpc.post('{"method":"help"}', auth=alice)
         assert status == 429 and int(headers["retry-after"]) == 60
         assert json.loads(body) == {"error": "Rate limit exceeded. Please slow down your requests."}
         assert rpc.post('{"method":"help"}', auth=None)[0] == 401        # counted after auth
+        assert [rpc.post('{"method":"help"}')[0] for _ in range(5)] == [200] * 5   # cookie
         now[0] += 60
-        assert rpc.post('{"method":"help"}')[0] == 200
+        assert rpc.post('{"method":"help"}', auth=alice)[0] == 200
     finally:
         server.stop()
 

@@ -153,7 +153,7 @@ Options:
   --rpcbind=<ip>        RPC listen address (default: 127.0.0.1); not loopback needs --rpcallowip
   --rpcallowip=<ip|subnet> Also accept RPC clients from here (repeatable; loopback always)
   --rpcthreads=<n>      RPC worker threads (default: 4)
-  --rpcworkqueue=<n>    RPC requests waiting for a worker before 503 (default: 16)
+  --rpcworkqueue=<n>    RPC requests waiting for a worker before 503 (default: 64)
   --rpcmaxconnections=<n> Open RPC connections at most (default: 128; more wait to be accepted)
   --rpcservertimeout=<s> Whole-request deadline, headers and body (default: 30)
   --rpcidletimeout=<s>  Close a keep-alive RPC connection idle this long (default: 30)
@@ -413,7 +413,7 @@ def quick_start_config() -> NodeConfig:
 @click.option("--rpcallowip", multiple=True)
 @click.option("--rpcthreads", type=_BoundedIntType("rpclimit", "--rpcthreads", 1, 64), default=4)
 @click.option("--rpcworkqueue", type=_BoundedIntType("rpclimit", "--rpcworkqueue", 1, 65536),
-              default=16)
+              default=64)
 @click.option("--rpcmaxconnections", type=_BoundedIntType("rpclimit", "--rpcmaxconnections", 1,
                                                           65536), default=128)
 @click.option("--rpcservertimeout", type=_BoundedIntType("rpclimit", "--rpcservertimeout", 1,

@@ -11,10 +11,11 @@ What changes from the C++ ``CRPCServer`` (``cli`` 3.1-3.6, defects ``cli 6.3``):
 * The JSON-RPC envelope is :class:`dilithion.rpc.dispatch.JSONRPCDispatcher`
   (#29-#32).
 * Authentication is always on: cookie file plus optional ``dilithion.conf``
-  credentials (#34).  The rate limit counts requests per authenticated user,
-  after authentication; wrong passwords put their source address into a short,
-  resetting back-off instead of a 300-second lockout; cookie credentials are
-  never refused by either (#35, #40).  Handlers run concurrently (#33).
+  credentials (#34).  The rate limit counts requests per ``dilithion.conf``
+  user, after authentication; wrong passwords put their source address into a
+  short, resetting back-off instead of a 300-second lockout; cookie
+  credentials (the operator's: whoever reads them can edit the datadir anyway)
+  are refused by neither (#35, #40).  Handlers run concurrently (#33).
 * ``--rpcbind`` may choose the address; anything but loopback requires an
   ``--rpcallowip`` list (#39).
 
@@ -114,7 +115,7 @@ class _RPCApp:
             return 401, {"error": UNAUTHORIZED_ERROR}, {"WWW-Authenticate": AUTH_REALM}
         if not cookie:
             srv.backoff.record_success(source)
-        if not srv.limiter.allow_request(user):
+        if not cookie and not srv.limiter.allow_request(user):
             self._refused("rate_limited")
             return 429, {"error": RATE_LIMIT_ERROR}, \
                 {"Retry-After": str(max(1, srv.limiter.seconds_until_reset(user)))}
