@@ -4,8 +4,8 @@
 The C++ ``CRateLimiter`` (``cli`` 3.5) counts every connection per client IP
 before authentication and locks an IP out for 300 s after five wrong
 passwords.  On a node where every local client is ``127.0.0.1`` that lets any
-local process starve or lock out the operator (issue #11, ``cli 6.3 #35``,
-``#40``).  Here the two jobs are split:
+local process starve or lock out the operator (issue #11,
+``cli 6.3 #35``).  Here the two jobs are split:
 
 * :class:`RateLimiter` - a fixed window per **authenticated user**, counted
   only after the credentials were accepted, so unauthenticated traffic never

@@ -15,7 +15,7 @@ What changes from the C++ ``CRPCServer`` (``cli`` 3.1-3.6, defects ``cli 6.3``):
   user, after authentication; wrong passwords put their source address into a
   short, resetting back-off instead of a 300-second lockout; cookie
   credentials (the operator's: whoever reads them can edit the datadir anyway)
-  are refused by neither (#35, #40).  Handlers run concurrently (#33).
+  are refused by neither (#35; issue #11).  Handlers run concurrently (#33).
 * ``--rpcbind`` may choose the address; anything but loopback requires an
   ``--rpcallowip`` list (#39).
 
