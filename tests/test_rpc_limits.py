@@ -269,8 +269,8 @@ def test_accept_pauses_on_descriptor_exhaustion_instead_of_spinning(make_server)
         calls[0] += 1
         raise OSError(errno.EMFILE, "Too many open files")
 
-    pending = socket.create_connection(("127.0.0.1", server.port))   # keeps the listener readable
     httpd.accept = exhausted
+    pending = socket.create_connection(("127.0.0.1", server.port))   # keeps the listener readable
     time.sleep(2.0)
     httpd.accept = real_accept
     assert 1 <= calls[0] <= 8, calls[0]                        # ~every 0.5 s, not thousands
