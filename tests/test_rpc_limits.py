@@ -154,6 +154,52 @@ def test_threads_and_descriptors_stay_bounded_and_operator_served(tmp_path):
         node.stop()
 
 
+class _LimitedNode(ProcessNode):
+    """A node process with a small descriptor limit (``prlimit``)."""
+
+    def __init__(self, *args, nofile: int, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.nofile = nofile
+
+    def command(self) -> list[str]:
+        return ["prlimit", f"--nofile={self.nofile}:{self.nofile}", *super().command()]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/prlimit"), reason="needs prlimit")
+def test_descriptor_exhaustion_neither_spins_nor_locks_the_operator_out(tmp_path):
+    """A node with 64 descriptors and 150 idle RPC connections: the accept loop does
+    not burn a core and dilithion-cli is still answered (an idle client's descriptor is
+    freed for it).  Old code: a thread per connection, then a busy accept loop on EMFILE."""
+    node = _LimitedNode(tmp_path, "n", nofile=64,
+                        extra_args=["--rpcmaxconnections=1000", "--rpcidletimeout=600"]).start()
+    try:
+        assert node.rpc("getblockcount") == 0
+        conns = [socket.create_connection(("127.0.0.1", node.rpc_port)) for _ in range(150)]
+        try:
+            assert wait_until(lambda: len(os.listdir(f"/proc/{node.proc.pid}/fd")) >= 60)
+            time.sleep(0.5)
+            cpu0 = cpu_seconds(node.proc.pid)
+            time.sleep(2.0)
+            burned = cpu_seconds(node.proc.pid) - cpu0
+            started = time.monotonic()
+            assert node.rpc("getblockcount") == 0
+            elapsed = time.monotonic() - started
+            print(f"\n64 descriptors, 150 idle connections: {burned:.2f} s CPU in 2 s; "
+                  f"getblockcount answered in {elapsed * 1000:.1f} ms")
+            assert burned < 0.5
+        finally:
+            for s in conns:
+                s.close()
+        assert node.is_running()
+    finally:
+        node.stop()
+
+
 def test_non_loopback_bind_without_allow_list_fails_at_startup(tmp_path):
     """Old code: started, with only a warning in the log."""
     result = run_node(["--regtest", f"--datadir={tmp_path / 'd'}", "--rpcbind=0.0.0.0"],

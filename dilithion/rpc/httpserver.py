@@ -15,8 +15,9 @@ This module adds what the node needs on top (issue #11):
 * a whole-request deadline: a request whose headers and body are not all in
   within ``request_timeout`` seconds of its first byte is dropped (a client
   trickling a byte every few seconds no longer lives forever);
-* descriptor exhaustion (``EMFILE``/``ENFILE``) pauses accepting for a moment
-  instead of spinning on a listener that stays readable;
+* descriptor exhaustion (``EMFILE``/``ENFILE``) frees the descriptor of the
+  longest-idle connection, or with none pauses accepting for a moment, instead
+  of spinning on a listener that stays readable;
 * waitress's own refusals (malformed request, oversized headers or body) as
   JSON bodies like the rest of the server's errors, and a short drain of the
   unread body after a ``413`` so the kernel's reset does not destroy it.
@@ -236,6 +237,10 @@ class BoundedWSGIServer(TcpWSGIServer):
             pair = self.accept()
         except OSError as exc:
             if exc.errno in _EXHAUSTED:
+                # Free a descriptor held by an idle RPC client and retry at once; with
+                # none to free, stop polling the listener for a moment (no spinning).
+                if self._evict_one():
+                    return
                 if time.monotonic() >= self._accept_paused_until + 10 * ACCEPT_PAUSE:
                     logger.warning(f"[RPC] accept failed ({exc.strerror}): pausing accepts")
                 self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
@@ -254,20 +259,21 @@ class BoundedWSGIServer(TcpWSGIServer):
         if len(self.active_channels) > self.limits.max_connections:
             self._evict_one()
 
-    def _evict_one(self) -> None:
-        """Over the cap: close the connection that has waited longest without a
-        complete request (idle first, then the slowest sender), never one whose
-        request is queued or running.  New clients are thus always accepted,
-        and the operator's ``dilithion-cli`` (whole request in one write) is
-        never the one evicted.
+    def _evict_one(self) -> bool:
+        """Over the cap (or out of descriptors): close the connection that has
+        waited longest without a complete request (idle first, then the slowest
+        sender), never one whose request is queued or running; False if there
+        is none.  New clients are thus always accepted, and the operator's
+        ``dilithion-cli`` (whole request in one write) is never the one evicted.
         """
         idle = [ch for ch in self.active_channels.values()
                 if not ch.requests and not ch.draining and not ch.total_outbufs_len]
         if not idle:
-            return                         # all busy: waitress stops accepting at the cap
+            return False                   # all busy: waitress stops accepting at the cap
         victim = min(idle, key=lambda ch: ch.last_activity)
         victim.handle_close()
         self.on_refused(0)
+        return True
 
     # -- timers -----------------------------------------------------------------------------
     def maintenance(self, now: float) -> None:
