@@ -25,9 +25,8 @@ from dilithion.primitives.block import Uint256
 from dilithion.primitives.transaction import OutPoint
 from dilithion.rpc.auth import basic_auth_header, read_cookie
 from dilithion.rpc.client import RPCClient, RPCCallError, UsageError
-from dilithion.rpc.ratelimiter import RateLimiter
-from dilithion.rpc import server as server_mod
-from dilithion.rpc.server import RPCServer
+from dilithion.rpc.ratelimiter import AuthBackoff, RateLimiter
+from dilithion.rpc.server import HTTPLimits, RPCServer
 
 from coins_helpers import FEE, p2pkh, spend
 from framework import MINER, REGTEST, InProcessNode, regtest_chain, wait_until
@@ -162,22 +161,28 @@ def test_bind_failure_raises_and_leaves_no_cookie(tmp_path):
         blocker.close()
 
 
-def test_stop_does_not_wait_for_an_idle_connection(bare, monkeypatch):
-    # The idle client's handler thread reads with the per-connection socket timeout;
-    # made an hour here, a stop() that waited it out could not pass the 30 s guard.
-    monkeypatch.setattr(server_mod._RPCRequestHandler, "timeout", 3600.0)
-    idle = socket.create_connection(("127.0.0.1", bare.server.port))
-    httpd = bare.server._httpd
-    assert wait_until(lambda: bool(httpd._conns))            # its handler thread is reading
-    stopper = threading.Thread(target=bare.server.stop)
+def test_stop_does_not_wait_for_an_idle_connection(tmp_path):
+    # An idle limit of an hour: a stop() that waited it out could not pass the 30 s guard.
+    ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
+                      hasher=RandomXHasher.for_key())
+    server, _ = start_server(ctx, limits=HTTPLimits(idle_timeout=3600.0, request_timeout=3600.0))
+    idle = socket.create_connection(("127.0.0.1", server.port))
+    half = socket.create_connection(("127.0.0.1", server.port))
+    half.sendall(b"POST / HTTP/1.1\r\n")                        # a request never finished
+    assert wait_until(lambda: server.open_connections() == 2)
+    stopper = threading.Thread(target=server.stop)
     stopper.start()
     stopper.join(30)                                          # liveness guard
-    assert not stopper.is_alive() and not bare.server.is_running()
+    assert not stopper.is_alive() and not server.is_running()
+    idle.settimeout(5)
+    assert idle.recv(1) == b""                                # closed by the server
     idle.close()
+    half.close()
 
 
 # -- authentication ------------------------------------------------------------------------------
 def test_missing_and_wrong_credentials_get_401_with_realm(bare):
+    bare.server.backoff.base_delay = 0.0      # back-off tested below: every attempt judged here
     for auth in (None, "Basic !!!notbase64", "Bearer abc",
                  basic_auth_header("__cookie__", "0" * 64), basic_auth_header("x", "y")):
         status, headers, body = bare.post('{"method":"help","id":1}', auth=auth)
@@ -201,44 +206,64 @@ def test_conf_credentials_accepted_beside_the_cookie(tmp_path):
         server.stop()
 
 
-def test_lockout_after_five_wrong_passwords_then_expiry(tmp_path):
+def test_wrong_passwords_back_off_per_source_and_reset_with_time(tmp_path):
+    """Deliberate change (issue #11): no 300 s lockout after five failures; each wrong
+    password puts its source into a doubling back-off (403 while it lasts, with
+    Retry-After), the cookie is never refused, and the count resets with time."""
     now = [1000.0]
-    limiter = RateLimiter(clock=lambda: now[0])
+    backoff = AuthBackoff(clock=lambda: now[0])
+    (tmp_path / "dilithion.conf").write_text("rpcuser=alice\nrpcpassword=s3cret\n")
     ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
                       hasher=RandomXHasher.for_key())
-    server, rpc = start_server(ctx, limiter=limiter)
-    wrong = basic_auth_header("__cookie__", "f" * 64)
+    server, rpc = start_server(ctx, backoff=backoff)
+    wrong = basic_auth_header("alice", "guess")
+    alice = basic_auth_header("alice", "s3cret")
     try:
         for _ in range(4):
             assert rpc.post('{"method":"help"}', auth=None)[0] == 401  # missing: not counted
-        for _ in range(5):
-            assert rpc.post('{"method":"help"}', auth=wrong)[0] == 401
-        status, _, body = rpc.post('{"method":"help"}')                  # even the right cookie
-        assert status == 403
-        assert json.loads(body) == {"error": "Too many failed authentication attempts. Try again later."}
-        now[0] += 301
-        assert rpc.post('{"method":"help"}')[0] == 200                   # expired; success resets
+        assert backoff.failures("127.0.0.1") == 0
         assert rpc.post('{"method":"help"}', auth=wrong)[0] == 401
-        assert rpc.post('{"method":"help"}')[0] == 200                   # 1 failure: no lockout
+        status, headers, body = rpc.post('{"method":"help"}', auth=wrong)   # within 250 ms
+        assert status == 403 and headers["retry-after"] == "1"
+        assert json.loads(body) == {"error": "Too many failed authentication attempts. Try again later."}
+        assert rpc.post('{"method":"help"}', auth=alice)[0] == 403       # not judged meanwhile
+        assert rpc.post('{"method":"help"}')[0] == 200                   # the cookie always passes
+        for failures in range(2, 7):
+            now[0] += 0.25 * 2 ** (failures - 2)                       # wait out the back-off
+            assert rpc.post('{"method":"help"}', auth=wrong)[0] == 401
+        assert backoff.failures("127.0.0.1") == 6
+        status, headers, _ = rpc.post('{"method":"help"}', auth=alice)
+        assert status == 403 and headers["retry-after"] == "8"           # 0.25 * 2**5
+        now[0] += 8
+        assert rpc.post('{"method":"help"}', auth=alice)[0] == 200      # success resets
+        assert backoff.failures("127.0.0.1") == 0
+        assert rpc.post('{"method":"help"}', auth=wrong)[0] == 401
+        now[0] += AuthBackoff.RESET_AFTER                               # forgotten with time
+        assert backoff.retry_after("127.0.0.1") == 0 and backoff.failures("127.0.0.1") == 0
     finally:
         server.stop()
 
 
 # -- limits ------------------------------------------------------------------------------------
-def test_rate_limit_per_client_window(tmp_path):
+def test_rate_limit_per_user_window(tmp_path):
+    """Deliberate change (issue #11): counted per conf user after authentication; the
+    cookie and requests without valid credentials are not counted."""
     now = [50.0]
+    (tmp_path / "dilithion.conf").write_text("rpcuser=alice\nrpcpassword=s3cret\n")
     ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
                       hasher=RandomXHasher.for_key())
     server, rpc = start_server(ctx, limiter=RateLimiter(max_requests_per_window=3,
                                                         clock=lambda: now[0]))
+    alice = basic_auth_header("alice", "s3cret")
     try:
-        assert [rpc.post('{"method":"help"}')[0] for _ in range(3)] == [200, 200, 200]
-        status, headers, body = rpc.post('{"method":"help"}')
+        assert [rpc.post('{"method":"help"}', auth=alice)[0] for _ in range(3)] == [200] * 3
+        status, headers, body = rpc.post('{"method":"help"}', auth=alice)
         assert status == 429 and int(headers["retry-after"]) == 60
         assert json.loads(body) == {"error": "Rate limit exceeded. Please slow down your requests."}
-        assert rpc.post('{"method":"help"}', auth=None)[0] == 429        # counted before auth
+        assert rpc.post('{"method":"help"}', auth=None)[0] == 401        # counted after auth
+        assert [rpc.post('{"method":"help"}')[0] for _ in range(5)] == [200] * 5   # cookie
         now[0] += 60
-        assert rpc.post('{"method":"help"}')[0] == 200
+        assert rpc.post('{"method":"help"}', auth=alice)[0] == 200
     finally:
         server.stop()
 
@@ -668,32 +693,42 @@ def test_generatetoaddress_mines_now_and_pays_the_address(node):
 
 
 # -- building blocks ----------------------------------------------------------------------------
-def test_rate_limiter_window_lockout_and_cleanup():
+def test_rate_limiter_window_and_cleanup():
     now = [0.0]
     limiter = RateLimiter(max_requests_per_window=2, clock=lambda: now[0])
     assert [limiter.allow_request("a") for _ in range(3)] == [True, True, False]
-    assert limiter.allow_request("b")                                   # per client
+    assert limiter.allow_request("b")                                   # per user
     assert limiter.get_request_count("a") == 2 and limiter.seconds_until_reset("a") == 60
     now[0] = 59.5
     assert not limiter.allow_request("a") and limiter.seconds_until_reset("a") == 1
     now[0] = 60.0                                                       # fixed window restarts
     assert limiter.allow_request("a") and limiter.get_request_count("a") == 1
-    for _ in range(5):
-        limiter.record_auth_failure("c")
-    assert limiter.is_locked_out("c") and not limiter.is_locked_out("a")
-    now[0] = 60.0 + 299.9
-    assert limiter.is_locked_out("c")
-    now[0] = 60.0 + 300.0
-    assert not limiter.is_locked_out("c")
-    limiter.record_auth_failure("c")                                     # C++: re-locks at once
-    assert limiter.is_locked_out("c")
-    limiter.record_auth_success("c")
-    assert not limiter.is_locked_out("c")
     now[0] = 60.0 + 3600.0
     limiter.cleanup_old_records()
     assert limiter.get_request_count("a") == 0 and limiter.get_request_count("b") == 0
     unlimited = RateLimiter(max_requests_per_window=0)
     assert all(unlimited.allow_request("x") for _ in range(1000))
+
+
+def test_auth_backoff_doubles_caps_resets_and_bounds_memory():
+    now = [0.0]
+    backoff = AuthBackoff(max_delay=2.0, reset_seconds=100.0, max_sources=3, clock=lambda: now[0])
+    assert backoff.retry_after("c") == 0
+    assert [backoff.record_failure("c") for _ in range(5)] == [0.25, 0.5, 1.0, 2.0, 2.0]
+    assert backoff.retry_after("c") == 2.0 and backoff.retry_after("d") == 0
+    now[0] = 1.5
+    assert backoff.retry_after("c") == 0.5
+    now[0] = 99.9
+    assert backoff.retry_after("c") == 0 and backoff.failures("c") == 5
+    now[0] = 100.0                                                      # reset with time
+    assert backoff.retry_after("c") == 0 and backoff.failures("c") == 0
+    assert backoff.record_failure("c") == 0.25                          # starts over
+    backoff.record_success("c")
+    assert backoff.failures("c") == 0
+    for i, src in enumerate("wxyz"):
+        now[0] = 200.0 + i
+        backoff.record_failure(src)
+    assert backoff.failures("w") == 0 and backoff.failures("z") == 1    # oldest forgotten
 
 
 def test_config_and_cookie_helpers(tmp_path):

@@ -32,6 +32,7 @@ from loguru import logger
 
 from dilithion.node.context import NodeContext
 from dilithion.node.init import BANNER_RULE, VERSION, NodeAssembly, NodeConfig, NodeStartupError
+from dilithion.rpc.httpserver import HTTPLimits
 
 __all__ = ["DilithionNode", "parse_port", "parse_threads", "configure_logging", "main", "cli",
            "quick_start_config"]
@@ -55,7 +56,7 @@ def _parse_int(text: str, arg: str, kind: str, low: int, high: int) -> int:
     if not -2**31 <= value < 2**31:
         raise click.BadParameter(_RANGE_ERRORS[kind].format(arg=arg))
     if not low <= value <= high:
-        raise click.BadParameter(_BOUNDS_ERRORS[kind].format(arg=arg))
+        raise click.BadParameter(_BOUNDS_ERRORS[kind].format(arg=arg, low=low, high=high))
     return value
 
 
@@ -64,19 +65,22 @@ _BOUNDS_ERRORS = {"rpc": "Error: Invalid RPC port (must be 1-65535): {arg}",
                   "metrics": "Error: Invalid metrics port (must be 1-65535): {arg}",
                   "threads": "Error: Invalid thread count (must be 1-256 or 'auto'): {arg}",
                   "recvbuf": "Error: Invalid receive buffer size (must be 8-65536 MiB): {arg}",
-                  "pingtimeout": "Error: Invalid ping timeout (must be 1-3600 seconds): {arg}"}
+                  "pingtimeout": "Error: Invalid ping timeout (must be 1-3600 seconds): {arg}",
+                  "rpclimit": "Error: Invalid RPC limit (must be {low}-{high}): {arg}"}
 _FORMAT_ERRORS = {"rpc": "Error: Invalid RPC port format (not a number): {arg}",
                   "p2p": "Error: Invalid P2P port format (not a number): {arg}",
                   "metrics": "Error: Invalid metrics port format (not a number): {arg}",
                   "threads": "Error: Invalid thread count (must be a number or 'auto'): {arg}",
                   "recvbuf": "Error: Invalid receive buffer size (not a number of MiB): {arg}",
-                  "pingtimeout": "Error: Invalid ping timeout (not a number of seconds): {arg}"}
+                  "pingtimeout": "Error: Invalid ping timeout (not a number of seconds): {arg}",
+                  "rpclimit": "Error: Invalid RPC limit (not a number): {arg}"}
 _RANGE_ERRORS = {"rpc": "Error: RPC port number out of range: {arg}",
                  "p2p": "Error: P2P port number out of range: {arg}",
                  "metrics": "Error: Metrics port number out of range: {arg}",
                  "threads": "Error: Thread count number out of range: {arg}",
                  "recvbuf": "Error: Receive buffer size out of range: {arg}",
-                 "pingtimeout": "Error: Ping timeout out of range: {arg}"}
+                 "pingtimeout": "Error: Ping timeout out of range: {arg}",
+                 "rpclimit": "Error: RPC limit out of range: {arg}"}
 
 
 def parse_port(text: str, option: str, kind: str) -> int:
@@ -146,7 +150,13 @@ Options:
   --port=<port>         P2P network port (default: network-specific)
   --bind=<ip>           P2P listen address (default: 127.0.0.1 regtest, 0.0.0.0 otherwise)
   --rpcport=<port>      RPC server port (default: network-specific)
-  --rpcbind=<ip>        RPC listen address (default: 127.0.0.1)
+  --rpcbind=<ip>        RPC listen address (default: 127.0.0.1); not loopback needs --rpcallowip
+  --rpcallowip=<ip|subnet> Also accept RPC clients from here (repeatable; loopback always)
+  --rpcthreads=<n>      RPC worker threads (default: 4)
+  --rpcworkqueue=<n>    RPC requests waiting for a worker before 503 (default: 64)
+  --rpcmaxconnections=<n> Open RPC connections at most (default: 128; more wait to be accepted)
+  --rpcservertimeout=<s> Whole-request deadline, headers and body (default: 30)
+  --rpcidletimeout=<s>  Close a keep-alive RPC connection idle this long (default: 30)
   --connect=<host:port> Connect to node (repeatable; --connect=none dials nobody)
   --addnode=<host:port> Add node to connect to (repeatable)
   --mine                Start mining automatically
@@ -400,6 +410,16 @@ def quick_start_config() -> NodeConfig:
               default=None)
 @click.option("--pingtimeout", type=_BoundedIntType("pingtimeout", "--pingtimeout", 1, 3600),
               default=None)
+@click.option("--rpcallowip", multiple=True)
+@click.option("--rpcthreads", type=_BoundedIntType("rpclimit", "--rpcthreads", 1, 64), default=4)
+@click.option("--rpcworkqueue", type=_BoundedIntType("rpclimit", "--rpcworkqueue", 1, 65536),
+              default=64)
+@click.option("--rpcmaxconnections", type=_BoundedIntType("rpclimit", "--rpcmaxconnections", 1,
+                                                          65536), default=128)
+@click.option("--rpcservertimeout", type=_BoundedIntType("rpclimit", "--rpcservertimeout", 1,
+                                                         3600), default=30)
+@click.option("--rpcidletimeout", type=_BoundedIntType("rpclimit", "--rpcidletimeout", 1, 3600),
+              default=30)
 @click.option("--metrics-port", type=_PortType("metrics"), default=None)
 @click.option("--metrics-bind", type=str, default="127.0.0.1")
 @click.option("--log-level", type=click.Choice(["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING",
@@ -408,7 +428,9 @@ def quick_start_config() -> NodeConfig:
 @click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_help)
 def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
-        threads, strict, maxreceivebuffer, pingtimeout, metrics_port, metrics_bind, log_level):
+        threads, strict, maxreceivebuffer, pingtimeout, rpcallowip, rpcthreads, rpcworkqueue,
+        rpcmaxconnections, rpcservertimeout, rpcidletimeout, metrics_port, metrics_bind,
+        log_level):
     """Run a Dilithion node.\f
 
     C++: ``NodeConfig::ParseArgs`` (click stops the help text at the form feed).
@@ -421,7 +443,11 @@ def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnod
         bind=bind, rpcbind=rpcbind, connect_nodes=list(connect), add_nodes=list(addnode),
         start_mining=mine, mining_threads=threads, strict=strict, metrics_port=metrics_port,
         metrics_bind=metrics_bind, log_level=log_level, max_receive_buffer_mib=maxreceivebuffer,
-        ping_timeout=pingtimeout)
+        ping_timeout=pingtimeout, rpc_allow_ips=list(rpcallowip),
+        rpc_limits=HTTPLimits(threads=rpcthreads, work_queue=rpcworkqueue,
+                              max_connections=rpcmaxconnections,
+                              request_timeout=float(rpcservertimeout),
+                              idle_timeout=float(rpcidletimeout)))
     sys.exit(main(config))
 
 
@@ -435,6 +461,10 @@ def main(config: NodeConfig) -> int:
         configure_logging(config.log_level)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
+        return 1
+    rpc_error = config.rpc_access_error()
+    if rpc_error is not None:
+        click.echo(rpc_error, err=True)
         return 1
     if config.quick_start:
         logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "

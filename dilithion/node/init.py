@@ -41,7 +41,8 @@ from dilithion.node.metrics import NodeMetrics
 from dilithion.node.utxo_set import UTXOSet, UTXOStorageError
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
-from dilithion.rpc.server import RPCServer
+from dilithion.rpc.access import AllowList, is_loopback_host
+from dilithion.rpc.server import HTTPLimits, RPCServer
 
 __all__ = ["NodeConfig", "NodeAssembly", "NodeStartupError", "VERSION", "BANNER_RULE"]
 
@@ -68,6 +69,10 @@ class NodeConfig:
     rpc_port: int | None = None       # likewise
     bind: str | None = None
     rpcbind: str = "127.0.0.1"
+    #: ``--rpcallowip``: addresses/subnets allowed besides loopback (required off loopback).
+    rpc_allow_ips: list[str] = field(default_factory=list)
+    #: ``--rpcthreads``, ``--rpcworkqueue``, ...; None: the defaults.
+    rpc_limits: HTTPLimits | None = None
     connect_nodes: list[str] = field(default_factory=list)
     add_nodes: list[str] = field(default_factory=list)
     start_mining: bool = False
@@ -96,6 +101,21 @@ class NodeConfig:
     @property
     def params(self) -> ChainParams:
         return params_for(self.network)
+
+    def rpc_access_error(self) -> str | None:
+        """The one-line start-up error for an unsafe or invalid RPC access setting, or None.
+
+        As in Bitcoin Core, listening beyond loopback needs an explicit
+        ``--rpcallowip`` list (issue #11; the C++ node binds loopback only).
+        """
+        try:
+            AllowList(self.rpc_allow_ips)
+        except ValueError as exc:
+            return f"Error: {exc}"
+        if self.rpc and not is_loopback_host(self.rpcbind) and not self.rpc_allow_ips:
+            return (f"Error: --rpcbind={self.rpcbind} is not a loopback address: also give "
+                    "--rpcallowip=<ip or subnet> for the clients that may connect")
+        return None
 
     def apply_defaults(self) -> None:
         """Fill what the command line left open from the network's parameters."""
@@ -315,10 +335,14 @@ class NodeAssembly:
         if not cfg.rpc:
             return
         logger.info("Initializing RPC server...")
-        if cfg.rpcbind not in ("127.0.0.1", "localhost", "::1"):
-            logger.warning(f"RPC listens on {cfg.rpcbind}, not loopback: anyone who can reach "
-                           "it and guess the credentials controls this node")
-        server = RPCServer(ctx, host=cfg.rpcbind, port=cfg.rpc_port)
+        error = cfg.rpc_access_error()
+        if error is not None:
+            raise NodeStartupError(error)
+        if not is_loopback_host(cfg.rpcbind):
+            logger.warning(f"RPC listens on {cfg.rpcbind}, not loopback; clients allowed: "
+                           f"loopback and {', '.join(cfg.rpc_allow_ips)}")
+        server = RPCServer(ctx, host=cfg.rpcbind, port=cfg.rpc_port, limits=cfg.rpc_limits,
+                           allow_ips=cfg.rpc_allow_ips)
         try:
             server.start()
         except OSError as exc:

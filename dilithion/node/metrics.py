@@ -84,6 +84,24 @@ class NodeMetrics:
         self.prehandshake_dropped = Counter(
             "prehandshake_messages_dropped", "Messages other than version/verack/ping/pong "
             "received before the handshake completed, dropped without decoding", registry=r)
+        self.rpc_requests = Counter(
+            "rpc_requests", "JSON-RPC requests answered, by method (each call of a batch; "
+            "'none' when no method was reached, 'other' for names not served) and HTTP status",
+            ["method", "status"], registry=r)
+        self.rpc_in_flight = Gauge(
+            "rpc_requests_in_flight", "RPC requests being handled by a worker thread", registry=r)
+        self.rpc_open_connections = Gauge(
+            "rpc_open_connections", "Open connections to the RPC server", registry=r)
+        self.rpc_rejected = Counter(
+            "rpc_rejected", "RPC requests refused before dispatch, by reason (queue_full: 503, "
+            "rate_limited: 429, auth_backoff and not_allowed: 403, deadline: dropped "
+            "unfinished, too_large: 413, bad_request: unparsable HTTP, evicted: idle connection "
+            "closed for a new one over --rpcmaxconnections)", ["reason"], registry=r)
+        self.rpc_auth_failures = Counter(
+            "rpc_auth_failures", "RPC requests with wrong credentials", registry=r)
+        for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
+                       "too_large", "bad_request", "evicted"):
+            self.rpc_rejected.labels(reason=reason)
         for role in ("announce", "receive"):
             self.block_propagation_time.labels(role=role)
         for reason in ("closed", "timeout", "send_timeout", "misbehaviour", "shutdown", "evicted",

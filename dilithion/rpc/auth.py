@@ -109,6 +109,7 @@ class Authenticator:
         """No credentials yet; one random salt for them all (C++ ``GenerateSalt``)."""
         self._salt = secrets.token_bytes(32)
         self._digests: list[bytes] = []
+        self._users: list[str] = []
 
     def _digest(self, user: str, password: str) -> bytes:
         """Salted SHA3-256 of ``user:password`` (C++ ``HashPassword``)."""
@@ -119,6 +120,7 @@ class Authenticator:
         if not user or not password:
             raise ValueError("RPC user and password must both be non-empty")
         self._digests.append(self._digest(user, password))
+        self._users.append(user)
 
     def __len__(self) -> int:
         return len(self._digests)
@@ -128,14 +130,20 @@ class Authenticator:
 
         C++: ``AuthenticateRequest``, ``VerifyPassword`` and ``SecureCompare``.
         """
+        return self.identify(authorization)[0]
+
+    def identify(self, authorization: str | None) -> tuple[AuthResult, str | None]:
+        """Like :meth:`check`, plus the user name accepted (None unless OK)."""
         creds = parse_basic_auth(authorization)
         if creds is None:
-            return AuthResult.MISSING
+            return AuthResult.MISSING, None
         candidate = self._digest(*creds)
-        matched = False
-        for stored in self._digests:           # no early exit: timing independent of the match
-            matched |= hmac.compare_digest(candidate, stored)
-        return AuthResult.OK if matched else AuthResult.WRONG
+        matched: str | None = None
+        for user, stored in zip(self._users, self._digests):
+            # no early exit: timing independent of which entry matches
+            if hmac.compare_digest(candidate, stored) and matched is None:
+                matched = user
+        return (AuthResult.OK, matched) if matched is not None else (AuthResult.WRONG, None)
 
 
 @dataclass
