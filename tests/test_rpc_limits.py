@@ -8,6 +8,7 @@ the allow-list, and the metrics.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -101,8 +102,10 @@ def proc_counts(pid: int) -> tuple[int, int]:
     return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def hold_connections(port: int, idle: int, slow: int) -> tuple[list, threading.Event, threading.Thread]:
-    """``idle`` connections that send nothing and ``slow`` ones trickling header bytes."""
+@contextlib.contextmanager
+def held_connections(port: int, idle: int, slow: int):
+    """``idle`` connections that send nothing and ``slow`` ones trickling header bytes,
+    all closed on exit."""
     conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(idle + slow)]
     stop = threading.Event()
 
@@ -119,7 +122,20 @@ def hold_connections(port: int, idle: int, slow: int) -> tuple[list, threading.E
 
     t = threading.Thread(target=trickle, daemon=True)
     t.start()
-    return conns, stop, t
+    try:
+        yield conns
+    finally:
+        stop.set()
+        t.join()
+        for s in conns:
+            s.close()
+
+
+def timed_getblockcount(node) -> float:
+    """Seconds one authenticated ``getblockcount`` (at height 0) takes."""
+    started = time.monotonic()
+    assert node.rpc("getblockcount") == 0
+    return time.monotonic() - started
 
 
 # -- bounded resources (a real node process) ------------------------------------------------
@@ -132,24 +148,16 @@ def test_threads_and_descriptors_stay_bounded_and_operator_served(tmp_path):
     try:
         assert node.rpc("getblockcount") == 0
         threads0, fds0 = proc_counts(node.proc.pid)
-        conns, stop, trickler = hold_connections(node.rpc_port, 300, 50)
-        try:
+        with held_connections(node.rpc_port, 300, 50):
             evicted = ("rpc_rejected_total", (("reason", "evicted"),))
             assert wait_until(lambda: node.metric_samples()[evicted] >= 350 - 64, timeout=60)
             threads1, fds1 = proc_counts(node.proc.pid)
-            started = time.monotonic()
-            assert node.rpc("getblockcount") == 0
-            elapsed = time.monotonic() - started
+            elapsed = timed_getblockcount(node)
             print(f"\nthreads {threads0}->{threads1}, descriptors {fds0}->{fds1} with 350 "
                   f"connections held; getblockcount answered in {elapsed * 1000:.1f} ms")
             assert threads1 - threads0 <= 2
             assert fds1 - fds0 <= 64 + 4
             assert node.metric_samples()[("rpc_open_connections", ())] <= 64
-        finally:
-            stop.set()
-            trickler.join()
-            for s in conns:
-                s.close()
     finally:
         node.stop()
 
@@ -377,20 +385,12 @@ def test_two_thousand_idle_and_two_hundred_slow_connections_measured(tmp_path):
     node = ProcessNode(tmp_path, "n").start()
     try:
         threads0, fds0 = proc_counts(node.proc.pid)
-        conns, stop, trickler = hold_connections(node.rpc_port, 2000, 200)
-        try:
+        with held_connections(node.rpc_port, 2000, 200):
             time.sleep(2)
             threads1, fds1 = proc_counts(node.proc.pid)
-            started = time.monotonic()
-            assert node.rpc("getblockcount") == 0
-            elapsed = time.monotonic() - started
+            elapsed = timed_getblockcount(node)
             print(f"\n2000 idle + 200 slow: threads {threads0}->{threads1}, descriptors "
                   f"{fds0}->{fds1}, getblockcount {elapsed * 1000:.1f} ms")
             assert threads1 - threads0 <= 2 and fds1 - fds0 <= 128 + 4
-        finally:
-            stop.set()
-            trickler.join()
-            for s in conns:
-                s.close()
     finally:
         node.stop()
