@@ -58,6 +58,8 @@ class NodeContext:
     chain_params: ChainParams
     datadir: Path
     hasher: RandomXHasher = field(default_factory=RandomXHasher.for_key)
+    #: ``--randomx``: ``light``, ``full`` or ``auto`` (full mode when mining).
+    randomx_mode: str = "light"
     #: Stricter intended consensus rules the C++ lacks (``--strict``).
     strict: bool = False
 
