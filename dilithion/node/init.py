@@ -33,6 +33,7 @@ from dilithion.net.dns import parse_peer_entry
 from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.connection import TransportConfig, send_timeout_ms_from_env
 from dilithion.net.net_transport import ConnectionManager
+from dilithion.net.pow_prefetch import PowPrefetch
 from dilithion.net.tx_relay import TxRelay, TxRelayManager
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
@@ -284,6 +285,9 @@ class NodeAssembly:
         ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.processor, ctx.broadcaster, tx,
                                      metrics=ctx.metrics, on_fatal=ctx.fatal_error)
         ctx.added_nodes = AddedNodes(connman)
+        ctx.pow_prefetch = PowPrefetch(ctx.chainstate)
+        connman.delivery_observers["block"] = ctx.pow_prefetch.offer
+        self._closer(None, ctx.pow_prefetch.close)      # after the transport has stopped
         logger.info("  [OK] P2P components ready (not started)")
 
     def _init_wallet_and_miner(self) -> None:
