@@ -1,5 +1,8 @@
 """Proof-of-work prefetch (``dilithion.net.pow_prefetch``) and the header-hash cache.
 
+(That a catch-up is hashed ahead is asserted in
+``test_p2p_sync.test_fresh_node_catches_up_300_blocks``.)
+
 Received blocks are hashed on spare cores as they are queued, and the handler
 waits for a hash in progress instead of computing it again.  Real RandomX,
 real sockets, real LevelDB; the attacker connects from its own loopback address.
@@ -14,7 +17,7 @@ import pytest
 from dilithion.consensus.pow import HeaderHashCache
 from dilithion.net.protocol import MsgBlock
 from dilithion.primitives.block import Block, BlockHeader
-from framework import InProcessNode, TestPeer, regtest_chain, wait_until
+from framework import TestPeer, regtest_chain, wait_until
 
 ATTACKER = "127.0.0.10"
 
@@ -63,28 +66,9 @@ def test_a_header_asked_for_twice_at_once_is_hashed_once(hasher):
 
 
 @pytest.fixture
-def node_pair(tmp_path):
-    made = []
-
-    def make(name):
-        node = InProcessNode(tmp_path, name, coins=False, rpc=False).start()
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
-
-
-def test_catch_up_blocks_are_hashed_ahead_of_the_handler(node_pair):
-    chain = regtest_chain(120)
-    server = node_pair("server")
-    server.load(chain)
-    fresh = node_pair("fresh")
-    fresh.dial(server)
-    wait_until(lambda: fresh.height() == 120, timeout=120, message=lambda: fresh.height())
-    assert fresh.chain.tip().hash == chain[120][1]
-    assert fresh.ctx.pow_prefetch.headers_done > 0
+def node_pair(framework_nodes):
+    """``make(name)`` -> a started relay-only in-process node (no UTXO set, no RPC)."""
+    return lambda name: framework_nodes.inprocess_node(name, coins=False, rpc=False, start=True)
 
 
 def test_out_of_range_nbits_is_never_prehashed_and_the_honest_peer_still_syncs(node_pair):
