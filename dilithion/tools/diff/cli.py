@@ -64,16 +64,19 @@ def cli(log_level: str) -> None:
               help="with --self: extra dilithion-node arguments for the reference side")
 @click.option("--catalogue", "catalogue_path", type=click.Path(path_type=Path),
               default=CATALOGUE, show_default=True, help="the divergence catalogue")
-def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path) -> None:
+@click.option("--step-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 600),
+              help="seconds a node may take to answer a step before it counts as hung")
+def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> None:
     """Run the corpus on both nodes and report every difference."""
     try:
-        code = _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path)
+        code = _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path,
+                    step_timeout)
     except (CorpusError, CatalogueError, TargetError, UsageFailure) as exc:
         _fail(str(exc))
     sys.exit(code)
 
 
-def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path) -> int:
+def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> int:
     if self_mode and cpp_path:
         raise UsageFailure("--self and --cpp exclude each other")
     binary = None if self_mode else check_binary(cpp_path or os.environ.get("DILITHION_CPP_NODE"))
@@ -86,7 +89,7 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path) -> in
     work = Path(tempfile.mkdtemp(prefix="dilithion-diff-"))
     ref = (PythonTarget("python-b", work, shlex.split(self_args)) if self_mode
            else CppTarget("cpp", work, binary))
-    runner = Runner(ref, PythonTarget("python", work), catalogue, params)
+    runner = Runner(ref, PythonTarget("python", work), catalogue, params, step_timeout)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
     results = []
     try:

@@ -43,8 +43,8 @@ class WirePeer:
 
     _hosts = itertools.count(2)
 
-    def __init__(self, port: int, magic: int) -> None:
-        self.port, self.magic = port, magic
+    def __init__(self, port: int, magic: int, timeout: float = BARRIER_TIMEOUT_S) -> None:
+        self.port, self.magic, self.timeout = port, magic, timeout
         self.host = f"127.0.0.{next(self._hosts) % 250 + 2}"
         self.sock: socket.socket | None = None
         self.buf = b""
@@ -55,7 +55,7 @@ class WirePeer:
         self.host = host or self.host
         self.sock = socket.socket()
         self.sock.bind((self.host, 0))
-        self.sock.settimeout(BARRIER_TIMEOUT_S)
+        self.sock.settimeout(self.timeout)
         self.sock.connect(("127.0.0.1", self.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.closed = False
@@ -121,16 +121,18 @@ class WirePeer:
             got.append(msg)
         return got
 
-    def barrier(self, timeout: float = BARRIER_TIMEOUT_S) -> list[tuple[str, bytes]]:
+    def barrier(self, timeout: float | None = None) -> list[tuple[str, bytes]]:
         """Everything the node sent in reply to the step (see the module docstring)."""
+        timeout = timeout or self.timeout
         got = self._until_pong(timeout)
         if not self.closed:
             time.sleep(SETTLE_S)
             got += self._until_pong(timeout)
         return got
 
-    def handshake(self, timeout: float = BARRIER_TIMEOUT_S) -> list[tuple[str, bytes]]:
+    def handshake(self, timeout: float | None = None) -> list[tuple[str, bytes]]:
         """Send our ``version``, answer theirs with ``verack``; return what the node sent."""
+        timeout = timeout or self.timeout
         self.send("version", MsgVersion(timestamp=int(time.time()), nonce=0x1234,
                                         user_agent=DRIVER_USER_AGENT).serialize())
         got: list[tuple[str, bytes]] = []

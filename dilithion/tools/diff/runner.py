@@ -47,13 +47,13 @@ class StepResult:
 class Side:
     """One node, its driver connection, and what the corpus told it (for tip names)."""
 
-    def __init__(self, target: NodeTarget, magic: int) -> None:
-        self.target, self.magic = target, magic
+    def __init__(self, target: NodeTarget, magic: int, step_timeout: float) -> None:
+        self.target, self.magic, self.step_timeout = target, magic, step_timeout
         self.peer: WirePeer | None = None
 
     def connect(self) -> list[tuple[str, bytes]]:
         self.close_peer()
-        self.peer = WirePeer(self.target.p2p_port, self.magic)
+        self.peer = WirePeer(self.target.p2p_port, self.magic, self.step_timeout)
         self.peer.connect()
         return self.peer.handshake()
 
@@ -90,9 +90,10 @@ def block_names(corpus: Corpus, params: ChainParams) -> dict[str, str]:
 
 class Runner:
     def __init__(self, ref: NodeTarget, py: NodeTarget, catalogue: Catalogue,
-                 params: ChainParams) -> None:
+                 params: ChainParams, step_timeout: float = 30.0) -> None:
         self.params = params
-        self.sides = {"cpp": Side(ref, params.magic), "python": Side(py, params.magic)}
+        self.sides = {"cpp": Side(ref, params.magic, step_timeout),
+                      "python": Side(py, params.magic, step_timeout)}
         self.catalogue = catalogue
         self.pool = ThreadPoolExecutor(2)
 
@@ -167,6 +168,8 @@ class Runner:
                 obs["rpc"], obs["rpc_method"] = side.target.rpc(step.method, step.params), step.method
             else:
                 obs.update(self._send(side, step))
+            if obs.get("disconnect"):
+                side.target.settle_exit()      # a closed connection may be a dying process
             if not side.target.alive():
                 raise NoReply()
             obs.update(self._tip(side, names))

@@ -124,6 +124,13 @@ class NodeTarget:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def settle_exit(self, seconds: float = 0.2) -> None:
+        """Give a process that is exiting the moment it needs to be seen as exited."""
+        try:
+            self.proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
+
     def stop(self) -> bool:
         """SIGTERM and wait; SIGKILL if it hangs. True when it stopped by itself."""
         if self.proc is None:
