@@ -3,8 +3,8 @@
 The real C++ node cannot be made to crash or hang on demand, so the tool's
 handling of those cases is tested with this: it prints the C++ start-up lines
 the tool waits for, answers ``version`` and ``ping`` like the C++ node, and on
-the wire command ``crash`` exits at once (status 3), on ``hang`` stops reading
-and answering (until killed).
+the wire command ``crash`` exits at once (status 3), on ``hang`` stops
+answering on every connection (until killed).
 """
 import os
 import socket
@@ -18,6 +18,7 @@ from dilithion.net.protocol import MsgVersion, CPP_USER_AGENT
 from dilithion.net.serialize import calculate_checksum
 
 PARAMS = ChainParams.testnet()
+HANG = threading.Event()
 port = int(next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--port=")))
 
 
@@ -29,6 +30,8 @@ def frame(command: str, payload: bytes = b"") -> bytes:
 def serve(conn: socket.socket) -> None:
     buf = b""
     while True:
+        if HANG.is_set():
+            time.sleep(3600)            # hung: holds every connection, answers nothing
         chunk = conn.recv(65536)
         if not chunk:
             return
@@ -43,7 +46,9 @@ def serve(conn: socket.socket) -> None:
                 os._exit(3)
             if command == "hang":
                 print("fake node: hanging on request", flush=True)
-                time.sleep(3600)
+                HANG.set()
+            if HANG.is_set():
+                break
             if command == "version":
                 conn.sendall(frame("version", MsgVersion(user_agent=CPP_USER_AGENT).serialize())
                              + frame("verack"))

@@ -109,6 +109,9 @@ def compare(cpp: dict, py: dict) -> list[Difference]:
     for key in ("disconnect", "ban"):
         if cpp.get(key) != py.get(key):
             diffs.append(Difference(key, key, cpp.get(key), py.get(key)))
+    if cpp.get("no_reply", False) != py.get("no_reply", False):
+        diffs.append(Difference("wire", "wire.no-reply", cpp.get("no_reply", False),
+                                py.get("no_reply", False)))
     if "wire" in cpp and "wire" in py:
         diffs += _compare_wire(cpp["wire"], py["wire"])
     if "rpc" in cpp and "rpc" in py:

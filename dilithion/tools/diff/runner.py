@@ -173,15 +173,33 @@ class Runner:
             if not side.target.alive():
                 raise NoReply()
             obs.update(self._tip(side, names))
-        except (NoReply, OSError, TargetError) as exc:
-            alive = side.target.alive()
-            obs = {"process": "hung" if alive else "crashed",
-                   "error": type(exc).__name__ if not str(exc) else str(exc),
-                   "log_tail": side.target.log_tail(LOG_TAIL_LINES)}
-            logger.warning("{} node {} at step {}; starting a fresh one", side.target.label,
-                           obs["process"], step.index)
-            side.replace_node()
+        except NoReply:
+            if side.target.alive() and self._answers_new_connection(side):
+                obs["no_reply"] = True          # this connection is stuck, the node is not
+                obs.update(self._tip(side, names))
+                return obs
+            return self._replace(side, step, "hung" if side.target.alive() else "crashed",
+                                 "no reply")
+        except (OSError, TargetError) as exc:
+            return self._replace(side, step, "hung" if side.target.alive() else "crashed",
+                                 str(exc) or type(exc).__name__)
+        return obs
+
+    def _answers_new_connection(self, side: Side) -> bool:
+        """A node that left one connection unanswered: does it still handshake on a new one?"""
+        try:
             side.connect()
+            return not side.peer.closed
+        except (OSError, NoReply):
+            return False
+
+    def _replace(self, side: Side, step: Step, what: str, error: str) -> dict:
+        """That step's outcome for a crashed or hung node, which a fresh node replaces."""
+        obs = {"process": what, "error": error, "log_tail": side.target.log_tail(LOG_TAIL_LINES)}
+        logger.warning("{} node {} at step {}; starting a fresh one", side.target.label, what,
+                       step.index)
+        side.replace_node()
+        side.connect()
         return obs
 
     def _send(self, side: Side, step: Step) -> dict:
