@@ -4,7 +4,7 @@ The order matters because both nodes keep their state from step to step: the
 C++ vector chain first, then a side branch that wins (a reorganisation), an
 exact tie, then messages that change no chain, then the orphan case (which
 leaves the two nodes on different tips for good, ``chain D21``), RPC calls, and
-a restart (which the C++ node cannot survive, ``chain D15``).  Blocks are
+a restart (which the C++ node cannot survive, ``chain D15``), last.  Blocks are
 announced with ``inv`` before they are sent, as a peer does, so they arrive
 requested.
 """
@@ -59,6 +59,7 @@ def builtin_steps(blocks: dict[str, tuple[Block, Uint256]]) -> list[dict]:
         _send("inv of an unknown block", "inv", _inv([UNKNOWN_HASH])),
         _send("getdata of the tip", "getdata", _inv([hash_of("V6")])),
         _send("getdata of an unknown block", "getdata", _inv([UNKNOWN_HASH])),
+        {"name": "reconnect at height 6", "reconnect": True},
         _send("inv: side-branch block F6 (easiest nBits, time before parent)", "inv",
               _inv([hash_of("F6")])),
         _send("side-branch block F6 (less work: not the tip)", "block", block_of("F6"),
@@ -83,18 +84,17 @@ def builtin_steps(blocks: dict[str, tuple[Block, Uint256]]) -> list[dict]:
         _send("block H9 (the orphan's parent)", "block", block_of("H9")),
         _send("block H10 again", "block", block_of("H10")),
         {"name": "restart both nodes", "restart": True},
-        _rpc("getblockcount"),
     ]
     return steps
 
 
 def malformed_steps(genesis_hash: Uint256) -> list[dict]:
-    """Every malformed-message kind of ``tests/test_net_badinput.py`` and ``net`` 3.x."""
+    """Every malformed-message kind of ``tests/test_net_badinput.py`` and ``net`` 3.x,
+    each on a new connection."""
     ping = struct.pack("<Q", 7)
     version = MsgVersion(PROTOCOL_VERSION, timestamp=1730000000, user_agent=b"/again:0.1/")
     addr = MsgAddr([Address(1730000000, 1, bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 9]), 18444)])
-    return [
-        {"name": "reconnect", "reconnect": True},
+    steps = [
         _send("bad checksum", "ping", ping, checksum_hex="00000000"),
         _send("wrong magic (mainnet)", "ping", ping, magic=MAINNET_MAGIC),
         _send("announced size above the 32 MiB limit (header only)", "block", b"",
@@ -116,8 +116,10 @@ def malformed_steps(genesis_hash: Uint256) -> list[dict]:
               MsgGetblocks([bytes(genesis_hash)]).serialize()),
         _send("block truncated after the header", "block", bytes(80)),
         _send("empty block payload", "block"),
-        {"name": "reconnect after the malformed messages", "reconnect": True},
     ]
+    for step in steps:                  # each judged alone, not by the score of the ones before
+        step["new_connection"] = True
+    return steps
 
 
 def rpc_steps() -> list[dict]:

@@ -96,7 +96,8 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
         runner.start()
         for corpus in loaded:
             results += runner.run_corpus(corpus)
-        results.append(runner.final_storage("end of run"))
+        if loaded[-1].steps[-1].action != "restart":    # a final restart just compared storage
+            results.append(runner.final_storage("end of run"))
     finally:
         runner.close()
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ COMPARISONS = ("tip", "height", "wire", "disconnect", "ban", "rpc", "storage", "
 NETWORKS = ("testnet",)
 MAX_SLEEP_S = 60.0
 STEP_KEYS = {"name", "send", "payload_hex", "checksum_hex", "size", "magic", "sleep", "restart",
-             "rpc", "params", "expect_same", "reconnect"}
+             "rpc", "params", "expect_same", "reconnect", "new_connection"}
 
 
 class CorpusError(Exception):
@@ -35,6 +35,7 @@ class Step:
     method: str = ""
     params: dict | list | None = None
     expect_same: tuple[str, ...] = ()
+    new_connection: bool = False
 
 
 @dataclass
@@ -128,6 +129,9 @@ def _parse_step(raw, index: int, where: str) -> Step:
             _fail(where, "checksum_hex", "must be 4 bytes")
         step.size = _int(raw, "size", where, 0xFFFFFFFF)
         step.magic = _int(raw, "magic", where, 0xFFFFFFFF)
+        if raw.get("new_connection", False) not in (True, False):
+            _fail(where, "new_connection", "must be true or false")
+        step.new_connection = raw.get("new_connection", False)
     elif action == "sleep":
         secs = raw["sleep"]
         if isinstance(secs, bool) or not isinstance(secs, (int, float)) \
@@ -146,7 +150,7 @@ def _parse_step(raw, index: int, where: str) -> Step:
             _fail(where, "params", "must be an object or a list")
         step.method, step.params = method, params
     if action != "send":
-        extra = sorted({"payload_hex", "checksum_hex", "size", "magic"} & set(raw))
+        extra = sorted({"payload_hex", "checksum_hex", "size", "magic", "new_connection"} & set(raw))
         if extra:
             _fail(where, extra[0], f"only allowed with 'send'")
     if action != "rpc" and "params" in raw:

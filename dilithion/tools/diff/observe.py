@@ -23,7 +23,11 @@ import plyvel
 
 from dilithion.net.protocol import decode_payload
 
-TIME, NONCE = "<time>", "<nonce>"
+TIME, NONCE, VOLATILE = "<time>", "<nonce>", "<varies>"
+#: RPC result members that differ between any two runs (peer ids, ports, clocks, byte counts).
+RPC_VOLATILE = frozenset({"id", "addr", "addrlocal", "conntime", "lastsend", "lastrecv",
+                          "bytessent", "bytesrecv", "pingtime", "minping", "pingwait",
+                          "timeoffset"})
 
 
 @dataclass
@@ -71,6 +75,15 @@ def normalise_message(command: str, payload: bytes):
     return {"payload_hex": payload.hex()}
 
 
+def normalise_rpc(value):
+    """An RPC reply with :data:`RPC_VOLATILE` members replaced by a placeholder."""
+    if isinstance(value, dict):
+        return {k: VOLATILE if k in RPC_VOLATILE else normalise_rpc(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalise_rpc(v) for v in value]
+    return _plain(value)
+
+
 def normalise_wire(messages: list[tuple[str, bytes]]) -> dict[str, list]:
     grouped: dict[str, list] = {}
     for command, payload in messages:
@@ -85,21 +98,28 @@ def read_blocks_db(datadir: Path) -> dict[str, str]:
         return {}
     db = plyvel.DB(str(path), create_if_missing=False)
     try:
-        return {k.hex(): v.hex() for k, v in db}
+        return {_key_text(k): v.hex() for k, v in db}
     finally:
         db.close()
 
 
-def _key_class(key_hex: str) -> str:
-    key = bytes.fromhex(key_hex)
-    if key == b"bestblock":
+def _key_text(key: bytes) -> str:
+    """Keys as text (``b<hash hex>``, ``i<hash hex>``, ``bestblock``); others as ``0x<hex>``."""
+    text = key.decode("ascii", "replace")
+    return text if key.isascii() and text.isprintable() else "0x" + key.hex()
+
+
+def _key_class(key: str) -> str:
+    if key == "bestblock":
         return "bestblock"
-    return key[:1].decode("ascii", "replace") if key[:1].isalpha() else "other"
+    return key[0] if key[:1].isalpha() else "other"
 
 
 def compare(cpp: dict, py: dict) -> list[Difference]:
     """All differences between two observations of the same step."""
     diffs: list[Difference] = []
+    if "storage" in cpp and "storage" in py:       # read before a restart, so still meaningful
+        diffs += _compare_storage(cpp["storage"], py["storage"])
     if cpp.get("process", "ok") != py.get("process", "ok"):
         diffs.append(Difference("process", "process", cpp.get("process"), py.get("process")))
         return diffs                        # nothing else is meaningful after a crash or hang
@@ -117,8 +137,6 @@ def compare(cpp: dict, py: dict) -> list[Difference]:
     if "rpc" in cpp and "rpc" in py:
         diffs += _compare_tree(f"rpc.{cpp.get('rpc_method', '')}", _plain(cpp["rpc"]),
                                _plain(py["rpc"]), "rpc")
-    if "storage" in cpp and "storage" in py:
-        diffs += _compare_storage(cpp["storage"], py["storage"])
     return diffs
 
 

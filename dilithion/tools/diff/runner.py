@@ -23,7 +23,7 @@ from dilithion.primitives.block import Block
 from .catalogue import Catalogue
 from .corpus import Corpus, Step
 from .driver import NoReply, WirePeer
-from .observe import Difference, compare, normalise_wire, read_blocks_db
+from .observe import Difference, compare, normalise_rpc, normalise_wire, read_blocks_db
 from .targets import NodeTarget, TargetError
 
 LOG_TAIL_LINES = 15
@@ -121,6 +121,7 @@ class Runner:
 
     # ---- steps ------------------------------------------------------------------
     def run_corpus(self, corpus: Corpus) -> list[StepResult]:
+        """Every step of one corpus (after a handshake step of its own)."""
         names = block_names(corpus, self.params)
         results = [self._do(corpus, Step(0, "connect and handshake", "reconnect"), names)]
         for step in corpus.steps:
@@ -128,6 +129,7 @@ class Runner:
         return results
 
     def final_storage(self, label: str) -> StepResult:
+        """Stop both cleanly and compare their block databases."""
         obs = self.stop()
         return self._classify(label, Step(0, "final clean stop: storage", "restart"), obs)
 
@@ -165,7 +167,8 @@ class Runner:
             elif step.action == "sleep":
                 time.sleep(step.seconds)
             elif step.action == "rpc":
-                obs["rpc"], obs["rpc_method"] = side.target.rpc(step.method, step.params), step.method
+                obs["rpc"] = normalise_rpc(side.target.rpc(step.method, step.params))
+                obs["rpc_method"] = step.method
             else:
                 obs.update(self._send(side, step))
             if obs.get("disconnect"):
@@ -176,6 +179,8 @@ class Runner:
         except NoReply:
             if side.target.alive() and self._answers_new_connection(side):
                 obs["no_reply"] = True          # this connection is stuck, the node is not
+                if step.action == "send":
+                    obs.update(disconnect=False, ban=False)
                 obs.update(self._tip(side, names))
                 return obs
             return self._replace(side, step, "hung" if side.target.alive() else "crashed",
@@ -203,7 +208,7 @@ class Runner:
         return obs
 
     def _send(self, side: Side, step: Step) -> dict:
-        if side.peer is None or side.peer.closed:
+        if side.peer is None or side.peer.closed or step.new_connection:
             side.connect()
         peer = side.peer
         peer.send(step.command, step.payload, checksum=step.checksum, size=step.size,
