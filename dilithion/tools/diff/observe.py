@@ -135,8 +135,7 @@ def compare(cpp: dict, py: dict) -> list[Difference]:
     if "wire" in cpp and "wire" in py:
         diffs += _compare_wire(cpp["wire"], py["wire"])
     if "rpc" in cpp and "rpc" in py:
-        diffs += _compare_tree(f"rpc.{cpp.get('rpc_method', '')}", _plain(cpp["rpc"]),
-                               _plain(py["rpc"]), "rpc")
+        diffs += _compare_rpc(f"rpc.{cpp.get('rpc_method', '')}", cpp["rpc"], py["rpc"])
     return diffs
 
 
@@ -150,6 +149,14 @@ def _compare_wire(cpp: dict, py: dict) -> list[Difference]:
         for x, y in zip(a, b):
             diffs += _compare_tree(f"wire.{command}", x, y, "wire")
     return diffs
+
+
+def _compare_rpc(prefix: str, a: dict, b: dict) -> list[Difference]:
+    """Results field by field; an error, or an error against a result, as one difference
+    (subject ``rpc.<method>``) so the catalogue sees the whole error object."""
+    if "result" in a and "result" in b:
+        return _compare_tree(f"{prefix}.result", a["result"], b["result"], "rpc")
+    return [] if a == b else [Difference("rpc", prefix, a, b)]
 
 
 def _compare_tree(prefix: str, a, b, kind: str) -> list[Difference]:
