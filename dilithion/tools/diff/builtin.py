@@ -81,9 +81,9 @@ def builtin_steps(blocks: dict[str, tuple[Block, Uint256]]) -> list[dict]:
     steps += [
         _send("inv: H10 before its parent H9", "inv", _inv([hash_of("H10")])),
         _send("orphan: block H10 before its parent", "block", block_of("H10")),
-        _send("block H9 (the orphan's parent)", "block", block_of("H9")),
-        _send("block H10 again", "block", block_of("H10")),
-        {"name": "restart both nodes", "restart": True},
+        _send("block H9, the parent of the orphan H10", "block", block_of("H9")),
+        _send("block H10 again (the orphan)", "block", block_of("H10")),
+        {"name": "restart both nodes (after the orphan case)", "restart": True},
     ]
     return steps
 
