@@ -50,6 +50,12 @@ def write_reports(out_dir: Path, header: dict, results: list[StepResult],
                 if obs.get("log_tail"):
                     lines += [f"", f"{side} log tail:", "```", obs["log_tail"], "```"]
     lines += ["", "## Catalogue", "", "Entries matched: " + (", ".join(hit) or "none") + "."]
+    if hit:
+        lines += ["", "| entry | steps where it explained a difference |", "| --- | --- |"]
+        for entry_id in hit:
+            where = [f"{Path(r.corpus).name} {r.index}" for r in results
+                     if any(d["known"] == entry_id for d in r.differences)]
+            lines.append(f"| {entry_id} | {', '.join(where)} |")
     if unused:
         lines.append("Entries marked exercised but not matched in this run: " + ", ".join(unused)
                      + ".")
