@@ -180,3 +180,26 @@ def test_builtin_corpus_against_the_cpp_node_has_nothing_unexplained(tmp_path):
     assert report["counts"]["unexplained"] == 0
     # Every entry the catalogue says the corpus exercises was really seen.
     assert report["exercised_entries_not_matched"] == [], report_md
+
+
+# ---- the built-in corpus and the catalogue files ------------------------------------
+def test_committed_builtin_corpus_is_what_builtin_py_writes(tmp_path, vectors_dir):
+    """No drift: the committed corpus is the steps of builtin.py over the committed blocks."""
+    from dilithion.tools.diff.builtin import write_builtin_corpus
+
+    out = tmp_path / "corpus.json"
+    write_builtin_corpus(vectors_dir / "cpp-testnet-chain.json",
+                         json.loads(MINED_FILE.read_text()), out)
+    assert json.loads(out.read_text()) == json.loads(BUILTIN_CORPUS.read_text())
+
+
+def test_mine_corpus_without_the_vectors(tmp_path):
+    one_error_line(run_diff("mine-corpus", "--vectors", str(tmp_path / "missing.json")),
+                   "no such file")
+
+
+def test_catalogue_that_is_not_toml(tmp_path):
+    bad = tmp_path / "cat.toml"
+    bad.write_text("[[divergence]\n")
+    one_error_line(run_diff("run", "--self", "--catalogue", str(bad), "--out", str(tmp_path)),
+                   "not valid TOML")

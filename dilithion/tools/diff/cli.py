@@ -64,7 +64,7 @@ def cli(log_level: str) -> None:
               help="with --self: extra dilithion-node arguments for the reference side")
 @click.option("--catalogue", "catalogue_path", type=click.Path(path_type=Path),
               default=CATALOGUE, show_default=True, help="the divergence catalogue")
-@click.option("--step-timeout", default=30.0, show_default=True, type=click.FloatRange(1, 600),
+@click.option("--step-timeout", default=10.0, show_default=True, type=click.FloatRange(1, 600),
               help="seconds a node may take to answer a step before it counts as hung")
 def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> None:
     """Run the corpus on both nodes and report every difference."""

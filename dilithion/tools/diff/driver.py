@@ -22,7 +22,7 @@ from dilithion.net.protocol import MsgPing, MsgVerack, MsgVersion
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, calculate_checksum
 
 DRIVER_USER_AGENT = b"/dilithion-diff:0.1/"
-BARRIER_TIMEOUT_S = 30.0
+BARRIER_TIMEOUT_S = 10.0
 SETTLE_S = 0.3
 
 

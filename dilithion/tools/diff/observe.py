@@ -96,7 +96,10 @@ def read_blocks_db(datadir: Path) -> dict[str, str]:
     path = datadir / "blocks"
     if not path.exists():
         return {}
-    db = plyvel.DB(str(path), create_if_missing=False)
+    try:
+        db = plyvel.DB(str(path), create_if_missing=False)
+    except plyvel.Error as exc:              # reported as a storage difference, not a crash
+        return {"<unreadable>": str(exc)}
     try:
         return {_key_text(k): v.hex() for k, v in db}
     finally:
