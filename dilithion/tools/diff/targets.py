@@ -84,6 +84,10 @@ class NodeTarget:
     def credentials(self) -> tuple[str | None, str | None]:
         return None, None
 
+    def env_defaults(self) -> dict[str, str]:
+        """Environment for the process unless the caller's environment sets it."""
+        return {}
+
     # ---- lifecycle ------------------------------------------------------------
     def fresh(self) -> None:
         """Use a new, empty datadir from the next :meth:`start` on."""
@@ -99,6 +103,8 @@ class NodeTarget:
             log.flush()
             self._log_offset = log.tell()
             env = dict(os.environ, PYTHONUNBUFFERED="1")
+            env.update(self.env_defaults())
+            env.update({k: v for k, v in os.environ.items() if k in self.env_defaults()})
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.workdir, env=env,
                                          start_new_session=True)
@@ -194,6 +200,11 @@ class PythonTarget(NodeTarget):
         return [str(exe), "--testnet", f"--datadir={self.datadir}", "--bind=127.0.0.1",
                 f"--port={self.p2p_port}", f"--rpcport={self.rpc_port}", "--connect=none",
                 *self.extra_args]
+
+    def env_defaults(self) -> dict[str, str]:
+        # Light-mode RandomX: a 2 GiB full-mode dataset per node would cost more
+        # time and memory than the whole corpus (hashes are the same either way).
+        return {"DIL_RANDOMX": "light"}
 
     def credentials(self):
         cookie = read_cookie(self.datadir)
