@@ -1,0 +1,144 @@
+"""``dilithion-diff``: the command line (``run``, ``mine-corpus``).
+
+Exit status: 0 nothing unexplained, 1 an unexplained difference, 2 the run
+could not be made (bad corpus, missing binary, a node that never starts); the
+last two print one line, never a traceback.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+from loguru import logger
+
+from dilithion.core.chainparams import ChainParams
+
+from .catalogue import CatalogueError, check_markdown, load_catalogue
+from .corpus import CorpusError, load_corpus
+from .report import write_reports
+from .runner import Runner
+from .targets import CppTarget, PythonTarget, TargetError, check_binary
+
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+BUILTIN_CORPUS = PACKAGE_DATA / "builtin-corpus.json"
+REPO = Path(__file__).resolve().parents[3]
+CATALOGUE = REPO / "docs" / "cpp-divergences.toml"
+DEFAULT_VECTORS = REPO.parent / "shared" / "vectors" / "cpp-testnet-chain.json"
+
+
+class UsageFailure(Exception):
+    """One line for the user, exit 2."""
+
+
+def _fail(message: str) -> None:
+    click.echo(f"dilithion-diff: error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def cli(log_level: str) -> None:
+    """Differential testing of the Python node against the C++ node (docs/DIFF.md)."""
+    logger.remove()
+    logger.add(sys.stderr, level=log_level)
+
+
+@cli.command()
+@click.option("--cpp", "cpp_path", default=None, metavar="PATH",
+              help="the C++ dilithion-node binary (default: $DILITHION_CPP_NODE)")
+@click.option("--corpus", "corpora", multiple=True, type=click.Path(path_type=Path),
+              metavar="FILE", help="a JSON corpus (repeatable; default: the built-in corpus)")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("diff-report"), show_default=True, help="where the reports go")
+@click.option("--self", "self_mode", is_flag=True,
+              help="Python against Python (the harness's own check: nothing may differ)")
+@click.option("--self-args", default="", metavar="ARGS",
+              help="with --self: extra dilithion-node arguments for the reference side")
+@click.option("--catalogue", "catalogue_path", type=click.Path(path_type=Path),
+              default=CATALOGUE, show_default=True, help="the divergence catalogue")
+@click.option("--step-timeout", default=10.0, show_default=True, type=click.FloatRange(1, 600),
+              help="seconds a node may take to answer a step before it counts as hung")
+def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> None:
+    """Run the corpus on both nodes and report every difference."""
+    try:
+        code = _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path,
+                    step_timeout)
+    except (CorpusError, CatalogueError, TargetError, UsageFailure) as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> int:
+    if self_mode and cpp_path:
+        raise UsageFailure("--self and --cpp exclude each other")
+    binary = None if self_mode else check_binary(cpp_path or os.environ.get("DILITHION_CPP_NODE"))
+    files = list(corpora) or [BUILTIN_CORPUS]
+    loaded = [load_corpus(f) for f in files]                # every file checked before a start
+    catalogue = load_catalogue(catalogue_path)
+    if self_mode:
+        catalogue.entries = []                              # Python against Python: no excuses
+    params = ChainParams.testnet()
+    work = Path(tempfile.mkdtemp(prefix="dilithion-diff-"))
+    ref = (PythonTarget("python-b", work, shlex.split(self_args)) if self_mode
+           else CppTarget("cpp", work, binary))
+    runner = Runner(ref, PythonTarget("python", work), catalogue, params, step_timeout)
+    started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
+    results = []
+    try:
+        runner.start()
+        for corpus in loaded:
+            results += runner.run_corpus(corpus)
+        if loaded[-1].steps[-1].action != "restart":    # a final restart just compared storage
+            results.append(runner.final_storage("end of run"))
+    finally:
+        runner.close()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for log in work.glob("*.log"):
+            shutil.copy(log, out_dir / log.name)
+        shutil.rmtree(work, ignore_errors=True)
+    header = {"reference": "Python (--self)" if self_mode else f"C++ {binary}",
+              "python": "Python", "started": started, "seconds": time.monotonic() - t0,
+              "corpora": [str(f) for f in files]}
+    counts = write_reports(out_dir, header, results, catalogue)
+    click.echo(f"{counts['same']} same, {counts['known']} known, {counts['unexplained']}"
+               f" UNEXPLAINED; reports in {out_dir}/report.md and report.json")
+    return 1 if counts["unexplained"] else 0
+
+
+@cli.command("mine-corpus")
+@click.option("--vectors", type=click.Path(path_type=Path), default=DEFAULT_VECTORS,
+              show_default=True, help="the C++ vector chain (cpp-testnet-chain.json)")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
+def mine_corpus(vectors: Path, threads: int) -> None:
+    """Mine the built-in corpus's blocks that are missing and rewrite the corpus file."""
+    from .builtin import write_builtin_corpus
+    from .mine import mine_missing
+
+    if not vectors.is_file():
+        _fail(f"C++ vectors {vectors}: no such file")
+    mined = mine_missing(vectors, threads=threads)
+    write_builtin_corpus(vectors, mined, BUILTIN_CORPUS)
+    click.echo(f"wrote {BUILTIN_CORPUS}")
+
+
+@cli.command("check-catalogue")
+@click.option("--catalogue", "catalogue_path", type=click.Path(path_type=Path),
+              default=CATALOGUE, show_default=True)
+def check_catalogue(catalogue_path: Path) -> None:
+    """Check the catalogue against docs/CPP-DIVERGENCES.md (same rows, both ways)."""
+    try:
+        catalogue = load_catalogue(catalogue_path)
+    except CatalogueError as exc:
+        _fail(str(exc))
+    problems = check_markdown(catalogue, (catalogue_path.parent / "CPP-DIVERGENCES.md").read_text())
+    for p in problems:
+        click.echo(p)
+    sys.exit(1 if problems else 0)

@@ -1,0 +1,131 @@
+"""The blocks of the built-in corpus that need proof of work, mined once.
+
+Testnet RandomX in light mode runs at a few dozen hashes a second here, so a
+block at the easiest allowed ``nBits`` (``0x1f0fffff``, about 4,096 hashes) costs
+minutes.  ``dilithion-diff mine-corpus`` therefore mines only what it lacks and
+keeps every solved block in ``data/mined-blocks.json`` (committed), keyed by
+name; the runs never mine.
+
+The blocks hang off the C++ vector chain (heights 0..6, ``nBits 0x1f060000``):
+
+* ``F6`` (parent ``V5``, easy bits, a timestamp before its parent's): a side
+  branch with less work than ``V6``;
+* ``F7`` (on ``F6``, timestamp ``0xffffffff``) and ``F8`` (on ``F7``): three
+  easy blocks outweigh one hard block (work ``2^64/m`` per block), so ``F8``
+  reorganises ``V6`` away, depth 1;
+* ``G8`` (on ``F7``, same bits as ``F8``): an exact tie with ``F8``;
+* ``H9`` (on ``F8``) and ``H10`` (on ``H9``): delivered out of order (orphans);
+* ``BADBITS`` (on ``V6``, ``nBits 0x207fffff``, outside the testnet range, its hash
+  meets its own target) and ``BADPOW`` (on ``V6``, easy bits, a hash that does
+  not meet them) need no real work.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from dilithion.consensus.pow import compact_to_big, hash_less_than
+from dilithion.core.chainparams import MAX_DIFFICULTY_BITS, ChainParams
+from dilithion.crypto.mldsa import KeyPair
+from dilithion.crypto.randomx_hash import RandomXHasher
+from dilithion.mining.template import create_block_template, search_nonce
+from dilithion.primitives.block import Block, Uint256
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+MINED_FILE = DATA_DIR / "mined-blocks.json"
+#: Pays every mined coinbase; any fixed key would do.
+MINER = KeyPair.from_seed(bytes(32))
+TESTNET = ChainParams.testnet()
+EASY_BITS = MAX_DIFFICULTY_BITS                 # 0x1f0fffff, the easy end of the range
+OUT_OF_RANGE_BITS = 0x207FFFFF                  # regtest's limit: outside testnet's range
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    name: str
+    parent: str
+    height: int
+    bits: int
+    time_delta: int | None = None     # added to the parent's nTime
+    time: int | None = None           # absolute nTime (odd timestamps)
+    valid_pow: bool = True            # False: find a nonce whose hash misses the target
+    salt: int = 0                     # tells apart siblings that are otherwise equal
+
+
+SPECS = (
+    BlockSpec("F6", "V5", 6, EASY_BITS, time_delta=-3600),
+    BlockSpec("F7", "F6", 7, EASY_BITS, time=0xFFFFFFFF),
+    BlockSpec("F8", "F7", 8, EASY_BITS, time_delta=-7200),
+    BlockSpec("G8", "F7", 8, EASY_BITS, time_delta=-7100, salt=1),
+    BlockSpec("H9", "F8", 9, EASY_BITS, time_delta=60),
+    BlockSpec("H10", "H9", 10, EASY_BITS, time_delta=60),
+    BlockSpec("BADBITS", "V6", 7, OUT_OF_RANGE_BITS, time_delta=60),
+    BlockSpec("BADPOW", "V6", 7, EASY_BITS, time_delta=60, valid_pow=False),
+)
+
+
+def vector_blocks(vectors_file: Path) -> dict[str, tuple[Block, Uint256]]:
+    """``V0``..``V6`` from the C++ vector chain, as the C++ node sent them."""
+    data = json.loads(vectors_file.read_text())
+    return {f"V{b['height']}": (Block.deserialize(bytes.fromhex(b["block_message_payload_hex"]),
+                                                  allow_trailing=True),
+                                Uint256.from_hex(b["hash"])) for b in data["blocks"]}
+
+
+def _solve(hasher, template, threads: int) -> tuple[Block, Uint256]:
+    """Search nonces on ``threads`` threads (``VM.hash`` releases the GIL)."""
+    stop = threading.Event()
+    found: list[tuple[Block, Uint256]] = []
+
+    def work(start: int) -> None:
+        result = search_nonce(hasher, template, start_nonce=start, step=threads, stop=stop)
+        if result is not None and not stop.is_set():
+            found.append(result)
+            stop.set()
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return found[0]
+
+
+def _miss(hasher, template) -> tuple[Block, Uint256]:
+    """The first nonce whose hash does not meet the target (bad proof of work)."""
+    block = template.block
+    for nonce in range(1 << 16):
+        block.header.nonce = nonce
+        digest = hasher.hash(block.header.serialize())
+        if not hash_less_than(digest, compact_to_big(block.header.bits)):
+            return block, Uint256(digest)
+    raise RuntimeError("no failing nonce in 65,536 tries")
+
+
+def mine_missing(vectors_file: Path, mined_file: Path = MINED_FILE, threads: int = 2) -> dict:
+    """Mine every block of :data:`SPECS` not yet in ``mined_file``; return name -> hex payload."""
+    mined: dict[str, str] = json.loads(mined_file.read_text()) if mined_file.exists() else {}
+    known = vector_blocks(vectors_file)
+    hasher = RandomXHasher.for_key()
+    for name, payload in mined.items():
+        block = Block.deserialize(bytes.fromhex(payload))
+        known[name] = (block, block.get_hash(hasher))
+    for spec in SPECS:
+        if spec.name in mined:
+            continue
+        parent, parent_hash = known[spec.parent]
+        when = spec.time if spec.time is not None else parent.header.time + spec.time_delta
+        template = create_block_template(parent_hash, spec.height, spec.bits,
+                                         MINER.pub_key_hash(), TESTNET, now=when + spec.salt)
+        logger.info("mining {} on {} (nBits {:#x})", spec.name, spec.parent, spec.bits)
+        block, block_hash = (_solve(hasher, template, threads) if spec.valid_pow
+                             else _miss(hasher, template))
+        known[spec.name] = (block, block_hash)
+        mined[spec.name] = block.serialize().hex()
+        mined_file.write_text(json.dumps(mined, indent=1) + "\n")     # keep each solved block
+        logger.info("mined {} = {}", spec.name, block_hash.get_hex())
+    return mined
