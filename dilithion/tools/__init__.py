@@ -1,0 +1,1 @@
+"""Operator tools built on the node (readiness lab, ...); the top layer."""
