@@ -110,7 +110,14 @@ class LabNode:
             return f.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 5) -> str:
-        tail = [ln.strip() for ln in self.run_log().splitlines() if ln.strip()][-lines:]
+        """The last lines of this run's log; an error line printed before a usage
+        text (an unknown option) is put first, since it says what went wrong."""
+        all_lines = [ln.strip() for ln in self.run_log().splitlines() if ln.strip()]
+        tail = all_lines[-lines:]
+        errors = [ln for ln in all_lines if ln.startswith(("Unknown option", "Error", "error"))
+                  or (" ERROR " in ln and not ln.startswith("-"))]
+        if errors and errors[-1] not in tail:
+            tail = [errors[-1], "...", *tail[-2:]]
         return " | ".join(tail) or "(empty log)"
 
     def is_running(self) -> bool:

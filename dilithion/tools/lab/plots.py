@@ -19,6 +19,11 @@ def _cdf(ax, values: list[float], label: str, **style) -> None:
                 **style)
 
 
+def _legend(ax, **kw) -> None:
+    if ax.get_legend_handles_labels()[0]:      # nothing measured: no empty legend
+        ax.legend(**kw)
+
+
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -36,7 +41,7 @@ def write_plots(out: Path, r: dict) -> None:
     ax.set(title=f"Propagation time CDF — {title}", xlabel="seconds after the miner connected it",
            ylabel="fraction of blocks", ylim=(0, 1.05))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    _legend(ax, loc="lower right")
     _save(fig, out / "propagation_cdf.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -65,7 +70,7 @@ def write_plots(out: Path, r: dict) -> None:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_title(f"Process resources — {title}")
-    axes[0].legend(loc="upper left", fontsize="small")
+    _legend(axes[0], loc="upper left", fontsize="small")
     axes[-1].set_xlabel("seconds since the first sample")
     _save(fig, out / "resources.png")
 
@@ -77,5 +82,5 @@ def write_plots(out: Path, r: dict) -> None:
     ax.set(title=f"Broadcast queue depth — {title}", xlabel="seconds since the first sample",
            ylabel="tasks queued")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize="small")
+    _legend(ax, loc="upper right", fontsize="small")
     _save(fig, out / "queue_depth.png")
