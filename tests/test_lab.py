@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -27,7 +28,7 @@ from dilithion.tools.lab.proxy import FaultProxy
 from dilithion.tools.lab.runner import run_scenario, scenario_options
 from dilithion.tools.lab.scenario import SCENARIOS
 
-from framework import wait_until
+from framework import free_port, wait_until
 
 LAB = Path(sys.executable).parent / "dilithion-lab"
 DATA = Path(__file__).parent / "data" / "lab"
@@ -286,3 +287,37 @@ def test_ctrl_c_stops_every_node_and_writes_partial_results(tmp_path):
     assert data["status"] == "interrupted" and data["verdict"] == "INCOMPLETE"
     assert not [p for p in node_pids if psutil.pid_exists(p)
                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.skipif(not shutil.which("prometheus"), reason="needs the prometheus server binary")
+def test_gate_from_a_real_prometheus_scraping_a_real_node(process_node, tmp_path):
+    node = process_node("P").start()
+    node.mine(3)
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: dilithion\n"
+                      f"    static_configs: [{{targets: ['127.0.0.1:{node.metrics_port}']}}]\n")
+    prom = subprocess.Popen(["prometheus", f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def scraped() -> bool:
+            q = urllib.request.urlopen(f"{url}/api/v1/query?query=count_over_time(chain_height[1m])",
+                                       timeout=5)
+            result = json.loads(q.read())["data"]["result"]
+            return bool(result) and float(result[0]["value"][1]) >= 3
+        wait_until(scraped, timeout=90)
+        out = lab("gate", "--prometheus", url, "--window", "1m")
+        assert out.returncode == 1, out.stderr          # one node: "nodes scraped" fails
+        gates = {line.split("  measured:")[0][7:].strip(): line.split()[0]
+                 for line in out.stdout.strip().splitlines()}
+        assert gates["nodes scraped"] == "FAIL"
+        assert gates["send timeouts"] == "PASS" and gates["announcements given up"] == "PASS"
+        assert gates["descriptor growth (worst node)"] in ("PASS", "FAIL")
+        assert gates["on-call engineer 24/7"] == "MANUAL"
+        assert "error" not in out.stderr
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)

@@ -34,6 +34,8 @@ CHUNK = 65536
 #: (so a stalled or slow link pushes back through TCP like a real one).
 MAX_BUFFERED = 4 * 1024 * 1024
 WAIT_S = 0.05
+#: How long a new connection waits for a target that is not listening yet.
+UPSTREAM_RETRY_S = 30.0
 
 
 @dataclass
@@ -178,20 +180,31 @@ class FaultProxy:
             if self.faults.partitioned:
                 client.close()
                 continue
+            threading.Thread(target=self._open, args=(client,), name=f"{self.name}-open",
+                             daemon=True).start()
+
+    def _open(self, client: socket.socket) -> None:
+        """Connect upstream, retrying while the target is still starting (bounded):
+        a refused upstream would otherwise reset a node's fresh connection."""
+        deadline = time.monotonic() + UPSTREAM_RETRY_S
+        while True:
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
+                break
             except OSError:
-                client.close()
-                continue
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                s.settimeout(None)
-            pair = (_Pipe(self, client, upstream, True), _Pipe(self, upstream, client, False))
-            with self._lock:
-                self._conns.append(pair)
-                self.connections_total += 1
-            pair[0].start(f"{self.name}-up")
-            pair[1].start(f"{self.name}-down")
+                if not self._running or time.monotonic() >= deadline or self.faults.partitioned:
+                    client.close()
+                    return
+                time.sleep(0.2)
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.settimeout(None)
+        pair = (_Pipe(self, client, upstream, True), _Pipe(self, upstream, client, False))
+        with self._lock:
+            self._conns.append(pair)
+            self.connections_total += 1
+        pair[0].start(f"{self.name}-up")
+        pair[1].start(f"{self.name}-down")
 
     def _drop(self, pipe: _Pipe) -> None:
         """One direction ended: close the whole connection."""

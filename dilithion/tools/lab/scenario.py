@@ -50,6 +50,8 @@ class Run:
     extra: dict = field(default_factory=dict)
     criteria: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    #: Nodes whose connect times count for "to all nodes" (None: every node).
+    measured: list[str] | None = None
 
     def step(self, n: int = 1, note: str | None = None) -> None:
         if note:
@@ -61,7 +63,7 @@ class Run:
         self.bar.set_postfix_str(what)
 
     def blocks_json(self, nodes: list[str] | None = None) -> list[dict]:
-        names = nodes or [n.name for n in self.lab.nodes]
+        names = nodes or self.measured or [n.name for n in self.lab.nodes]
         return [b.to_json(names, self.parents) for b in self.blocks]
 
     def counters_total(self, key: str, nodes: list[str] | None = None) -> float:

@@ -27,6 +27,7 @@ def run_peer_kill(run: Run) -> None:
     lab.start()
     lab.wait_connected()
     victim, survivors = peers[-1], [miner, *peers[:-1]]
+    run.measured = [n.name for n in survivors]      # the victim is judged by its catch-up
     kill_at = max(1, run.opts["blocks"] // 3)
     for i in range(run.opts["blocks"]):
         if i == kill_at:
@@ -35,7 +36,7 @@ def run_peer_kill(run: Run) -> None:
         run.blocks.extend(lab.mine(miner))
         run.step(note=f"block {i + 1}")
     lab.collect(run.blocks, timeout=60, nodes=survivors)
-    data = run.blocks_json([n.name for n in survivors])
+    data = run.blocks_json()
     ok = sum(1 for b in data if b["complete"])
     run.criteria.append(criterion("surviving peers got every block", f"{ok}/{len(data)}",
                                   f"{len(data)}/{len(data)}", ok == len(data)))
