@@ -104,7 +104,7 @@ def run_partition(run: Run) -> None:
           " RSS slope <= 20 MB/h, descriptor and thread slopes <= 1/h (runs of 5 min or more);"
           " mean CPU < 90% of a core",
           full={"nodes": 3, "duration": 600.0, "interval": 5.0, "peers": 50, "sample": 5.0},
-          short={"duration": 20.0, "interval": 2.0, "sample": 1.0})
+          short={"duration": 10.0, "interval": 2.0, "sample": 1.0})
 def run_load(run: Run) -> None:
     lab = run.lab
     lab.sample_interval = run.opts["sample"]
