@@ -14,6 +14,7 @@ from dilithion.tools.lab.labnode import LabNode
 from dilithion.tools.lab.measure import block_summary, criterion
 
 __all__ = ["Scenario", "Run", "SCENARIOS", "register", "mine_and_measure", "line_topology",
+           "star_topology",
            "propagation_criteria", "no_timeouts_criterion"]
 
 
@@ -80,6 +81,16 @@ def line_topology(run: Run, n: int) -> list[LabNode]:
     return nodes
 
 
+def star_topology(run: Run, n: int) -> tuple[LabNode, list[LabNode]]:
+    """A hub (the miner) and ``n - 1`` peers, each dialling the hub through a proxy."""
+    lab = run.lab
+    hub, *peers = [lab.add_node() for _ in range(n)]
+    for p in peers:
+        lab.link(p, hub)
+        run.parents[p.name] = hub.name
+    return hub, peers
+
+
 def mine_and_measure(run: Run, miner: LabNode, count: int, timeout: float,
                      spacing: float = 0.0, nodes: list[LabNode] | None = None) -> list[BlockRecord]:
     """Mine ``count`` blocks one at a time, each measured at every node before the next."""
@@ -89,7 +100,7 @@ def mine_and_measure(run: Run, miner: LabNode, count: int, timeout: float,
         run.blocks.extend(blocks)
         run.lab.collect(blocks, timeout, nodes)
         out.extend(blocks)
-        run.step(note=f"block {i + 1}/{count}")
+        run.step(note=f"block {len(run.blocks)}")
         if spacing:
             time.sleep(spacing)
     return out

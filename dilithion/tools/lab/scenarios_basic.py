@@ -6,7 +6,8 @@ import time
 from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.measure import criterion
 from dilithion.tools.lab.scenario import (Run, line_topology, mine_and_measure,
-                                          no_timeouts_criterion, propagation_criteria, register)
+                                          no_timeouts_criterion, propagation_criteria, register,
+                                          star_topology)
 
 #: The window over which a relaying node's CPU use per block is measured.
 CPU_WINDOW_S = 2.0
@@ -42,10 +43,7 @@ def run_line(run: Run) -> None:
           full={"nodes": 3, "blocks": 10, "delay_s": 5.0}, short={"blocks": 2})
 def run_slow_peer(run: Run) -> None:
     lab = run.lab
-    miner, *peers = [lab.add_node() for _ in range(run.opts["nodes"])]
-    for p in peers:
-        lab.link(p, miner)
-        run.parents[p.name] = miner.name
+    miner, peers = star_topology(run, run.opts["nodes"])
     lab.start()
     lab.wait_connected()
     slow = peers[-1]

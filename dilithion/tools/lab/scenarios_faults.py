@@ -8,7 +8,7 @@ import time
 from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.measure import MIN_LEAK_WINDOW_S, criterion, leak_slopes
 from dilithion.tools.lab.scenario import (Run, line_topology, no_timeouts_criterion,
-                                          propagation_criteria, register)
+                                          propagation_criteria, register, star_topology)
 
 CATCH_UP_TIMEOUT_S = 120.0
 
@@ -20,10 +20,7 @@ CATCH_UP_TIMEOUT_S = 120.0
           full={"nodes": 3, "blocks": 20}, short={"blocks": 6})
 def run_peer_kill(run: Run) -> None:
     lab = run.lab
-    miner, *peers = [lab.add_node() for _ in range(run.opts["nodes"])]
-    for p in peers:
-        lab.link(p, miner)
-        run.parents[p.name] = miner.name
+    miner, peers = star_topology(run, run.opts["nodes"])
     lab.start()
     lab.wait_connected()
     victim, survivors = peers[-1], [miner, *peers[:-1]]
