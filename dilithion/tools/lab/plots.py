@@ -81,6 +81,8 @@ def write_plots(out: Path, r: dict) -> None:
                 label=node)
     ax.set(title=f"Broadcast queue depth — {title}", xlabel="seconds since the first sample",
            ylabel="tasks queued")
+    ax.set_ylim(bottom=0, top=max([1] + [s["queue_depth"] * 1.1 for s in samples]))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     _legend(ax, loc="upper right", fontsize="small")
     _save(fig, out / "queue_depth.png")

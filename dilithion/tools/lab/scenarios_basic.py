@@ -90,7 +90,7 @@ def run_latency(run: Run) -> None:
 
 @register("burst", "the head of a line of N nodes (3) mines 50 blocks as fast as it can",
           "every node gets all 50; every broadcast queue drains to 0; no announcement given up",
-          full={"nodes": 3, "blocks": 50}, short={"blocks": 20})
+          full={"nodes": 3, "blocks": 50, "sample": 0.2}, short={"blocks": 20})
 def run_burst(run: Run) -> None:
     lab = run.lab
     nodes = line_topology(run, run.opts["nodes"])
