@@ -25,14 +25,26 @@ from typing import Callable
 
 from dilithion.core.lru import LRUDict
 
-__all__ = ["PropagationLog", "DEFAULT_CAPACITY"]
+__all__ = ["PropagationLog", "DEFAULT_CAPACITY", "EVENTS"]
 
-DEFAULT_CAPACITY = 1000
+#: Blocks kept.  A record holds one small entry per peer (~150 bytes), so the
+#: worst case (125 peers) is about 4 MB; at one block a minute, 3+ hours.
+DEFAULT_CAPACITY = 200
+
+EVENTS = ("inv_queued", "inv_written", "getdata", "block_queued", "block_written")
 
 
-def _peer_entry(peer_id: int) -> dict:
-    return {"peer": peer_id, "inv_queued": None, "inv_written": None, "getdata": None,
-            "block_queued": None, "block_written": None, "not_sent": None}
+class _PeerEntry:
+    """One peer's stamps for one block (slots: the record is kept for every peer)."""
+
+    __slots__ = (*EVENTS, "not_sent")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, None)
+
+    def as_dict(self, peer_id: int) -> dict:
+        return {"peer": peer_id, **{name: getattr(self, name) for name in self.__slots__}}
 
 
 class PropagationLog:
@@ -55,14 +67,14 @@ class PropagationLog:
                 "source": "local" if from_peer is None else "peer", "from_peer": from_peer,
                 "peers": {}}
 
-    def _peer(self, block_hash: bytes, peer_id: int) -> dict | None:
+    def _peer(self, block_hash: bytes, peer_id: int) -> _PeerEntry | None:
         """The peer's entry of a recorded block (lock held); None for unrecorded blocks."""
         rec = self._blocks.get(block_hash)
         if rec is None:
             return None
         entry = rec["peers"].get(peer_id)
         if entry is None:
-            entry = rec["peers"][peer_id] = _peer_entry(peer_id)
+            entry = rec["peers"][peer_id] = _PeerEntry()
         return entry
 
     def now(self) -> float:
@@ -74,15 +86,15 @@ class PropagationLog:
         now = self._clock() if at is None else at
         with self._lock:
             entry = self._peer(block_hash, peer_id)
-            if entry is not None and entry[event] is None:
-                entry[event] = now
+            if entry is not None and getattr(entry, event) is None:
+                setattr(entry, event, now)
 
     def not_sent(self, block_hash: bytes, peer_id: int, why: str) -> None:
         """Record why the peer was not sent the inv or the block."""
         with self._lock:
             entry = self._peer(block_hash, peer_id)
-            if entry is not None and entry["not_sent"] is None:
-                entry["not_sent"] = why
+            if entry is not None and entry.not_sent is None:
+                entry.not_sent = why
 
     def written_callback(self, block_hash: bytes, peer_id: int, event: str):
         """A callable for the transport to run when the message left the send queue."""
@@ -93,10 +105,10 @@ class PropagationLog:
         with self._lock:
             for h in self._blocks:
                 entry = self._blocks[h]["peers"].get(peer_id)
-                if entry is None or entry["not_sent"]:
+                if entry is None or entry.not_sent:
                     continue
-                if entry["inv_written"] is None or (entry["getdata"] and not entry["block_written"]):
-                    entry["not_sent"] = "peer disconnected"
+                if entry.inv_written is None or (entry.getdata and not entry.block_written):
+                    entry.not_sent = "peer disconnected"
 
     # ------------------------------------------------------------------ readers
     def get(self, block_hash: bytes) -> dict | None:
@@ -105,10 +117,10 @@ class PropagationLog:
             if block_hash not in self._blocks:
                 return None
             rec = dict(self._blocks[block_hash])
-            peers = [dict(p) for p in rec["peers"].values()]
+            peers = [e.as_dict(pid) for pid, e in rec["peers"].items()]
         t0 = rec["connected"]
         for p in peers:
-            for key in ("inv_queued", "inv_written", "getdata", "block_queued", "block_written"):
+            for key in EVENTS:
                 if p[key] is not None:
                     p[key + "_ms"] = round((p[key] - t0) * 1000.0, 3)
             p["status"] = ("block sent" if p["block_written"] else

@@ -28,8 +28,12 @@ def _crit(r: dict | None, prefix: str) -> dict | None:
     return next((c for c in r["criteria"] if c["name"].startswith(prefix)), None)
 
 
+def _n(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _check(name: str, criterion: str, ok: bool, measured) -> GateResult:
-    return GateResult(name, "PASS" if ok else "FAIL", str(measured), criterion)
+    return GateResult(name, "PASS" if ok else "FAIL", _n(measured), criterion)
 
 
 def _not_run(name: str, criterion: str, scenario: str) -> GateResult:
@@ -51,18 +55,18 @@ def evaluate_results(results: dict[str, dict]) -> list[GateResult]:
                         s["complete"] >= 10 and len(line["nodes"]) >= 3,
                         f"{s['complete']} blocks over {len(line['nodes'])} nodes"))
         g.append(_check("every block to every node", "<= 10 s",
-                        s["max_s"] is not None and s["max_s"] <= 10, f"max {s['max_s']} s"))
+                        s["max_s"] is not None and s["max_s"] <= 10, f"max {_n(s['max_s'])} s"))
         g.append(_check("average propagation", "< 5 s",
-                        s["mean_s"] is not None and s["mean_s"] < 5, f"mean {s['mean_s']} s"))
+                        s["mean_s"] is not None and s["mean_s"] < 5, f"mean {_n(s['mean_s'])} s"))
         cpu = _crit(line, "relaying node CPU")
         g.append(_check("CPU spike during broadcast", "< 10 %",
                         cpu is not None and cpu["verdict"] == "PASS",
-                        f"{cpu['measured'] if cpu else None} %"))
+                        f"{_n(cpu['measured']) if cpu else None} %"))
     ran = [r for r in results.values() if r["summary"]["blocks"]]
     rates = [r["summary"]["success_rate"] for r in ran]
     g.append(_check("block propagation success rate", "100% in every scenario",
                     bool(rates) and min(rates) == 1.0,
-                    f"min {min(rates) if rates else None} over {len(rates)} scenario(s)"))
+                    f"min {_n(min(rates)) if rates else None} over {len(rates)} scenario(s)"))
     timeouts = sum(r["summary"]["send_timeouts"] for r in results.values())
     g.append(_check("send timeouts", "0 (timeout rate 0%)", bool(results) and timeouts == 0,
                     f"{timeouts:g}"))
@@ -85,7 +89,7 @@ def evaluate_results(results: dict[str, dict]) -> list[GateResult]:
         bad = [c for c in leak if c["verdict"] != "PASS"]
         g.append(_check("no memory, CPU or descriptor leaks", "RSS <= 20 MB/h, fds and threads"
                         " <= 1/h, CPU < 90% (5+ min run)", bool(leak) and not bad,
-                        "; ".join(f"{c['name']} {c['measured']} ({c['verdict']})" for c in leak)))
+                        "; ".join(f"{c['name']} {_n(c['measured'])} ({c['verdict']})" for c in leak)))
         hours = load["options"].get("duration", 0) / 3600
         g.append(_check("24-hour run", ">= 24 h", hours >= 24, f"{hours:.2f} h"))
     # Decision tree
@@ -93,7 +97,7 @@ def evaluate_results(results: dict[str, dict]) -> list[GateResult]:
     sp = _crit(results.get("slow-peer"), "miner: slowest inv")
     g.append(_check("asynchronous broadcasting", "the miner never waits for a slow peer",
                     sp is not None and sp["verdict"] == "PASS",
-                    f"slowest inv queued {sp['measured'] if sp else None} ms"))
+                    f"slowest inv queued {_n(sp['measured']) if sp else None} ms"))
     missing = [sc for sc in FAILURE_SCENARIOS if results.get(sc, {}).get("verdict") != "PASS"]
     g.append(_check("all failure scenarios tested", "each runs and passes", not missing,
                     "all pass" if not missing else "not passing: " + ", ".join(missing)))

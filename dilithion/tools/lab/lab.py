@@ -9,6 +9,7 @@ record (wall-clock times; all nodes share this machine's clock).
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,11 @@ class BlockRecord:
         return {"hash": self.hash, "miner": self.miner, "mined_at": self.mined_at,
                 "propagation_s": prop, "to_all_s": max(prop.values()) if complete and prop else None,
                 "complete": complete, "hops_s": hops, "miner_peers": self.miner_peers}
+
+
+def _plain(value):
+    """RPC JSON (decimals) -> floats, for results.json."""
+    return json.loads(json.dumps(value, default=float))
 
 
 class Lab:
@@ -165,8 +171,6 @@ class Lab:
                     except (RPCClientError, OSError):
                         continue
                     b.connected[node.name] = float(rec["connected"])
-                    if node.name == b.miner:
-                        b.miner_peers = rec["peers"]
             if tick:
                 tick()
             if not pending and all(len(b.connected) >= len(nodes) for b in blocks):
@@ -176,7 +180,7 @@ class Lab:
             miner = next((n for n in self.nodes if n.name == b.miner), None)
             if miner is not None and miner.is_running():
                 try:
-                    b.miner_peers = miner.rpc("getblockpropagation", [b.hash])["peers"]
+                    b.miner_peers = _plain(miner.rpc("getblockpropagation", [b.hash])["peers"])
                 except (RPCClientError, OSError):
                     pass
 
