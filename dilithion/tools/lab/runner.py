@@ -64,6 +64,7 @@ def run_scenario(name: str, out: Path, opts: dict, *, seed: int = 0, base_port: 
     """Run ``name`` with ``opts`` into ``out``; returns the results written."""
     sc = SCENARIOS[name]
     random.seed(seed)
+    out = out.resolve()          # nodes run in out/nodes: a relative datadir would move
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("results.json", "report.md"):
         (out / stale).unlink(missing_ok=True)
