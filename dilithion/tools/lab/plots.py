@@ -1,6 +1,7 @@
 """The run's PNG plots (matplotlib, Agg backend: no display needed)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -67,6 +68,9 @@ def write_plots(out: Path, r: dict) -> None:
     for ax, label in zip(axes, ("RSS (MB)", "open descriptors", "threads")):
         ax.set_ylabel(label)
         if label != "RSS (MB)":
+            lo, hi = ax.get_ylim()
+            if hi - lo < 4:                       # flat counts: whole-number ticks around them
+                ax.set_ylim(math.floor(lo) - 1, math.ceil(hi) + 1)
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_title(f"Process resources — {title}")
