@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,11 @@ import pytest
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
+
+# Every node the suite starts, in this process or as a child process, hashes in
+# RandomX light mode unless its test asks otherwise: the suite must not need a
+# 2080 MiB dataset per node (tests/test_randomx_modes.py covers full mode).
+os.environ["DIL_RANDOMX"] = "light"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VECTORS_DIR = REPO_ROOT.parent / "shared" / "vectors"

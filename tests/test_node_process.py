@@ -173,6 +173,7 @@ def test_stop_by_rpc_sigterm_and_sigint_then_restart_keeps_the_chain(line, tmp_p
     (["--regtest", "mine"], "Unknown option: mine"),
     (["--testnet", "--regtest"], "--testnet and --regtest cannot be combined"),
     (["--log-level=LOUD"], "Error: Invalid value for '--log-level'"),
+    (["--randomx=turbo"], "Error: Invalid value for '--randomx'"),
     (["--maxreceivebuffer=4"],
      "Error: Invalid receive buffer size (must be 8-65536 MiB): --maxreceivebuffer=4"),
     (["--maxreceivebuffer=lots"],
@@ -192,6 +193,7 @@ def test_bad_flags_exit_1_with_a_clear_message(args, message, tmp_path):
 
 @pytest.mark.parametrize("variable, value, message", [
     ("DIL_LOG_LEVEL", "LOUD", "Error: Invalid log level: LOUD"),
+    ("DIL_RANDOMX", "turbo", "Error: DIL_RANDOMX='turbo' is not one of light, full, auto"),
     ("DIL_METRICS_PORT", "http", "Error: Invalid metrics port format (not a number): "
                                  "DIL_METRICS_PORT=http"),
 ])

@@ -96,7 +96,8 @@ def test_full_inbound_slots_evict_for_an_honest_peer_and_outbound_is_reserved(
                 raw.handshake()
         # Only 10 inbound slots: the 11th and 12th connection each evicted an attacker.
         assert wait_until(lambda: transport_metric(cm, "peers_evicted_total") == 2)
-        assert cm.peer_manager.get_inbound_count() == 10
+        # (counted at the eviction, just before the newcomer joins the table)
+        assert wait_until(lambda: cm.peer_manager.get_inbound_count() == 10)
         if attackers_handshake:
             assert wait_until(lambda: len(cm.peer_manager.handshake_complete_peers()) == 10)
         with TestPeer().connect(cm.listen_port) as honest:
@@ -104,7 +105,7 @@ def test_full_inbound_slots_evict_for_an_honest_peer_and_outbound_is_reserved(
             honest.sync_with_ping()
             assert transport_metric(cm, "peers_evicted_total") == 3
             assert disconnects(cm, "evicted") == 3
-            assert cm.peer_manager.get_inbound_count() == 10
+            assert wait_until(lambda: cm.peer_manager.get_inbound_count() == 10)
             out = cm.connect("127.0.0.1", target.listen_port)
             assert out is not None
             assert cm.wait_for_handshake(out, 10)

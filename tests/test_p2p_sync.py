@@ -43,6 +43,8 @@ def test_fresh_node_catches_up_300_blocks(nodes):
     fresh.dial(server)
     assert wait_until(lambda: fresh.height() == 300, timeout=60), fresh.height()   # liveness guard
     assert fresh.chain.tip().hash == chain[300][1]
+    # Hashed on spare cores as the blocks were queued (dilithion.net.pow_prefetch).
+    assert fresh.ctx.pow_prefetch.headers_done > 0
     # Every block was learned from an inv and timed until connected.
     assert wait_until(lambda: fresh.metric("block_propagation_time_seconds_count", role="receive") == 300)
     # Nothing is left waiting.

@@ -659,7 +659,9 @@ def test_mining_methods(node):
     n, rpc = node
     n.ctx.miner = MiningController(n.ctx, threads=1, pub_key_hash=MINER.pub_key_hash())
     info = rpc.result("getmininginfo")
-    assert info == {"mining": False, "hashrate": 0, "threads": 1, "blocks": 10, "chain": "regtest"}
+    assert info == {"mining": False, "hashrate": 0, "threads": 1, "blocks": 10, "chain": "regtest",
+                    "randomx": {"mode": "light", "setting": "light", "dataset": "none",
+                                "dataset_build_seconds": 0.0}}
     assert rpc.result("startmining") is True
     assert rpc.result("startmining") is True                         # already mining: true
     assert rpc.result("getmininginfo")["mining"] is True

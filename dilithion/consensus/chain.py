@@ -266,6 +266,15 @@ class ChainState:
         """The block's RandomX hash, cached (of the genesis block: C++ ``GetGenesisHash``)."""
         return self._hashes.get(block.header.serialize())
 
+    def prehash_header(self, header80: bytes) -> bool:
+        """Hash a received block's header ahead of :meth:`hash_block` (another thread),
+        unless :meth:`precheck_block` would reject it without a hash; whether it did."""
+        bits = int.from_bytes(header80[72:76], "little")
+        if len(header80) != 80 or not self.params.pow_min_bits <= bits <= self.params.pow_max_bits:
+            return False
+        self._hashes.get(bytes(header80))
+        return True
+
     def add_tip_listener(self, callback: TipListener) -> None:
         with self.lock:
             self._listeners.append(callback)

@@ -183,8 +183,13 @@ def calculate_block_subsidy(height: int, initial: int = 50 * 100_000_000,
 class HeaderHashCache:
     """RandomX hashes by exact header bytes, so a block seen twice is hashed once.
 
-    Ownership: any thread; its own small lock guards the map (hashing runs
-    outside every lock because it takes ~30 ms).
+    Also when two threads ask at once (the proof-of-work prefetch and the
+    message handler): the second waits for the first's result instead of
+    hashing again.
+
+    Ownership: any thread; its own small lock guards the map and the set of
+    headers being hashed (hashing runs outside every lock because it takes
+    milliseconds).
     """
 
     SIZE = 20_000     # 80-byte key + 32-byte value each
@@ -192,15 +197,27 @@ class HeaderHashCache:
     def __init__(self, hasher, size: int = SIZE) -> None:
         self._hasher = hasher
         self._map: LRUDict[bytes, Uint256] = LRUDict(size)
+        self._hashing: dict[bytes, threading.Event] = {}
         self._lock = threading.Lock()
 
     def get(self, header80: bytes) -> Uint256:
-        with self._lock:
-            known = self._map.get(header80)
-            if known is not None:
-                self._map.touch(header80)
-                return known
-        digest = Uint256(self._hasher.hash(header80))
-        with self._lock:
-            self._map.put(header80, digest)
-        return digest
+        while True:
+            with self._lock:
+                known = self._map.get(header80)
+                if known is not None:
+                    self._map.touch(header80)
+                    return known
+                busy = self._hashing.get(header80)
+                if busy is None:
+                    done = self._hashing[header80] = threading.Event()
+                    break
+            busy.wait()          # then read the result (or hash it ourselves if that failed)
+        try:
+            digest = Uint256(self._hasher.hash(header80))
+            with self._lock:
+                self._map.put(header80, digest)
+            return digest
+        finally:
+            with self._lock:
+                del self._hashing[header80]
+            done.set()

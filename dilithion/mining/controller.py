@@ -16,6 +16,9 @@ What differs from the C++ and why:
   refreshes ``nTime`` and picks up new mempool transactions (``cli 6.2`` #19);
 * mempool transactions and their fees are included (the C++ node never
   consults its mempool, ``cli 6.1`` #3);
+* with ``--randomx=auto`` (or ``full``) starting the miner starts the RandomX
+  dataset build; the workers hash in light mode until it is ready, then in
+  full mode, each with its own VM over the one shared dataset (issue #14);
 * ``start``/``stop`` run under one lock (``cli 6.2`` #21); hashing and
   submission errors are logged, never swallowed (``cli 6.2`` #23).
 
@@ -36,6 +39,7 @@ from loguru import logger
 from dilithion.consensus.chain import BlockStatus
 from dilithion.consensus.params import MAX_BLOCK_SIZE
 from dilithion.consensus.pow import get_median_time_past, hash_less_than
+from dilithion.crypto.randomx_hash import wants_full_mode
 from dilithion.mining.template import BlockTemplate, create_block_template, next_work_bits
 from dilithion.node.blockchain_storage import StorageError
 from dilithion.node.wallet_key import load_or_create_mining_key
@@ -184,6 +188,8 @@ class MiningController:
             self._monitor = threading.Thread(target=self._hash_rate_monitor, daemon=True,
                                              name="miner-rate")
             self._mining = True
+            if wants_full_mode(self._ctx.randomx_mode, mining=True):
+                self._ctx.hasher.start_full_mode()
             for t in self._workers:
                 t.start()
             self._monitor.start()
@@ -207,6 +213,8 @@ class MiningController:
             self._monitor = None
             self._mining = False
             self._hash_rate = 0.0
+            if self._ctx.metrics is not None:
+                self._ctx.metrics.mining_hash_rate.set(0.0)
 
     # ------------------------------------------------------------------ tip tracking
     def _on_tip_changed(self, new_tip, connected, disconnected) -> None:
@@ -336,6 +344,8 @@ class MiningController:
             (t0, h0), (t1, h1) = self._rate_samples[0], self._rate_samples[-1]
             if t1 > t0:
                 self._hash_rate = (h1 - h0) / (t1 - t0)
+                if self._ctx.metrics is not None:
+                    self._ctx.metrics.mining_hash_rate.set(self._hash_rate)
 
     # ------------------------------------------------------------------ found block
     def _submit(self, block: Block, block_hash: Uint256, height: int, job: _Job) -> None:

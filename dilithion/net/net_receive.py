@@ -27,8 +27,8 @@ class ReceivePath:
     """Mixin of :class:`~dilithion.net.net_transport.ConnectionManager`; every
     method runs on the network thread, which owns each connection's reader
     and ``charged`` count.  Uses the manager's ``config``, ``peer_manager``,
-    ``receive_buffer``, ``sink``, ``misbehaving``, ``_close``, ``_metric``,
-    ``_snapshot`` and ``_update_interest``.
+    ``receive_buffer``, ``sink``, ``delivery_observers``, ``misbehaving``,
+    ``_close``, ``_metric``, ``_snapshot`` and ``_update_interest``.
     """
 
     READ_CHUNK = 256 * 1024
@@ -125,6 +125,9 @@ class ReceivePath:
             conn.ping.pong_framed(msg.payload)
         if self._log_messages:
             logger.debug(f"[P2P] recv {msg.command} ({len(msg.payload)} bytes) peer={conn.peer.id}")
+        observer = self.delivery_observers.get(msg.command)
+        if observer is not None:
+            observer(conn.peer, msg.payload)
         was_empty, pause = conn.backlog.push(msg)
         if was_empty:
             self.sink.message_ready(conn)

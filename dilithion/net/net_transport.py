@@ -76,8 +76,8 @@ class ConnectionManager(ReceivePath):
     Locks: ``_cs_conns`` guards the ``_conns`` dict, ``_ops_lock`` the work
     posted to the network thread (``_ops``, ``_flush_ids``).  The peer table
     has its own lock (:class:`PeerManager`), as has the node-wide
-    ``receive_buffer`` (:class:`ReceiveBudget`).  ``sink`` is set once before
-    :meth:`start`.
+    ``receive_buffer`` (:class:`ReceiveBudget`).  ``sink`` and
+    ``delivery_observers`` are set once before :meth:`start`.
     """
 
     def __init__(self, magic: int, config: TransportConfig | None = None, *,
@@ -95,6 +95,10 @@ class ConnectionManager(ReceivePath):
                                         max_inbound_per_netgroup=cfg.max_inbound_per_netgroup)
         self.receive_buffer = ReceiveBudget(cfg.max_receive_buffer)
         self.sink: MessageSink | None = None
+        #: ``command -> fn(peer, payload)``, run on the network thread for every
+        #: complete message of that command as it is queued for the handler; set
+        #: before :meth:`start`; must not block (e.g. the proof-of-work prefetch).
+        self.delivery_observers: dict[str, Callable] = {}
         self._log_messages = os.environ.get("DIL_P2P_LOG") == "1"
 
         self._conns: dict[int, Connection] = {}

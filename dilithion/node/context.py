@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from dilithion.net.net_processing import NetMessageProcessor
     from dilithion.net.net_transport import ConnectionManager
     from dilithion.net.peers import PeerManager
+    from dilithion.net.pow_prefetch import PowPrefetch
     from dilithion.net.tx_relay import TxRelayManager
     from dilithion.node.blockchain_storage import BlockchainDB
     from dilithion.node.mempool import TxMemPool
@@ -58,6 +59,8 @@ class NodeContext:
     chain_params: ChainParams
     datadir: Path
     hasher: RandomXHasher = field(default_factory=RandomXHasher.for_key)
+    #: ``--randomx``: ``light``, ``full`` or ``auto`` (full mode when mining).
+    randomx_mode: str = "light"
     #: Stricter intended consensus rules the C++ lacks (``--strict``).
     strict: bool = False
 
@@ -74,6 +77,8 @@ class NodeContext:
     broadcaster: AsyncBroadcaster | None = None
     tx_relay: TxRelayManager | None = None
     block_relay: BlockRelay | None = None
+    #: Hashes received blocks on spare cores before the handler needs them.
+    pow_prefetch: PowPrefetch | None = None
     added_nodes: AddedNodes | None = None
     miner: MiningController | None = None
     rpc_server: RPCServer | None = None

@@ -162,6 +162,9 @@ Options:
   --mine                Start mining automatically
   --threads=<n|auto>    Mining threads (number or 'auto' = every CPU)
   --strict              Apply the intended consensus rules the C++ node skips
+  --randomx=<mode>      RandomX mode: light (256 MiB), full (2080 MiB dataset, about 8x
+                        faster hashing, built in the background) or auto (default: full
+                        when mining and 2.6 GiB are free, else light; or $DIL_RANDOMX)
   --maxreceivebuffer=<MiB> Node-wide memory for peers' unfinished and unprocessed
                         messages (default: 224; the largest holder is disconnected)
   --pingtimeout=<s>     Disconnect a peer that leaves a ping unanswered this long
@@ -180,6 +183,7 @@ No public seed nodes are built in: without --connect/--addnode the node only lis
 
 Environment:
   DIL_LOG_LEVEL         default log level
+  DIL_RANDOMX           default for --randomx (light, full or auto)
   DIL_P2P_LOG=1         log every P2P message sent and received (at any log level)
   DIL_METRICS_ENABLED=1 with DIL_METRICS_PORT=<port>: serve metrics without --metrics-port
 
@@ -406,6 +410,8 @@ def quick_start_config() -> NodeConfig:
 @click.option("--mine", is_flag=True)
 @click.option("--threads", type=_ThreadsType(), default="auto")
 @click.option("--strict", is_flag=True)
+@click.option("--randomx", type=click.Choice(["light", "full", "auto"], case_sensitive=False),
+              default=None)
 @click.option("--maxreceivebuffer", type=_BoundedIntType("recvbuf", "--maxreceivebuffer", 8, 65536),
               default=None)
 @click.option("--pingtimeout", type=_BoundedIntType("pingtimeout", "--pingtimeout", 1, 3600),
@@ -428,7 +434,7 @@ def quick_start_config() -> NodeConfig:
 @click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_help)
 def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
-        threads, strict, maxreceivebuffer, pingtimeout, rpcallowip, rpcthreads, rpcworkqueue,
+        threads, strict, randomx, maxreceivebuffer, pingtimeout, rpcallowip, rpcthreads, rpcworkqueue,
         rpcmaxconnections, rpcservertimeout, rpcidletimeout, metrics_port, metrics_bind,
         log_level):
     """Run a Dilithion node.\f
@@ -441,7 +447,8 @@ def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnod
         network="testnet" if testnet else "regtest" if regtest else "mainnet",
         datadir=Path(datadir) if datadir else None, p2p_port=port, rpc_port=rpcport,
         bind=bind, rpcbind=rpcbind, connect_nodes=list(connect), add_nodes=list(addnode),
-        start_mining=mine, mining_threads=threads, strict=strict, metrics_port=metrics_port,
+        start_mining=mine, mining_threads=threads, strict=strict,
+        randomx=randomx.lower() if randomx else None, metrics_port=metrics_port,
         metrics_bind=metrics_bind, log_level=log_level, max_receive_buffer_mib=maxreceivebuffer,
         ping_timeout=pingtimeout, rpc_allow_ips=list(rpcallowip),
         rpc_limits=HTTPLimits(threads=rpcthreads, work_queue=rpcworkqueue,
@@ -462,10 +469,10 @@ def main(config: NodeConfig) -> int:
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
         return 1
-    rpc_error = config.rpc_access_error()
-    if rpc_error is not None:
-        click.echo(rpc_error, err=True)
-        return 1
+    for error in (config.randomx_error(), config.rpc_access_error()):
+        if error is not None:
+            click.echo(error, err=True)
+            return 1
     if config.quick_start:
         logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "
                     f"data directory {config.datadir} (run with --help for options)")

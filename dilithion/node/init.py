@@ -15,6 +15,7 @@ the node's whole component graph.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from loguru import logger
 
 from dilithion.consensus.storage import StorageError
 from dilithion.core.chainparams import ChainParams, params_for
-from dilithion.crypto.randomx_hash import RandomXHasher
+from dilithion.crypto.randomx_hash import RANDOMX_MODES, RandomXHasher
 from dilithion.mining.controller import MiningController, default_thread_count
 from dilithion.net.added_nodes import AddedNodes
 from dilithion.net.async_broadcaster import AsyncBroadcaster
@@ -32,6 +33,7 @@ from dilithion.net.dns import parse_peer_entry
 from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.connection import TransportConfig, send_timeout_ms_from_env
 from dilithion.net.net_transport import ConnectionManager
+from dilithion.net.pow_prefetch import PowPrefetch
 from dilithion.net.tx_relay import TxRelay, TxRelayManager
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
@@ -78,6 +80,8 @@ class NodeConfig:
     start_mining: bool = False
     mining_threads: int = 0          # 0 = auto
     strict: bool = False
+    #: ``--randomx``: light, full or auto; None: ``$DIL_RANDOMX``, else auto.
+    randomx: str | None = None
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
     log_level: str | None = None     # None: $DIL_LOG_LEVEL, else INFO
@@ -117,9 +121,18 @@ class NodeConfig:
                     "--rpcallowip=<ip or subnet> for the clients that may connect")
         return None
 
+    def randomx_error(self) -> str | None:
+        """The one-line start-up error for an unknown ``--randomx``/``DIL_RANDOMX`` value."""
+        if self.randomx in RANDOMX_MODES:
+            return None
+        return (f"Error: DIL_RANDOMX={self.randomx!r} is not one of "
+                f"{', '.join(RANDOMX_MODES)}")
+
     def apply_defaults(self) -> None:
         """Fill what the command line left open from the network's parameters."""
         params = self.params
+        if self.randomx is None:
+            self.randomx = (os.environ.get("DIL_RANDOMX") or "auto").strip().lower()
         if self.datadir is None:
             self.datadir = Path.home() / params.data_dir_name
         self.datadir = Path(self.datadir).expanduser()
@@ -186,9 +199,7 @@ class NodeAssembly:
         logger.info("  [OK] Blockchain database opened")
         if cfg.coins:
             self._open_coins()
-        logger.info("Initializing RandomX...")
-        ctx.hasher = RandomXHasher.for_key()
-        logger.info("  [OK] RandomX initialized")
+        self._init_randomx()
         logger.info("Initializing chain state...")
         logger.info("Loading genesis block...")
         try:
@@ -203,6 +214,24 @@ class NodeAssembly:
         logger.info("  [OK] Genesis block verified")
         logger.info(f"  Best block hash: {tip.hash.short()}...")
         logger.info(f"  [OK] Loaded chain state: {tip.height + 1} blocks (height {tip.height})")
+
+    def _init_randomx(self) -> None:
+        """The light-mode cache now; the full-mode dataset in the background if asked for.
+
+        ``auto`` asks for it when the miner starts (``MiningController.start``).
+        """
+        cfg, ctx = self.config, self.ctx
+        logger.info("Initializing RandomX...")
+        ctx.hasher = RandomXHasher.for_key()
+        ctx.randomx_mode = cfg.randomx
+        ctx.metrics.watch_randomx(ctx.hasher)
+        logger.info(f"  [OK] RandomX initialized (light mode; --randomx={cfg.randomx}: "
+                    + {"light": "light mode only)",
+                       "full": "full mode once the dataset is built)",
+                       "auto": "full mode once mining starts and the dataset is built)"
+                       }[cfg.randomx])
+        if cfg.randomx == "full":
+            ctx.hasher.start_full_mode()
 
     def _open_database(self, what: str, opener, subdir: str):
         """One LevelDB under the datadir, closed at shutdown; a failure is the C++
@@ -256,6 +285,9 @@ class NodeAssembly:
         ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.processor, ctx.broadcaster, tx,
                                      metrics=ctx.metrics, on_fatal=ctx.fatal_error)
         ctx.added_nodes = AddedNodes(connman)
+        ctx.pow_prefetch = PowPrefetch(ctx.chainstate)
+        connman.delivery_observers["block"] = ctx.pow_prefetch.offer
+        self._closer(None, ctx.pow_prefetch.close)      # after the transport has stopped
         logger.info("  [OK] P2P components ready (not started)")
 
     def _init_wallet_and_miner(self) -> None:

@@ -99,6 +99,15 @@ class NodeMetrics:
             "closed for a new one over --rpcmaxconnections)", ["reason"], registry=r)
         self.rpc_auth_failures = Counter(
             "rpc_auth_failures", "RPC requests with wrong credentials", registry=r)
+        self.mining_hash_rate = Gauge(
+            "mining_hash_rate", "Hashes per second of this node's miner, averaged over the last "
+            "few seconds (0 when not mining)", registry=r)
+        self.randomx_mode = Gauge(
+            "randomx_mode", "1 for the RandomX mode hashing now (light: 256 MiB cache; full: "
+            "2080 MiB dataset, about eight times faster), 0 for the other", ["mode"], registry=r)
+        self.randomx_dataset_build_seconds = Gauge(
+            "randomx_dataset_build_seconds", "How long the full-mode dataset took to build "
+            "(0 until it is ready)", registry=r)
         for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
                        "too_large", "bad_request", "evicted"):
             self.rpc_rejected.labels(reason=reason)
@@ -111,6 +120,18 @@ class NodeMetrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
         self._server = None
+
+    def watch_randomx(self, hasher) -> None:
+        """Read the RandomX mode and dataset build time from ``hasher`` at each scrape."""
+        for mode in ("light", "full"):
+            self.randomx_mode.labels(mode=mode).set_function(
+                lambda mode=mode: 1.0 if hasher.mode == mode else 0.0)
+
+        def build_seconds() -> float:
+            build = hasher.dataset_build
+            return build.seconds if build is not None and build.state == "ready" else 0.0
+
+        self.randomx_dataset_build_seconds.set_function(build_seconds)
 
     def on_tip_changed(self, new_tip, connected, disconnected) -> None:
         """Chain tip listener: the height gauge and the connected-blocks counter."""

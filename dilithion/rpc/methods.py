@@ -457,10 +457,14 @@ class NodeRPC:
         """Mining state, threads and hash rate (C++ ``RPC_GetMiningInfo``)."""
         miner = self._need("miner")
         cs = self.ctx.chainstate
+        build = self.ctx.hasher.dataset_build
         return {"mining": miner.is_mining(), "hashrate": int(miner.get_hash_rate()),
                 "threads": miner.thread_count(),
                 "blocks": cs.height() if cs is not None else -1,
-                "chain": _chain_name(self.ctx.chain_params)}
+                "chain": _chain_name(self.ctx.chain_params),
+                "randomx": {"mode": self.ctx.hasher.mode, "setting": self.ctx.randomx_mode,
+                            "dataset": "none" if build is None else build.state,
+                            "dataset_build_seconds": round(build.seconds, 1) if build else 0.0}}
 
     @rpc_method("startmining", "Start mining on the node's key")
     def rpc_startmining(self) -> bool:

@@ -65,7 +65,8 @@ class _ProcessLog:
 
 class InProcessNode(TestNode):
     """One node in this process.  ``extra_args`` understands the node program's
-    ``--connect=``, ``--addnode=``, ``--mine``, ``--threads=`` and ``--strict``;
+    ``--connect=``, ``--addnode=``, ``--mine``, ``--threads=``, ``--strict`` and
+    ``--randomx=``;
     ``coins=False`` makes a relay-only node without UTXO set and mempool;
     further keyword arguments are :class:`TransportConfig` limits and timers."""
 
@@ -104,6 +105,8 @@ class InProcessNode(TestNode):
                 config.mining_threads = int(value)
             elif flag == "--strict":
                 config.strict = True
+            elif flag == "--randomx":
+                config.randomx = value
             else:
                 raise ValueError(f"InProcessNode does not understand {arg!r}")
         if config.start_mining and not config.mining_threads:

@@ -58,9 +58,10 @@ class Nodes:
         return name or f"node{len(self.made)}"
 
     def process_node(self, name: str | None = None, extra_args=(), start: bool = False,
-                     **kw) -> ProcessNode:
-        """A ``ProcessNode`` (not started unless ``start``); kw go to its constructor."""
-        node = ProcessNode(self.workdir, self._name(name), list(extra_args), **kw)
+                     cls: type[ProcessNode] = ProcessNode, **kw) -> ProcessNode:
+        """A ``ProcessNode`` (or subclass ``cls``; not started unless ``start``); kw go to
+        its constructor."""
+        node = cls(self.workdir, self._name(name), list(extra_args), **kw)
         self.made.append(node)
         return node.start() if start else node
 
