@@ -113,6 +113,8 @@ class AsyncBroadcaster:
         self.burst = burst
         self.max_retries = max_retries
         self.peer_filter = peer_filter
+        #: The block relay's per-block propagation record (``PropagationLog``), or None.
+        self.propagation = None
         self._cv = threading.Condition(threading.Lock())
         self._queue: deque[BroadcastTask] = deque()
         self._retries: list[tuple[float, int, BroadcastTask, int, int]] = []  # (due, seq, task, peer, attempt)
@@ -215,6 +217,7 @@ class AsyncBroadcaster:
         peers = []
         for peer in pm.handshake_complete_peers():
             if peer.id == task.exclude_peer:
+                self._not_sent(task, peer.id, "peer sent us the block")
                 continue
             if not task.is_block:
                 if not peer.relay:
@@ -223,6 +226,8 @@ class AsyncBroadcaster:
                 if relay is not None and not relay.should_announce(peer.id, bytes(task.hash)):
                     continue
             if self.peer_filter is not None and not self.peer_filter(peer, task):
+                self._not_sent(task, peer.id, "skipped: peer has the block, or a C++ peer that"
+                                              " gets it by catch-up")
                 continue
             peers.append(peer)
         return peers
@@ -250,6 +255,7 @@ class AsyncBroadcaster:
         logger.warning(f"[P2P] Failed to announce {task.hash.short()}... to peer {peer_id}: {why}")
         if task.is_block and self.metrics is not None:
             self.metrics.block_broadcast_failures.inc()
+        self._not_sent(task, peer_id, why)
         self._resolve(task, peer_id, delivered=False)
 
     def _attempt(self, task: BroadcastTask, peer_id: int, attempt: int) -> None:
@@ -262,10 +268,16 @@ class AsyncBroadcaster:
                 self._schedule(stats.bucket.next_token_at(now), task, peer_id, attempt)
                 return
         ok = False
+        record = self.propagation if task.is_block else None
+        queued_at = record.now() if record is not None else 0.0
         try:
-            ok = bool(self.connman.send_message(peer_id, task.message))
+            written = (record.written_callback(bytes(task.hash), peer_id, "inv_written")
+                       if record is not None else None)
+            ok = bool(self.connman.send_message(peer_id, task.message, on_written=written))
         except Exception as e:  # transport trouble is a refused enqueue
             logger.debug(f"[P2P] send to peer {peer_id} raised {e!r}")
+        if ok and record is not None:
+            record.note(bytes(task.hash), peer_id, "inv_queued", at=queued_at)
         if ok:
             if not task.is_block and self.tx_relay is not None:
                 self.tx_relay.mark_announced(peer_id, bytes(task.hash))
@@ -279,6 +291,10 @@ class AsyncBroadcaster:
                                task, peer_id, attempt + 1)
         else:
             self._give_up(task, peer_id, f"send queue full after {attempt + 1} attempt(s)")
+
+    def _not_sent(self, task: BroadcastTask, peer_id: int, why: str) -> None:
+        if task.is_block and self.propagation is not None:
+            self.propagation.not_sent(bytes(task.hash), peer_id, why)
 
     def _schedule(self, due: float, task: BroadcastTask, peer_id: int, attempt: int) -> None:
         heapq.heappush(self._retries, (due, next(self._seq), task, peer_id, attempt))

@@ -40,6 +40,7 @@ from dilithion.consensus.chain import BlockStatus, ChainState
 from dilithion.consensus.storage import StorageError
 from dilithion.core.lru import LRUDict, LRUSet
 from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
+from dilithion.net.propagation import PropagationLog
 from dilithion.net.block_download import BlockDownload
 from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.net_transport import ConnectionManager
@@ -127,6 +128,8 @@ class BlockRelay:
         self._first_seen: LRUDict[bytes, float] = LRUDict(MAX_FIRST_SEEN)
         self._origin = threading.local()     # peer whose block is being processed on this thread
         broadcaster.peer_filter = self._may_announce
+        #: Per-block propagation record (RPC ``getblockpropagation``); the broadcaster fills it too.
+        self.propagation = broadcaster.propagation = PropagationLog()
         for msg_type, fn in ((MsgInv, self.on_inv), (MsgGetdata, self.on_getdata),
                              (MsgBlock, self.on_block), (MsgTx, self.on_tx),
                              (MsgGetblocks, self.on_getblocks),
@@ -162,6 +165,7 @@ class BlockRelay:
         self.download.forget_staller(peer.id)
         self.tx.manager.peer_disconnected(peer.id)
         self.broadcaster.peer_disconnected(peer.id)
+        self.propagation.peer_disconnected(peer.id)
         for other in refill:
             self._fill(other)
 
@@ -363,6 +367,7 @@ class BlockRelay:
         txids: list[bytes] = []
         for item in msg.inv:
             if item.type == InvType.MSG_BLOCK_INV:
+                self.propagation.note(bytes(item.hash), peer.id, "getdata")
                 self._serve_block(peer, bytes(item.hash))
             elif item.type == InvType.MSG_TX_INV:
                 txids.append(bytes(item.hash))
@@ -380,11 +385,15 @@ class BlockRelay:
         if block is None:
             logger.info(f"[P2P] Peer {peer.id} requested unknown block: {Uint256(h).short()}...")
             return
-        if self.transport.send_message(peer.id, MsgBlock(block)):
+        record, queued_at = self.propagation, self.propagation.now()
+        if self.transport.send_message(peer.id, MsgBlock(block),
+                                       record.written_callback(h, peer.id, "block_written")):
+            record.note(h, peer.id, "block_queued", at=queued_at)
             logger.info(f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
             self._note_has(peer, h)   # after the block is queued: a continuation inv follows it
         else:
             logger.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
+            record.not_sent(h, peer.id, "block refused: send queue full")
             with self._lock:
                 sync.serve_refused = True
 
@@ -571,4 +580,8 @@ class BlockRelay:
         fixed).  After a reorg or a batch connection only the tip is announced:
         Python peers fetch the rest by their orphan walk, C++ peers by catch-up."""
         origin = getattr(self._origin, "peer_id", None)
+        for block in connected or ():
+            index = self.chain.get_index(self.chain.hash_block(block))
+            if index is not None:
+                self.propagation.connected(bytes(index.hash), index.height, origin)
         self.broadcaster.broadcast_block(new_tip.hash, exclude_peer=origin)

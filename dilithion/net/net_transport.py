@@ -196,16 +196,19 @@ class ConnectionManager(ReceivePath):
         """Close the peer's connection (``DisconnectPeer``; asynchronously, on the network thread)."""
         self._post(lambda: self._close_id(peer_id, reason, "requested"))
 
-    def send_message(self, peer_id: int, msg: Message | NetMessage) -> bool:
+    def send_message(self, peer_id: int, msg: Message | NetMessage,
+                     on_written: Callable[[], None] | None = None) -> bool:
         """Queue one whole framed message for the peer; never blocks.
 
         False when the peer is unknown or closing, or when its queue is over
         the byte cap (backpressure: the caller decides whether to retry).
+        ``on_written`` runs on the network thread when the message has left
+        the send queue (the propagation record's "written" times).
         """
         conn = self._conns.get(peer_id)
         if conn is None or conn.closed or conn.connecting:
             return False
-        if not self._enqueue(conn, msg):
+        if not self._enqueue(conn, msg, on_written):
             return False
         self._request_flush(conn)
         return True
@@ -283,10 +286,11 @@ class ConnectionManager(ReceivePath):
         if threading.current_thread() is not self._net_thread:
             self._wake()
 
-    def _enqueue(self, conn: Connection, msg: Message | NetMessage) -> bool:
+    def _enqueue(self, conn: Connection, msg: Message | NetMessage,
+                 on_written: Callable[[], None] | None = None) -> bool:
         net_msg = msg if isinstance(msg, NetMessage) else msg.to_net_message(self.magic)
         data = net_msg.serialize()
-        if not conn.sendq.push(data):
+        if not conn.sendq.push(data, on_written):
             logger.debug(f"[P2P] Send queue of peer {conn.peer.id} full "
                          f"({conn.sendq.queued_bytes()} bytes): {net_msg.command} refused")
             return False

@@ -26,6 +26,9 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
+
+from loguru import logger
 
 from dilithion.net.serialize import (MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, MessageHeader,
                                      NetMessage, calculate_checksum)
@@ -277,14 +280,19 @@ class SendQueue:
         self._items: deque[bytes] = deque()
         self._offset = 0
         self._bytes = 0
+        # Write callbacks by message sequence number (``push(on_written=)``): the
+        # propagation record learns when an inv or a block left for the kernel.
+        self._pushed = self._finished = 0
+        self._callbacks: dict[int, Callable[[], None]] = {}
         #: monotonic time of the last write progress or of becoming non-empty.
         self.progress_time = time.monotonic()
 
-    def push(self, data: bytes) -> bool:
+    def push(self, data: bytes, on_written: Callable[[], None] | None = None) -> bool:
         """Queue one whole message; False when over the cap (backpressure).
 
         A message larger than the cap is still accepted into an empty queue,
-        otherwise it could never be sent at all.
+        otherwise it could never be sent at all.  ``on_written`` runs on the
+        network thread once the whole message was handed to the kernel.
         """
         with self._lock:
             if self._bytes and self._bytes + len(data) > self.cap_bytes:
@@ -293,6 +301,9 @@ class SendQueue:
                 self.progress_time = time.monotonic()
             self._items.append(data)
             self._bytes += len(data)
+            if on_written is not None:
+                self._callbacks[self._pushed] = on_written
+            self._pushed += 1
             return True
 
     def queued_bytes(self) -> int:
@@ -320,6 +331,7 @@ class SendQueue:
             if n == 0:
                 break
             written += n
+            callback = None
             with self._lock:
                 self.progress_time = time.monotonic()
                 self._bytes -= n
@@ -327,9 +339,13 @@ class SendQueue:
                     self._items.popleft()
                     self._offset = 0
                     finished += 1
+                    callback = self._callbacks.pop(self._finished, None)
+                    self._finished += 1
                 else:
                     self._offset = offset + n
                     break  # the kernel buffer is full; wait for writability
+            if callback is not None:
+                _run_callback(callback)
         return written, finished
 
     def clear(self) -> None:
@@ -337,6 +353,16 @@ class SendQueue:
             self._items.clear()
             self._offset = 0
             self._bytes = 0
+            self._callbacks.clear()
+            self._finished = self._pushed
+
+
+def _run_callback(callback: Callable[[], None]) -> None:
+    """A write callback is bookkeeping: its failure must not touch the connection."""
+    try:
+        callback()
+    except Exception:  # noqa: BLE001
+        logger.exception("[P2P] write callback failed")
 
 
 class TokenBucket:

@@ -16,6 +16,7 @@ import importlib.metadata
 import ipaddress
 import time
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any, Callable
 
 from loguru import logger
@@ -86,13 +87,16 @@ class RPCMethod:
     handler: Callable[..., Any]
 
 
-_REGISTRY: list[tuple[str, str, str]] = []          # (rpc name, description, attribute)
+_REGISTRY: list[tuple[str, str, Callable]] = []     # (rpc name, description, function)
 
 
 def rpc_method(name: str, description: str):
-    """Register ``rpc_<name>`` with its one-line ``help`` description (registration order)."""
+    """Register ``rpc_<name>`` with its one-line ``help`` description (registration order).
+
+    The function is bound to the :class:`NodeRPC` instance, so methods may also
+    live in other modules (``def rpc_x(rpc, ...)``) that this registry imports."""
     def register(func):
-        _REGISTRY.append((name, description, func.__name__))
+        _REGISTRY.append((name, description, func))
         return func
     return register
 
@@ -157,8 +161,8 @@ class NodeRPC:
 
     def __init__(self, ctx) -> None:
         self.ctx = ctx
-        self._methods = {name: RPCMethod(name, desc, getattr(self, attr))
-                         for name, desc, attr in _REGISTRY}
+        self._methods = {name: RPCMethod(name, desc, MethodType(func, self))
+                         for name, desc, func in _REGISTRY}
 
     def methods(self) -> dict[str, RPCMethod]:
         return dict(self._methods)

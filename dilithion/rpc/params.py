@@ -48,6 +48,7 @@ METHOD_PARAMS: dict[str, tuple[Param, ...]] = {
     # node methods served by the Python node
     "getblock": (Param("hash"),),
     "getblockhash": (Param("height", _I),),
+    "getblockpropagation": (Param("hash"),),
     "sendrawtransaction": (Param("hex"),),
     "decoderawtransaction": (Param("hex"),),
     "gettransaction": (Param("txid"),),

@@ -36,6 +36,7 @@ from dilithion.rpc.auth import (CONF_FILENAME, COOKIE_USER, AuthResult, Authenti
                                 read_config)
 from dilithion.rpc.dispatch import JSONRPCDispatcher, _dump
 from dilithion.rpc.httpserver import BoundedWSGIServer, HTTPLimits, make_http_server
+from dilithion.rpc import propagation_methods  # noqa: F401 - registers getblockpropagation
 from dilithion.rpc.methods import NodeRPC
 from dilithion.rpc.ratelimiter import AuthBackoff, RateLimiter
 

@@ -1,1 +1,2 @@
-"""Developer tools built on the node (top layer: they may import anything below)."""
+"""Developer and operator tools built on the node (the differential harness, the
+readiness lab); the top layer: they may import anything below."""

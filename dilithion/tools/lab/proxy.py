@@ -1,0 +1,230 @@
+"""A fault-injecting TCP proxy for one link, controllable while it runs.
+
+The readiness plan made its faults with ``tc netem`` and ``iptables`` as root;
+this kernel has no ``sch_netem`` and the lab must run as a normal user on
+loopback.  So each link between two lab nodes goes through one
+:class:`FaultProxy`: the dialling node connects to the proxy's port, the
+proxy connects to the real node.  Faults (all changeable at any time):
+
+* ``delay_s`` / ``jitter_s``: each chunk is delivered that long after it was
+  read (order kept), in each direction;
+* ``bandwidth_bps``: a cap on bytes per second per direction;
+* ``stalled``: the proxy stops delivering towards the listening node (the
+  far end looks like a peer that stopped reading; its kernel buffers fill);
+* ``partitioned``: every connection is closed and new ones are closed at once;
+* :meth:`reset`: close the current connections once (a TCP reset).
+
+Threads: one acceptor; per connection two readers and two writers (one per
+direction).  Every wait is bounded so :meth:`stop` ends all of them.
+"""
+from __future__ import annotations
+
+import random
+import select
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+__all__ = ["FaultProxy", "Faults"]
+
+CHUNK = 65536
+#: A direction holds at most this many unsent bytes before its reader pauses
+#: (so a stalled or slow link pushes back through TCP like a real one).
+MAX_BUFFERED = 4 * 1024 * 1024
+WAIT_S = 0.05
+#: How long a new connection waits for a target that is not listening yet.
+UPSTREAM_RETRY_S = 30.0
+
+
+@dataclass
+class Faults:
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    bandwidth_bps: float = 0.0      # 0: unlimited
+    stalled: bool = False
+    partitioned: bool = False
+
+
+class _Pipe:
+    """One direction of one connection: reader thread -> timed queue -> writer thread."""
+
+    def __init__(self, proxy: "FaultProxy", src: socket.socket, dst: socket.socket,
+                 towards_listener: bool) -> None:
+        self.proxy, self.src, self.dst = proxy, src, dst
+        self.towards_listener = towards_listener
+        self.cv = threading.Condition()
+        self.queue: deque[tuple[float, bytes]] = deque()
+        self.buffered = 0
+        self.closed = False
+
+    def start(self, name: str) -> None:
+        threading.Thread(target=self._read, name=f"{name}-r", daemon=True).start()
+        threading.Thread(target=self._write, name=f"{name}-w", daemon=True).start()
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+        for s in (self.src, self.dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _read(self) -> None:
+        while not self.closed:
+            with self.cv:
+                while self.buffered >= MAX_BUFFERED and not self.closed:
+                    self.cv.wait(WAIT_S)
+            try:
+                ready, _, _ = select.select([self.src], [], [], WAIT_S * 4)
+                if not ready:
+                    continue
+                data = self.src.recv(CHUNK)
+            except (OSError, ValueError):
+                break
+            if not data:
+                break
+            f = self.proxy.faults
+            due = time.monotonic() + f.delay_s + (random.uniform(0, f.jitter_s) if f.jitter_s else 0)
+            with self.cv:
+                self.queue.append((due, data))
+                self.buffered += len(data)
+                self.cv.notify_all()
+        self.proxy._drop(self)
+
+    def _write(self) -> None:
+        while True:
+            with self.cv:
+                while not self.closed and (not self.queue or self.queue[0][0] > time.monotonic()
+                                           or (self.towards_listener and self.proxy.faults.stalled)):
+                    wait = WAIT_S if not self.queue else min(WAIT_S, max(0.0, self.queue[0][0]
+                                                                        - time.monotonic()))
+                    self.cv.wait(max(wait, 0.001))
+                if self.closed:
+                    return
+                _due, data = self.queue.popleft()
+            try:
+                self.dst.sendall(data)
+            except OSError:
+                self.proxy._drop(self)
+                return
+            with self.cv:
+                self.buffered -= len(data)
+                self.cv.notify_all()
+            bps = self.proxy.faults.bandwidth_bps
+            if bps > 0:
+                time.sleep(len(data) / bps)
+
+
+class FaultProxy:
+    """Listens on ``127.0.0.1:<port>`` and forwards to ``target`` with :attr:`faults`."""
+
+    def __init__(self, target: tuple[str, int], name: str = "proxy") -> None:
+        self.target = target
+        self.name = name
+        self.faults = Faults()
+        self._lock = threading.Lock()
+        self._conns: list[tuple[_Pipe, _Pipe]] = []
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._listener.settimeout(WAIT_S * 4)
+        self.port = self._listener.getsockname()[1]
+        self._running = True
+        self.connections_total = 0
+        self._thread = threading.Thread(target=self._accept, name=f"{name}-accept", daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set(self, **faults) -> None:
+        """Change faults at run time (``delay_s=5``, ``partitioned=True``, ...)."""
+        for key, value in faults.items():
+            if not hasattr(self.faults, key):
+                raise ValueError(f"unknown fault {key!r}")
+            setattr(self.faults, key, value)
+        if faults.get("partitioned"):
+            self.reset()
+        for a, b in self._snapshot():
+            for pipe in (a, b):
+                with pipe.cv:
+                    pipe.cv.notify_all()
+
+    def reset(self) -> None:
+        """Close every current connection (both sides see the link drop)."""
+        for a, b in self._snapshot():
+            a.close()
+            b.close()
+
+    def active(self) -> int:
+        return len(self._snapshot())
+
+    def _snapshot(self) -> list[tuple[_Pipe, _Pipe]]:
+        with self._lock:
+            return list(self._conns)
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                client, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if self.faults.partitioned:
+                client.close()
+                continue
+            threading.Thread(target=self._open, args=(client,), name=f"{self.name}-open",
+                             daemon=True).start()
+
+    def _open(self, client: socket.socket) -> None:
+        """Connect upstream, retrying while the target is still starting (bounded):
+        a refused upstream would otherwise reset a node's fresh connection."""
+        deadline = time.monotonic() + UPSTREAM_RETRY_S
+        while True:
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                break
+            except OSError:
+                if not self._running or time.monotonic() >= deadline or self.faults.partitioned:
+                    client.close()
+                    return
+                time.sleep(0.2)
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.settimeout(None)
+        pair = (_Pipe(self, client, upstream, True), _Pipe(self, upstream, client, False))
+        with self._lock:
+            self._conns.append(pair)
+            self.connections_total += 1
+        pair[0].start(f"{self.name}-up")
+        pair[1].start(f"{self.name}-down")
+
+    def _drop(self, pipe: _Pipe) -> None:
+        """One direction ended: close the whole connection."""
+        with self._lock:
+            pairs = [p for p in self._conns if pipe in p]
+            self._conns = [p for p in self._conns if pipe not in p]
+        for a, b in pairs:
+            a.close()
+            b.close()
+            for s in (a.src, a.dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._running = False
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        self.reset()
+        self._thread.join(timeout=2)

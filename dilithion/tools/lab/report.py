@@ -1,0 +1,67 @@
+"""``report.md``: the human summary of one run (tables), and the one-line-per-
+scenario table shared with ``run all`` and the docs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["write_report", "summary_table", "fmt"]
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _slope(leaks: dict, key: str) -> str:
+    values = [v[key] for v in leaks.values() if key in v]
+    return fmt(max(values)) if values else "–"
+
+
+def summary_table(all_results: list[dict]) -> str:
+    """Per scenario: blocks, p50/p95/max to all nodes, success rate, timeouts, leak slopes."""
+    rows = ["| scenario | verdict | blocks | p50 s | p95 s | max s | success | send timeouts |"
+            " RSS MB/h | fds /h | threads /h |", "|" + " --- |" * 11]
+    for r in all_results:
+        s, lk = r["summary"], r.get("leaks") or {}
+        rows.append(f"| {r['scenario']} | {r['verdict']} | {s['blocks']} | {fmt(s['p50_s'])} |"
+                    f" {fmt(s['p95_s'])} | {fmt(s['max_s'])} | {fmt(s['success_rate'])} |"
+                    f" {fmt(s['send_timeouts'])} | {_slope(lk, 'rss_mb_per_h')} |"
+                    f" {_slope(lk, 'fds_per_h')} | {_slope(lk, 'threads_per_h')} |")
+    return "\n".join(rows) + "\n"
+
+
+def write_report(out: Path, r: dict) -> None:
+    lines = [f"# dilithion-lab: {r['scenario']} — {r['verdict']}", "",
+             f"Status: {r['status']}" + (f" ({r['error']})" if r.get("error") else ""),
+             f"Options: `{r['options']}`, seed {r['seed']}, network {r['network']},"
+             f" nodes {', '.join(r['nodes'])}", "", "## Criteria", "",
+             "| criterion | measured | threshold | verdict |", "| --- | --- | --- | --- |"]
+    for c in r["criteria"]:
+        lines.append(f"| {c['name']} | {fmt(c['measured'])} {c['unit']} | {c['threshold']} |"
+                     f" {c['verdict']} |")
+    lines += ["", "## Propagation (mined here -> connected at every node)", "",
+              summary_table([r]), "## Per node", "",
+              "| node | send timeouts | socket errors | bytes sent | peers | RSS MB/h | fds/h |"
+              " threads/h | mean CPU % |", "|" + " --- |" * 9]
+    for node, c in sorted(r["counters"].items()):
+        lk = r["leaks"].get(node, {})
+        lines.append(f"| {node} | {fmt(c['send_timeouts'])} | {fmt(c['socket_errors'])} |"
+                     f" {fmt(c['bytes_sent'])} | {fmt(c['peers'])} | {fmt(lk.get('rss_mb_per_h'))} |"
+                     f" {fmt(lk.get('fds_per_h'))} | {fmt(lk.get('threads_per_h'))} |"
+                     f" {fmt(lk.get('cpu_pct_mean'))} |")
+    lines += ["", "## Blocks", "", "| hash | miner | to all (s) | per node (s) |",
+              "| --- | --- | --- | --- |"]
+    for b in r["blocks"]:
+        per = ", ".join(f"{n} {v:.3f}" for n, v in sorted(b["propagation_s"].items()))
+        lines.append(f"| {b['hash'][:16]}… | {b['miner']} | {fmt(b['to_all_s'])} | {per} |")
+    if r["events"]:
+        lines += ["", "## Events", ""] + [f"- {e['event']}" for e in r["events"]]
+    if r["extra"]:
+        lines += ["", "## Other figures", "", "```", *(f"{k}: {v}" for k, v in r["extra"].items()
+                                                     if k != "leaks"), "```"]
+    lines += ["", "Plots: `propagation_cdf.png`, `hop_latency.png`, `resources.png`,"
+              " `queue_depth.png`.", ""]
+    (out / "report.md").write_text("\n".join(lines))

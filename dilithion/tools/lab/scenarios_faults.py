@@ -1,0 +1,157 @@
+"""Scenarios with failures and load: ``peer-kill``, ``partition``, ``load``, ``mixed``."""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from dilithion.tools.lab.labnode import LabError
+from dilithion.tools.lab.measure import MIN_LEAK_WINDOW_S, criterion, leak_slopes
+from dilithion.tools.lab.scenario import (Run, line_topology, no_timeouts_criterion,
+                                          propagation_criteria, register, star_topology)
+
+CATCH_UP_TIMEOUT_S = 120.0
+
+
+@register("peer-kill", "the miner broadcasts a burst of blocks; one peer is SIGKILLed a third of"
+          " the way in and restarted at the end",
+          "the other peers get every block; the miner carries on; the killed peer restarts and"
+          " catches up to the miner's tip (within 120 s)",
+          full={"nodes": 3, "blocks": 20}, short={"blocks": 6})
+def run_peer_kill(run: Run) -> None:
+    lab = run.lab
+    miner, peers = star_topology(run, run.opts["nodes"])
+    lab.start()
+    lab.wait_connected()
+    victim, survivors = peers[-1], [miner, *peers[:-1]]
+    run.measured = [n.name for n in survivors]      # the victim is judged by its catch-up
+    kill_at = max(1, run.opts["blocks"] // 3)
+    for i in range(run.opts["blocks"]):
+        if i == kill_at:
+            victim.kill()
+            run.event(f"{victim.name} SIGKILLed")
+        run.blocks.extend(lab.mine(miner))
+        run.step(note=f"block {i + 1}")
+    lab.collect(run.blocks, timeout=60, nodes=survivors)
+    data = run.blocks_json()
+    ok = sum(1 for b in data if b["complete"])
+    run.criteria.append(criterion("surviving peers got every block", f"{ok}/{len(data)}",
+                                  f"{len(data)}/{len(data)}", ok == len(data)))
+    victim.start()
+    victim.wait_running(time.monotonic() + 60)
+    run.event(f"{victim.name} restarted")
+    t0 = time.monotonic()
+    tip = miner.rpc("getbestblockhash")
+    try:
+        lab.wait_for(lambda: victim.rpc("getbestblockhash") == tip, CATCH_UP_TIMEOUT_S,
+                     "the restarted peer did not catch up")
+        caught = round(time.monotonic() - t0, 2)
+    except LabError:
+        caught = None
+    run.extra["catch_up_s"] = caught
+    run.criteria.append(criterion("restarted peer caught up to the miner's tip", caught,
+                                  f"<= {CATCH_UP_TIMEOUT_S:g} s", caught is not None, "s"))
+    run.criteria.append(criterion("miner mined every block of the burst", len(run.blocks),
+                                  f"== {run.opts['blocks']}", len(run.blocks) == run.opts["blocks"]))
+
+
+@register("partition", "N nodes (4) in a line; the middle link is cut, both sides mine, the"
+          " link heals",
+          "after the heal every node converges on the most-work tip (within 120 s)",
+          full={"nodes": 4, "blocks": 6}, short={"blocks": 3}, min_nodes=4)
+def run_partition(run: Run) -> None:
+    lab = run.lab
+    nodes = line_topology(run, run.opts["nodes"])
+    lab.start()
+    lab.wait_connected()
+    mid = len(nodes) // 2
+    left, right = nodes[:mid], nodes[mid:]
+    common = lab.mine(left[0], 2)
+    run.blocks.extend(common)
+    lab.collect(common, 60)
+    cut = lab.proxy(nodes[mid], nodes[mid - 1])
+    cut.set(partitioned=True)
+    run.event(f"link {nodes[mid - 1].name}-{nodes[mid].name} cut")
+    heavy = lab.mine(left[0], run.opts["blocks"])
+    light = lab.mine(right[-1], max(1, run.opts["blocks"] // 2))
+    run.step(len(common) + len(heavy) + len(light))
+    lab.collect(heavy, 60, nodes=left)
+    lab.collect(light, 60, nodes=right)
+    cut.set(partitioned=False)
+    run.event("link healed")
+    t0 = time.monotonic()
+    target = heavy[-1].hash
+    try:
+        lab.wait_for(lambda: set(lab.tips().values()) == {target}, CATCH_UP_TIMEOUT_S,
+                     "the nodes did not converge")
+        healed = round(time.monotonic() - t0, 2)
+    except LabError:
+        healed = None
+    run.extra.update(heal_to_converged_s=healed, heavy_tip=target, light_tip=light[-1].hash)
+    run.criteria.append(criterion("all nodes on the most-work tip after the heal", healed,
+                                  f"<= {CATCH_UP_TIMEOUT_S:g} s", healed is not None, "s"))
+    run.blocks = common + heavy       # the light branch is reorganised away by design
+    lab.collect(run.blocks, 30)
+    propagation_criteria(run, max_s=None, mean_s=None)
+
+
+@register("load", "N nodes (3) in a line plus scripted peers (50+ connections in all); a block"
+          " every few seconds on a rotating miner; RSS, descriptors, threads and CPU sampled",
+          "100% of blocks reach every node; 50+ concurrent peers; 0 send timeouts; no leak:"
+          " RSS slope <= 20 MB/h, descriptor and thread slopes <= 1/h (runs of 5 min or more);"
+          " mean CPU < 90% of a core",
+          full={"nodes": 3, "duration": 600.0, "interval": 5.0, "peers": 50, "sample": 5.0},
+          short={"duration": 10.0, "interval": 2.0, "sample": 1.0})
+def run_load(run: Run) -> None:
+    lab = run.lab
+    lab.sample_interval = run.opts["sample"]
+    nodes = line_topology(run, run.opts["nodes"])
+    lab.start()
+    lab.wait_connected()
+    links = 2 * len(lab.proxies)
+    swarm = lab.add_light_peers(max(0, run.opts["peers"] - links))
+    lab.wait_for(lambda: swarm.handshaken >= swarm.count, 60, "the scripted peers did not connect")
+    peers = sum(lab.peer_count(n) for n in nodes)
+    run.extra["concurrent_peers"] = peers
+    run.event(f"{peers} peer connections")
+    end = time.monotonic() + run.opts["duration"]
+    i = 0
+    while time.monotonic() < end:
+        started = time.monotonic()
+        blocks = lab.mine(nodes[i % len(nodes)])
+        run.blocks.extend(blocks)
+        lab.collect(blocks, timeout=60)
+        i += 1
+        run.step(note=f"block {i}")
+        time.sleep(max(0.0, min(run.opts["interval"] - (time.monotonic() - started),
+                                end - time.monotonic())))
+    run.extra["light_peer_invs"] = swarm.invs_received
+    propagation_criteria(run, max_s=None, mean_s=None)
+    run.criteria.append(criterion("concurrent peers", peers, ">= 50", peers >= 50))
+    no_timeouts_criterion(run)
+    slopes = leak_slopes(lab.samples)
+    run.extra["leaks"] = slopes
+    decidable = bool(slopes) and min(s["window_s"] for s in slopes.values()) >= MIN_LEAK_WINDOW_S
+    for key, limit, what in (("rss_mb_per_h", 20.0, "RSS slope (MB/h)"),
+                             ("fds_per_h", 1.0, "descriptor slope (/h)"),
+                             ("threads_per_h", 1.0, "thread slope (/h)")):
+        worst = max((s[key] for s in slopes.values() if not math.isnan(s[key])), default=None)
+        run.criteria.append(criterion(f"worst node {what}", worst, f"<= {limit:g}",
+                                      (worst is not None and worst <= limit) if decidable else None))
+    cpu = max((s["cpu_pct_mean"] or 0.0 for s in slopes.values()), default=None)
+    run.criteria.append(criterion("busiest node mean CPU", cpu, "< 90 %", cpu is not None and cpu < 90,
+                                  "%"))
+
+
+@register("mixed", "C++ and Python nodes together on testnet (needs DILITHION_CPP_NODE)",
+          "the Python nodes relay to each other what a C++ node mined; skipped without a C++ node",
+          full={"nodes": 3}, short={})
+def run_mixed(run: Run) -> None:
+    if not os.environ.get("DILITHION_CPP_NODE"):
+        run.extra["skipped"] = "DILITHION_CPP_NODE is not set"
+        run.event("skipped: DILITHION_CPP_NODE is not set")
+        return
+    run.extra["skipped"] = "not implemented yet: see docs/LAB.md"
+    run.event("skipped: the mixed scenario is not implemented yet")
+
+
