@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Mining hash rate: light and full RandomX mode, the raw library, and the C++ node.
 
-    .venv/bin/python contrib/bench/bench_mining.py [--seconds=20] [--threads=1,2]
-        [--modes=light,full] [--cpp-seconds=60]
+    .venv/bin/python contrib/bench/bench_mining.py [--seconds=10] [--rounds=3]
+        [--threads=1,2] [--modes=light,full] [--cpp-seconds=60]
 
 For each mode (light first: once the process has the dataset it hashes in full
-mode for good) and each thread count it measures, one after the other:
+mode for good) and each thread count it measures, alternating ``--rounds``
+times and reporting the medians (the shared machine's speed drifts by 10-20 %
+between consecutive windows):
 
 * **raw**: threads calling the RandomX VM directly on 80-byte headers (the
   binding's own rate, no node code; ``bench_randomx.hash_rate``);
@@ -120,7 +122,9 @@ def memory() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="raw/node measurements alternated per case (medians reported)")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
     parser.add_argument("--modes", default="light,full", help="light, full or both")
     parser.add_argument("--cpp-seconds", type=float, default=60.0,
@@ -144,8 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             results["dataset"] = {"seconds": round(build.seconds, 1), "pages": build.pages}
             print(f"dataset built in {build.seconds:.1f} s ({build.pages})", flush=True)
         for n in thread_counts:
-            raw = hash_rate(hasher, n, args.seconds)
-            node = node_rate(mode, n, args.seconds)
+            # Raw and node alternate, so a slow spell of the shared machine hits both.
+            raws, nodes = [], []
+            for _ in range(args.rounds):
+                raws.append(hash_rate(hasher, n, args.seconds))
+                nodes.append(node_rate(mode, n, args.seconds))
+            raw, node = statistics.median(raws), statistics.median(nodes)
             results["rates"][f"{mode}/{n}"] = {"raw": round(raw, 1), "node": round(node, 1)}
             print(f"{mode:5} threads={n}: raw library {raw:7.1f} H/s, node {node:7.1f} H/s "
                   f"({node / raw:.2f} of raw)", flush=True)
