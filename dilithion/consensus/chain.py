@@ -257,7 +257,10 @@ class ChainState:
         :meth:`hash_block`; it rejects only blocks :meth:`process_new_block`
         rejects too, so the decision stays the C++'s, only cheaper.
         """
-        bits, lo, hi = block.header.bits, self.params.pow_min_bits, self.params.pow_max_bits
+        return self._bits_failure(block.header.bits)
+
+    def _bits_failure(self, bits: int) -> str | None:
+        lo, hi = self.params.pow_min_bits, self.params.pow_max_bits
         if not lo <= bits <= hi:
             return f"bad-diffbits: nBits 0x{bits:08x} outside [0x{lo:08x}, 0x{hi:08x}]"
         return None
@@ -269,8 +272,7 @@ class ChainState:
     def prehash_header(self, header80: bytes) -> bool:
         """Hash a received block's header ahead of :meth:`hash_block` (another thread),
         unless :meth:`precheck_block` would reject it without a hash; whether it did."""
-        bits = int.from_bytes(header80[72:76], "little")
-        if len(header80) != 80 or not self.params.pow_min_bits <= bits <= self.params.pow_max_bits:
+        if len(header80) != 80 or self._bits_failure(int.from_bytes(header80[72:76], "little")):
             return False
         self._hashes.get(bytes(header80))
         return True
