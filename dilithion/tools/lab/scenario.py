@@ -71,24 +71,39 @@ class Run:
         return sum(v[key] for n, v in self.lab.counters().items() if nodes is None or n in nodes)
 
 
+def _start(run: Run) -> None:
+    """Start every node of the topology and wait until each link is up."""
+    run.lab.start()
+    run.lab.wait_connected()
+
+
 def line_topology(run: Run, n: int) -> list[LabNode]:
-    """``n`` nodes in a line, each dialling the previous one through a proxy."""
+    """``n`` started nodes in a line, each dialling the previous one through a proxy."""
     lab = run.lab
     nodes = [lab.add_node() for _ in range(n)]
     for a, b in zip(nodes[1:], nodes):
         lab.link(a, b)
         run.parents[a.name] = b.name
+    _start(run)
     return nodes
 
 
 def star_topology(run: Run, n: int) -> tuple[LabNode, list[LabNode]]:
-    """A hub (the miner) and ``n - 1`` peers, each dialling the hub through a proxy."""
+    """A started hub (the miner) and ``n - 1`` peers, each dialling the hub through a proxy."""
     lab = run.lab
     hub, *peers = [lab.add_node() for _ in range(n)]
     for p in peers:
         lab.link(p, hub)
         run.parents[p.name] = hub.name
+    _start(run)
     return hub, peers
+
+
+def collect_burst(run: Run, blocks: list[BlockRecord], timeout: float) -> None:
+    """Record ``blocks`` mined in one go and wait until every node has them (or ``timeout``)."""
+    run.blocks.extend(blocks)
+    run.lab.collect(blocks, timeout=timeout, tick=lambda: run.step(0))
+    run.step(len(blocks))
 
 
 def mine_and_measure(run: Run, miner: LabNode, count: int, timeout: float,

@@ -5,7 +5,7 @@ import time
 
 from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.measure import criterion
-from dilithion.tools.lab.scenario import (Run, line_topology, mine_and_measure,
+from dilithion.tools.lab.scenario import (Run, collect_burst, line_topology, mine_and_measure,
                                           no_timeouts_criterion, propagation_criteria, register,
                                           star_topology)
 
@@ -19,8 +19,6 @@ CPU_WINDOW_S = 2.0
           full={"nodes": 3, "blocks": 10}, short={"blocks": 3})
 def run_line(run: Run) -> None:
     nodes = line_topology(run, run.opts["nodes"])
-    run.lab.start()
-    run.lab.wait_connected()
     cpu = []
     for i in range(run.opts["blocks"]):
         before = {n.name: n.resources()["cpu_s"] for n in nodes[1:]}
@@ -44,8 +42,6 @@ def run_line(run: Run) -> None:
 def run_slow_peer(run: Run) -> None:
     lab = run.lab
     miner, peers = star_topology(run, run.opts["nodes"])
-    lab.start()
-    lab.wait_connected()
     slow = peers[-1]
     lab.proxy(slow, miner).set(delay_s=run.opts["delay_s"])
     run.event(f"{slow.name}'s link delayed {run.opts['delay_s']:g} s each way")
@@ -72,15 +68,11 @@ def run_slow_peer(run: Run) -> None:
 def run_latency(run: Run) -> None:
     lab = run.lab
     nodes = line_topology(run, run.opts["nodes"])
-    lab.start()
-    lab.wait_connected()
     for proxy in lab.proxies.values():
         proxy.set(delay_s=run.opts["delay_s"])
     run.event(f"every link delayed {run.opts['delay_s']:g} s each way")
     blocks = [b for _ in range(run.opts["blocks"]) for b in lab.mine(nodes[0])]
-    run.blocks.extend(blocks)
-    lab.collect(blocks, timeout=60, tick=lambda: run.step(0))
-    run.step(len(blocks))
+    collect_burst(run, blocks, timeout=60)
     propagation_criteria(run, max_s=60.0, mean_s=None)
     run.extra["expected_min_s"] = 3 * run.opts["delay_s"] * (len(nodes) - 1)
     no_timeouts_criterion(run)
@@ -94,15 +86,11 @@ def run_latency(run: Run) -> None:
 def run_burst(run: Run) -> None:
     lab = run.lab
     nodes = line_topology(run, run.opts["nodes"])
-    lab.start()
-    lab.wait_connected()
     t0 = time.monotonic()
     blocks = lab.mine(nodes[0], run.opts["blocks"])
     run.extra["mining_s"] = round(time.monotonic() - t0, 3)
     run.event(f"{len(blocks)} blocks mined in {run.extra['mining_s']:g} s")
-    run.blocks.extend(blocks)
-    lab.collect(blocks, timeout=120, tick=lambda: run.step(0))
-    run.step(len(blocks))
+    collect_burst(run, blocks, timeout=120)
     propagation_criteria(run, max_s=None, mean_s=None)
     try:
         lab.wait_for(lambda: all(n.metrics().get("message_queue_depth", 1) == 0 for n in nodes),

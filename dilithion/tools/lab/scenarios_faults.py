@@ -21,8 +21,6 @@ CATCH_UP_TIMEOUT_S = 120.0
 def run_peer_kill(run: Run) -> None:
     lab = run.lab
     miner, peers = star_topology(run, run.opts["nodes"])
-    lab.start()
-    lab.wait_connected()
     victim, survivors = peers[-1], [miner, *peers[:-1]]
     run.measured = [n.name for n in survivors]      # the victim is judged by its catch-up
     kill_at = max(1, run.opts["blocks"] // 3)
@@ -62,8 +60,6 @@ def run_peer_kill(run: Run) -> None:
 def run_partition(run: Run) -> None:
     lab = run.lab
     nodes = line_topology(run, run.opts["nodes"])
-    lab.start()
-    lab.wait_connected()
     mid = len(nodes) // 2
     left, right = nodes[:mid], nodes[mid:]
     common = lab.mine(left[0], 2)
@@ -106,8 +102,6 @@ def run_load(run: Run) -> None:
     lab = run.lab
     lab.sample_interval = run.opts["sample"]
     nodes = line_topology(run, run.opts["nodes"])
-    lab.start()
-    lab.wait_connected()
     links = 2 * len(lab.proxies)
     swarm = lab.add_light_peers(max(0, run.opts["peers"] - links))
     lab.wait_for(lambda: swarm.handshaken >= swarm.count, 60, "the scripted peers did not connect")
