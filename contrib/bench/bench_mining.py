@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +42,7 @@ from dilithion.mining.controller import MiningController
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
-from dilithion.rpc.client import RPCClient, RPCClientError
+from dilithion.tools.diff.targets import CppTarget
 
 #: Issue #14's targets for 2 threads in full mode.
 TARGET_VS_CPP = 15.0
@@ -71,40 +69,33 @@ def node_rate(mode: str, threads: int, seconds: float, warmup: float = 3.0) -> f
     return (h1 - h0) / (t1 - t0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class _MiningCppNode(CppTarget):
+    """The C++ node on testnet, alone on loopback (``CppTarget``), mining with ``threads``."""
+
+    def __init__(self, workdir: Path, binary: str, threads: int) -> None:
+        super().__init__("cpp", workdir, Path(binary))
+        self.threads = threads
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--mine", f"--threads={self.threads}"]
 
 
 def cpp_rate(binary: str, threads: int, seconds: float, warmup: float = 15.0) -> float:
-    """The C++ node's mean ``getmininginfo`` hash rate over ``seconds`` after ``warmup``."""
+    """The C++ node's mean ``getmininginfo`` hash rate over ``seconds`` after ``warmup``
+    (counted from the moment it is ready)."""
+    samples: list[float] = []
     with tempfile.TemporaryDirectory(prefix="dil-bench-cpp-") as tmp:
-        rpcport = _free_port()
-        args = [binary, "--testnet", f"--datadir={tmp}/data", f"--port={_free_port()}",
-                f"--rpcport={rpcport}", f"--connect=127.0.0.1:{_free_port()}",  # nobody there
-                "--mine", f"--threads={threads}"]
-        proc = subprocess.Popen(args, cwd=tmp, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        client = RPCClient("127.0.0.1", rpcport, timeout=5)
-        samples: list[float] = []
+        node = _MiningCppNode(Path(tmp), binary, threads)
         try:
+            node.start()
             started = time.monotonic()
-            while time.monotonic() < started + warmup + seconds and proc.poll() is None:
+            while time.monotonic() < started + warmup + seconds and node.alive():
                 time.sleep(1.0)
-                try:
-                    rate = float(client.call("getmininginfo")["hashrate"])
-                except (RPCClientError, OSError, KeyError, TypeError):
-                    continue
-                if time.monotonic() >= started + warmup:
-                    samples.append(rate)
+                reply = node.rpc("getmininginfo", None).get("result")
+                if isinstance(reply, dict) and time.monotonic() >= started + warmup:
+                    samples.append(float(reply.get("hashrate", 0)))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            node.stop()
     if not samples:
         raise RuntimeError(f"the C++ node at {binary} reported no hash rate")
     return statistics.fmean(samples)
