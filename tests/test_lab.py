@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,7 +27,7 @@ from dilithion.tools.lab.proxy import FaultProxy
 from dilithion.tools.lab.runner import run_scenario, scenario_options
 from dilithion.tools.lab.scenario import SCENARIOS
 
-from framework import free_port, wait_until
+from framework import LoopbackServer, free_port, wait_until
 
 LAB = Path(sys.executable).parent / "dilithion-lab"
 DATA = Path(__file__).parent / "data" / "lab"
@@ -86,24 +85,11 @@ def test_mixed_is_skipped_without_a_cpp_node(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------
 # the fault proxy, on real sockets
 # ---------------------------------------------------------------------------
-class _Echo:
+class _Echo(LoopbackServer):
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__(threaded=True)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn) -> None:
+    def handle(self, conn) -> None:
         with conn:
             while data := conn.recv(65536):
                 conn.sendall(data)
@@ -142,7 +128,7 @@ def test_proxy_delays_stalls_and_partitions():
             proxy.set(nonsense=1)
     finally:
         proxy.stop()
-        echo.sock.close()
+        echo.close()
 
 
 # ---------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from dilithion.rpc.client import (CPP_MAX_REQUEST, AuthFailed, ConnectionFailed,
                                   RPCClient, ServerRefused, UsageError, _parse_reply,
                                   args_to_params, encode_request_body, format_result)
 from dilithion.rpc.server import RPCServer
+from framework import LoopbackServer
 
 CLI = Path(sys.executable).parent / "dilithion-cli"
 
@@ -124,7 +125,7 @@ def test_reply_parsing_tolerates_the_cpp_413_length():
 
 
 # -- against a server that behaves like the C++ one (cli 3.3, 3.10) --------------------------------
-class CppStyleServer:
+class CppStyleServer(LoopbackServer):
     """Reads ONE recv(4096) per connection, like ``CRPCServer``, and answers canned bytes.
 
     Each connection records whether the complete request (headers and the
@@ -133,35 +134,22 @@ class CppStyleServer:
 
     def __init__(self, reply: bytes, reset_after: bool = False) -> None:
         self.reply, self.reset_after = reply, reset_after
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.port = self.sock.getsockname()[1]
         self.requests: list[bytes] = []
         self.complete: list[bool] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(backlog=128)          # serial: one connection at a time, like the C++
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                data = conn.recv(4096)
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(next(l.split(b":")[1] for l in head.split(b"\r\n")
-                                  if l.lower().startswith(b"content-length")))
-                self.requests.append(data)
-                self.complete.append(len(body) == length)
-                conn.sendall(self.reply)
-                if self.reset_after:
-                    threading.Event().wait(0.2)                  # the client has read the reply
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-    def close(self) -> None:
-        self.sock.close()
+    def handle(self, conn) -> None:
+        with conn:
+            data = conn.recv(4096)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(l.split(b":")[1] for l in head.split(b"\r\n")
+                              if l.lower().startswith(b"content-length")))
+            self.requests.append(data)
+            self.complete.append(len(body) == length)
+            conn.sendall(self.reply)
+            if self.reset_after:
+                threading.Event().wait(0.2)                  # the client has read the reply
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def cpp_reply(body: bytes, status: str = "200 OK") -> bytes:

@@ -22,13 +22,13 @@ from .node import TestNode, payee
 from .process_node import NODE_BIN, ProcessNode, run_node
 from .test_peer import TestPeer
 from .transport import NodeFactory, transport_metric
-from .util import (CONVERGE_TIMEOUT, best_hashes, chain_states, converged, free_port, heights,
-                   port_is_free, sync_blocks, sync_heights, wait_until)
+from .util import (CONVERGE_TIMEOUT, LoopbackServer, best_hashes, chain_states, converged,
+                   free_port, heights, port_is_free, sync_blocks, sync_heights, wait_until)
 from .wire import REGTEST_MAGIC, RawPeer, frame, frame_raw
 
 __all__ = [
     "CONVERGE_TIMEOUT", "FakeClock", "MINER", "NODE_BIN", "REGTEST", "REGTEST_MAGIC", "TOPOLOGIES",
-    "InProcessNode", "NodeFactory", "Nodes", "ProcessNode", "RawPeer", "TestNode", "TestPeer",
+    "InProcessNode", "LoopbackServer", "NodeFactory", "Nodes", "ProcessNode", "RawPeer", "TestNode", "TestPeer",
     "next_commands", "raw_peer", "regtest_chain", "transport_metric",
     "best_hashes", "chain_states", "connect_topology", "converged", "frame", "frame_raw",
     "free_port", "heights", "payee", "port_is_free", "run_node", "sync_blocks", "sync_heights",

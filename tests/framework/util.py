@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -146,3 +147,35 @@ def sync_heights(nodes, height: int | None = None, timeout: float = 30.0) -> Non
 
     wait_until(done, timeout, interval=0.1,
                message=lambda: f"wanted height {height}:\n" + chain_states(nodes))
+
+
+class LoopbackServer:
+    """A listening socket on 127.0.0.1 whose accept loop (a daemon thread) hands each
+    connection to :meth:`handle`; with ``threaded`` each one on a thread of its own.
+    Subclasses (fake servers of the tests) implement ``handle``; :meth:`close` ends it."""
+
+    def __init__(self, threaded: bool = False, backlog: int = 8) -> None:
+        self.threaded = threaded
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.threaded:
+                threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+            else:
+                self.handle(conn)
+
+    def handle(self, conn: socket.socket) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
