@@ -25,7 +25,7 @@ import randomx
 
 from dilithion.crypto.randomx_dataset import DatasetBuild
 
-__all__ = ["RANDOMX_KEY", "RANDOMX_HASH_SIZE", "RANDOMX_MODES", "RandomXHasher",
+__all__ = ["RANDOMX_KEY", "RANDOMX_HASH_SIZE", "RANDOMX_MODES", "VM_BYTES", "RandomXHasher",
            "wants_full_mode"]
 
 #: The key the node sets at start-up: the nine ASCII bytes ``Dilithion``.
@@ -34,6 +34,24 @@ RANDOMX_HASH_SIZE = 32
 #: ``--randomx``: ``light`` never builds the dataset, ``full`` builds it at start,
 #: ``auto`` builds it when mining starts.  Memory permitting, always.
 RANDOMX_MODES = ("light", "full", "auto")
+#: What one VM adds to the process (2 MiB scratchpad plus program buffers),
+#: measured as the RSS step at a thread's first hash.  A node holds one VM per
+#: thread that ever hashed, so its RSS rises in such steps up to a bound.
+VM_BYTES = 2 * 2**20 + 64 * 2**10
+
+
+class _VMHolder:
+    """A thread's VM; counts itself in :attr:`RandomXHasher.vms` while alive, so the
+    count falls when a thread ends (its ``threading.local`` is dropped)."""
+
+    __slots__ = ("vm", "dataset", "_hasher")
+
+    def __init__(self, hasher: "RandomXHasher", vm: "randomx.VM", dataset) -> None:
+        self.vm, self.dataset, self._hasher = vm, dataset, hasher
+        hasher._count_vm(+1)
+
+    def __del__(self) -> None:
+        self._hasher._count_vm(-1)
 
 
 def wants_full_mode(setting: str, mining: bool) -> bool:
@@ -67,6 +85,8 @@ class RandomXHasher:
         self._build: DatasetBuild | None = None
         self._build_lock = threading.Lock()
         self._local = threading.local()
+        self._vms = 0
+        self._vms_lock = threading.Lock()
 
     @classmethod
     def for_key(cls, key: bytes = RANDOMX_KEY) -> "RandomXHasher":
@@ -83,14 +103,24 @@ class RandomXHasher:
 
     def _vm(self) -> "randomx.VM":
         dataset, local = self._dataset, self._local
-        if getattr(local, "vm", None) is None or local.dataset is not dataset:
-            local.vm = None                     # free the old VM before making the next
+        holder = getattr(local, "holder", None)
+        if holder is None or holder.dataset is not dataset:
+            local.holder = holder = None        # free the old VM before making the next
             if dataset is None:
-                local.vm = randomx.VM(self._flags, self._cache)
+                vm = randomx.VM(self._flags, self._cache)
             else:
-                local.vm = randomx.VM(self._flags | randomx.FLAG_FULL_MEM, None, dataset)
-            local.dataset = dataset
-        return local.vm
+                vm = randomx.VM(self._flags | randomx.FLAG_FULL_MEM, None, dataset)
+            local.holder = holder = _VMHolder(self, vm, dataset)
+        return holder.vm
+
+    def _count_vm(self, delta: int) -> None:
+        with self._vms_lock:
+            self._vms += delta
+
+    @property
+    def vms(self) -> int:
+        """VMs alive: one per thread that hashed and still runs (bounded by the threads)."""
+        return self._vms
 
     # ---- mode ------------------------------------------------------------------
     @property

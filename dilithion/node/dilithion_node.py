@@ -32,6 +32,7 @@ from loguru import logger
 
 from dilithion.node.context import NodeContext
 from dilithion.node.init import BANNER_RULE, VERSION, NodeAssembly, NodeConfig, NodeStartupError
+from dilithion.node.memdump import SnapshotDumper
 from dilithion.rpc.httpserver import HTTPLimits
 
 __all__ = ["DilithionNode", "parse_port", "parse_threads", "configure_logging", "main", "cli",
@@ -325,7 +326,10 @@ class DilithionNode:
         ctx = self.ctx
         next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
         next_expiry = time.monotonic() + MEMPOOL_EXPIRY_INTERVAL
+        dumper = SnapshotDumper.from_env(self.config.datadir)
         while not ctx.shutdown_requested.wait(1.0):
+            if dumper is not None:
+                dumper.maybe_dump()
             try:
                 ctx.added_nodes.maintain()
             except Exception as exc:  # noqa: BLE001 - one bad redial must not end the node

@@ -105,6 +105,9 @@ class NodeMetrics:
         self.randomx_mode = Gauge(
             "randomx_mode", "1 for the RandomX mode hashing now (light: 256 MiB cache; full: "
             "2080 MiB dataset, about eight times faster), 0 for the other", ["mode"], registry=r)
+        self.randomx_vms = Gauge(
+            "randomx_vms", "RandomX VMs alive (one per thread that has hashed; each adds about"
+            " 2 MiB to the resident memory)", registry=r)
         self.randomx_dataset_build_seconds = Gauge(
             "randomx_dataset_build_seconds", "How long the full-mode dataset took to build "
             "(0 until it is ready)", registry=r)
@@ -122,7 +125,7 @@ class NodeMetrics:
         self._server = None
 
     def watch_randomx(self, hasher) -> None:
-        """Read the RandomX mode and dataset build time from ``hasher`` at each scrape."""
+        """Read the RandomX mode, dataset build time and VM count from ``hasher`` at each scrape."""
         for mode in ("light", "full"):
             self.randomx_mode.labels(mode=mode).set_function(
                 lambda mode=mode: 1.0 if hasher.mode == mode else 0.0)
@@ -132,6 +135,7 @@ class NodeMetrics:
             return build.seconds if build is not None and build.state == "ready" else 0.0
 
         self.randomx_dataset_build_seconds.set_function(build_seconds)
+        self.randomx_vms.set_function(lambda: hasher.vms)
 
     def on_tip_changed(self, new_tip, connected, disconnected) -> None:
         """Chain tip listener: the height gauge and the connected-blocks counter."""

@@ -23,13 +23,13 @@ def _slope(leaks: dict, key: str) -> str:
 def summary_table(all_results: list[dict]) -> str:
     """Per scenario: blocks, p50/p95/max to all nodes, success rate, timeouts, leak slopes."""
     rows = ["| scenario | verdict | blocks | p50 s | p95 s | max s | success | send timeouts |"
-            " RSS MB/h | fds /h | threads /h |", "|" + " --- |" * 11]
+            " RSS net MB/h | fds growth | threads growth |", "|" + " --- |" * 11]
     for r in all_results:
         s, lk = r["summary"], r.get("leaks") or {}
         rows.append(f"| {r['scenario']} | {r['verdict']} | {s['blocks']} | {fmt(s['p50_s'])} |"
                     f" {fmt(s['p95_s'])} | {fmt(s['max_s'])} | {fmt(s['success_rate'])} |"
-                    f" {fmt(s['send_timeouts'])} | {_slope(lk, 'rss_mb_per_h')} |"
-                    f" {_slope(lk, 'fds_per_h')} | {_slope(lk, 'threads_per_h')} |")
+                    f" {fmt(s['send_timeouts'])} | {_slope(lk, 'rss_net_mb_per_h')} |"
+                    f" {_slope(lk, 'fds_growth')} | {_slope(lk, 'threads_growth')} |")
     return "\n".join(rows) + "\n"
 
 
@@ -44,13 +44,16 @@ def write_report(out: Path, r: dict) -> None:
                      f" {c['verdict']} |")
     lines += ["", "## Propagation (mined here -> connected at every node)", "",
               summary_table([r]), "## Per node", "",
-              "| node | send timeouts | socket errors | bytes sent | peers | RSS MB/h | fds/h |"
-              " threads/h | mean CPU % |", "|" + " --- |" * 9]
+              "| node | send timeouts | socket errors | bytes sent | peers | RSS MB/h (raw) |"
+              " RSS net MB/h (limit) | VMs added | fds growth | threads growth | mean CPU % |",
+              "|" + " --- |" * 11]
     for node, c in sorted(r["counters"].items()):
         lk = r["leaks"].get(node, {})
         lines.append(f"| {node} | {fmt(c['send_timeouts'])} | {fmt(c['socket_errors'])} |"
                      f" {fmt(c['bytes_sent'])} | {fmt(c['peers'])} | {fmt(lk.get('rss_mb_per_h'))} |"
-                     f" {fmt(lk.get('fds_per_h'))} | {fmt(lk.get('threads_per_h'))} |"
+                     f" {fmt(lk.get('rss_net_mb_per_h'))} ({fmt(lk.get('rss_limit_mb_per_h'))}) |"
+                     f" {fmt(lk.get('vms_added'))} | {fmt(lk.get('fds_growth'))} |"
+                     f" {fmt(lk.get('threads_growth'))} |"
                      f" {fmt(lk.get('cpu_pct_mean'))} |")
     lines += ["", "## Blocks", "", "| hash | miner | to all (s) | per node (s) |",
               "| --- | --- | --- | --- |"]

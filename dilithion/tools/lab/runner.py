@@ -19,7 +19,8 @@ from tqdm import tqdm
 from dilithion.tools.lab import scenarios_basic, scenarios_faults  # noqa: F401 - register scenarios
 from dilithion.tools.lab.lab import Lab
 from dilithion.tools.lab.labnode import LabError
-from dilithion.tools.lab.measure import block_summary, leak_slopes
+from dilithion.tools.lab.leaks import leak_figures
+from dilithion.tools.lab.measure import block_summary
 from dilithion.tools.lab.plots import write_plots
 from dilithion.tools.lab.report import write_report
 from dilithion.tools.lab.scenario import SCENARIOS, Run
@@ -107,7 +108,7 @@ def _results(meta: dict, run: Run, status: str, error: str | None) -> dict:
         socket_errors_per_1000_blocks=(1000 * sum(v["socket_errors"] for v in counters.values())
                                        / len(blocks)) if blocks else None,
         bytes_sent=sum(v["bytes_sent"] for v in counters.values()))
-    leaks = run.extra.get("leaks") or leak_slopes(run.lab.samples)
+    leaks = run.extra.get("leaks") or leak_figures(run.lab.samples)
     verdicts = {c["verdict"] for c in run.criteria}
     if run.extra.get("skipped"):
         verdict = "SKIPPED"
