@@ -1,5 +1,5 @@
 """The env-gated tracemalloc snapshot dumper (dilithion/node/memdump.py): off by
-default, on with DILITHION_TRACEMALLOC_DUMP_S, snapshots loadable by tracemalloc."""
+default, on with DIL_TRACEMALLOC_DUMP_S, snapshots loadable by tracemalloc."""
 from __future__ import annotations
 
 import os
@@ -43,6 +43,15 @@ def test_dumps_loadable_snapshots_at_the_interval(tmp_path, restore_tracing):
     assert second.name == "snap-0001.bin"
     snap = tracemalloc.Snapshot.load(str(second))
     assert snap.traces and len(snap.statistics("lineno")) > 0
+
+
+def test_a_write_error_stops_the_dumps_not_the_caller(tmp_path, restore_tracing):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    dumper = SnapshotDumper.from_env(blocker, {ENV_VAR: "1"})
+    assert dumper.maybe_dump() is None and dumper.written == []
+    dumper._next = 0
+    assert dumper.maybe_dump() is None
 
 
 def test_a_node_process_writes_snapshots_when_asked(process_node):

@@ -322,7 +322,8 @@ class DilithionNode:
 
     # ---- main loop and shutdown ------------------------------------------------
     def main_loop(self) -> None:
-        """Once a second: redial configured peers; every 10 s log the hash rate."""
+        """Once a second: redial configured peers; every 10 s log the hash rate;
+        with ``DIL_TRACEMALLOC_DUMP_S`` set, write heap snapshots (``memdump``)."""
         ctx = self.ctx
         next_rate_log = time.monotonic() + HASH_RATE_LOG_INTERVAL
         next_expiry = time.monotonic() + MEMPOOL_EXPIRY_INTERVAL

@@ -1,23 +1,27 @@
 """Debug aid, off by default: periodic ``tracemalloc`` snapshots for leak hunts.
 
 Why: the lab's load run measures a node's RSS from outside; to see *what*
-grows, compare snapshots of the Python heap by allocation site.  When the
-process runs with ``PYTHONTRACEMALLOC=N`` and ``DILITHION_TRACEMALLOC_DUMP_S``
-is set to a number of seconds, the node's main loop writes
-``DATADIR/tracemalloc/snap-NNNN.bin`` that often (``tracemalloc.Snapshot.load``
-reads them back).  Without both variables nothing happens and nothing is imported
-into the hot path.
+grows, compare snapshots of the Python heap by allocation site.  When
+``DIL_TRACEMALLOC_DUMP_S`` holds a positive number of seconds, the node starts
+``tracemalloc`` (``TRACE_FRAMES`` frames, unless ``PYTHONTRACEMALLOC`` already
+did) and its main loop writes ``DATADIR/tracemalloc/snap-NNNN.bin`` that often
+(``tracemalloc.Snapshot.load`` reads them back).  The variable is read from the
+node's own environment, so a lab run can trace its nodes without tracing
+itself.  Unset (the default), nothing is traced or written.
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 import tracemalloc
 from pathlib import Path
 
+from loguru import logger
+
 __all__ = ["SnapshotDumper", "ENV_VAR"]
 
-ENV_VAR = "DILITHION_TRACEMALLOC_DUMP_S"
+ENV_VAR = "DIL_TRACEMALLOC_DUMP_S"
 TRACE_FRAMES = 4
 
 
@@ -45,11 +49,18 @@ class SnapshotDumper:
         return cls(Path(datadir) / "tracemalloc", every)
 
     def maybe_dump(self) -> Path | None:
+        """Write the next snapshot if it is due; a write error stops the dumps (one
+        warning line), never the node."""
         if self._clock() < self._next:
             return None
         self._next = self._clock() + self.every_s
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"snap-{len(self.written):04d}.bin"
-        tracemalloc.take_snapshot().dump(str(path))
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tracemalloc.take_snapshot().dump(str(path))
+        except OSError as exc:
+            logger.warning(f"tracemalloc snapshots stopped: {exc}")
+            self._next = math.inf
+            return None
         self.written.append(path)
         return path
