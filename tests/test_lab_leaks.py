@@ -68,9 +68,11 @@ def test_bounded_growth_of_a_ten_minute_run_passes():
     assert f["vms_added"] >= 2 and f["blocks_added"] > 60
 
 
-def test_a_flicker_alone_passes_where_a_fitted_slope_fails():
-    samples = series(TEN_MIN, fds=(36, 38), seed=7)
+@pytest.mark.parametrize("seed", [5, 8, 11])
+def test_a_flicker_alone_passes_where_a_fitted_slope_fails(seed):
+    samples = series(TEN_MIN, fds=(36, 38), seed=seed)
     f = leak_figures(samples)["n0"]
+    assert f["fds_per_h"] > 1                        # the old criterion: "descriptor leak"
     assert verdicts(samples)[FDS] == "PASS" and f["fds_growth"] <= 2
 
 
@@ -108,7 +110,9 @@ def test_a_short_run_is_not_judged():
 
 
 def test_recorded_ten_minute_run_passes_and_fails_with_a_leak_added():
+    # n1 of a default 10-minute load run (50 peers, 120 blocks; VMs 2 -> 5 over the run)
     samples = json.loads(RECORDED.read_text())
+    assert leak_figures(samples)["n1"]["rss_mb_per_h"] > 20      # the old criterion: FAIL
     assert verdicts(samples) == {RSS: "PASS", FDS: "PASS", THREADS: "PASS", CPU: "PASS"}
     t0 = samples[0]["t"]
     leaking = [{**s, "rss": s["rss"] + int(40 * MB * (s["t"] - t0) / 3600)} for s in samples]
