@@ -15,6 +15,11 @@ The blocks hang off the C++ vector chain (heights 0..6, ``nBits 0x1f060000``):
   reorganises ``V6`` away, depth 1;
 * ``G8`` (on ``F7``, same bits as ``F8``): an exact tie with ``F8``;
 * ``H9`` (on ``F8``) and ``H10`` (on ``H9``): delivered out of order (orphans);
+* ``A7``..``A108`` and ``B7``..``B107`` (two easy-bits branches on ``V6``): the
+  C++ depth limit (``MAX_REORG_DEPTH = 100``, tip height minus fork height).
+  With ``A106`` the tip, ``B107`` outweighs it at depth 100 (allowed); with
+  ``B107`` the tip, ``A107`` ties and ``A108`` outweighs it at depth 101
+  (refused).  Mined in full mode: about 830,000 hashes;
 * ``BADBITS`` (on ``V6``, ``nBits 0x207fffff``, outside the testnet range, its hash
   meets its own target) and ``BADPOW`` (on ``V6``, easy bits, a hash that does
   not meet them) need no real work.
@@ -68,6 +73,19 @@ SPECS = (
 )
 
 
+def branch(prefix: str, fork: str, first_height: int, last_height: int,
+           spacing: int) -> tuple[BlockSpec, ...]:
+    """A chain of easy blocks ``<prefix><height>`` on ``fork``, ``spacing`` seconds apart
+    (two branches on one fork differ by their spacing, so no two headers are equal)."""
+    names = [fork] + [f"{prefix}{h}" for h in range(first_height, last_height + 1)]
+    return tuple(BlockSpec(name, parent, first_height + i, EASY_BITS, time_delta=spacing)
+                 for i, (parent, name) in enumerate(zip(names, names[1:])))
+
+
+#: The reorganisation-depth case: depth 100 allowed, depth 101 refused (``chain`` 5.4).
+DEPTH_SPECS = branch("A", "V6", 7, 108, spacing=60) + branch("B", "V6", 7, 107, spacing=61)
+
+
 def vector_blocks(vectors_file: Path) -> dict[str, tuple[Block, Uint256]]:
     """``V0``..``V6`` from the C++ vector chain, as the C++ node sent them."""
     data = json.loads(vectors_file.read_text())
@@ -114,7 +132,10 @@ def mine_missing(vectors_file: Path, mined_file: Path = MINED_FILE, threads: int
     for name, payload in mined.items():
         block = Block.deserialize(bytes.fromhex(payload))
         known[name] = (block, block.get_hash(hasher))
-    for spec in SPECS:
+    missing = [spec for spec in SPECS + DEPTH_SPECS if spec.name not in mined]
+    if len(missing) > 10:
+        hasher.start_full_mode(threads)        # minutes of dataset, hours of light hashing saved
+    for spec in missing:
         if spec.name in mined:
             continue
         parent, parent_hash = known[spec.parent]

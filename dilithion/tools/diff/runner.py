@@ -135,9 +135,11 @@ class Runner:
 
     def _do(self, corpus: Corpus, step: Step, names: dict) -> StepResult:
         logger.info("step {} ({}): {}", step.index, corpus.source, step.name)
-        if step.action == "restart":
+        if step.action in ("restart", "fresh"):
             obs = self.stop()
             for side, o in zip(self.sides.values(), obs.values()):
+                if step.action == "fresh":
+                    side.target.fresh()
                 o.update(self._restart(side, names))
         else:
             obs = dict(zip(self.sides, self.pool.map(lambda s: self._observe(s, step, names),
