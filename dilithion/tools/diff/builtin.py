@@ -92,21 +92,26 @@ def depth_steps(blocks: dict[str, tuple[Block, Uint256]]) -> list[dict]:
     """The C++ reorganisation depth limit (``MAX_REORG_DEPTH = 100``, tip height minus
     fork height), on fresh nodes: the vector chain, then branch ``A`` to height 106,
     branch ``B`` to 107 (outweighs ``A`` at depth 100: allowed), ``A107`` (a tie) and
-    ``A108`` (outweighs ``B`` at depth 101: refused, ``chain D39``).  Blocks are sent
-    unannounced (a peer may, ``net D-14``), one step each, every step comparing tips."""
+    ``A108`` (outweighs ``B`` at depth 101: refused, ``chain D39``).  The blocks that
+    extend the tip are sent unannounced (a peer may, ``net D-14``); side-branch blocks
+    are announced with ``inv`` first, as a peer does (our node does not store an
+    unrequested block with no more work than its tip).  Every step compares tips."""
     def block(name: str, why: str = "") -> dict:
         return _send(f"block {name}{why}", "block", blocks[name][0].serialize(),
                      expect_same=["tip", "height"])
 
+    def announced(name: str, why: str = "") -> list[dict]:
+        return [_send(f"inv: {name}", "inv", _inv([blocks[name][1]])), block(name, why)]
+
     steps: list[dict] = [{"name": "fresh nodes (new, empty datadirs)", "fresh": True}]
     steps += [block(f"V{h}", " (C++-mined vector chain)") for h in range(1, 7)]
     steps += [block(f"A{h}") for h in range(7, 107)]
-    steps += [block(f"B{h}", " (tie with A106: first seen stays)" if h == 106 else "")
-              for h in range(7, 107)]
-    steps += [block("B107", ": outweighs A106, reorganisation of depth 100 (allowed)"),
-              block("A107", ": a tie with B107"),
-              block("A108", ": outweighs B107, reorganisation of depth 101 (refused)"),
-              _rpc("getblockcount")]
+    for h in range(7, 107):
+        steps += announced(f"B{h}", " (tie with A106: first seen stays)" if h == 106 else "")
+    steps += announced("B107", ": outweighs A106, reorganisation of depth 100 (allowed)")
+    steps += announced("A107", ": a tie with B107")
+    steps += announced("A108", ": outweighs B107, reorganisation of depth 101 (refused)")
+    steps.append(_rpc("getblockcount"))
     return steps
 
 
