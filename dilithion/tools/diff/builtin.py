@@ -111,8 +111,23 @@ def depth_steps(blocks: dict[str, tuple[Block, Uint256]]) -> list[dict]:
     steps += announced("B107", ": outweighs A106, reorganisation of depth 100 (allowed)")
     steps += announced("A107", ": a tie with B107")
     steps += announced("A108", ": outweighs B107, reorganisation of depth 101 (refused)")
+    steps += nbits_edge_steps(block)
     steps.append(_rpc("getblockcount"))
     return steps
+
+
+def nbits_edge_steps(block) -> list[dict]:
+    """The ends of the allowed nBits range (compact integers ``0x1d00ffff``..``0x1f0fffff``),
+    each block on a new connection (an out-of-range block scores its sender 100)."""
+    edges = [block("EASYOUT", ": nBits 0x1f100000, one above the easy end (its own PoW met)"),
+             block("HARDOUT", ": nBits 0x1d00fffe, one below the hard end"),
+             block("HARDEND", ": nBits 0x1d00ffff, the hard end (hash above the target)"),
+             block("SIGNONLY", ": nBits 0x1e800000, only the mantissa's sign bit (target 0)"),
+             block("BIT23", ": nBits 0x1effffff on B106: bit 23 out of the target, in the work;"
+                            " outweighs B107")]
+    for step in edges:
+        step["new_connection"] = True
+    return edges
 
 
 def malformed_steps(genesis_hash: Uint256) -> list[dict]:
