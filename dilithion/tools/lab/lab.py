@@ -77,6 +77,8 @@ class Lab:
         self.nodes: list[LabNode] = []
         self.proxies: dict[tuple[str, str], FaultProxy] = {}
         self.light: list[LightPeers] = []
+        #: Other processes the lab stops on close (the C++ nodes of ``mixed``).
+        self.foreign: list = []
         self.sample_interval = sample_interval
         self.samples: list[dict] = []
         self._sampler: threading.Thread | None = None
@@ -223,7 +225,7 @@ class Lab:
             self._sampler.join(timeout=5)
         for swarm in self.light:
             swarm.stop()
-        for node in self.nodes:
+        for node in [*self.nodes, *self.foreign]:
             try:
                 node.stop()
             except Exception:   # noqa: BLE001 - keep stopping the others
