@@ -36,6 +36,8 @@ def test_mixed_short_python_path_gets_every_block_side_by_side_recorded(tmp_path
     assert rows["n2"]["path"] == "n0 -> n1 -> n2" and rows["n3"]["path"] == "n0 -> cpp0 -> n3"
     for name in ("n1", "n2"):
         assert rows[name]["received"] == blocks and rows[name]["p50_s"] is not None
+    # What the Python nodes relay: the origin and the middle of the line send every block on.
+    assert rows["n0"]["sent_on"] == blocks and rows["n1"]["sent_on"] == blocks
     # Our origin node relays to its C++ peer too; the C++ node's own relay is observed only.
     assert rows["cpp0"]["received"] == blocks
     verdicts = {c["name"]: c["verdict"] for c in saved["criteria"]}

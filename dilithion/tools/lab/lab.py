@@ -56,7 +56,8 @@ class BlockRecord:
         hops = {n: round(self.connected[n] - self.connected[p], 4) for n, p in parents.items()
                 if n in self.connected and p in self.connected}
         return {"hash": self.hash, "miner": self.miner, "mined_at": self.mined_at,
-                "propagation_s": prop, "to_all_s": max(prop.values()) if complete and prop else None,
+                "propagation_s": prop,   # "to all" = to all of ``nodes``, the ones judged
+                "to_all_s": max(prop[n] for n in others) if complete and others else None,
                 "complete": complete, "hops_s": hops, "miner_peers": self.miner_peers}
 
 

@@ -36,11 +36,12 @@ def summary_table(all_results: list[dict]) -> str:
 def side_by_side_table(rows: list[dict]) -> str:
     """``mixed``: what each node received, Python and C++ side by side."""
     out = ["## Side by side (from the origin node)", "",
-           "| node | kind | hops from origin | path | blocks received | p50 delay s | max delay s |",
-           "|" + " --- |" * 7]
+           "| node | kind | hops from origin | path | blocks received | p50 delay s | max delay s |"
+           " blocks sent on |", "|" + " --- |" * 8]
     for x in rows:
         out.append(f"| {x['node']} | {x['kind']} | {x['hops']} | {x['path']} |"
-                   f" {x['received']}/{x['blocks']} | {fmt(x['p50_s'])} | {fmt(x['max_s'])} |")
+                   f" {x['received']}/{x['blocks']} | {fmt(x['p50_s'])} | {fmt(x['max_s'])} |"
+                   f" {fmt(x.get('sent_on'))} |")
     return "\n".join(out) + "\n"
 
 

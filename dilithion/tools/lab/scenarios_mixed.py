@@ -69,8 +69,9 @@ def _path(name: str, parents: dict[str, str]) -> list[str]:
 
 
 def side_by_side(blocks: list[dict], nodes: list[tuple[str, str]], parents: dict[str, str],
-                 origin: str) -> list[dict]:
-    """Per node (name, kind): hops from the origin, path, blocks received, p50/max delay."""
+                 origin: str, sent: dict[str, int] | None = None) -> list[dict]:
+    """Per node (name, kind): hops from the origin, path, blocks received, p50/max
+    delay, and (``sent``) how many of them it sent on to a peer."""
     rows = []
     for name, kind in nodes:
         delays = [0.0 if name == origin else b["propagation_s"][name] for b in blocks
@@ -79,8 +80,20 @@ def side_by_side(blocks: list[dict], nodes: list[tuple[str, str]], parents: dict
         rows.append({"node": name, "kind": kind, "hops": len(path) - 1, "path": " -> ".join(path),
                      "received": len(delays), "blocks": len(blocks),
                      "p50_s": round(statistics.median(delays), 3) if delays else None,
-                     "max_s": round(max(delays), 3) if delays else None})
+                     "max_s": round(max(delays), 3) if delays else None,
+                     "sent_on": (sent or {}).get(name)})
     return rows
+
+
+def _sent_on(node, hashes: list[str]) -> int:
+    """Blocks a Python node sent to at least one peer (its own propagation record)."""
+    count = 0
+    for h in hashes:
+        try:
+            count += node.rpc("getblockpropagation", [h])["summary"]["block_sent"] > 0
+        except Exception:   # noqa: BLE001 - a block it never connected has no record
+            pass
+    return count
 
 
 @register("mixed", "testnet: pre-mined blocks enter at a Python origin node linked to a line of"
@@ -168,7 +181,11 @@ def _criteria(run: Run, cpp: CppLabNode, behind, python_path: list[str]) -> None
     origin = run.lab.nodes[0].name
     kinds = [(n.name, "python") for n in run.lab.nodes[:-1]] + [(cpp.name, "cpp"),
                                                                 (behind.name, "python")]
-    rows = side_by_side(blocks, kinds, run.parents, origin)
+    hashes = [b["hash"] for b in blocks]
+    sent = {n.name: _sent_on(n, hashes) for n in run.lab.nodes}
+    # The C++ node keeps no such record: what it sent on is what the node behind it got.
+    sent[cpp.name] = sum(1 for b in blocks if behind.name in b["propagation_s"])
+    rows = side_by_side(blocks, kinds, run.parents, origin, sent)
     run.extra["side_by_side"] = rows
     by_node = {r["node"]: r for r in rows}
     total = len(blocks)
