@@ -41,6 +41,8 @@ def _not_run(name: str, criterion: str, scenario: str) -> GateResult:
 
 
 def evaluate_results(results: dict[str, dict]) -> list[GateResult]:
+    """The gates over ``results`` (scenario -> results); a SKIPPED run counts as not run."""
+    results = {k: r for k, r in results.items() if r["verdict"] != "SKIPPED"}
     g: list[GateResult] = []
     line, load = results.get("line"), results.get("load")
     if line is None:
