@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -24,8 +25,7 @@ import pytest
 from dilithion.node.logging_setup import JSON_FIELDS
 from dilithion.node.metrics import DEFAULT_METRICS_PORT
 
-from framework import (CONVERGE_TIMEOUT, converged, heights, port_is_free, run_node,
-                       wait_until)
+from framework import CONVERGE_TIMEOUT, converged, heights, run_node, wait_until
 
 SHUTDOWN_SECONDS = 15
 #: Liveness guard for a start-up (RandomX cache included) on a loaded two-core machine.
@@ -33,6 +33,18 @@ START_TIMEOUT = 120
 ISO_UTC_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 LEVELS = {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def can_listen_on(port: int) -> bool:
+    """Nobody listens on ``port`` (connections of an earlier run in TIME_WAIT do not
+    count: the metrics server, like this check, sets ``SO_REUSEADDR``)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- --mainnet
@@ -53,7 +65,7 @@ def test_mainnet_with_another_network_is_one_usage_error(args, message, tmp_path
 def test_mainnet_flag_runs_mainnet_with_metrics_on_the_default_port(process_node):
     """``--mainnet`` is accepted and is the default network; ``DIL_METRICS_ENABLED=1``
     without a port serves metrics on 9339 (9100 is node_exporter's)."""
-    if not port_is_free(DEFAULT_METRICS_PORT):
+    if not can_listen_on(DEFAULT_METRICS_PORT):
         pytest.skip(f"port {DEFAULT_METRICS_PORT} is in use on this machine")
     node = process_node("main", explicit_ports=False)
     node.extra_args = ["--mainnet", f"--datadir={node.datadir}", f"--port={node.p2p_port}",
