@@ -196,20 +196,26 @@ def test_json_logs_of_a_miner_and_its_peer(process_node):
     assert b_records[-1]["thread"] == "MainThread"
 
 
-def test_json_mode_routes_standard_logging_and_warnings_too(tmp_path):
-    """waitress logs through the standard library; in JSON mode that becomes JSON too."""
+def log_in_a_process(log_format: str, statements: str, tmp_path) -> subprocess.CompletedProcess:
+    """Run ``statements`` in a fresh interpreter after the node's logging setup."""
     code = ("import logging, warnings\n"
             "from loguru import logger\n"
             "from dilithion.node.logging_setup import configure_logging\n"
-            "configure_logging('INFO', log_format='json')\n"
-            "logging.getLogger('waitress.queue').warning('Task queue depth is %d', 3)\n"
-            "warnings.warn('deprecated thing')\n"
-            "try:\n    1 / 0\nexcept ZeroDivisionError:\n    logger.exception('[RPC] failed')\n"
-            "logger.bind(block_hash='ab' * 32, height=7, peer=3, peer_addr='127.0.0.1:9')"
-            ".info('[P2P] x')\n")
+            f"configure_logging('INFO', log_format={log_format!r})\n" + statements)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_json_mode_routes_standard_logging_and_warnings_too(tmp_path):
+    """waitress logs through the standard library; in JSON mode that becomes JSON too."""
+    done = log_in_a_process("json", (
+        "logging.getLogger('waitress.queue').warning('Task queue depth is %d', 3)\n"
+        "warnings.warn('deprecated thing')\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    logger.exception('[RPC] failed')\n"
+        "logger.bind(block_hash='ab' * 32, height=7, peer=3, peer_addr='127.0.0.1:9')"
+        ".info('[P2P] x')\n"), tmp_path)
     out = [json.loads(line) for line in done.stdout.splitlines()]
     err = [json.loads(line) for line in done.stderr.splitlines()]
     assert out[0]["message"] == "Task queue depth is 3" and out[0]["level"] == "WARNING"
@@ -223,14 +229,11 @@ def test_json_mode_routes_standard_logging_and_warnings_too(tmp_path):
 
 def test_text_mode_lines_do_not_show_the_bound_fields(tmp_path):
     """The text format is what it was: binding fields changes nothing an operator greps."""
-    code = ("from loguru import logger\n"
-            "from dilithion.node.logging_setup import configure_logging\n"
-            "configure_logging('INFO', log_format='text')\n"
-            "logger.info('[OK] BLOCK FOUND!')\n"
-            "logger.bind(block_hash='ab' * 32, height=7, peer=3).info('[OK] BLOCK FOUND!')\n"
-            "logger.bind(peer=3, peer_addr='127.0.0.1:9').warning('[P2P] send timeout')\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path)
+    done = log_in_a_process("text", (
+        "logger.info('[OK] BLOCK FOUND!')\n"
+        "logger.bind(block_hash='ab' * 32, height=7, peer=3).info('[OK] BLOCK FOUND!')\n"
+        "logger.bind(peer=3, peer_addr='127.0.0.1:9').warning('[P2P] send timeout')\n"),
+        tmp_path)
     lines = done.stdout.splitlines()
     assert len(lines) == 3 and done.stderr == ""
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} "

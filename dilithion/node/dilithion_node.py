@@ -436,13 +436,21 @@ def cli(mainnet, testnet, regtest, datadir, port, rpcport, bind, rpcbind, connec
 
 
 def main(config: NodeConfig) -> int:
-    """Run a node with ``config``; the process exit status."""
+    """Run a node with ``config``; the process exit status.
+
+    Every configuration error (command line, environment) is one plain line on
+    stderr, found before the log sinks exist, so a JSON log never holds one.
+    """
     try:
         config.apply_defaults()
         if config.metrics_port is None and os.environ.get("DIL_METRICS_ENABLED") == "1":
             config.metrics_port = parse_port(
                 os.environ.get("DIL_METRICS_PORT", str(DEFAULT_METRICS_PORT)),
                 "DIL_METRICS_PORT", "metrics")
+        for error in (config.randomx_error(), config.rpc_access_error()):
+            if error is not None:
+                click.echo(error, err=True)
+                return 1
         configure_logging(config.log_level, log_format=config.log_format)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
@@ -450,10 +458,6 @@ def main(config: NodeConfig) -> int:
     except (EnvError, LogSetupError) as exc:
         click.echo(str(exc), err=True)
         return 1
-    for error in (config.randomx_error(), config.rpc_access_error()):
-        if error is not None:
-            click.echo(error, err=True)
-            return 1
     if config.quick_start:
         logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "
                     f"data directory {config.datadir} (run with --help for options)")
