@@ -21,8 +21,8 @@ from pathlib import Path
 from loguru import logger
 
 from dilithion.consensus.storage import StorageError
-from dilithion.core.env import env_choice, env_int
 from dilithion.core.chainparams import ChainParams, params_for
+from dilithion.core.env import env_choice, env_int
 from dilithion.crypto.randomx_hash import RANDOMX_MODES, RandomXHasher
 from dilithion.mining.controller import MiningController, default_thread_count
 from dilithion.net.added_nodes import AddedNodes
