@@ -8,6 +8,7 @@ import time
 import pytest
 
 from dilithion.core.chainparams import ChainParams
+from dilithion.core.env import EnvError
 from dilithion.net.protocol import (Inv, MsgBlock, MsgGetaddr, MsgInv, MsgPing, MsgPong, MsgVerack,
                                     MsgVersion)
 from dilithion.primitives.block import Block, BlockHeader, Uint256
@@ -209,8 +210,11 @@ def test_send_timeout_from_environment(tmp_path, monkeypatch):
         assert factory(send_timeout_ms=700).send_timeout == pytest.approx(0.7)
     finally:
         factory.stop_all()
-    monkeypatch.setenv("DIL_SEND_TIMEOUT", "soon")  # not a number: ignored with a warning
-    factory = NodeFactory(tmp_path / "x")
+    monkeypatch.setenv("DIL_SEND_TIMEOUT", "soon")  # not a number: an error, not the default
+    with pytest.raises(EnvError, match=r"DIL_SEND_TIMEOUT='soon' is not a whole number"):
+        NodeFactory(tmp_path / "x")()
+    monkeypatch.delenv("DIL_SEND_TIMEOUT")
+    factory = NodeFactory(tmp_path / "y")
     try:
         assert factory().send_timeout == 5.0                           # regtest default
         assert factory(ChainParams.mainnet()).send_timeout == 10.0
