@@ -121,6 +121,30 @@ def test_stalled_peer_never_delays_the_others(clocked):
         raw.close()
 
 
+def test_retry_count_and_backoff_come_from_the_environment(clocked, monkeypatch):
+    """``DIL_BROADCAST_RETRIES`` / ``DIL_BROADCAST_BACKOFF_MS`` reach the broadcaster
+    through ``NodeConfig`` (and the metrics): a stalled peer is retried 5 times, the
+    first retry 0.4 s after the refusal, doubling, before the announcement is given up."""
+    monkeypatch.setenv("DIL_BROADCAST_RETRIES", "5")
+    monkeypatch.setenv("DIL_BROADCAST_BACKOFF_MS", "400")
+    node, clock = clocked(send_queue_cap=256 * 1024)
+    b = node.ctx.broadcaster
+    assert (b.max_retries, b.retry_base_s) == (5, 0.4)
+    assert node.metric("broadcast_max_retries") == 5
+    assert node.metric("broadcast_retry_backoff_seconds") == 0.4
+    stalled = raw_peer(node, rcvbuf=4096)
+    fill_send_queue(node, node.peer_id_of(stalled))
+    start = clock()
+    b.broadcast_block(fake_hash(1))
+    assert wait_until(lambda: b.diagnostics()["tasks_retried"] == 1)
+    assert advance_until(clock, lambda: b.diagnostics()["tasks_failed"] == 1, timeout=60)
+    assert b.diagnostics()["tasks_retried"] == 5
+    # The defaults (3 retries from 50 ms) would give up after 0.35 s of the clock.
+    assert clock() - start >= 0.4 * (1 + 2 + 4 + 8 + 16)
+    assert node.metric("block_broadcast_failures_total") == 1
+    stalled.close()
+
+
 def test_peer_killed_mid_broadcast(node):
     peers = [raw_peer(node) for _ in range(20)]
     doomed, survivors = peers[:5], peers[5:]

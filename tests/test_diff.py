@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dilithion.tools.diff.catalogue import check_markdown, load_catalogue
-from dilithion.tools.diff.cli import BUILTIN_CORPUS, CATALOGUE
+from dilithion.tools.diff.cli import BUILTIN_CORPUS, BUILTIN_DEPTH_CORPUS, CATALOGUE
 from dilithion.tools.diff.corpus import CorpusError, load_corpus
 from dilithion.tools.diff.mine import MINED_FILE
 
@@ -56,7 +56,7 @@ def vector_steps(cpp_chain, heights) -> list[dict]:
 
 # ---- the harness's own checks (default suite) -----------------------------------
 def test_self_run_of_the_builtin_corpus_finds_nothing(tmp_path):
-    done = run_diff("run", "--self", "--out", str(tmp_path / "out"))
+    done = run_diff("run", "--self", "--corpus", str(BUILTIN_CORPUS), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["counts"]["known"] == 0 and report["counts"]["unexplained"] == 0
@@ -84,6 +84,20 @@ def test_an_injected_difference_is_caught_as_unexplained(tmp_path, cpp_chain):
         {"kind": d["kind"], "subject": d["subject"]} for d in f6["differences"]]
     assert report["counts"]["unexplained"] >= 1
     assert "## Unexplained differences" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_fresh_step_restarts_both_nodes_on_empty_datadirs(tmp_path, cpp_chain):
+    """``fresh``: both nodes start again from the genesis (the old state is not compared)."""
+    corpus = corpus_file(tmp_path, vector_steps(cpp_chain, (1, 2))
+                         + [{"name": "fresh", "fresh": True}] + vector_steps(cpp_chain, (1,)))
+    done = run_diff("run", "--self", "--corpus", str(corpus), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = json.loads((tmp_path / "out" / "report.json").read_text())["steps"]
+    assert [s["outcome"] for s in steps] == ["same"] * len(steps)
+    fresh = next(s for s in steps if s["name"] == "fresh")
+    assert "storage_keys" not in fresh["observations"]["python"]
+    assert fresh["observations"]["python"]["height"] == 0          # a new, empty datadir
+    assert steps[-2]["observations"]["python"]["height"] == 1      # V1 again, from the genesis
 
 
 def test_catalogue_and_divergence_table_describe_the_same_rows():
@@ -167,6 +181,23 @@ def test_a_crashing_or_hanging_node_is_that_steps_outcome_and_the_run_goes_on(tm
     assert "crashing on request" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_self_run_of_the_depth_limit_corpus_allows_100_and_refuses_101(tmp_path):
+    """Python against Python over the 211 steps of the depth corpus: nothing differs,
+    and the node really took the depth-100 reorganisation and refused depth 101."""
+    done = run_diff("run", "--self", "--corpus", str(BUILTIN_DEPTH_CORPUS),
+                    "--out", str(tmp_path / "out"), timeout=800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = json.loads((tmp_path / "out" / "report.json").read_text())["steps"]
+    assert all(s["outcome"] == "same" for s in steps)
+    by_name = {s["name"].split(":")[0].split(" (")[0]: s["observations"]["python"] for s in steps}
+    assert by_name["block A106"]["height"] == 106
+    assert by_name["block B106"]["tip"] == by_name["block A106"]["tip"]        # a tie
+    assert by_name["block B107"]["height"] == 107                              # depth 100
+    assert by_name["block A108"]["tip"] == by_name["block B107"]["tip"]        # depth 101
+
+
 # ---- against the real C++ node --------------------------------------------------
 @pytest.mark.cpp
 @pytest.mark.timeout(1200)
@@ -183,14 +214,15 @@ def test_builtin_corpus_against_the_cpp_node_has_nothing_unexplained(tmp_path):
 
 
 # ---- the built-in corpus and the catalogue files ------------------------------------
-def test_committed_builtin_corpus_is_what_builtin_py_writes(tmp_path, vectors_dir):
-    """No drift: the committed corpus is the steps of builtin.py over the committed blocks."""
-    from dilithion.tools.diff.builtin import write_builtin_corpus
+def test_committed_builtin_corpora_are_what_builtin_py_writes(tmp_path, vectors_dir):
+    """No drift: the committed corpora are the steps of builtin.py over the committed blocks."""
+    from dilithion.tools.diff.builtin import write_builtin_corpora
 
-    out = tmp_path / "corpus.json"
-    write_builtin_corpus(vectors_dir / "cpp-testnet-chain.json",
-                         json.loads(MINED_FILE.read_text()), out)
-    assert json.loads(out.read_text()) == json.loads(BUILTIN_CORPUS.read_text())
+    main, depth = tmp_path / "main.json", tmp_path / "depth.json"
+    write_builtin_corpora(vectors_dir / "cpp-testnet-chain.json",
+                          json.loads(MINED_FILE.read_text()), main, depth)
+    assert json.loads(main.read_text()) == json.loads(BUILTIN_CORPUS.read_text())
+    assert json.loads(depth.read_text()) == json.loads(BUILTIN_DEPTH_CORPUS.read_text())
 
 
 def test_mine_corpus_without_the_vectors(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import signal
 import socket
@@ -23,9 +24,11 @@ import psutil
 import pytest
 
 from dilithion.tools.lab.gate import evaluate_results
+from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.proxy import FaultProxy
 from dilithion.tools.lab.runner import run_scenario, scenario_options
 from dilithion.tools.lab.scenario import SCENARIOS
+from dilithion.tools.lab.scenarios_mixed import premined_chain, side_by_side
 
 from framework import LoopbackServer, free_port, wait_until
 
@@ -76,10 +79,42 @@ def test_scenario_full(name, tmp_path):
     _check_run(results, tmp_path)
 
 
-def test_mixed_is_skipped_without_a_cpp_node(tmp_path, monkeypatch):
-    monkeypatch.delenv("DILITHION_CPP_NODE", raising=False)
-    results = run_scenario("mixed", tmp_path, scenario_options("mixed", short=True), progress=False)
-    assert results["verdict"] == "SKIPPED" and "DILITHION_CPP_NODE" in results["extra"]["skipped"]
+def test_mixed_is_skipped_without_a_cpp_node(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DILITHION_CPP_NODE"}
+    out = lab("run", "mixed", "--short", "--no-progress", "--out", tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    skip_lines = [ln for ln in out.stdout.splitlines() if "SKIPPED" in ln and "|" not in ln]
+    assert skip_lines == ["mixed: SKIPPED (DILITHION_CPP_NODE is not set (it names the C++"
+                          " dilithion-node))"], out.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["verdict"] == "SKIPPED" and results["nodes"] == []   # nothing was started
+    # The gate counts a skipped run as not run: the same gates as without it.
+    recorded = _recorded()
+    recorded["mixed"] = results
+    without = {k: v for k, v in recorded.items() if k != "mixed"}
+    assert ([(g.name, g.verdict, g.measured) for g in evaluate_results(recorded)]
+            == [(g.name, g.verdict, g.measured) for g in evaluate_results(without)])
+
+
+def test_mixed_with_an_unusable_cpp_node_is_one_error_line(tmp_path):
+    out = lab("run", "mixed", "--short", "--no-progress", "--out", tmp_path,
+              env={**os.environ, "DILITHION_CPP_NODE": str(tmp_path / "no-such-node")})
+    assert_one_error_line(out, "DILITHION_CPP_NODE", "no such file")
+
+
+def test_mixed_block_source_and_side_by_side_table(tmp_path):
+    chain = premined_chain(6)
+    assert [name for name, _, _ in chain] == ["V1", "V2", "V3", "V4", "V5", "V6"]
+    assert all(b.header.hash_prev_block.get_hex() == p[2] for (_, b, _), p in zip(chain[1:], chain))
+    with pytest.raises(LabError, match="vector chain"):
+        premined_chain(6, vectors=tmp_path / "missing.json")
+    blocks = [{"propagation_s": {"n1": 1.0, "cpp0": 0.5}}, {"propagation_s": {"n1": 3.0}}]
+    rows = side_by_side(blocks, [("n0", "python"), ("n1", "python"), ("cpp0", "cpp"),
+                                 ("n2", "python")], {"n1": "n0", "cpp0": "n0", "n2": "cpp0"}, "n0")
+    assert [(r["node"], r["hops"], r["path"], r["received"], r["p50_s"]) for r in rows] == [
+        ("n0", 0, "n0", 2, 0.0), ("n1", 1, "n0 -> n1", 2, 2.0), ("cpp0", 1, "n0 -> cpp0", 1, 0.5),
+        ("n2", 2, "n0 -> cpp0 -> n2", 0, None)]
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -390,6 +391,9 @@ def check_consistent(datadir: Path, hasher, reported: dict[bytes, str], utxo: bo
     close_chain(chain)
 
 
+REPORT_LINE = re.compile(r"[a-z]+ [0-9a-f]{64}")
+
+
 def _parse_report(line: str) -> tuple[bytes, str]:
     status, block_hash = line.split(" ")
     return bytes.fromhex(block_hash), status
@@ -420,9 +424,13 @@ def kill_loop(tmp_path, hasher, feed, rounds: int, max_new_blocks: int, utxo: bo
             new += not line.startswith("duplicate")
         time.sleep(rng.uniform(0, 0.004))
         os.kill(child.pid, signal.SIGKILL)
-        out, _ = child.communicate()
-        lines += out.splitlines()
-        reported = dict(_parse_report(line) for line in lines if line.count(" ") == 1)
+        child.wait()
+        # The rest through the same buffered reader (communicate() would read the pipe
+        # directly and lose what readline() had already buffered, cutting a line in two).
+        lines += child.stdout.read().splitlines()
+        child.stdout.close()
+        child.stderr.close()
+        reported = dict(_parse_report(line) for line in lines if REPORT_LINE.fullmatch(line))
         stats["reported"] += len(reported)
         check_consistent(datadir, hasher, reported, utxo)
         if "done" in lines:

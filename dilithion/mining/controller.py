@@ -357,57 +357,60 @@ class MiningController:
             if job.generation != self._generation:
                 # Another worker's block (or a peer's) replaced the tip during this
                 # hash: this one would only be a sibling on a side branch (cli 6.2 #16).
-                logger.info(f"[Mining] Discarding block {block_hash.short()}... found on a "
-                            "replaced tip")
+                logger.bind(block_hash=block_hash.get_hex(), height=height).info(
+                    f"[Mining] Discarding block {block_hash.short()}... found on a replaced tip")
                 return
             self._blocks_found += 1
-            _log_block_found(block, block_hash)
+            log = logger.bind(block_hash=block_hash.get_hex(), height=height)
+            _log_block_found(log, block, block_hash)
             try:
                 result = self._ctx.chainstate.process_new_block(block, block_hash)
             except StorageError as exc:
-                logger.error(f"[Blockchain] ERROR: Failed to save block to database! ({exc})")
+                log.error(f"[Blockchain] ERROR: Failed to save block to database! ({exc})")
                 self._ctx.fatal_error(f"cannot store mined block {block_hash.short()}...: {exc}")
                 self._stop.set()
                 return
             except Exception as exc:  # noqa: BLE001 - reach the operator, keep mining
-                logger.opt(exception=exc).error(f"[Mining] ERROR: submitting block failed: {exc}")
+                log.opt(exception=exc).error(f"[Mining] ERROR: submitting block failed: {exc}")
                 self._stop.wait(ERROR_BACKOFF_SECONDS)
                 return
             # A new tip is announced by the block relay's tip listener, not here.
-            self._log_outcome(result, height)
+            self._log_outcome(log, result, height)
             if result.status is BlockStatus.INVALID:
                 self._stop.wait(ERROR_BACKOFF_SECONDS)
 
-    def _log_outcome(self, result, height: int) -> None:
+    def _log_outcome(self, log, result, height: int) -> None:
+        """``log``: the logger bound to the mined block's hash and height."""
         status = result.status
         tip = self._ctx.chainstate.tip()
         if status is BlockStatus.TIP:
-            logger.info("[Blockchain] Block saved to database")
-            logger.info(f"[Blockchain] Block index created (height {height})")
-            logger.info(f"[Blockchain] Block became new chain tip at height {height}")
+            log.info("[Blockchain] Block saved to database")
+            log.info(f"[Blockchain] Block index created (height {height})")
+            log.info(f"[Blockchain] Block became new chain tip at height {height}")
         elif status is BlockStatus.REORG:
-            logger.info("[Blockchain] Block saved to database")
-            logger.warning("[Blockchain] \u26a0\ufe0f  CHAIN REORGANIZATION occurred during mining!")
-            logger.warning("  Our mined block triggered a reorg")
-            logger.warning(f"  New tip: {tip.hash.short()} (height {tip.height})")
+            log.info("[Blockchain] Block saved to database")
+            log.warning("[Blockchain] \u26a0\ufe0f  CHAIN REORGANIZATION occurred during mining!")
+            log.warning("  Our mined block triggered a reorg")
+            log.warning(f"  New tip: {tip.hash.short()} (height {tip.height})")
         elif status is BlockStatus.SIDE or status is BlockStatus.DUPLICATE:
-            logger.warning("[Blockchain] WARNING: Mined block is valid but not on best chain")
-            logger.warning(f"  Current tip: {tip.hash.short()} (height {tip.height})")
+            log.warning("[Blockchain] WARNING: Mined block is valid but not on best chain")
+            log.warning(f"  Current tip: {tip.hash.short()} (height {tip.height})")
         elif status is BlockStatus.ORPHAN:
-            logger.error(f"[Blockchain] ERROR: Cannot find parent block "
-                         f"{result.missing_parent.short() if result.missing_parent else '?'}...")
+            log.error(f"[Blockchain] ERROR: Cannot find parent block "
+                      f"{result.missing_parent.short() if result.missing_parent else '?'}...")
         else:
-            logger.error(f"[Blockchain] ERROR: Failed to activate mined block in chain: "
-                         f"{result.reason or ''}")
+            log.error(f"[Blockchain] ERROR: Failed to activate mined block in chain: "
+                      f"{result.reason or ''}")
 
 
-def _log_block_found(block: Block, block_hash: Uint256) -> None:
-    """The C++ banner (``cli`` 5.1), one log record per line so each line can be grepped."""
+def _log_block_found(log, block: Block, block_hash: Uint256) -> None:
+    """The C++ banner (``cli`` 5.1), one log record per line so each line can be grepped;
+    ``log`` carries the block's hash and height for the JSON log."""
     h = block.header
     for line in ("", "======================================", "[OK] BLOCK FOUND!",
                  "======================================",
                  f"Block hash: {block_hash.get_hex()}", f"Block time: {h.time}",
                  f"Nonce: {h.nonce}", f"Difficulty: 0x{h.bits:x}",
                  "======================================", ""):
-        logger.info(line)
+        log.info(line)
 

@@ -39,7 +39,12 @@ if TYPE_CHECKING:
     from dilithion.net.net_transport import ConnectionManager
     from dilithion.net.tx_relay import TxRelayManager
 
-__all__ = ["AsyncBroadcaster", "BroadcastTask"]
+__all__ = ["AsyncBroadcaster", "BroadcastTask", "DEFAULT_MAX_RETRIES", "DEFAULT_RETRY_BACKOFF_MS"]
+
+#: Retries of a refused announcement before it is given up (``DIL_BROADCAST_RETRIES``).
+DEFAULT_MAX_RETRIES = 3
+#: Delay before the first retry, doubled per retry (``DIL_BROADCAST_BACKOFF_MS``).
+DEFAULT_RETRY_BACKOFF_MS = 50
 
 
 @dataclass
@@ -93,13 +98,13 @@ class AsyncBroadcaster:
     caller of :meth:`broadcast_block`.
     """
 
-    #: First retry delay; doubled per attempt (0.05, 0.1, 0.2 ... seconds).
-    RETRY_BASE_S = 0.05
+    #: Default first retry delay; doubled per attempt (0.05, 0.1, 0.2 ... seconds).
+    RETRY_BASE_S = DEFAULT_RETRY_BACKOFF_MS / 1000.0
     RATE_SAMPLE_S = 1.0
 
     def __init__(self, connman: ConnectionManager, *, tx_relay: TxRelayManager | None = None,
                  metrics=None, workers: int = 1, rate: float = 200.0, burst: float = 100.0,
-                 max_retries: int = 3,
+                 max_retries: int = DEFAULT_MAX_RETRIES, retry_base_s: float | None = None,
                  peer_filter: Callable[[object, BroadcastTask], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         #: Monotonic seconds for rate limits, retry due times and latency.
@@ -112,6 +117,9 @@ class AsyncBroadcaster:
         self.rate = rate
         self.burst = burst
         self.max_retries = max_retries
+        #: First retry delay in seconds (doubled per attempt); the node passes
+        #: ``DIL_BROADCAST_BACKOFF_MS`` in through ``NodeConfig``.
+        self.retry_base_s = self.RETRY_BASE_S if retry_base_s is None else retry_base_s
         self.peer_filter = peer_filter
         #: The block relay's per-block propagation record (``PropagationLog``), or None.
         self.propagation = None
@@ -252,7 +260,8 @@ class AsyncBroadcaster:
         self._attempt(task, peer_id, attempt)
 
     def _give_up(self, task: BroadcastTask, peer_id: int, why: str) -> None:
-        logger.warning(f"[P2P] Failed to announce {task.hash.short()}... to peer {peer_id}: {why}")
+        _task_logger(task, peer=peer_id).warning(
+            f"[P2P] Failed to announce {task.hash.short()}... to peer {peer_id}: {why}")
         if task.is_block and self.metrics is not None:
             self.metrics.block_broadcast_failures.inc()
         self._not_sent(task, peer_id, why)
@@ -287,7 +296,7 @@ class AsyncBroadcaster:
                 self.tasks_retried += 1
                 if peer_id in self._peers:
                     self._peers[peer_id].retried += 1
-                self._schedule(self._clock() + self.RETRY_BASE_S * (2 ** attempt),
+                self._schedule(self._clock() + self.retry_base_s * (2 ** attempt),
                                task, peer_id, attempt + 1)
         else:
             self._give_up(task, peer_id, f"send queue full after {attempt + 1} attempt(s)")
@@ -337,8 +346,8 @@ class AsyncBroadcaster:
             if task.eligible:
                 metrics.peer_broadcast_success_rate.set(task.delivered / task.eligible)
         if task.delivered:
-            logger.info(f"[P2P] Broadcasted {'block' if task.is_block else 'tx'} inv to "
-                        f"{task.delivered} peer(s)")
+            _task_logger(task).info(f"[P2P] Broadcasted {'block' if task.is_block else 'tx'} "
+                                    f"inv to {task.delivered} peer(s)")
 
     # ----------------------------------------------------------------- stats
     def _peer_stats(self, peer_id: int, now: float) -> _PeerStats:
@@ -395,3 +404,10 @@ class AsyncBroadcaster:
                 info["queued_bytes"] = 0
         snap["peers"] = peers
         return snap
+
+
+def _task_logger(task: BroadcastTask, **fields):
+    """The logger with the JSON log's structured fields of ``task`` (a block's hash)."""
+    if task.is_block:
+        fields["block_hash"] = task.hash.get_hex()
+    return logger.bind(**fields)

@@ -247,13 +247,15 @@ def score_misbehaviour(connman, peer_id: int, howmuch: int, reason: str) -> None
     if peer is None:
         return
     if howmuch <= 0:
-        logger.info(f"[P2P] Disconnecting peer {peer_id} ({peer.address()}): {reason} "
-                    f"(not scored: a misconfigured node, not an attack)")
+        logger.bind(**peer.log_fields()).info(
+            f"[P2P] Disconnecting peer {peer_id} ({peer.address()}): {reason} "
+            f"(not scored: a misconfigured node, not an attack)")
         return
     crossed = pm.misbehaving(peer_id, howmuch)
     kind = reason.split(":", 1)[0].strip() or "other"
-    logger.warning(f"[P2P] Misbehaving peer {peer_id} ({peer.address()}): {reason} "
-                   f"(+{howmuch}, score {peer.misbehavior_score})")
+    logger.bind(**peer.log_fields()).warning(
+        f"[P2P] Misbehaving peer {peer_id} ({peer.address()}): {reason} "
+        f"(+{howmuch}, score {peer.misbehavior_score})")
     if connman.metrics is not None:
         connman.metrics.misbehaviour_events.labels(reason=kind).inc()
     if crossed:
@@ -263,7 +265,8 @@ def score_misbehaviour(connman, peer_id: int, howmuch: int, reason: str) -> None
 def discouraged(connman, peer, reason: str) -> None:
     """``peer`` just crossed the threshold: log and close every connection of its host."""
     host = peer.host
-    logger.warning(f"[P2P] Discouraging {host} for {connman.peer_manager.ban_time:g} s "
-                   f"(peer {peer.id} reached score {peer.misbehavior_score}: {reason}); "
-                   f"closing all its connections")
+    logger.bind(**peer.log_fields()).warning(
+        f"[P2P] Discouraging {host} for {connman.peer_manager.ban_time:g} s "
+        f"(peer {peer.id} reached score {peer.misbehavior_score}: {reason}); "
+        f"closing all its connections")
     connman.disconnect_hosts(lambda h: h == host, f"discouraged: {reason}")

@@ -349,7 +349,8 @@ class BlockRelay:
                 new.append(h)
                 self._learned_of(h, now)
         if len(new) == 1:          # one line per inv, never one per item
-            logger.info(f"[P2P] Peer {peer.id} announced new block: {Uint256(new[0]).short()}...")
+            logger.bind(block_hash=Uint256(new[0]).get_hex(), **peer.log_fields()).info(
+                f"[P2P] Peer {peer.id} announced new block: {Uint256(new[0]).short()}...")
         elif new:
             logger.info(f"[P2P] Peer {peer.id} announced {len(new)} new blocks: "
                         f"{Uint256(new[0]).short()}...{Uint256(new[-1]).short()}...")
@@ -386,13 +387,14 @@ class BlockRelay:
             logger.info(f"[P2P] Peer {peer.id} requested unknown block: {Uint256(h).short()}...")
             return
         record, queued_at = self.propagation, self.propagation.now()
+        log = logger.bind(block_hash=Uint256(h).get_hex(), **peer.log_fields())
         if self.transport.send_message(peer.id, MsgBlock(block),
                                        record.written_callback(h, peer.id, "block_written")):
             record.note(h, peer.id, "block_queued", at=queued_at)
-            logger.info(f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
+            log.info(f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
             self._note_has(peer, h)   # after the block is queued: a continuation inv follows it
         else:
-            logger.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
+            log.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
             record.not_sent(h, peer.id, "block refused: send queue full")
             with self._lock:
                 sync.serve_refused = True
@@ -412,14 +414,15 @@ class BlockRelay:
         now = time.monotonic()
         h = chain.hash_block(block)
         hb = bytes(h)
-        logger.info(f"[P2P] Received block from peer {peer.id}: {h.short()}...")
+        log = logger.bind(block_hash=h.get_hex(), **peer.log_fields())
+        log.info(f"[P2P] Received block from peer {peer.id}: {h.short()}...")
         requested, freed = self.download.received(hb, peer.id)
         self._learned_of(hb, now)
         self._origin.peer_id = peer.id
         try:
             result = chain.process_new_block(block, block_hash=h, requested=requested)
         except StorageError as exc:
-            logger.error(f"[P2P] ERROR: Failed to save block from peer {peer.id}")
+            log.error(f"[P2P] ERROR: Failed to save block from peer {peer.id}")
             if self._on_fatal is not None:
                 self._on_fatal(f"cannot store block {h.short()}...: {exc}")
             return
@@ -434,24 +437,27 @@ class BlockRelay:
             peer.last_block_time = time.time()      # eviction protects recent block senders
         if result.status in (status.TIP, status.REORG):
             self._observe_received(result.connected)
+            tip = chain.tip()
+            tip_log = logger.bind(block_hash=tip.hash.get_hex(), height=tip.height,
+                                  **peer.log_fields())
             if result.status == status.REORG:
-                tip = chain.tip()
-                logger.info(f"[P2P] ⚠️  CHAIN REORGANIZATION occurred!\n  New tip: "
-                            f"{tip.hash.short()} (height {tip.height})")
-            logger.info("[P2P] Block activated successfully")
-            logger.info(f"[P2P] Updated best block to height {chain.height()}")
+                tip_log.info(f"[P2P] ⚠️  CHAIN REORGANIZATION occurred!\n  New tip: "
+                             f"{tip.hash.short()} (height {tip.height})")
+            log.bind(height=result.index.height if result.index else None).info(
+                "[P2P] Block activated successfully")
+            tip_log.info(f"[P2P] Updated best block to height {tip.height}")
         elif result.status == status.ORPHAN:
             self._chase_parent(peer, result.missing_parent)
         elif result.status == status.SIDE:
             self._observe_received(result.connected)
-            logger.info("[P2P] Block is valid but not on best chain (orphan)")
+            log.info("[P2P] Block is valid but not on best chain (orphan)")
         elif result.status == status.DUPLICATE:
             logger.debug("[P2P] Block already in chain state, skipping")
             if result.missing_parent is not None:       # a waiting orphan: keep walking back
                 self._chase_parent(peer, result.missing_parent)
         elif result.status == status.INVALID:
-            logger.error(f"[P2P] ERROR: Invalid block {h.short()}... from peer {peer.id}: "
-                         f"{result.reason}")
+            log.error(f"[P2P] ERROR: Invalid block {h.short()}... from peer {peer.id}: "
+                      f"{result.reason}")
             if not result.reason.startswith("time-too-new"):   # Core: BLOCK_TIME_FUTURE is not punished
                 self.transport.misbehaving(peer.id, INVALID_BLOCK_SCORE,
                                            f"invalid block: {result.reason}")

@@ -11,14 +11,12 @@ counterpart: the C++ keeps these as loose maps in ``CConnectionManager``
 """
 from __future__ import annotations
 
-import os
 import secrets
 import threading
 import time
 from collections import deque
 
-from loguru import logger
-
+from dilithion.core.env import env_int
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.serialize import MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, NetMessage
 from dilithion.net.socket import FrameReader, SendQueue, Socket, TokenBucket
@@ -32,19 +30,18 @@ __all__ = ["Connection", "InboundBacklog", "PingTracker", "ReceiveBudget", "Tran
 DEFAULT_MAX_RECEIVE_BUFFER = 224 * 1024 * 1024
 
 
+#: Largest ``DIL_SEND_TIMEOUT`` (ms): an hour; a longer deadline means none.
+MAX_SEND_TIMEOUT_MS = 3_600_000
+
+
 def send_timeout_ms_from_env(default_ms: int) -> int:
-    """``DIL_SEND_TIMEOUT`` (milliseconds) when it is a positive number, else ``default_ms``."""
-    env = os.environ.get("DIL_SEND_TIMEOUT")
-    if not env:
-        return default_ms
-    try:
-        ms = int(env)
-    except ValueError:
-        ms = 0
-    if ms > 0:
-        return ms
-    logger.warning(f"[P2P] Ignoring DIL_SEND_TIMEOUT={env!r}: not a positive number of ms")
-    return default_ms
+    """``DIL_SEND_TIMEOUT`` (milliseconds, 1 to an hour) when set, else ``default_ms``.
+
+    Any other value raises :class:`~dilithion.core.env.EnvError` (the node exits 1
+    with its one line): the conservative restart of the rollback procedure must
+    not run silently with the default.
+    """
+    return env_int("DIL_SEND_TIMEOUT", 1, MAX_SEND_TIMEOUT_MS, default_ms, unit="ms")
 
 
 class ReceiveBudget:

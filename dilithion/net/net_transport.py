@@ -442,8 +442,9 @@ class ConnectionManager(ReceivePath):
                 sock.close()
                 continue
             conn = self._new_connection(peer, sock, connecting=False)
-            logger.info(f"[P2P] New peer connected: {host}:{port}")
-            logger.info(f"[P2P] Peer accepted and added to connection pool (peer_id={peer.id})")
+            log = logger.bind(**peer.log_fields())
+            log.info(f"[P2P] New peer connected: {host}:{port}")
+            log.info(f"[P2P] Peer accepted and added to connection pool (peer_id={peer.id})")
             self._update_interest(conn)
             self.sink.connection_opened(conn)
 
@@ -484,7 +485,8 @@ class ConnectionManager(ReceivePath):
         conn.opened = conn.last_recv_mono = conn.last_send_mono = time.monotonic()
         peer.connect_time = time.time()
         self.peer_manager.transition(peer, (State.STATE_CONNECTING,), State.STATE_CONNECTED)
-        logger.info(f"[P2P] Connected to {peer.address()} (peer_id={peer.id})")
+        logger.bind(**peer.log_fields()).info(
+            f"[P2P] Connected to {peer.address()} (peer_id={peer.id})")
         self._update_interest(conn)
         self.sink.connection_opened(conn)
 
@@ -527,9 +529,10 @@ class ConnectionManager(ReceivePath):
             return
         if action.kind == "send_timeout":
             peer = conn.peer
-            logger.warning(f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
-                           f"bytes for {self.send_timeout * 1000:.0f} ms with "
-                           f"{conn.sendq.queued_bytes()} bytes queued")
+            logger.bind(**peer.log_fields()).warning(
+                f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
+                f"bytes for {self.send_timeout * 1000:.0f} ms with "
+                f"{conn.sendq.queued_bytes()} bytes queued")
             self._metric("send_timeout_errors")
         self._close(conn, action.reason, action.category)
 
@@ -561,7 +564,8 @@ class ConnectionManager(ReceivePath):
         self.peer_manager.remove_peer(peer.id)
         conn.sock.close()
         conn.sendq.clear()
-        logger.info(f"[P2P] Peer {peer.id} ({peer.address()}) disconnected: {reason}")
+        logger.bind(**peer.log_fields()).info(
+            f"[P2P] Peer {peer.id} ({peer.address()}) disconnected: {reason}")
         if m is not None:
             m.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
         self.sink.connection_closed(conn, reason)

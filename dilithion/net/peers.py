@@ -84,6 +84,11 @@ class Peer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def log_fields(self) -> dict:
+        """The JSON log's structured fields for a line about this peer
+        (``logger.bind(**peer.log_fields())``; the text lines do not show them)."""
+        return {"peer": self.id, "peer_addr": self.address()}
+
     def to_string(self) -> str:
         return (f"Peer(id={self.id}, addr={self.address()}, state={int(self.state)}, "
                 f"version={self.version}, agent={self.user_agent.decode('ascii', 'replace')})")

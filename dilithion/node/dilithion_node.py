@@ -30,13 +30,16 @@ from pathlib import Path
 import click
 from loguru import logger
 
+from dilithion.core.env import EnvError
 from dilithion.node.context import NodeContext
 from dilithion.node.init import BANNER_RULE, VERSION, NodeAssembly, NodeConfig, NodeStartupError
+from dilithion.node.logging_setup import LOG_FORMATS, LogSetupError, configure_logging
 from dilithion.node.memdump import SnapshotDumper
+from dilithion.node.metrics import DEFAULT_METRICS_PORT
+from dilithion.net.async_broadcaster import DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_MS
 from dilithion.rpc.httpserver import HTTPLimits
 
-__all__ = ["DilithionNode", "parse_port", "parse_threads", "configure_logging", "main", "cli",
-           "quick_start_config"]
+__all__ = ["DilithionNode", "parse_port", "parse_threads", "main", "cli", "quick_start_config"]
 
 #: How often pooled transactions past their expiry age are dropped (chain D40).
 MEMPOOL_EXPIRY_INTERVAL = 60.0
@@ -145,6 +148,7 @@ QUICK START:
                             • Connects to nobody, 1 mining thread
 
 Options:
+  --mainnet             Use mainnet (the default; for scripts that name the network)
   --testnet             Use testnet
   --regtest             Use the local regression-test network (Python only)
   --datadir=<path>      Data directory (default: ~/<network directory>)
@@ -173,6 +177,8 @@ Options:
   --metrics-port=<port> Serve Prometheus metrics on this port
   --metrics-bind=<ip>   Metrics listen address (default: 127.0.0.1)
   --log-level=<level>   TRACE, DEBUG, INFO, WARNING or ERROR (default: INFO or $DIL_LOG_LEVEL)
+  --log-format=<fmt>    text (the C++-style lines) or json (one object per line, for log
+                        stores) (default: text or $DIL_LOG_FORMAT)
   --help, -h            Show this help message
 
 Network Defaults:
@@ -184,60 +190,23 @@ No public seed nodes are built in: without --connect/--addnode the node only lis
 
 Environment:
   DIL_LOG_LEVEL         default log level
+  DIL_LOG_FORMAT        default for --log-format (text or json)
   DIL_RANDOMX           default for --randomx (light, full or auto)
   DIL_P2P_LOG=1         log every P2P message sent and received (at any log level)
-  DIL_METRICS_ENABLED=1 with DIL_METRICS_PORT=<port>: serve metrics without --metrics-port
+  DIL_METRICS_ENABLED=1 serve metrics without --metrics-port, on DIL_METRICS_PORT=<port>
+                        (default: {DEFAULT_METRICS_PORT})
+  DIL_SEND_TIMEOUT=<ms> disconnect a peer whose send queue takes no byte this long
+                        (1-3600000; default: 10000 mainnet, 5000 testnet/regtest)
+  DIL_BROADCAST_RETRIES=<n> retries of a block/tx announcement a peer's full send
+                        queue refused (0-20; default: {DEFAULT_MAX_RETRIES})
+  DIL_BROADCAST_BACKOFF_MS=<ms> delay before the first such retry, doubled per
+                        retry (1-60000; default: {DEFAULT_RETRY_BACKOFF_MS})
 
 Post-Quantum Security Stack:
   Mining:      RandomX (CPU-friendly, ASIC-resistant)
   Signatures:  CRYSTALS-Dilithium3 / ML-DSA-65 (NIST PQC standard)
   Hashing:     SHA-3/Keccak-256 (quantum-resistant)
 """
-
-
-# --------------------------------------------------------------------------- logging
-def configure_logging(level: str | None = None, p2p_log: bool | None = None) -> None:
-    """One stdout sink (below ERROR) and one stderr sink (ERROR and above).
-
-    ``DIL_P2P_LOG=1`` lets the transport's per-message DEBUG records through even
-    when the level is INFO (the transport writes them only with that variable).
-    """
-    level = (level or os.environ.get("DIL_LOG_LEVEL") or "INFO").upper()
-    if p2p_log is None:
-        p2p_log = os.environ.get("DIL_P2P_LOG") == "1"
-    try:
-        threshold = logger.level(level).no
-    except ValueError:
-        raise click.BadParameter(f"Error: Invalid log level: {level}") from None
-    debug_no = logger.level("DEBUG").no
-
-    def wanted(record) -> bool:
-        no = record["level"].no
-        if p2p_log and _is_p2p_record(record):
-            return no >= debug_no
-        return no >= threshold
-
-    def fmt(record) -> str:
-        if record["level"].no == logger.level("INFO").no:
-            return "{time:YYYY-MM-DD HH:mm:ss.SSS} {message}\n{exception}"
-        return "{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: {message}\n{exception}"
-
-    error_no = logger.level("ERROR").no
-    logger.remove()
-    logger.add(sys.stdout, level=0, format=fmt, colorize=False,
-               filter=lambda r: r["level"].no < error_no and wanted(r))
-    logger.add(sys.stderr, level=0, format=fmt, colorize=False,
-               filter=lambda r: r["level"].no >= error_no and wanted(r))
-
-
-#: Modules whose DEBUG records are the per-message P2P lines (the transport emits
-#: them only when ``DIL_P2P_LOG=1``; ``logger.bind(p2p=True)`` marks others).
-P2P_LOG_MODULES = ("dilithion.net.net_transport", "dilithion.net.net_receive",
-                   "dilithion.net.net_processing", "dilithion.net.socket")
-
-
-def _is_p2p_record(record) -> bool:
-    return bool(record["extra"].get("p2p")) or record["name"] in P2P_LOG_MODULES
 
 
 # --------------------------------------------------------------------------- the node
@@ -403,6 +372,7 @@ def quick_start_config() -> NodeConfig:
 
 
 @click.command(cls=_NodeCommand, context_settings={"help_option_names": []})
+@click.option("--mainnet", is_flag=True)
 @click.option("--testnet", is_flag=True)
 @click.option("--regtest", is_flag=True)
 @click.option("--datadir", type=str, default=None)
@@ -436,25 +406,32 @@ def quick_start_config() -> NodeConfig:
 @click.option("--log-level", type=click.Choice(["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING",
                                                 "ERROR", "CRITICAL"], case_sensitive=False),
               default=None)
+@click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None)
 @click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_help)
-def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
+def cli(mainnet, testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
         threads, strict, randomx, maxreceivebuffer, pingtimeout, rpcallowip, rpcthreads, rpcworkqueue,
         rpcmaxconnections, rpcservertimeout, rpcidletimeout, metrics_port, metrics_bind,
-        log_level):
+        log_level, log_format):
     """Run a Dilithion node.\f
 
     C++: ``NodeConfig::ParseArgs`` (click stops the help text at the form feed).
+    ``--mainnet`` only names the default network (the readiness plan's runbooks
+    say it); naming two networks is a usage error.
     """
-    if testnet and regtest:
-        raise click.UsageError("--testnet and --regtest cannot be combined")
+    named = [f"--{name}" for name, on in (("mainnet", mainnet), ("testnet", testnet),
+                                          ("regtest", regtest)) if on]
+    if len(named) > 1:
+        raise click.UsageError(f"{', '.join(named[:-1])} and {named[-1]} cannot be combined")
     config = NodeConfig(
         network="testnet" if testnet else "regtest" if regtest else "mainnet",
         datadir=Path(datadir) if datadir else None, p2p_port=port, rpc_port=rpcport,
         bind=bind, rpcbind=rpcbind, connect_nodes=list(connect), add_nodes=list(addnode),
         start_mining=mine, mining_threads=threads, strict=strict,
         randomx=randomx.lower() if randomx else None, metrics_port=metrics_port,
-        metrics_bind=metrics_bind, log_level=log_level, max_receive_buffer_mib=maxreceivebuffer,
+        metrics_bind=metrics_bind, log_level=log_level,
+        log_format=log_format.lower() if log_format else None,
+        max_receive_buffer_mib=maxreceivebuffer,
         ping_timeout=pingtimeout, rpc_allow_ips=list(rpcallowip),
         rpc_limits=HTTPLimits(threads=rpcthreads, work_queue=rpcworkqueue,
                               max_connections=rpcmaxconnections,
@@ -464,20 +441,28 @@ def cli(testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnod
 
 
 def main(config: NodeConfig) -> int:
-    """Run a node with ``config``; the process exit status."""
+    """Run a node with ``config``; the process exit status.
+
+    Every configuration error (command line, environment) is one plain line on
+    stderr, found before the log sinks exist, so a JSON log never holds one.
+    """
     try:
         config.apply_defaults()
         if config.metrics_port is None and os.environ.get("DIL_METRICS_ENABLED") == "1":
-            config.metrics_port = parse_port(os.environ.get("DIL_METRICS_PORT", "9100"),
-                                             "DIL_METRICS_PORT", "metrics")
-        configure_logging(config.log_level)
+            config.metrics_port = parse_port(
+                os.environ.get("DIL_METRICS_PORT", str(DEFAULT_METRICS_PORT)),
+                "DIL_METRICS_PORT", "metrics")
+        for error in (config.randomx_error(), config.rpc_access_error()):
+            if error is not None:
+                click.echo(error, err=True)
+                return 1
+        configure_logging(config.log_level, log_format=config.log_format)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
         return 1
-    for error in (config.randomx_error(), config.rpc_access_error()):
-        if error is not None:
-            click.echo(error, err=True)
-            return 1
+    except (EnvError, LogSetupError) as exc:
+        click.echo(str(exc), err=True)
+        return 1
     if config.quick_start:
         logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "
                     f"data directory {config.datadir} (run with --help for options)")

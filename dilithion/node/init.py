@@ -15,7 +15,6 @@ the node's whole component graph.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +22,12 @@ from loguru import logger
 
 from dilithion.consensus.storage import StorageError
 from dilithion.core.chainparams import ChainParams, params_for
+from dilithion.core.env import env_choice, env_int
 from dilithion.crypto.randomx_hash import RANDOMX_MODES, RandomXHasher
 from dilithion.mining.controller import MiningController, default_thread_count
 from dilithion.net.added_nodes import AddedNodes
-from dilithion.net.async_broadcaster import AsyncBroadcaster
+from dilithion.net.async_broadcaster import (DEFAULT_MAX_RETRIES, DEFAULT_RETRY_BACKOFF_MS,
+                                              AsyncBroadcaster)
 from dilithion.net.banman import BANLIST_FILE, BanMan
 from dilithion.net.block_relay import BlockRelay
 from dilithion.net.dns import parse_peer_entry
@@ -38,6 +39,7 @@ from dilithion.net.tx_relay import TxRelay, TxRelayManager
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
+from dilithion.node.logging_setup import LOG_FORMATS
 from dilithion.node.mempool import TxMemPool, accept_to_memory_pool
 from dilithion.node.metrics import NodeMetrics
 from dilithion.node.utxo_set import UTXOSet, UTXOStorageError
@@ -85,6 +87,8 @@ class NodeConfig:
     metrics_port: int | None = None
     metrics_bind: str = "127.0.0.1"
     log_level: str | None = None     # None: $DIL_LOG_LEVEL, else INFO
+    #: ``--log-format``: text or json; None: ``$DIL_LOG_FORMAT``, else text.
+    log_format: str | None = None
     quick_start: bool = False
     #: Run the JSON-RPC server (in-process test nodes may go without).
     rpc: bool = True
@@ -97,7 +101,13 @@ class NodeConfig:
     #: ``--maxreceivebuffer`` (MiB) and ``--pingtimeout`` (s); None: the defaults.
     max_receive_buffer_mib: int | None = None
     ping_timeout: float | None = None
-    #: Keyword arguments for the :class:`AsyncBroadcaster` (workers, rate, retries).
+    #: Retries of a refused announcement and the first retry delay (ms, doubled per
+    #: retry); None: ``$DIL_BROADCAST_RETRIES`` / ``$DIL_BROADCAST_BACKOFF_MS``, else
+    #: the broadcaster's defaults.  Hot-fix levers of the readiness plan (phase 5).
+    broadcast_retries: int | None = None
+    broadcast_backoff_ms: int | None = None
+    #: Further keyword arguments for the :class:`AsyncBroadcaster` (workers, rate, clock);
+    #: they win over the two values above.
     broadcaster_options: dict = field(default_factory=dict)
     #: Process-wide collectors (CPU, memory) in the metrics; off for in-process test nodes.
     process_metrics: bool = True
@@ -129,10 +139,19 @@ class NodeConfig:
                 f"{', '.join(RANDOMX_MODES)}")
 
     def apply_defaults(self) -> None:
-        """Fill what the command line left open from the network's parameters."""
+        """Fill what the command line left open from the environment and the network's
+        parameters.  An unusable environment value raises
+        :class:`~dilithion.core.env.EnvError` (one line; the program exits 1)."""
         params = self.params
         if self.randomx is None:
-            self.randomx = (os.environ.get("DIL_RANDOMX") or "auto").strip().lower()
+            self.randomx = env_choice("DIL_RANDOMX", RANDOMX_MODES, "auto")
+        if self.log_format is None:
+            self.log_format = env_choice("DIL_LOG_FORMAT", LOG_FORMATS, "text")
+        if self.broadcast_retries is None:
+            self.broadcast_retries = env_int("DIL_BROADCAST_RETRIES", 0, 20, DEFAULT_MAX_RETRIES)
+        if self.broadcast_backoff_ms is None:
+            self.broadcast_backoff_ms = env_int("DIL_BROADCAST_BACKOFF_MS", 1, 60000,
+                                                DEFAULT_RETRY_BACKOFF_MS, unit="ms")
         if self.datadir is None:
             self.datadir = Path.home() / params.data_dir_name
         self.datadir = Path(self.datadir).expanduser()
@@ -278,8 +297,11 @@ class NodeAssembly:
         ctx.processor = NetMessageProcessor(connman, metrics=ctx.metrics,
                                             start_height=ctx.chainstate.height)
         ctx.tx_relay = TxRelayManager()
+        options = {"max_retries": cfg.broadcast_retries,
+                   "retry_base_s": cfg.broadcast_backoff_ms / 1000.0, **cfg.broadcaster_options}
         ctx.broadcaster = AsyncBroadcaster(connman, tx_relay=ctx.tx_relay, metrics=ctx.metrics,
-                                           **cfg.broadcaster_options)
+                                           **options)
+        self._log_p2p_levers()
         tx = TxRelay(connman, ctx.tx_relay, ctx.mempool,
                      functools.partial(accept_to_memory_pool, ctx), ctx.broadcaster)
         ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.processor, ctx.broadcaster, tx,
@@ -289,6 +311,16 @@ class NodeAssembly:
         connman.delivery_observers["block"] = ctx.pow_prefetch.offer
         self._closer(None, ctx.pow_prefetch.close)      # after the transport has stopped
         logger.info("  [OK] P2P components ready (not started)")
+
+    def _log_p2p_levers(self) -> None:
+        """The hot-fix levers in effect: one start-up line and three gauges."""
+        send_timeout_s = self.config.transport.send_timeout
+        broadcaster = self.ctx.broadcaster
+        logger.info(f"  P2P levers: send timeout {send_timeout_s * 1000:.0f} ms, broadcast "
+                    f"retries {broadcaster.max_retries}, first retry after "
+                    f"{broadcaster.retry_base_s * 1000:.0f} ms (doubled per retry)")
+        self.ctx.metrics.set_p2p_levers(send_timeout_s, broadcaster.max_retries,
+                                        broadcaster.retry_base_s)
 
     def _init_wallet_and_miner(self) -> None:
         cfg, ctx = self.config, self.ctx

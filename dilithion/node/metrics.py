@@ -10,7 +10,11 @@ from __future__ import annotations
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, start_http_server)
 
-__all__ = ["NodeMetrics", "PROPAGATION_BUCKETS"]
+__all__ = ["NodeMetrics", "PROPAGATION_BUCKETS", "DEFAULT_METRICS_PORT"]
+
+#: Port of ``DIL_METRICS_ENABLED=1`` without ``DIL_METRICS_PORT``.  Not 9100: that is
+#: node_exporter's port, which the hosts that run a node usually run as well.
+DEFAULT_METRICS_PORT = 9339
 
 #: 1 ms to 60 s, roughly doubling: fine resolution for loopback, coarse for WAN.
 PROPAGATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -111,6 +115,15 @@ class NodeMetrics:
         self.randomx_dataset_build_seconds = Gauge(
             "randomx_dataset_build_seconds", "How long the full-mode dataset took to build "
             "(0 until it is ready)", registry=r)
+        self.send_timeout_seconds = Gauge(
+            "p2p_send_timeout_seconds", "Send deadline in effect: a peer whose send queue takes "
+            "no byte this long is disconnected (DIL_SEND_TIMEOUT)", registry=r)
+        self.broadcast_max_retries = Gauge(
+            "broadcast_max_retries", "Retries of an announcement a peer's full send queue "
+            "refused, before it is given up (DIL_BROADCAST_RETRIES)", registry=r)
+        self.broadcast_retry_backoff = Gauge(
+            "broadcast_retry_backoff_seconds", "Delay before the first retry of a refused "
+            "announcement, doubled per retry (DIL_BROADCAST_BACKOFF_MS)", registry=r)
         for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
                        "too_large", "bad_request", "evicted"):
             self.rpc_rejected.labels(reason=reason)
@@ -141,6 +154,12 @@ class NodeMetrics:
         """Chain tip listener: the height gauge and the connected-blocks counter."""
         self.blocks_connected.inc(len(connected))
         self.chain_height.set(new_tip.height)
+
+    def set_p2p_levers(self, send_timeout_s: float, max_retries: int, backoff_s: float) -> None:
+        """Publish the hot-fix levers in effect (send deadline, retry count and back-off)."""
+        self.send_timeout_seconds.set(send_timeout_s)
+        self.broadcast_max_retries.set(max_retries)
+        self.broadcast_retry_backoff.set(backoff_s)
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> None:
         """Expose ``/metrics`` over HTTP on ``addr:port`` (a daemon thread)."""

@@ -25,7 +25,9 @@ NODE_BIN = Path(sys.executable).parent / "dilithion-node"
 if not NODE_BIN.exists():
     NODE_BIN = REPO / ".venv" / "bin" / "dilithion-node"
 
-START_TIMEOUT = 30.0
+#: A liveness guard: a node starts in 2-3 s, but a machine busy with other work has
+#: taken over 30 s (RandomX cache set-up starved of CPU).
+START_TIMEOUT = 90.0
 STOP_TIMEOUT = 15.0
 
 

@@ -88,6 +88,48 @@ def builtin_steps(blocks: dict[str, tuple[Block, Uint256]]) -> list[dict]:
     return steps
 
 
+def depth_steps(blocks: dict[str, tuple[Block, Uint256]]) -> list[dict]:
+    """The C++ reorganisation depth limit (``MAX_REORG_DEPTH = 100``, tip height minus
+    fork height), on fresh nodes: the vector chain, then branch ``A`` to height 106,
+    branch ``B`` to 107 (outweighs ``A`` at depth 100: allowed), ``A107`` (a tie) and
+    ``A108`` (outweighs ``B`` at depth 101: refused, ``chain D39``).  The blocks that
+    extend the tip are sent unannounced (a peer may, ``net D-14``); side-branch blocks
+    are announced with ``inv`` first, as a peer does (our node does not store an
+    unrequested block with no more work than its tip).  Every step compares tips."""
+    def block(name: str, why: str = "") -> dict:
+        return _send(f"block {name}{why}", "block", blocks[name][0].serialize(),
+                     expect_same=["tip", "height"])
+
+    def announced(name: str, why: str = "") -> list[dict]:
+        return [_send(f"inv: {name}", "inv", _inv([blocks[name][1]])), block(name, why)]
+
+    steps: list[dict] = [{"name": "fresh nodes (new, empty datadirs)", "fresh": True}]
+    steps += [block(f"V{h}", " (C++-mined vector chain)") for h in range(1, 7)]
+    steps += [block(f"A{h}") for h in range(7, 107)]
+    for h in range(7, 107):
+        steps += announced(f"B{h}", " (tie with A106: first seen stays)" if h == 106 else "")
+    steps += announced("B107", ": outweighs A106, reorganisation of depth 100 (allowed)")
+    steps += announced("A107", ": a tie with B107")
+    steps += announced("A108", ": outweighs B107, reorganisation of depth 101 (refused)")
+    steps += nbits_edge_steps(block)
+    steps.append(_rpc("getblockcount"))
+    return steps
+
+
+def nbits_edge_steps(block) -> list[dict]:
+    """The ends of the allowed nBits range (compact integers ``0x1d00ffff``..``0x1f0fffff``),
+    each block on a new connection (an out-of-range block scores its sender 100)."""
+    edges = [block("EASYOUT", ": nBits 0x1f100000, one above the easy end (its own PoW met)"),
+             block("HARDOUT", ": nBits 0x1d00fffe, one below the hard end"),
+             block("HARDEND", ": nBits 0x1d00ffff, the hard end (hash above the target)"),
+             block("SIGNONLY", ": nBits 0x1e800000, only the mantissa's sign bit (target 0)"),
+             block("BIT23", ": nBits 0x1effffff on B106: bit 23 out of the target, in the work;"
+                            " outweighs B107")]
+    for step in edges:
+        step["new_connection"] = True
+    return edges
+
+
 def malformed_steps(genesis_hash: Uint256) -> list[dict]:
     """Every malformed-message kind of ``tests/test_net_badinput.py`` and ``net`` 3.x,
     each on a new connection."""
@@ -143,7 +185,9 @@ def rpc_steps() -> list[dict]:
     ]
 
 
-def write_builtin_corpus(vectors_file: Path, mined: dict[str, str], out: Path) -> None:
+def write_builtin_corpora(vectors_file: Path, mined: dict[str, str], main_out: Path,
+                          depth_out: Path) -> None:
+    """Write both built-in corpora: the main one and the depth-limit one."""
     from dilithion.crypto.randomx_hash import RandomXHasher
 
     hasher = RandomXHasher.for_key()
@@ -151,9 +195,15 @@ def write_builtin_corpus(vectors_file: Path, mined: dict[str, str], out: Path) -
     for name, payload in mined.items():
         block = Block.deserialize(bytes.fromhex(payload))
         blocks[name] = (block, block.get_hash(hasher))
-    corpus = {"network": "testnet",
-              "description": "dilithion-diff built-in corpus (dilithion/tools/diff/builtin.py);"
-                             " blocks mined by `dilithion-diff mine-corpus`: "
-                             + ", ".join(f"{n}={h.get_hex()}" for n, (_, h) in blocks.items()),
-              "steps": builtin_steps(blocks)}
-    out.write_text(json.dumps(corpus, indent=1) + "\n")
+    corpora = ((main_out, "dilithion-diff built-in corpus (dilithion/tools/diff/builtin.py)",
+                builtin_steps(blocks)),
+               (depth_out, "dilithion-diff built-in corpus, reorganisation depth limit"
+                           " (dilithion/tools/diff/builtin.py, depth_steps)", depth_steps(blocks)))
+    for out, title, steps in corpora:
+        payloads = {step.get("payload_hex") for step in steps}
+        sent = [n for n, (b, _) in blocks.items() if b.serialize().hex() in payloads]
+        corpus = {"network": "testnet",
+                  "description": title + "; blocks mined by `dilithion-diff mine-corpus`: "
+                                 + ", ".join(f"{n}={blocks[n][1].get_hex()}" for n in sent),
+                  "steps": steps}
+        out.write_text(json.dumps(corpus, indent=1) + "\n")

@@ -28,6 +28,8 @@ from .targets import CppTarget, PythonTarget, TargetError, check_binary
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 BUILTIN_CORPUS = PACKAGE_DATA / "builtin-corpus.json"
+BUILTIN_DEPTH_CORPUS = PACKAGE_DATA / "builtin-depth-corpus.json"
+BUILTIN_CORPORA = (BUILTIN_CORPUS, BUILTIN_DEPTH_CORPUS)
 REPO = Path(__file__).resolve().parents[3]
 CATALOGUE = REPO / "docs" / "cpp-divergences.toml"
 DEFAULT_VECTORS = REPO.parent / "shared" / "vectors" / "cpp-testnet-chain.json"
@@ -55,7 +57,7 @@ def cli(log_level: str) -> None:
 @click.option("--cpp", "cpp_path", default=None, metavar="PATH",
               help="the C++ dilithion-node binary (default: $DILITHION_CPP_NODE)")
 @click.option("--corpus", "corpora", multiple=True, type=click.Path(path_type=Path),
-              metavar="FILE", help="a JSON corpus (repeatable; default: the built-in corpus)")
+              metavar="FILE", help="a JSON corpus (repeatable; default: the two built-in corpora)")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("diff-report"), show_default=True, help="where the reports go")
 @click.option("--self", "self_mode", is_flag=True,
@@ -80,7 +82,7 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
     if self_mode and cpp_path:
         raise UsageFailure("--self and --cpp exclude each other")
     binary = None if self_mode else check_binary(cpp_path or os.environ.get("DILITHION_CPP_NODE"))
-    files = list(corpora) or [BUILTIN_CORPUS]
+    files = list(corpora) or list(BUILTIN_CORPORA)
     loaded = [load_corpus(f) for f in files]                # every file checked before a start
     catalogue = load_catalogue(catalogue_path)
     if self_mode:
@@ -118,15 +120,15 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
               show_default=True, help="the C++ vector chain (cpp-testnet-chain.json)")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64))
 def mine_corpus(vectors: Path, threads: int) -> None:
-    """Mine the built-in corpus's blocks that are missing and rewrite the corpus file."""
-    from .builtin import write_builtin_corpus
+    """Mine the built-in corpora's blocks that are missing and rewrite both corpus files."""
+    from .builtin import write_builtin_corpora
     from .mine import mine_missing
 
     if not vectors.is_file():
         _fail(f"C++ vectors {vectors}: no such file")
     mined = mine_missing(vectors, threads=threads)
-    write_builtin_corpus(vectors, mined, BUILTIN_CORPUS)
-    click.echo(f"wrote {BUILTIN_CORPUS}")
+    write_builtin_corpora(vectors, mined, *BUILTIN_CORPORA)
+    click.echo(f"wrote {' and '.join(str(f) for f in BUILTIN_CORPORA)}")
 
 
 @cli.command("check-catalogue")

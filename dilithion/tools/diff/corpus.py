@@ -14,7 +14,8 @@ COMPARISONS = ("tip", "height", "wire", "disconnect", "ban", "rpc", "storage", "
 NETWORKS = ("testnet",)
 MAX_SLEEP_S = 60.0
 STEP_KEYS = {"name", "send", "payload_hex", "checksum_hex", "size", "magic", "sleep", "restart",
-             "rpc", "params", "expect_same", "reconnect", "new_connection"}
+             "rpc", "params", "expect_same", "reconnect", "new_connection", "fresh"}
+ACTIONS = ("send", "sleep", "restart", "fresh", "rpc", "reconnect")
 
 
 class CorpusError(Exception):
@@ -25,7 +26,7 @@ class CorpusError(Exception):
 class Step:
     index: int
     name: str
-    action: str                         # send | sleep | restart | rpc | reconnect
+    action: str                         # send | sleep | restart | fresh | rpc | reconnect
     command: str = ""
     payload: bytes = b""
     checksum: bytes | None = None
@@ -106,10 +107,10 @@ def _parse_step(raw, index: int, where: str) -> Step:
     unknown = sorted(set(raw) - STEP_KEYS)
     if unknown:
         _fail(where, unknown[0], "unknown field")
-    actions = [k for k in ("send", "sleep", "restart", "rpc", "reconnect") if k in raw]
+    actions = [k for k in ACTIONS if k in raw]
     if len(actions) != 1:
-        raise CorpusError(f"{where}: needs exactly one of 'send', 'sleep', 'restart', 'rpc',"
-                          f" 'reconnect' (found {actions or 'none'})")
+        raise CorpusError(f"{where}: needs exactly one of "
+                          f"{', '.join(repr(a) for a in ACTIONS)} (found {actions or 'none'})")
     action = actions[0]
     expect = raw.get("expect_same", [])
     if not isinstance(expect, list) or any(e not in COMPARISONS for e in expect):
@@ -138,7 +139,7 @@ def _parse_step(raw, index: int, where: str) -> Step:
                 or not 0 <= secs <= MAX_SLEEP_S:
             _fail(where, "sleep", f"must be a number of seconds from 0 to {MAX_SLEEP_S:g}")
         step.seconds = float(secs)
-    elif action in ("restart", "reconnect"):
+    elif action in ("restart", "fresh", "reconnect"):
         if raw[action] is not True:
             _fail(where, action, "must be true")
     else:

@@ -15,6 +15,13 @@ The blocks hang off the C++ vector chain (heights 0..6, ``nBits 0x1f060000``):
   reorganises ``V6`` away, depth 1;
 * ``G8`` (on ``F7``, same bits as ``F8``): an exact tie with ``F8``;
 * ``H9`` (on ``F8``) and ``H10`` (on ``H9``): delivered out of order (orphans);
+* ``A7``..``A108`` and ``B7``..``B107`` (two easy-bits branches on ``V6``): the
+  C++ depth limit (``MAX_REORG_DEPTH = 100``, tip height minus fork height).
+  With ``A106`` the tip, ``B107`` outweighs it at depth 100 (allowed); with
+  ``B107`` the tip, ``A107`` ties and ``A108`` outweighs it at depth 101
+  (refused).  Mined in full mode: about 830,000 hashes;
+* ``EASYOUT``, ``HARDOUT``, ``HARDEND``, ``SIGNONLY`` and ``BIT23``: the edges of
+  the allowed nBits range (:data:`EDGE_SPECS`);
 * ``BADBITS`` (on ``V6``, ``nBits 0x207fffff``, outside the testnet range, its hash
   meets its own target) and ``BADPOW`` (on ``V6``, easy bits, a hash that does
   not meet them) need no real work.
@@ -29,7 +36,7 @@ from pathlib import Path
 from loguru import logger
 
 from dilithion.consensus.pow import compact_to_big, hash_less_than
-from dilithion.core.chainparams import MAX_DIFFICULTY_BITS, ChainParams
+from dilithion.core.chainparams import MAX_DIFFICULTY_BITS, MIN_DIFFICULTY_BITS, ChainParams
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import create_block_template, search_nonce
@@ -66,6 +73,40 @@ SPECS = (
     BlockSpec("BADBITS", "V6", 7, OUT_OF_RANGE_BITS, time_delta=60),
     BlockSpec("BADPOW", "V6", 7, EASY_BITS, time_delta=60, valid_pow=False),
 )
+
+
+def branch(prefix: str, fork: str, first_height: int, last_height: int,
+           spacing: int) -> tuple[BlockSpec, ...]:
+    """A chain of easy blocks ``<prefix><height>`` on ``fork``, ``spacing`` seconds apart
+    (two branches on one fork differ by their spacing, so no two headers are equal)."""
+    names = [fork] + [f"{prefix}{h}" for h in range(first_height, last_height + 1)]
+    return tuple(BlockSpec(name, parent, first_height + i, EASY_BITS, time_delta=spacing)
+                 for i, (parent, name) in enumerate(zip(names, names[1:])))
+
+
+#: The reorganisation-depth case: depth 100 allowed, depth 101 refused (``chain`` 5.4).
+DEPTH_SPECS = branch("A", "V6", 7, 108, spacing=60) + branch("B", "V6", 7, 107, spacing=61)
+
+#: The edges of the allowed nBits range, compared as compact integers (``chain`` 3.3),
+#: after the depth case (tip ``B107``): one step outside each end, the hard end itself
+#: (no proof of work there: 2^32 hashes), a mantissa with only the sign bit (target 0)
+#: and ``0x1effffff``, whose target ignores mantissa bit 23 while its work counts it
+#: (``chain`` 3.4): on ``B106`` it outweighs ``B107`` (about 131,000 hashes).
+EDGE_SPECS = (
+    BlockSpec("EASYOUT", "B107", 108, MAX_DIFFICULTY_BITS + 1, time_delta=60),
+    BlockSpec("HARDOUT", "B107", 108, MIN_DIFFICULTY_BITS - 1, time_delta=60, valid_pow=False),
+    BlockSpec("HARDEND", "B107", 108, MIN_DIFFICULTY_BITS, time_delta=60, valid_pow=False),
+    BlockSpec("SIGNONLY", "B107", 108, 0x1E800000, time_delta=60, valid_pow=False),
+    BlockSpec("BIT23", "B106", 107, 0x1EFFFFFF, time_delta=62),
+)
+ALL_SPECS = SPECS + DEPTH_SPECS + EDGE_SPECS
+#: Above this many expected hashes the dataset build (about a minute) pays for itself.
+FULL_MODE_HASHES = 50_000
+
+
+def expected_hashes(spec: BlockSpec) -> int:
+    target = compact_to_big(spec.bits)
+    return (1 << 256) // (target + 1) if spec.valid_pow else 1
 
 
 def vector_blocks(vectors_file: Path) -> dict[str, tuple[Block, Uint256]]:
@@ -107,14 +148,17 @@ def _miss(hasher, template) -> tuple[Block, Uint256]:
 
 
 def mine_missing(vectors_file: Path, mined_file: Path = MINED_FILE, threads: int = 2) -> dict:
-    """Mine every block of :data:`SPECS` not yet in ``mined_file``; return name -> hex payload."""
+    """Mine every block of :data:`ALL_SPECS` not yet in ``mined_file``; return name -> hex payload."""
     mined: dict[str, str] = json.loads(mined_file.read_text()) if mined_file.exists() else {}
     known = vector_blocks(vectors_file)
     hasher = RandomXHasher.for_key()
     for name, payload in mined.items():
         block = Block.deserialize(bytes.fromhex(payload))
         known[name] = (block, block.get_hash(hasher))
-    for spec in SPECS:
+    missing = [spec for spec in ALL_SPECS if spec.name not in mined]
+    if sum(map(expected_hashes, missing)) > FULL_MODE_HASHES:
+        hasher.start_full_mode(threads)        # a minute of dataset, hours of light hashing saved
+    for spec in missing:
         if spec.name in mined:
             continue
         parent, parent_hash = known[spec.parent]

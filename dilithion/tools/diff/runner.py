@@ -123,8 +123,12 @@ class Runner:
     def run_corpus(self, corpus: Corpus) -> list[StepResult]:
         """Every step of one corpus (after a handshake step of its own)."""
         names = block_names(corpus, self.params)
-        results = [self._do(corpus, Step(0, "connect and handshake", "reconnect"), names)]
-        for step in corpus.steps:
+        steps = list(corpus.steps)
+        results = []
+        if steps[0].action == "fresh":              # a corpus that starts from the genesis
+            results.append(self._do(corpus, steps.pop(0), names))
+        results.append(self._do(corpus, Step(0, "connect and handshake", "reconnect"), names))
+        for step in steps:
             results.append(self._do(corpus, step, names))
         return results
 
@@ -135,9 +139,12 @@ class Runner:
 
     def _do(self, corpus: Corpus, step: Step, names: dict) -> StepResult:
         logger.info("step {} ({}): {}", step.index, corpus.source, step.name)
-        if step.action == "restart":
+        if step.action in ("restart", "fresh"):
             obs = self.stop()
             for side, o in zip(self.sides.values(), obs.values()):
+                if step.action == "fresh":          # the old state is discarded, not compared
+                    o.pop("storage")
+                    side.target.fresh()
                 o.update(self._restart(side, names))
         else:
             obs = dict(zip(self.sides, self.pool.map(lambda s: self._observe(s, step, names),

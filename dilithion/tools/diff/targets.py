@@ -243,16 +243,24 @@ class CppTarget(NodeTarget):
         return cpp_tip_from_log(self.run_log(), names)
 
 
-def cpp_tip_from_log(text: str, names: dict[str, str]) -> tuple[str, int]:
-    """The C++ node's active tip from its output; ``names`` maps 16-digit prefixes to hashes."""
-    tip, height, last_received = "", -1, ""
+def cpp_tip_updates(text: str):
+    """Each change of the C++ node's active tip in its output, in order:
+    ``(hash, height)`` with the full genesis hash, else the block's 16-digit prefix."""
+    last_received = ""
     for line in text.splitlines():
         if m := _GENESIS.search(line):
-            tip, height = m.group(1), 0
+            yield m.group(1), 0
         elif m := _RECEIVED.search(line):
             last_received = m.group(1)
         elif m := _UPDATED.search(line):
-            tip, height = names.get(last_received, last_received + "..."), int(m.group(1))
+            yield last_received, int(m.group(1))
         elif m := _NEW_TIP.search(line):
-            tip, height = names.get(m.group(1), m.group(1) + "..."), int(m.group(2))
-    return tip, height
+            yield m.group(1), int(m.group(2))
+
+
+def cpp_tip_from_log(text: str, names: dict[str, str]) -> tuple[str, int]:
+    """The C++ node's active tip from its output; ``names`` maps 16-digit prefixes to hashes."""
+    tip, height = "", -1
+    for tip, height in cpp_tip_updates(text):
+        pass
+    return (tip if height == 0 else names.get(tip, tip + "...")), height

@@ -75,6 +75,8 @@ def run_cmd(scenario: str, nodes, duration, out, seed, short, base_port, node_ar
             folder = out / name if scenario == "all" else out
             done.append(run_scenario(name, folder, plans[name], seed=seed, base_port=base_port,
                                      node_args=list(node_args), progress=not no_progress))
+            if done[-1]["verdict"] == "SKIPPED":
+                click.echo(f"{name}: SKIPPED ({done[-1]['extra']['skipped']})")
     except KeyboardInterrupt:
         click.echo(f"interrupted: every process stopped; partial results in {out}", err=True)
         sys.exit(130)

@@ -58,7 +58,8 @@ class BlockRecord:
         hops = {n: round(self.connected[n] - self.connected[p], 4) for n, p in parents.items()
                 if n in self.connected and p in self.connected}
         return {"hash": self.hash, "miner": self.miner, "mined_at": self.mined_at,
-                "propagation_s": prop, "to_all_s": max(prop.values()) if complete and prop else None,
+                "propagation_s": prop,   # "to all" = to all of ``nodes``, the ones judged
+                "to_all_s": max(prop[n] for n in others) if complete and others else None,
                 "complete": complete, "hops_s": hops, "miner_peers": self.miner_peers}
 
 
@@ -79,6 +80,8 @@ class Lab:
         self.nodes: list[LabNode] = []
         self.proxies: dict[tuple[str, str], FaultProxy] = {}
         self.light: list[LightPeers] = []
+        #: Other processes the lab stops on close (the C++ nodes of ``mixed``).
+        self.foreign: list = []
         self.sample_interval = sample_interval
         self.samples: list[dict] = []
         self._sampler: threading.Thread | None = None
@@ -225,7 +228,7 @@ class Lab:
             self._sampler.join(timeout=5)
         for swarm in self.light:
             swarm.stop()
-        for node in self.nodes:
+        for node in [*self.nodes, *self.foreign]:
             try:
                 node.stop()
             except Exception:   # noqa: BLE001 - keep stopping the others

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["write_report", "summary_table", "fmt"]
+__all__ = ["write_report", "summary_table", "side_by_side_table", "fmt"]
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -33,6 +33,18 @@ def summary_table(all_results: list[dict]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def side_by_side_table(rows: list[dict]) -> str:
+    """``mixed``: what each node received, Python and C++ side by side."""
+    out = ["## Side by side (from the origin node)", "",
+           "| node | kind | hops from origin | path | blocks received | p50 delay s | max delay s |"
+           " blocks sent on |", "|" + " --- |" * 8]
+    for x in rows:
+        out.append(f"| {x['node']} | {x['kind']} | {x['hops']} | {x['path']} |"
+                   f" {x['received']}/{x['blocks']} | {fmt(x['p50_s'])} | {fmt(x['max_s'])} |"
+                   f" {fmt(x.get('sent_on'))} |")
+    return "\n".join(out) + "\n"
+
+
 def write_report(out: Path, r: dict) -> None:
     lines = [f"# dilithion-lab: {r['scenario']} — {r['verdict']}", "",
              f"Status: {r['status']}" + (f" ({r['error']})" if r.get("error") else ""),
@@ -42,6 +54,8 @@ def write_report(out: Path, r: dict) -> None:
     for c in r["criteria"]:
         lines.append(f"| {c['name']} | {fmt(c['measured'])} {c['unit']} | {c['threshold']} |"
                      f" {c['verdict']} |")
+    if r["extra"].get("side_by_side"):
+        lines += ["", side_by_side_table(r["extra"]["side_by_side"]).rstrip("\n")]
     lines += ["", "## Propagation (mined here -> connected at every node)", "",
               summary_table([r]), "## Per node", "",
               "| node | send timeouts | socket errors | bytes sent | peers | RSS MB/h (raw) |"
@@ -64,7 +78,7 @@ def write_report(out: Path, r: dict) -> None:
         lines += ["", "## Events", ""] + [f"- {e['event']}" for e in r["events"]]
     if r["extra"]:
         lines += ["", "## Other figures", "", "```", *(f"{k}: {v}" for k, v in r["extra"].items()
-                                                     if k != "leaks"), "```"]
+                                                     if k not in ("leaks", "side_by_side")), "```"]
     lines += ["", "Plots: `propagation_cdf.png`, `hop_latency.png`, `resources.png`,"
               " `queue_depth.png`.", ""]
     (out / "report.md").write_text("\n".join(lines))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dilithion.tools.lab import scenarios_basic, scenarios_faults  # noqa: F401 - register scenarios
+from dilithion.tools.lab import (scenarios_basic, scenarios_faults,  # noqa: F401 - register
+                                 scenarios_mixed)
 from dilithion.tools.lab.lab import Lab
 from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.leaks import leak_figures
@@ -60,10 +61,12 @@ def _planned_steps(opts: dict) -> int:
 
 
 def run_scenario(name: str, out: Path, opts: dict, *, seed: int = 0, base_port: int | None = None,
-                 node_args: list[str] | None = None, network: str = "regtest",
+                 node_args: list[str] | None = None, network: str | None = None,
                  progress: bool = True) -> dict:
-    """Run ``name`` with ``opts`` into ``out``; returns the results written."""
+    """Run ``name`` with ``opts`` into ``out`` (on the scenario's own network unless
+    ``network`` says otherwise); returns the results written."""
     sc = SCENARIOS[name]
+    network = network or sc.network
     random.seed(seed)
     out = out.resolve()          # nodes run in out/nodes: a relative datadir would move
     out.mkdir(parents=True, exist_ok=True)

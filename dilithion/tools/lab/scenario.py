@@ -27,14 +27,16 @@ class Scenario:
     full: dict                     # default options
     short: dict                    # the short (test-suite) version's overrides
     min_nodes: int = 3
+    network: str = "regtest"
 
 
 SCENARIOS: dict[str, Scenario] = {}
 
 
-def register(name: str, summary: str, criteria: str, full: dict, short: dict, min_nodes: int = 3):
+def register(name: str, summary: str, criteria: str, full: dict, short: dict, min_nodes: int = 3,
+             network: str = "regtest"):
     def wrap(func):
-        SCENARIOS[name] = Scenario(name, summary, criteria, func, full, short, min_nodes)
+        SCENARIOS[name] = Scenario(name, summary, criteria, func, full, short, min_nodes, network)
         return func
     return wrap
 

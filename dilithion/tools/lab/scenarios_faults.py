@@ -1,7 +1,6 @@
-"""Scenarios with failures and load: ``peer-kill``, ``partition``, ``load``, ``mixed``."""
+"""Scenarios with failures and load: ``peer-kill``, ``partition``, ``load``."""
 from __future__ import annotations
 
-import os
 import time
 
 from dilithion.tools.lab.labnode import LabError
@@ -127,17 +126,3 @@ def run_load(run: Run) -> None:
     figures = leak_figures(lab.samples)
     run.extra["leaks"] = figures
     run.criteria.extend(leak_criteria(figures))
-
-
-@register("mixed", "C++ and Python nodes together on testnet (needs DILITHION_CPP_NODE)",
-          "the Python nodes relay to each other what a C++ node mined; skipped without a C++ node",
-          full={"nodes": 3}, short={})
-def run_mixed(run: Run) -> None:
-    if not os.environ.get("DILITHION_CPP_NODE"):
-        run.extra["skipped"] = "DILITHION_CPP_NODE is not set"
-        run.event("skipped: DILITHION_CPP_NODE is not set")
-        return
-    run.extra["skipped"] = "not implemented yet: see docs/LAB.md"
-    run.event("skipped: the mixed scenario is not implemented yet")
-
-
