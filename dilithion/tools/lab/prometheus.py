@@ -13,7 +13,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from dilithion.crypto.randomx_hash import VM_BYTES
 from dilithion.tools.lab.gate import GateResult
+from dilithion.tools.lab.leaks import CHAIN_BYTES_PER_BLOCK
 from dilithion.tools.lab.labnode import LabError
 
 __all__ = ["evaluate_prometheus", "query"]
@@ -65,8 +67,9 @@ def evaluate_prometheus(url: str, window: str = "1h") -> list[GateResult]:
          lambda v: v is not None and v < 5),
         ("fewest peers on a node", ">= 3", "min(connected_peers_count)",
          lambda v: v is not None and v >= 3),
-        ("RSS growth (worst node)", "<= 20 MB/h",
-         f"max(deriv(process_resident_memory_bytes[{w}])) * 3600 / 1048576",
+        ("RSS growth beyond chain and RandomX VMs (worst node)", "<= 20 MB/h",
+         f"max(deriv(process_resident_memory_bytes[{w}]) - {VM_BYTES} * deriv(randomx_vms[{w}])"
+         f" - {CHAIN_BYTES_PER_BLOCK} * deriv(chain_height[{w}])) * 3600 / 1048576",
          lambda v: v is not None and v <= 20),
         ("descriptor growth (worst node)", "<= 1 /h",
          f"max(deriv(process_open_fds[{w}])) * 3600", lambda v: v is not None and v <= 1),
