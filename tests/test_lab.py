@@ -298,7 +298,14 @@ def test_ctrl_c_stops_every_node_and_writes_partial_results(tmp_path):
         node_pids = [c.pid for c in psutil.Process(proc.pid).children()]
         assert len(node_pids) == 3
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=120)
+        try:
+            _out, err = proc.communicate(timeout=300)     # a liveness guard: 7-10 s here
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)              # the lab prints every thread's stack
+            time.sleep(2)
+            proc.kill()
+            _out, err = proc.communicate()
+            pytest.fail(f"the lab did not stop within 300 s of Ctrl+C; its stderr:\n{err[-8000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()

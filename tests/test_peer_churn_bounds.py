@@ -42,7 +42,11 @@ def test_peers_that_come_and_go_leave_nothing_behind(node):
     baseline = per_peer_sizes(node)
     for r in range(ROUNDS):
         peers = [raw_peer(node) for _ in range(PEERS)]
-        assert per_peer_sizes(node)["block relay peers"] == baseline["block relay peers"] + PEERS
+        # Block relay registers a peer on the handler thread once the handshake is done,
+        # which may be just after our side has read the verack.
+        wait_until(lambda: per_peer_sizes(node)["block relay peers"]
+                   == baseline["block relay peers"] + PEERS, 30,
+                   message=lambda: f"round {r}: {per_peer_sizes(node)}")
         node.load(chain[r + 1:r + 2])         # announced to every peer
         for p in peers:
             p.close()

@@ -6,6 +6,8 @@ writes what it has and exits 130.
 """
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,9 @@ def cli(verbose: bool) -> None:
     """The mainnet-readiness lab: scenarios on real nodes, measured, gated (docs/LAB.md)."""
     logger.remove()
     logger.add(sys.stderr, level="DEBUG" if verbose else "WARNING")
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a
+    # run that does not stop is waiting (the run goes on afterwards).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 @cli.command("list")
