@@ -349,3 +349,27 @@ def test_gate_from_a_real_prometheus_scraping_a_real_node(process_node, tmp_path
     finally:
         prom.terminate()
         prom.wait(timeout=30)
+
+
+class _GarbageAfterConnect(LoopbackServer):
+    """Answers a scripted peer with bytes under the wrong magic: a fatal framing fault."""
+
+    def handle(self, conn: socket.socket) -> None:
+        conn.recv(4096)                                   # its version
+        conn.sendall(b"\x00" * 24 + b"tail")
+        self.conns = getattr(self, "conns", []) + [conn]  # keep it open: only the peer may drop it
+
+
+def test_a_scripted_peer_drops_a_connection_whose_framing_is_lost():
+    """A fatal frame error (wrong magic) makes the light peer forget that socket instead
+    of asking the reader for the next message for ever."""
+    from dilithion.core.chainparams import REGTEST_MAGIC
+    from dilithion.tools.lab.lightpeer import LightPeers
+
+    server = _GarbageAfterConnect()
+    peers = LightPeers(REGTEST_MAGIC, [("127.0.0.1", server.port)], count=1).start()
+    try:
+        assert wait_until(lambda: peers.connected() == 0, timeout=10)
+    finally:
+        peers.stop()
+        server.close()

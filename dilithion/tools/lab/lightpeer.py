@@ -78,7 +78,10 @@ class LightPeers:
         while True:
             try:
                 msg = reader.next_message()
-            except FrameError:
+            except FrameError as exc:
+                if exc.fatal:                  # the stream is lost: calling again would spin
+                    self._forget(sock)
+                    return
                 continue
             if msg is None:
                 return
