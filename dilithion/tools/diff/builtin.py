@@ -19,7 +19,7 @@ from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgGetblocks
                                     MsgVersion, PROTOCOL_VERSION)
 from dilithion.primitives.block import Block, Uint256
 
-from .mine import vector_blocks
+from .mine import known_blocks
 
 TESTNET = ChainParams.testnet()
 UNKNOWN_HASH = Uint256(bytes(range(1, 33)))
@@ -125,9 +125,7 @@ def nbits_edge_steps(block) -> list[dict]:
              block("SIGNONLY", ": nBits 0x1e800000, only the mantissa's sign bit (target 0)"),
              block("BIT23", ": nBits 0x1effffff on B106: bit 23 out of the target, in the work;"
                             " outweighs B107")]
-    for step in edges:
-        step["new_connection"] = True
-    return edges
+    return _each_on_a_new_connection(edges)
 
 
 def malformed_steps(genesis_hash: Uint256) -> list[dict]:
@@ -159,7 +157,12 @@ def malformed_steps(genesis_hash: Uint256) -> list[dict]:
         _send("block truncated after the header", "block", bytes(80)),
         _send("empty block payload", "block"),
     ]
-    for step in steps:                  # each judged alone, not by the score of the ones before
+    return _each_on_a_new_connection(steps)
+
+
+def _each_on_a_new_connection(steps: list[dict]) -> list[dict]:
+    """Each step judged alone, not by the misbehaviour score of the ones before it."""
+    for step in steps:
         step["new_connection"] = True
     return steps
 
@@ -190,11 +193,7 @@ def write_builtin_corpora(vectors_file: Path, mined: dict[str, str], main_out: P
     """Write both built-in corpora: the main one and the depth-limit one."""
     from dilithion.crypto.randomx_hash import RandomXHasher
 
-    hasher = RandomXHasher.for_key()
-    blocks = vector_blocks(vectors_file)
-    for name, payload in mined.items():
-        block = Block.deserialize(bytes.fromhex(payload))
-        blocks[name] = (block, block.get_hash(hasher))
+    blocks = known_blocks(vectors_file, mined, RandomXHasher.for_key())
     corpora = ((main_out, "dilithion-diff built-in corpus (dilithion/tools/diff/builtin.py)",
                 builtin_steps(blocks)),
                (depth_out, "dilithion-diff built-in corpus, reorganisation depth limit"

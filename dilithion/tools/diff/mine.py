@@ -117,6 +117,16 @@ def vector_blocks(vectors_file: Path) -> dict[str, tuple[Block, Uint256]]:
                                 Uint256.from_hex(b["hash"])) for b in data["blocks"]}
 
 
+def known_blocks(vectors_file: Path, mined: dict[str, str],
+                 hasher: RandomXHasher) -> dict[str, tuple[Block, Uint256]]:
+    """The vector chain and every mined block (name -> hex payload), each with its hash."""
+    known = vector_blocks(vectors_file)
+    for name, payload in mined.items():
+        block = Block.deserialize(bytes.fromhex(payload))
+        known[name] = (block, block.get_hash(hasher))
+    return known
+
+
 def _solve(hasher, template, threads: int) -> tuple[Block, Uint256]:
     """Search nonces on ``threads`` threads (``VM.hash`` releases the GIL)."""
     stop = threading.Event()
@@ -150,11 +160,8 @@ def _miss(hasher, template) -> tuple[Block, Uint256]:
 def mine_missing(vectors_file: Path, mined_file: Path = MINED_FILE, threads: int = 2) -> dict:
     """Mine every block of :data:`ALL_SPECS` not yet in ``mined_file``; return name -> hex payload."""
     mined: dict[str, str] = json.loads(mined_file.read_text()) if mined_file.exists() else {}
-    known = vector_blocks(vectors_file)
     hasher = RandomXHasher.for_key()
-    for name, payload in mined.items():
-        block = Block.deserialize(bytes.fromhex(payload))
-        known[name] = (block, block.get_hash(hasher))
+    known = known_blocks(vectors_file, mined, hasher)
     missing = [spec for spec in ALL_SPECS if spec.name not in mined]
     if sum(map(expected_hashes, missing)) > FULL_MODE_HASHES:
         hasher.start_full_mode(threads)        # a minute of dataset, hours of light hashing saved
