@@ -68,6 +68,12 @@ def _plain(value):
     return json.loads(json.dumps(value, default=float))
 
 
+#: Starts of one node on newly picked ports after a port clash, at most.
+PORT_CLASH_ATTEMPTS = 3
+#: How a node's start-up error reads when a port it was given is taken.
+PORT_IN_USE = "Address already in use"
+
+
 class Lab:
     """Owns every process, proxy and thread of one scenario run."""
 
@@ -119,9 +125,29 @@ class Lab:
             node.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         for node in self.nodes:
-            node.wait_running(deadline)
+            self._wait_running(node, deadline)
         self._sampler = threading.Thread(target=self._sample_loop, name="lab-sampler", daemon=True)
         self._sampler.start()
+
+    def _wait_running(self, node: LabNode, deadline: float) -> None:
+        """Wait for ``node``; when a port the lab picked was taken before the node bound
+        it (``free_port`` only finds a port free *now*: any connection's ephemeral
+        source port may take it a moment later), start it again on new ports, with
+        the proxies that lead to it retargeted.  Ports given by ``--base-port`` are
+        the operator's: a clash with those stays an error."""
+        for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
+            try:
+                return node.wait_running(deadline)
+            except LabError:
+                if (self.base_port is not None or attempt == PORT_CLASH_ATTEMPTS
+                        or PORT_IN_USE not in node.run_log()):
+                    raise
+            old = ("127.0.0.1", node.p2p_port)
+            node.p2p_port, node.rpc_port, node.metrics_port = free_port(), free_port(), free_port()
+            for proxy in self.proxies.values():
+                if proxy.target == old:
+                    proxy.target = ("127.0.0.1", node.p2p_port)
+            node.start()
 
     def wait_connected(self, timeout: float = 60.0) -> None:
         """Every node has a handshaken peer on each of its links."""
