@@ -28,6 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from loguru import logger  # noqa: E402
 
+from dilithion.consensus.block_index import connected_indexes  # noqa: E402
 from dilithion.crypto.randomx_hash import RandomXHasher  # noqa: E402
 from dilithion.mining.template import mine_block  # noqa: E402
 from framework import MINER, REGTEST, InProcessNode, regtest_chain, wait_until  # noqa: E402
@@ -48,10 +49,8 @@ class ConnectTimes:
     def __call__(self, new_tip, connected, disconnected) -> None:
         now = time.perf_counter()
         with self._lock:
-            index = new_tip
-            for _ in connected:           # the connected blocks end at the new tip
+            for index in connected_indexes(new_tip, connected):
                 self.times.setdefault(bytes(index.hash), now)
-                index = index.prev
             self.arrived.notify_all()
 
     def wait_for(self, block_hash: bytes, timeout: float = 30.0) -> float:

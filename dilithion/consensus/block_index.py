@@ -8,11 +8,13 @@ loaded from disk, ``chain D15``/``D12``); the scalar fields the C++ copies
 """
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from dilithion.consensus.pow import add_chain_work
 from dilithion.primitives.block import BlockHeader, Uint256
 
-__all__ = ["BlockIndex", "BLOCK_VALID_UNKNOWN", "BLOCK_VALID_HEADER", "BLOCK_VALID_TREE",
-           "BLOCK_VALID_TRANSACTIONS", "BLOCK_VALID_CHAIN", "BLOCK_VALID_SCRIPTS",
+__all__ = ["BlockIndex", "connected_indexes", "BLOCK_VALID_UNKNOWN", "BLOCK_VALID_HEADER",
+           "BLOCK_VALID_TREE", "BLOCK_VALID_TRANSACTIONS", "BLOCK_VALID_CHAIN", "BLOCK_VALID_SCRIPTS",
            "BLOCK_VALID_MASK", "BLOCK_HAVE_DATA", "BLOCK_HAVE_UNDO", "BLOCK_FAILED",
            "STATUS_STORED_GENESIS", "STATUS_STORED_BLOCK"]
 
@@ -103,3 +105,22 @@ class BlockIndex:
     def __repr__(self) -> str:
         """``CBlockIndex::ToString``: the first 20 display characters of the hash."""
         return f"BlockIndex(hash={self.hash.get_hex()[:20]}..., height={self.height}, nTx={self.n_tx})"
+
+
+def connected_indexes(new_tip: BlockIndex, connected: Collection) -> list[BlockIndex]:
+    """The index entries of a tip listener's ``connected`` blocks, ascending.
+
+    Those blocks end at ``new_tip``, so walking back from it finds them without
+    hashing a block again: a block the miner (or ``generatetoaddress``) found
+    was never hashed through ``ChainState.hash_block``, and hashing it there
+    would cost one RandomX hash before its announcement.
+    """
+    indexes: list[BlockIndex] = []
+    index: BlockIndex | None = new_tip
+    for _ in connected:
+        if index is None:
+            break
+        indexes.append(index)
+        index = index.prev
+    indexes.reverse()
+    return indexes

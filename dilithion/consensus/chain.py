@@ -269,6 +269,11 @@ class ChainState:
         """The block's RandomX hash, cached (of the genesis block: C++ ``GetGenesisHash``)."""
         return self._hashes.get(block.header.serialize())
 
+    @property
+    def headers_hashed(self) -> int:
+        """RandomX hashes :meth:`hash_block` and :meth:`prehash_header` computed (not cached)."""
+        return self._hashes.computed
+
     def prehash_header(self, header80: bytes) -> bool:
         """Hash a received block's header ahead of :meth:`hash_block` (another thread),
         unless :meth:`precheck_block` would reject it without a hash; whether it did."""

@@ -199,6 +199,8 @@ class HeaderHashCache:
         self._map: LRUDict[bytes, Uint256] = LRUDict(size)
         self._hashing: dict[bytes, threading.Event] = {}
         self._lock = threading.Lock()
+        #: RandomX hashes computed here, not found in the map (diagnostics; under ``_lock``).
+        self.computed = 0
 
     def get(self, header80: bytes) -> Uint256:
         while True:
@@ -216,6 +218,7 @@ class HeaderHashCache:
             digest = Uint256(self._hasher.hash(header80))
             with self._lock:
                 self._map.put(header80, digest)
+                self.computed += 1
             return digest
         finally:
             with self._lock:

@@ -36,6 +36,7 @@ from typing import Callable
 
 from loguru import logger
 
+from dilithion.consensus.block_index import connected_indexes
 from dilithion.consensus.chain import BlockStatus, ChainState
 from dilithion.consensus.storage import StorageError
 from dilithion.core.lru import LRUDict, LRUSet
@@ -586,8 +587,6 @@ class BlockRelay:
         fixed).  After a reorg or a batch connection only the tip is announced:
         Python peers fetch the rest by their orphan walk, C++ peers by catch-up."""
         origin = getattr(self._origin, "peer_id", None)
-        for block in connected or ():
-            index = self.chain.get_index(self.chain.hash_block(block))
-            if index is not None:
-                self.propagation.connected(bytes(index.hash), index.height, origin)
+        for index in connected_indexes(new_tip, connected or []):
+            self.propagation.connected(bytes(index.hash), index.height, origin)
         self.broadcaster.broadcast_block(new_tip.hash, exclude_peer=origin)
