@@ -283,6 +283,33 @@ def test_utxo_set_is_rebuilt_and_reconciled_at_load(stored_chain, long_chain, ha
     close_chain(chain)
 
 
+def test_utxo_set_ahead_of_tip_records_a_power_loss_dropped(stored_chain, long_chain, hasher,
+                                                             tmp_path):
+    """Only each new tip's block record is synced (before the UTXO set applies the
+    block); the UTXO writes and the index + 'bestblock' batch are not.  So a power
+    loss may keep the set's later blocks and those block records but drop their
+    index records and 'bestblock' moves: load() steps the set back with the stored
+    blocks, and the blocks connect again when a peer sends them."""
+    datadir = copy_datadir(stored_chain[0], tmp_path / "copy")
+    chain = open_chain(datadir, hasher, utxo=True)
+    reference = list(chain.utxo_set.coins())
+    extra = mine_on(hasher, long_chain[-1][1], 200, 3, PKH_A)
+    for block, h in extra:
+        assert chain.process_new_block(block, h).status is BlockStatus.TIP
+    assert chain.utxo_set.best_block().hash == extra[-1][1]
+    close_chain(chain)
+    _rewrite(datadir, best=long_chain[-1][1].get_hex().encode("ascii"),
+             **{index_key(h).hex(): None for _, h in extra})
+    chain = open_chain(datadir, hasher, utxo=True)
+    assert chain.height() == 200 and chain.tip().hash == long_chain[-1][1]
+    assert chain.utxo_set.best_block().hash == long_chain[-1][1]
+    assert list(chain.utxo_set.coins()) == reference
+    for block, h in extra:
+        assert chain.process_new_block(block, h).status is BlockStatus.TIP
+    assert chain.height() == 203 and len(list(chain.utxo_set.coins())) == 203
+    close_chain(chain)
+
+
 def test_utxo_set_of_another_chain_is_refused(stored_chain, hasher, tmp_path, cpp_datadir):
     datadir = copy_datadir(stored_chain[0], tmp_path / "copy")
     testnet_chain = open_chain(cpp_datadir, hasher, ChainParams.testnet(), utxo=True)

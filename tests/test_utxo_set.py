@@ -346,7 +346,7 @@ _BASE_OUTPOINTS = 6
 
 
 def _base_set(path: Path) -> tuple[UTXOSet, list[OutPoint], Uint256]:
-    utxo = UTXOSet(path, sync=False)
+    utxo = UTXOSet(path)
     genesis = create_genesis_block(ChainParams.regtest())
     utxo.connect_block(genesis, 0, fake_hash(genesis))
     seed = Transaction(1, [TxIn(OutPoint(), b"seed")],

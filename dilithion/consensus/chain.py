@@ -451,7 +451,9 @@ class ChainState:
         change.blocks[index.hash] = block
         if self.utxo_set is not None:
             # The UTXO set (another database) may commit before 'bestblock' does; storing
-            # the block first lets load() undo it after a crash (_reconcile_utxo).
+            # the block first lets load() undo it after a crash (_reconcile_utxo).  This is
+            # the one synced write per tip: the UTXO set and 'bestblock' are written after
+            # it, so whatever of them outlives a power loss stands on blocks that did.
             with self.db.batch(sync=True) as batch:
                 batch.write_block(index.hash, block)
         self._index[index.hash] = index
@@ -473,7 +475,10 @@ class ChainState:
             self._index.pop(index.hash, None)
             raise
         try:
-            with self.db.batch(sync=True) as batch:
+            # Synced only without a UTXO set; with one, the block record's synced write
+            # above orders this one (LevelDB keeps a prefix of its log: the next tip's
+            # sync makes this batch durable too).
+            with self.db.batch(sync=self.utxo_set is None) as batch:
                 batch.write_block(index.hash, block)
                 batch.write_block_index(index.hash, index)
                 batch.write_best_block(index.hash)

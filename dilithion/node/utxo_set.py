@@ -148,8 +148,13 @@ class UTXOSet:
     method, so a reader never sees half a block: each block is one atomic batch.
     """
 
-    def __init__(self, path: str | Path, sync: bool = True) -> None:
-        """Open (or create) the set at ``path`` (C++ ``CUTXOSet::Open``)."""
+    def __init__(self, path: str | Path, sync: bool = False) -> None:
+        """Open (or create) the set at ``path`` (C++ ``CUTXOSet::Open``).
+
+        Writes are not synced by default: ``ChainState`` syncs each new tip's block
+        record before the set applies the block, so whatever of the set survives a
+        power loss stands on stored blocks, and start-up reconciles it with the tip
+        (``chain_loader._reconcile_utxo``).  ``sync=True`` fsyncs every block."""
         self.path = Path(path)
         self.lock = threading.RLock()
         self._sync = sync
