@@ -32,16 +32,12 @@ import threading
 import time
 from pathlib import Path
 
+from dilithion.tools.ports import free_port
+
 BODY = b'{"jsonrpc":"2.0","method":"getblockcount","params":[],"id":1}'
 NODE_BIN = Path(sys.executable).parent / "dilithion-node"
 if not NODE_BIN.exists():
     NODE_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dilithion-node"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_call(port: int, request: bytes) -> tuple[float, int]:

@@ -20,10 +20,10 @@ from loguru import logger
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.rpc.client import RPCCallError, RPCClientError
-from dilithion.tools.lab.labnode import (START_TIMEOUT_S, LabError, LabNode, check_port_free,
-                                         free_port)
+from dilithion.tools.lab.labnode import START_TIMEOUT_S, LabError, LabNode, check_port_free
 from dilithion.tools.lab.lightpeer import LightPeers
 from dilithion.tools.lab.proxy import FaultProxy
+from dilithion.tools.ports import PORT_CLASH_ATTEMPTS, PORT_IN_USE, free_port
 
 __all__ = ["Lab", "BlockRecord", "SAMPLED_METRICS"]
 
@@ -66,12 +66,6 @@ class BlockRecord:
 def _plain(value):
     """RPC JSON (decimals) -> floats, for results.json."""
     return json.loads(json.dumps(value, default=float))
-
-
-#: Starts of one node on newly picked ports after a port clash, at most.
-PORT_CLASH_ATTEMPTS = 3
-#: How a node's start-up error reads when a port it was given is taken.
-PORT_IN_USE = "Address already in use"
 
 
 class Lab:

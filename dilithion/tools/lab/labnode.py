@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dilithion.rpc.auth import read_cookie
 from dilithion.rpc.client import RPCClient
 
-__all__ = ["LabError", "LabNode", "free_port", "check_port_free", "node_binary"]
+__all__ = ["LabError", "LabNode", "check_port_free", "node_binary"]
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -39,12 +39,6 @@ def node_binary() -> str:
     if not found:
         raise LabError("dilithion-node not found next to this Python or on PATH")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def check_port_free(port: int) -> None:
