@@ -10,13 +10,16 @@ mode).  Each block is mined outside the nodes and handed to A as its miner
 would (``process_new_block`` with the hash known); every node's tip listener
 stamps the moment the block connected there.  Reported: hop A->B, hop B->C and
 A->C (p50, p95, max), each hop being inv -> getdata -> block -> one RandomX
-verification -> store -> next inv.  Then ``--catchup`` blocks are loaded into A
+verification -> store -> next inv; and, first, the time of one RandomX hash on
+one thread in the same mode (the floor under every hop: a node verifies the
+block's proof of work before it relays it).  Then ``--catchup`` blocks are loaded into A
 and a fresh node D dials it: the time from the dial until D's tip is A's tip.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import struct
 import sys
 import tempfile
 import threading
@@ -64,6 +67,17 @@ def percentiles(values: list[float]) -> str:
     ms = sorted(v * 1000 for v in values)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
     return f"p50 {statistics.median(ms):7.2f} ms  p95 {p95:7.2f} ms  max {ms[-1]:7.2f} ms"
+
+
+def one_hash(hasher: RandomXHasher, count: int) -> None:
+    """Print the time of one hash on one thread (fresh headers, as a hop sees them)."""
+    times = []
+    for nonce in range(count):
+        header = struct.pack("<76sI", b"hop floor", nonce)
+        started = time.perf_counter()
+        hasher.hash(header)
+        times.append(time.perf_counter() - started)
+    print(f"one hash  {percentiles(times)}", flush=True)
 
 
 def line_propagation(workdir: Path, hasher: RandomXHasher, blocks: int) -> None:
@@ -137,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"full mode unavailable: {build.reason}")
             return 1
     print(f"RandomX mode: {hasher.mode}", flush=True)
+    one_hash(hasher, 200 if hasher.mode == "full" else 30)
     regtest_chain(args.catchup)      # mined before any timing (cached for the process)
     with tempfile.TemporaryDirectory(prefix="dil-bench-prop-") as tmp:
         line_propagation(Path(tmp) / "line", hasher, args.blocks)
