@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from dilithion.tools.lab.labnode import LabError
-from dilithion.tools.lab.leaks import leak_criteria, leak_figures
+from dilithion.tools.lab.leaks import LEAK_LIMITS_TEXT, leak_criteria, leak_figures
 from dilithion.tools.lab.measure import criterion
 from dilithion.tools.lab.scenario import (Run, line_topology, no_timeouts_criterion,
                                           propagation_criteria, register, star_topology)
@@ -92,10 +92,8 @@ def run_partition(run: Run) -> None:
 
 @register("load", "N nodes (3) in a line plus scripted peers (50+ connections in all); a block"
           " every few seconds on a rotating miner; RSS, descriptors, threads and CPU sampled",
-          "100% of blocks reach every node; 50+ concurrent peers; 0 send timeouts; no leak"
-          " (runs of 5 min or more): RSS slope beyond the chain's growth and RandomX VMs"
-          " <= 2 MB/h + 2 MB per window, descriptor and thread growth (last third vs first)"
-          " <= 2 + 1/h; mean CPU < 90% of a core",
+          "100% of blocks reach every node; 50+ concurrent peers; 0 send timeouts; no leak: "
+          + LEAK_LIMITS_TEXT,
           full={"nodes": 3, "duration": 600.0, "interval": 5.0, "peers": 50, "sample": 5.0},
           short={"duration": 10.0, "interval": 2.0, "sample": 1.0})
 def run_load(run: Run) -> None:
