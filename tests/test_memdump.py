@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from dilithion.node.memdump import ENV_VAR, SnapshotDumper
-from tests.framework.util import wait_until
+from framework import wait_until
 
 
 @pytest.fixture
