@@ -22,6 +22,7 @@ import time
 
 import pytest
 
+from dilithion.consensus.block_index import BlockIndex
 from dilithion.consensus.pow import get_median_time_past
 from dilithion.consensus.tx_validation import Coin
 from dilithion.consensus.validation import (BlockValidationError, Framing, block_transactions,
@@ -29,7 +30,7 @@ from dilithion.consensus.validation import (BlockValidationError, Framing, block
                                             compute_merkle_root, parse_block_transactions)
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.crypto.sha3 import sha3_256
-from dilithion.mining.template import create_coinbase, mine_block
+from dilithion.mining.template import create_coinbase, mine_block, template_time
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgInv, MsgVersion
 from dilithion.net.serialize import SerializationError, ser_compact_size
 from dilithion.primitives.block import Block, BlockHeader, Uint256
@@ -122,6 +123,10 @@ def test_a_real_three_transaction_block_and_its_copies():
         assert caught.value.curable, (name, caught.value.reason)
     with pytest.raises(SerializationError):
         parse_block_transactions(top_of_tree(real))
+    for body in (b"", b"\0" * 1_000_001):               # empty; over the limit (checked undecoded)
+        with pytest.raises(BlockValidationError) as caught:
+            check_block_body(Block(real.header, body))
+        assert caught.value.curable, caught.value.reason
     # A transaction list that is itself invalid is not curable: every body with its root is it.
     reordered = parsed.txs[1:] + parsed.txs[:1]
     header = BlockHeader(**{**vars(real.header), "hash_merkle_root": Uint256(
@@ -223,6 +228,17 @@ def test_strict_and_default_nodes_end_on_the_same_tip(nodes):
 
 
 # ----------------------------------------------------------------------------- miner time
+def test_template_time_is_never_before_the_median_time_past():
+    chain, *_ = three_tx_chain()
+    index = None
+    for block, h in chain[:12]:
+        index = BlockIndex.from_header(h, block.header, index, 0)
+    mtp = get_median_time_past(index)
+    assert mtp == _block_time(6)
+    assert template_time(index, mtp) == mtp + 1 == template_time(index, 0)
+    assert template_time(index, mtp + 500) == mtp + 500               # a normal clock is kept
+
+
 def test_a_fast_default_mode_chain_is_accepted_by_a_strict_peer(nodes):
     """Twenty blocks in one (frozen) second: nTime must climb past the median time past."""
     miner = nodes("miner")
