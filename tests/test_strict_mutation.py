@@ -202,6 +202,30 @@ def test_a_mutated_copy_sent_first_does_not_poison_a_strict_node(nodes, copy):
     honest.close()
 
 
+def test_a_mutated_copy_from_the_first_announcer_does_not_lose_the_honest_announcement(nodes):
+    """The attacker announces first and is asked; the honest peer's announcement of the
+    same hash waits behind that request.  The copy is refused, so the honest peer is
+    asked next (its announcement is not forgotten with the attacker's delivery)."""
+    chain, (real, real_hash), _child = three_tx_chain()
+    node = nodes("strict", ["--strict"], rpc=False)
+    node.load(chain)
+    inv = MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(real_hash))])
+    attacker = connect(node, ATTACKER)
+    attacker.send(inv)
+    assert [bytes(i.hash) for i in attacker.wait_for("getdata", 10.0).inv] == [bytes(real_hash)]
+    honest = connect(node, HONEST)
+    honest.send(inv)
+    assert wait_until(lambda: node.ctx.block_relay.download.announcers(bytes(real_hash))
+                      == [node.peer_id_of(attacker), node.peer_id_of(honest)], timeout=10)
+    attacker.send(MsgBlock(duplicated_last(real)))
+    assert attacker.is_closed(10.0)
+    assert [bytes(i.hash) for i in honest.wait_for("getdata", 10.0).inv] == [bytes(real_hash)]
+    honest.send(MsgBlock(real))
+    assert wait_until(lambda: node.chain.tip().hash == real_hash, timeout=10)
+    assert score_of(node, HONEST) == 0
+    honest.close()
+
+
 def test_strict_and_default_nodes_end_on_the_same_tip(nodes):
     """The issue's done-when: the same honest chain, a mutated copy sent first, one tip."""
     chain, (real, real_hash), (child, child_hash) = three_tx_chain()
