@@ -30,7 +30,8 @@ Deliberate differences from the C++ node (none changes a stored byte):
 * a failure part-way through a reorganisation restores the old tip completely
   (the C++ may leave ``pnext`` links inconsistent, ``chain D39``), and strict-mode
   invalid blocks are remembered as failed in memory (never stored), except for
-  failures another body could cure (``CURABLE_REASONS``);
+  failures another body or a later clock could cure (``BlockValidationError.curable``,
+  Core's ``BLOCK_MUTATED``, ``BLOCK_TIME_FUTURE``): the real block still connects;
 * the start-up load (:mod:`dilithion.node.chain_loader`) rebuilds the whole
   tree from disk, side branches included, and therefore restarts on data the
   C++ node cannot restart on (``chain D15``, ``D16``).
@@ -54,8 +55,8 @@ from dilithion.consensus.block_index import BLOCK_FAILED, STATUS_STORED_BLOCK, B
 from dilithion.consensus.orphan_pool import OrphanPool
 from dilithion.consensus.pow import HeaderHashCache, check_proof_of_work
 from dilithion.consensus.storage import BlockStore, CoinStore, StorageError
-from dilithion.consensus.validation import (BlockValidationError, contextual_header_failure,
-                                            mutation_reason)
+from dilithion.consensus.validation import (BlockValidationError, check_block_body,
+                                            contextual_header_failure)
 from dilithion.core.chainparams import ChainParams
 from dilithion.primitives.block import Block, Uint256
 
@@ -82,9 +83,6 @@ class BlockStatus(enum.Enum):
 
 #: Results after which the block is indexed and its waiting orphans can follow.
 _ACCEPTED = (BlockStatus.TIP, BlockStatus.REORG, BlockStatus.SIDE)
-#: Strict failures another body or a later clock may cure (C++ Core's ``BLOCK_MUTATED`` and
-#: ``BLOCK_TIME_FUTURE``): the hash is not remembered as failed, so the real block still connects.
-CURABLE_REASONS = ("bad-txnmrklroot", "time-too-new")
 
 
 @dataclass
@@ -105,10 +103,11 @@ class BlockResult:
 class _InvalidBlock(Exception):
     """A block failed validation while being connected (strict mode, or a UTXO error)."""
 
-    def __init__(self, index: BlockIndex, reason: str) -> None:
+    def __init__(self, index: BlockIndex, reason: str, curable: bool = False) -> None:
         super().__init__(reason)
         self.index = index
         self.reason = reason
+        self.curable = curable
 
 
 class _Change:
@@ -371,10 +370,16 @@ class ChainState:
             return BlockResult(BlockStatus.INVALID, block_hash,
                                reason=f"high-hash: proof of work fails nBits 0x{header.bits:08x}")
         parent = self._index.get(header.hash_prev_block)
-        mutated = mutation_reason(block) if self.strict else None
+        if parent is not None and parent.is_failed():
+            failure = BlockValidationError("bad-prevblk: descends from an invalid block")
+        else:
+            failure = self._strict_failure(block, parent) if self.strict else None
+        if failure is not None and (failure.curable or parent is None):
+            # Remembering the hash would refuse the real block; a kept orphan would shadow it.
+            logger.warning("[Chain] Rejected block {}... (not marked failed): {}",
+                           block_hash.short(), failure.reason)
+            return BlockResult(BlockStatus.INVALID, block_hash, reason=failure.reason)
         if parent is None:
-            if mutated is not None:     # a mutated orphan would shadow the real block in the pool
-                return BlockResult(BlockStatus.INVALID, block_hash, reason=mutated)
             self.orphans.add(block_hash, block)
             missing = self.orphans.missing_root(header.hash_prev_block)
             logger.info("[Chain] Orphan block {}... waits for {}... ({} in pool)",
@@ -382,16 +387,8 @@ class ChainState:
             return BlockResult(BlockStatus.ORPHAN, block_hash, missing_parent=missing)
 
         index = BlockIndex.from_header(block_hash, header, parent, STATUS_STORED_BLOCK)
-        reason = "bad-prevblk: descends from an invalid block" if parent.is_failed() else None
-        if reason is None and self.strict:
-            reason = contextual_header_failure(block.header, parent, self.params,
-                                               int(_time.time())) or mutated
-        if reason is not None and reason.startswith(CURABLE_REASONS):
-            logger.warning("[Chain] Rejected block {}... (not marked failed): {}",
-                           block_hash.short(), reason)
-            return BlockResult(BlockStatus.INVALID, block_hash, reason=reason)
-        if reason is not None:
-            return self._reject(index, reason)
+        if failure is not None:
+            return self._reject(index, failure.reason)
 
         tip = self._main[-1]
         if index.chain_work <= tip.chain_work:
@@ -410,6 +407,21 @@ class ChainState:
             result.reason = f"reorganisation of {depth} blocks refused (limit {self.max_reorg_depth})"
             return result
         return self._activate(index, block, fork, change)
+
+    def _strict_failure(self, block: Block, parent: BlockIndex | None) -> BlockValidationError | None:
+        """``--strict``'s checks before anything is stored or pooled (Core: ``CheckBlock``,
+        ``ContextualCheckBlockHeader``): the header on its parent, then the body
+        without the UTXO set.  What they pass leaves only failures the committed
+        transactions decide (``check_block`` at connect), none of them curable."""
+        if parent is not None:
+            failure = contextual_header_failure(block.header, parent, self.params, int(_time.time()))
+            if failure is not None:
+                return failure
+        try:
+            check_block_body(block)
+        except BlockValidationError as exc:
+            return exc
+        return None
 
     def _reject(self, index: BlockIndex, reason: str) -> BlockResult:
         """Remember an invalid block in memory only, so its descendants are refused fast."""
@@ -463,11 +475,12 @@ class ChainState:
             self._index.pop(index.hash, None)
             if self.utxo_set is not None:
                 self.db.erase_block(index.hash)
-            e.index.status |= BLOCK_FAILED
-            self._index[e.index.hash] = e.index
-            for descendant in self._branch(e.index, index):
-                descendant.status |= BLOCK_FAILED
-                self._index[descendant.hash] = descendant
+            if not e.curable:    # only a body stored by a default-mode run gets here curable
+                e.index.status |= BLOCK_FAILED
+                self._index[e.index.hash] = e.index
+                for descendant in self._branch(e.index, index):
+                    descendant.status |= BLOCK_FAILED
+                    self._index[descendant.hash] = descendant
             logger.warning("[Chain] Block {}... at height {} is invalid: {}; tip stays at height {}",
                            e.index.hash.short(), e.index.height, e.reason, self._main[-1].height)
             return BlockResult(BlockStatus.INVALID, index.hash, index, reason=e.reason)
@@ -564,7 +577,7 @@ class ChainState:
         try:
             utxo.connect_block(block, index.height, index.hash, strict=self.strict)
         except BlockValidationError as e:
-            raise _InvalidBlock(index, e.reason) from e
+            raise _InvalidBlock(index, e.reason, e.curable) from e
 
     def _connect_orphans(self, parent_hash: Uint256, change: _Change) -> None:
         """Process the orphans waiting for ``parent_hash``, recursively, parents first."""

@@ -29,32 +29,58 @@ from dilithion.net.serialize import DataStream, SerializationError
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction
 
-__all__ = ["build_merkle_root", "committed_merkle_root", "mutation_reason", "contextual_header_failure",
-           "BlockValidationError", "Framing", "ParsedBlock", "parse_block_transactions",
-           "block_transactions", "CoinsViewCache", "apply_transaction", "apply_transactions",
-           "check_block"]
+__all__ = ["build_merkle_root", "compute_merkle_root", "committed_merkle_root",
+           "contextual_header_failure", "BlockValidationError", "Framing", "ParsedBlock",
+           "parse_block_transactions", "block_transactions", "CoinsViewCache", "apply_transaction",
+           "apply_transactions", "check_block_body", "check_block"]
 
 #: Smallest possible serialized transaction (version, two empty counts, lock time).
 _MIN_TX_SIZE = 10
 
 
-def build_merkle_root(txids: list[bytes]) -> bytes:
-    """``BuildMerkleRoot``: SHA3 pairs, an odd last element paired with itself."""
+def compute_merkle_root(txids: list[bytes]) -> tuple[bytes, bool]:
+    """The merkle root of ``txids`` and whether the tree is *mutated* (Core's
+    ``ComputeMerkleRoot`` with its ``mutated`` flag).
+
+    An odd last element is paired with itself, so ``[a, b, c]`` and
+    ``[a, b, c, c]`` have the same root (CVE-2012-2459), and so do longer
+    lists whose last pair or subtree is repeated at a higher level.  Every
+    such copy has two identical siblings at some level, which a list of
+    distinct transactions never has: that is the flag.  A mutated list always
+    holds a transaction twice, so it is never a valid block body, and the
+    unmutated list with the same root may be.
+    """
     if not txids:
-        return bytes(32)
+        return bytes(32), False
     level = list(txids)
+    mutated = False
     while len(level) > 1:
+        if any(level[i] == level[i + 1] for i in range(0, len(level) - 1, 2)):
+            mutated = True
         level = [sha3_256(level[i] + level[min(i + 1, len(level) - 1)])
                  for i in range(0, len(level), 2)]
-    return level[0]
+    return level[0], mutated
+
+
+def build_merkle_root(txids: list[bytes]) -> bytes:
+    """``BuildMerkleRoot``: SHA3 pairs, an odd last element paired with itself."""
+    return compute_merkle_root(txids)[0]
 
 
 class BlockValidationError(ValueError):
-    """A block breaks a strict consensus rule; ``reason`` says which."""
+    """A block breaks a strict consensus rule; ``reason`` says which.
 
-    def __init__(self, reason: str) -> None:
+    ``curable`` (Core's ``BLOCK_MUTATED``): a different body under the same
+    header -- hence the same block hash -- could pass, so the chain must not
+    remember the hash as failed; the real block may still come from another
+    peer.  Everything the header or the merkle-committed transaction list
+    decides is not curable.
+    """
+
+    def __init__(self, reason: str, curable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.curable = curable
 
 
 class Framing(enum.Enum):
@@ -172,6 +198,13 @@ def apply_transactions(view: CoinsViewCache, txs: list[Transaction], height: int
         apply_transaction(view, tx, height, position == 0)
 
 
+def _committed_root(block: Block, parsed: ParsedBlock | None) -> tuple[bytes, bool]:
+    """The root ``block``'s ``vtx`` commits to, and whether its tree is mutated."""
+    if parsed is not None and parsed.framing is Framing.COUNTED:
+        return compute_merkle_root([tx.get_hash() for tx in parsed.txs])
+    return sha3_256(block.vtx), False
+
+
 def committed_merkle_root(block: Block, parsed: ParsedBlock | None = None) -> bytes:
     """The merkle root ``block``'s ``vtx`` commits to, per framing (``chain`` 1.5, D3).
 
@@ -183,38 +216,81 @@ def committed_merkle_root(block: Block, parsed: ParsedBlock | None = None) -> by
         try:
             parsed = parse_block_transactions(block)
         except SerializationError:
-            return sha3_256(block.vtx)
-    if parsed.framing is Framing.COUNTED:
-        return build_merkle_root([tx.get_hash() for tx in parsed.txs])
-    return sha3_256(block.vtx)
+            parsed = None
+    return _committed_root(block, parsed)[0]
 
 
-def mutation_reason(block: Block) -> str | None:
-    """Why the body does not match the header's merkle root (Core: ``BLOCK_MUTATED``),
-    or None.  A different body could cure it, so the header hash is never marked failed."""
-    root = Uint256(committed_merkle_root(block))
-    if root != block.header.hash_merkle_root:
-        return f"bad-txnmrklroot: header has {block.header.hash_merkle_root}, transactions give {root}"
-    return None
-
-
-def contextual_header_failure(header: BlockHeader, parent, params, now: int) -> str | None:
+def contextual_header_failure(header: BlockHeader, parent, params, now: int) -> BlockValidationError | None:
     """Strict mode's header rules on top of ``parent`` (a ``BlockIndex``), which the C++
-    library has and the node never applies; None when the header passes."""
+    library has and the node never applies; None when the header passes.
+
+    The header is the hash, so no other body cures these; only ``time-too-new``
+    is curable, by a later clock (Core's ``BLOCK_TIME_FUTURE``).
+    """
     expected = get_next_work_required(parent, params)
     if header.bits != expected:
-        return f"bad-diffbits: nBits 0x{header.bits:08x}, expected 0x{expected:08x}"
+        return BlockValidationError(f"bad-diffbits: nBits 0x{header.bits:08x}, expected 0x{expected:08x}")
     if header.time > now + MAX_FUTURE_BLOCK_TIME:
-        return f"time-too-new: nTime {header.time} is more than 2 h after our clock {now}"
+        return BlockValidationError(f"time-too-new: nTime {header.time} is more than 2 h after our "
+                                    f"clock {now}", curable=True)
     if not check_block_timestamp(header.time, parent, now):
-        return f"time-invalid: nTime {header.time} is not after the median time past"
+        return BlockValidationError(f"time-invalid: nTime {header.time} is not after the median time past")
     return None
 
 
-def _check_merkle_root(block: Block, parsed: ParsedBlock) -> None:
-    """The header commits to these transactions (``VerifyMerkleRoot``)."""
-    if committed_merkle_root(block, parsed) != block.header.hash_merkle_root:
-        raise BlockValidationError("Merkle root mismatch")
+def check_block_body(block: Block) -> ParsedBlock:
+    """The context-free strict checks (Core's ``CheckBlock`` part), cheapest first;
+    returns the parsed body or raises :class:`BlockValidationError`.
+    C++: the library's ``VerifyMerkleRoot``, ``CheckNoDuplicateTransactions`` and
+    ``CheckNoDoubleSpends`` parts of ``CheckBlock``, plus Core's mutated-tree check.
+
+    The header hash commits to ``vtx`` only through the merkle root, and the
+    root does not commit to the framing (``chain D3``), to CompactSize
+    encodings, or to a repeated odd tail (CVE-2012-2459); a failure that one of
+    those could explain is ``curable`` (see docs/TRANSACTIONS.md, strict-mode
+    classification):
+
+    * ``vtx`` empty or undecodable: curable (64 undecodable bytes that are the
+      two top-level hashes of a counted list hash to that list's root);
+    * merkle root mismatch, or a mutated tree: curable;
+    * over 1,000,000 bytes: curable, checked before anything is decoded.  The
+      txids hash the canonical encoding while the decoder accepts
+      non-canonical CompactSizes (``net D-10``), and a one-element counted
+      list has the root of the shorter bare form, so a copy can be padded over
+      the limit.  (Whether the smallest encoding fits would need the decode
+      this order avoids; an oversized block is only refused again, and its
+      sender scored again, when it is sent again);
+    * ``nVersion < 1`` and the structure of a committed list (coinbase first
+      and only there, no duplicate txid, no outpoint spent twice, coinbase
+      basics): not curable.
+    """
+    if not block.vtx:
+        raise BlockValidationError("bad-blk-empty: Block has no transactions", curable=True)
+    if len(block.vtx) > params.MAX_BLOCK_SIZE:
+        raise BlockValidationError(f"bad-blk-length: Block size exceeds maximum ({len(block.vtx)} bytes)",
+                                   curable=True)
+    if block.header.version < 1:
+        raise BlockValidationError("bad-version: Invalid block version")
+    try:
+        parsed = parse_block_transactions(block)
+    except SerializationError as exc:
+        raise BlockValidationError(f"bad-blk-undecodable: Failed to deserialize transactions: {exc}",
+                                   curable=True) from None
+    root, mutated = _committed_root(block, parsed)
+    if Uint256(root) != block.header.hash_merkle_root:
+        raise BlockValidationError(f"bad-txnmrklroot: Merkle root mismatch: header has "
+                                   f"{block.header.hash_merkle_root}, transactions give {Uint256(root)}",
+                                   curable=True)
+    if mutated:
+        raise BlockValidationError("bad-txns-duplicate: Duplicate transaction (mutated merkle tree, "
+                                   "CVE-2012-2459)", curable=True)
+    if parsed.framing is not Framing.GENESIS:
+        _check_structure(parsed.txs)
+        try:
+            check_transaction_basic(parsed.txs[0])
+        except TxValidationError as exc:
+            raise BlockValidationError(f"Invalid coinbase: {exc.reason}") from None
+    return parsed
 
 
 def _check_structure(txs: list[Transaction]) -> None:
@@ -241,30 +317,17 @@ def check_block(block: Block, height: int, view: CoinsView, verify_scripts: bool
 
     Raises :class:`BlockValidationError`; returns the total fees.  ``view`` is
     only read: the block's own effects go to a private overlay so each
-    transaction sees the outputs of the earlier ones.
+    transaction sees the outputs of the earlier ones.  After
+    :func:`check_block_body` every failure here is decided by the committed
+    transaction list and the parent's UTXO set, so none is curable.
 
     C++: also ``CheckCoinbase`` and ``CalculateTotalFees``, folded in.
     """
-    if not block.vtx:
-        raise BlockValidationError("Block has no transactions")
-    if len(block.vtx) > params.MAX_BLOCK_SIZE:
-        raise BlockValidationError("Block size exceeds maximum")
-    if block.header.version < 1:
-        raise BlockValidationError("Invalid block version")
-    try:
-        parsed = parse_block_transactions(block)
-    except SerializationError as exc:
-        raise BlockValidationError(f"Failed to deserialize transactions: {exc}") from None
-    _check_merkle_root(block, parsed)
+    parsed = check_block_body(block)
     if parsed.framing is Framing.GENESIS:
         return 0
     txs = parsed.txs
-    _check_structure(txs)
     coinbase = txs[0]
-    try:
-        check_transaction_basic(coinbase)
-    except TxValidationError as exc:
-        raise BlockValidationError(f"Invalid coinbase: {exc.reason}") from None
     overlay = CoinsViewCache(view)
     apply_transaction(overlay, coinbase, height, is_coinbase=True)
     total_fees = 0

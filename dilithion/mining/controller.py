@@ -14,6 +14,8 @@ What differs from the C++ and why:
   cannot be lost (``cli 6.2`` #16/#17);
 * the template is rebuilt every :data:`TEMPLATE_REFRESH_SECONDS`, which
   refreshes ``nTime`` and picks up new mempool transactions (``cli 6.2`` #19);
+  ``nTime`` is never before the median time past + 1 (Core's ``UpdateTime``),
+  so ``--strict`` peers accept the blocks of a fast chain;
 * mempool transactions and their fees are included (the C++ node never
   consults its mempool, ``cli 6.1`` #3);
 * with ``--randomx=auto`` (or ``full``) starting the miner starts the RandomX
@@ -38,9 +40,10 @@ from loguru import logger
 
 from dilithion.consensus.chain import BlockStatus
 from dilithion.consensus.params import MAX_BLOCK_SIZE
-from dilithion.consensus.pow import get_median_time_past, hash_less_than
+from dilithion.consensus.pow import hash_less_than
 from dilithion.crypto.randomx_hash import wants_full_mode
-from dilithion.mining.template import BlockTemplate, create_block_template, next_work_bits
+from dilithion.mining.template import (BlockTemplate, create_block_template, next_work_bits,
+                                      template_time)
 from dilithion.node.blockchain_storage import StorageError
 from dilithion.node.wallet_key import load_or_create_mining_key
 from dilithion.primitives.block import Block, BlockHeader, Uint256
@@ -109,6 +112,8 @@ class MiningController:
         self._pub_key_hash = bytes(pub_key_hash)
         #: Seconds before a template is rebuilt without a tip change (tests shorten it).
         self.template_refresh_seconds = TEMPLATE_REFRESH_SECONDS
+        #: The wall clock templates are stamped from (tests freeze it to make a fast chain).
+        self.clock = time.time
 
         self._lifecycle_lock = threading.Lock()
         self._stop = threading.Event()
@@ -258,12 +263,7 @@ class MiningController:
         with cs.lock:
             tip = cs.tip()
             bits = next_work_bits(tip, params, self._ctx.strict)
-            now = int(time.time())
-            if self._ctx.strict:
-                # --strict enforces nTime > median time past, which a fast regtest chain
-                # (many blocks per second) would otherwise break.  Not in default mode:
-                # there it would only push nTime ahead of the clock.
-                now = max(now, get_median_time_past(tip) + 1)
+            now = template_time(tip, int(self.clock()))
             transactions = self._mempool_transactions()
         return create_block_template(tip.hash, tip.height + 1, bits,
                                      pub_key_hash or self._pub_key_hash, params, transactions,

@@ -1,7 +1,8 @@
 """Block templates and the nonce search.
 
 The C++ node builds its template inline in ``main`` (``BuildMiningTemplate``,
-``cli`` 2.2): version 1, the tip as parent, the current time, the genesis
+``cli`` 2.2): version 1, the tip as parent, the current time (the node's miner
+uses :func:`template_time`, never before the median time past + 1), the genesis
 ``nBits`` (its difficulty never adjusts, ``chain D12``), and a ``vtx`` that is
 one bare coinbase whose txid is the merkle root.  This module builds exactly
 that when there are no transactions to include, so C++ peers see the same
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from threading import Event
 from typing import Iterable
 
-from dilithion.consensus.pow import (calculate_block_subsidy, compact_to_big,
+from dilithion.consensus.pow import (calculate_block_subsidy, compact_to_big, get_median_time_past,
                                      get_next_work_required, hash_less_than)
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import create_script_pub_key
@@ -26,7 +27,7 @@ from dilithion.net.serialize import ser_compact_size
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 
-__all__ = ["BlockTemplate", "create_coinbase", "next_work_bits",
+__all__ = ["BlockTemplate", "create_coinbase", "next_work_bits", "template_time",
            "create_block_template", "search_nonce", "mine_block", "mine_chain"]
 
 
@@ -63,6 +64,18 @@ def next_work_bits(tip, params: ChainParams, strict: bool = False) -> int:
     if strict:
         return get_next_work_required(tip, params)
     return params.genesis_bits
+
+
+def template_time(tip, now: int) -> int:
+    """The ``nTime`` to mine on top of ``tip`` (a ``BlockIndex``) at clock ``now``:
+    ``max(now, median time past + 1)``, as Core's ``UpdateTime``, in both modes.
+
+    The C++ node stamps ``now`` (``cli`` 2.2): on a fast chain (regtest, or a
+    burst of blocks) that can be at or before the median of the last 11 blocks,
+    which ``--strict`` peers reject as ``time-invalid``.  Every C++ rule accepts
+    either value, so this changes no default-mode decision.
+    """
+    return max(now, get_median_time_past(tip) + 1)
 
 
 def create_block_template(tip_hash: Uint256, height: int, bits: int, pub_key_hash: bytes,

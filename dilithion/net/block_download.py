@@ -185,6 +185,12 @@ class BlockDownload:
                 freed.append(peer_id)
             return requested, freed
 
+    def announcers(self, h: bytes) -> list[int]:
+        """The peers remembered as announcers of ``h`` (before :meth:`received` forgets
+        them: a refused copy must not cost the real block its other sources)."""
+        with self._lock:
+            return list(self._wanted.get(h, ()))
+
     def peer_gone(self, peer_id: int) -> list[int]:
         """Forget a disconnected peer.  Returns the other announcers of the blocks it
         had in flight (ask them now)."""

@@ -417,6 +417,7 @@ class BlockRelay:
         hb = bytes(h)
         log = logger.bind(block_hash=h.get_hex(), **peer.log_fields())
         log.info(f"[P2P] Received block from peer {peer.id}: {h.short()}...")
+        others = [p for p in self.download.announcers(hb) if p != peer.id]
         requested, freed = self.download.received(hb, peer.id)
         self._learned_of(hb, now)
         self._origin.peer_id = peer.id
@@ -462,6 +463,9 @@ class BlockRelay:
             if not result.reason.startswith("time-too-new"):   # Core: BLOCK_TIME_FUTURE is not punished
                 self.transport.misbehaving(peer.id, INVALID_BLOCK_SCORE,
                                            f"invalid block: {result.reason}")
+            for peer_id in (others if result.index is None else []):   # not cached: the real
+                self.download.announced(peer_id, [hb])                   # body may come from them
+                self._fill(peer_id)
         elif result.status == status.UNREQUESTED:
             if self.metrics is not None:
                 self.metrics.blocks_unrequested_dropped.inc()
