@@ -19,7 +19,7 @@ from dilithion.rpc.client import RPCCallError
 
 from framework import MINER, REGTEST, REGTEST_MAGIC, InProcessNode, RawPeer, converged, heights, wait_until
 from framework import CONVERGE_TIMEOUT
-from test_failure_scenarios import fill_with_block_requests
+from test_failure_scenarios import fill_send_queue
 
 CLI = Path(sys.executable).parent / "dilithion-cli"
 
@@ -76,7 +76,7 @@ def test_getblockpropagation_shows_healthy_and_stalled_peers(process_node):
         wait_until(lambda: a.peer_count() == 3, timeout=10)
         stalled_id = max(p["id"] for p in a.rpc("getpeerinfo"))
         # Enough replies to fill the kernel buffers and leave megabytes in A's send queue.
-        fill_with_block_requests(stalled, tip, requests=60000)
+        fill_send_queue(stalled)
         wait_until(lambda: _queued(a, stalled_id) > 1_000_000, timeout=30)
         block = a.mine(1)[0]
         wait_until(lambda: b.best_hash() == block and c.best_hash() == block,
