@@ -332,6 +332,8 @@ class SendQueue:
         self._items: deque[bytes] = deque()
         self._offset = 0
         self._bytes = 0
+        #: The most bytes ever queued at once (tests and diagnostics).
+        self.peak_bytes = 0
         # Write callbacks by message sequence number (``push(on_written=)``): the
         # propagation record learns when an inv or a block left for the kernel.
         self._pushed = self._finished = 0
@@ -358,6 +360,7 @@ class SendQueue:
                 self.progress_time = time.monotonic()
             self._items.append(data)
             self._bytes += len(data)
+            self.peak_bytes = max(self.peak_bytes, self._bytes)
             if budget is not None:
                 budget.add(len(data))
             if on_written is not None:
