@@ -218,14 +218,15 @@ def test_many_non_readers_stay_under_the_node_wide_send_cap(nodes, big_chain):
     honest.send(MsgGetdata([Inv(BLOCK, bytes(big[-1]))]))
     got = honest.wait_for("block", 15.0).block
     assert node.chain.hash_block(got) == big[-1]
+    # 20 peers x (1 MiB limit + a 1 MiB block) would be 40 MiB; the node held at most
+    # the cap plus one block (and small messages), at every moment.
+    assert budget.peak <= cap + largest + BULK_MESSAGE_BYTES, (budget.peak, cap)
 
     # The send deadline cuts the non-readers, wave after wave, as the budget frees.
     # (Watched from the node's side: reading the sockets here would make them readers.)
     pm = node.connman.peer_manager
     assert wait_until(lambda: [p.host for p in pm.get_connected_peers()] == [HONEST], timeout=20)
     assert node.metric("peer_disconnections_total", reason="send_timeout") == len(hoarders)
-    # 20 peers x (1 MiB limit + a 1 MiB block) would be 40 MiB; the node held at most
-    # the cap plus one block (and small messages), at every moment.
     assert budget.peak <= cap + largest + BULK_MESSAGE_BYTES, (budget.peak, cap)
     assert wait_until(lambda: budget.used() == 0, timeout=10)
     assert node.metric("send_buffer_bytes") == 0
