@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from dilithion.mining.template import mine_block
-from dilithion.net.propagation import PropagationLog
+from dilithion.net.propagation import MAX_PEERS_PER_BLOCK, PropagationLog
 from dilithion.rpc.client import RPCCallError
 
 from framework import MINER, REGTEST, REGTEST_MAGIC, InProcessNode, RawPeer, converged, heights, wait_until
@@ -57,6 +57,22 @@ def test_record_keeps_first_stamps_reasons_and_is_bounded():
     for i in range(3):                           # capacity 3: the first block is forgotten
         log.connected(bytes([i + 1]) * 32, 8 + i, 4)
     assert log.get(h) is None and len(log.recent()) == 3
+
+
+def test_record_entries_are_bounded_whatever_peers_request():
+    """Peers churning under new ids (each reconnect is a new peer id) cannot grow a
+    block's record: at most MAX_PEERS_PER_BLOCK entries, the oldest forgotten first;
+    hashes that never became our tip get no record at all."""
+    log = PropagationLog(capacity=2, clock=_Clock())
+    h = bytes(range(32))
+    log.connected(h, 1, None)
+    for peer_id in range(10_000):
+        log.note(h, peer_id, "getdata")
+        log.note(bytes([peer_id % 256]) * 32, peer_id, "getdata")   # unrecorded hashes
+    peers = log.get(h)["peers"]
+    assert len(peers) == MAX_PEERS_PER_BLOCK
+    assert [p["peer"] for p in peers] == list(range(10_000 - MAX_PEERS_PER_BLOCK, 10_000))
+    assert log.recent() == [h[::-1].hex()]
 
 
 def test_getblockpropagation_shows_healthy_and_stalled_peers(process_node):
