@@ -26,13 +26,13 @@ from test_p2p_download_attacks import deliver_honestly, side_block
 BLOCK = InvType.MSG_BLOCK_INV
 HONEST = "127.0.0.1"
 BIG_BODY = 1 << 20              # 1 MiB of opaque vtx per big block
-BIG_BLOCKS = 4
+BIG_BLOCKS = 8              # 8 MiB per requester: more than a kernel send buffer takes (tcp_wmem max 4 MiB)
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def big_chain():
-    """``regtest_chain(1)`` extended by four 1 MiB blocks (mined once per module)."""
+    """``regtest_chain(1)`` extended by eight 1 MiB blocks (mined once per module)."""
     base = regtest_chain(1)
     hasher = RandomXHasher.for_key()
     blocks, parent = [], base[-1][1]
@@ -136,8 +136,10 @@ def test_unknown_items_are_answered_from_memory(nodes):
     lines_before = info_lines(node)
 
     python_attacker = attacker(node, 0)
+    started = time.monotonic()
     python_attacker.send(MsgGetdata(unknown))
     notfound = python_attacker.wait_for("notfound", 10.0)
+    print(f"\n50,000 unknown items answered in {time.monotonic() - started:.3f} s")
     assert notfound.inv == unknown                       # all 50,000, in one message
 
     cpp_attacker = attacker(node, 1, agent=CPP_USER_AGENT)
@@ -178,13 +180,9 @@ def test_known_blocks_are_served_in_slices_within_the_queue_limit(nodes, big_cha
 
     # A non-reader asking for every big block many times: service pauses at its limit.
     hoarder = attacker(node, 1, rcvbuf=4096)
-    hoarder.send(MsgGetdata([Inv(BLOCK, bytes(h)) for h in big] * 10_000))
+    hoarder.send(MsgGetdata([Inv(BLOCK, bytes(h)) for h in big] * 5_000))
     hoarder_queue = queue_of(node, "127.0.0.11")
     assert wait_until(lambda: hoarder_queue.queued_bytes() > limit, timeout=10)
-    hoarder_id = next(p.id for p in node.connman.peer_manager.get_connected_peers()
-                      if p.host == "127.0.0.11")
-    waiting = node.ctx.block_relay.server.pending_count(hoarder_id)   # the rest waits, unread
-    assert reads.count <= 1 + len(big) - waiting         # 40,000 items: one read per block sent
 
     # The honest peer asks for all of them and gets all of them, in order, meanwhile.
     honest = honest_peer(node)
@@ -194,8 +192,12 @@ def test_known_blocks_are_served_in_slices_within_the_queue_limit(nodes, big_cha
     assert until_pong(repeater, most=0) == []            # the repeater is not served again
 
     # The hoarder's queue never held more than its limit plus one block.
+    print(f"\nnon-reader's queue peak {hoarder_queue.peak_bytes} bytes (limit {limit}, "
+          f"block message {largest}); block reads {reads.count}")
     assert hoarder_queue.peak_bytes <= limit + largest, (hoarder_queue.peak_bytes, limit)
-    assert node.ctx.block_relay.server.pending_count(hoarder_id) == waiting
+    # 40,000 items from the hoarder cost at most one read per distinct block (duplicates
+    # dropped; the rest waits unread while its queue is full), the honest peer's one each.
+    assert reads.count <= 1 + 2 * len(big), reads.count
     for peer in (repeater, hoarder, honest):
         peer.close()
 
@@ -220,6 +222,7 @@ def test_many_non_readers_stay_under_the_node_wide_send_cap(nodes, big_chain):
     assert node.chain.hash_block(got) == big[-1]
     # 20 peers x (1 MiB limit + a 1 MiB block) would be 40 MiB; the node held at most
     # the cap plus one block (and small messages), at every moment.
+    print(f"\nnode-wide send peak {budget.peak} bytes (cap {cap}, block message {largest})")
     assert budget.peak <= cap + largest + BULK_MESSAGE_BYTES, (budget.peak, cap)
 
     # The send deadline cuts the non-readers, wave after wave, as the budget frees.
@@ -240,10 +243,10 @@ def test_a_peer_cannot_grow_its_pending_queue_past_the_cap(nodes, big_chain, mon
     node = nodes("n")
     node.load(big_chain)
     reads = BlockReads(node)
-    distinct = [h for _, h in big_chain]                 # genesis, block 1, four big blocks
+    distinct = [h for _, h in big_chain]                 # genesis, block 1, eight big blocks
     hoarder = attacker(node, 0, rcvbuf=4096)
     hoarder.send(MsgGetdata([Inv(BLOCK, bytes(h)) for h in reversed(distinct)]))
-    assert wait_until(lambda: node.metric("getdata_items_dropped_total") == 3)
+    assert wait_until(lambda: node.metric("getdata_items_dropped_total") == len(distinct) - 3)
     peer_id = next(p.id for p in node.connman.peer_manager.get_connected_peers())
     server = node.ctx.block_relay.server
     assert server.pending_count(peer_id) + reads.count == 3
