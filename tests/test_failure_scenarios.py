@@ -133,11 +133,15 @@ def test_sigkilled_relay_restarts_on_its_datadir_and_the_line_converges(process_
 # ---------------------------------------------------------------------------
 # a stalled peer
 # ---------------------------------------------------------------------------
-def fill_with_block_requests(peer: RawPeer, block_hash_hex: str, requests: int = 15000) -> None:
-    """Ask for one block ``requests`` times (a few MB of replies) and read none of it."""
-    item = Inv(InvType.MSG_BLOCK_INV, bytes.fromhex(block_hash_hex)[::-1])
-    for _ in range(requests // 5000):
-        peer.send(MsgGetdata(inv=[item] * 5000))
+def fill_send_queue(peer: RawPeer, items: int = 200_000) -> None:
+    """Ask for ``items`` unknown blocks, 50,000 per getdata, and read none of the replies:
+    each getdata is answered with a 1.8 MB notfound while the peer's send queue is under
+    its limit, so the kernel buffers fill and megabytes stay queued.  (A getdata for one
+    known block many times no longer does: duplicates are served once, and block service
+    pauses at the queue limit.)"""
+    for start in range(0, items, 50_000):
+        peer.send(MsgGetdata(inv=[Inv(InvType.MSG_BLOCK_INV, (i + 1).to_bytes(32, "little"))
+                                  for i in range(start, min(items, start + 50_000))]))
 
 
 def test_stalled_peer_is_dropped_while_blocks_keep_reaching_a_healthy_peer(process_node):
@@ -154,7 +158,7 @@ def test_stalled_peer_is_dropped_while_blocks_keep_reaching_a_healthy_peer(proce
         stalled.handshake()
         wait_until(lambda: a.peer_count() == 2, timeout=10)
         a.rpc("startmining")
-        fill_with_block_requests(stalled, tip)
+        fill_send_queue(stalled)
         wait_until(lambda: a.metric("send_timeout_errors_total") >= 1, timeout=20,
                    message=a.describe)
         assert a.metric("peer_disconnections_total", reason="send_timeout") >= 1

@@ -168,7 +168,7 @@ def test_orphan_from_a_python_peer_asks_for_its_chain_with_a_locator(nodes):
     peer.close()
 
 
-def test_getdata_serves_stored_blocks_and_ignores_unknown(nodes):
+def test_getdata_serves_stored_blocks_and_answers_unknown_with_notfound(nodes):
     chain = regtest_chain(2)
     node = nodes("n")
     node.load(chain)
@@ -177,9 +177,11 @@ def test_getdata_serves_stored_blocks_and_ignores_unknown(nodes):
     peer.send(MsgGetdata([Inv(BLOCK, unknown), Inv(BLOCK, bytes(chain[2][1])),
                           Inv(BLOCK, bytes(chain[0][1]))]))
     got = next_commands(peer)
-    assert [c for c, _ in got] == ["block", "block"]      # no notfound (net D-15)
-    assert got[0][1].block.serialize() == chain[2][0].serialize()
-    assert got[1][1].block.serialize() == chain[0][0].serialize()
+    # A Python peer is told what we lack (a C++ peer is not, net D-15), then served.
+    assert [c for c, _ in got] == ["notfound", "block", "block"]
+    assert got[0][1].inv == [Inv(BLOCK, unknown)]
+    assert got[1][1].block.serialize() == chain[2][0].serialize()
+    assert got[2][1].block.serialize() == chain[0][0].serialize()
     peer.close()
 
 

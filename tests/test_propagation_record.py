@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 from dilithion.mining.template import mine_block
-from dilithion.net.propagation import PropagationLog
+from dilithion.net.propagation import MAX_PEERS_PER_BLOCK, PropagationLog
 from dilithion.rpc.client import RPCCallError
 
 from framework import MINER, REGTEST, REGTEST_MAGIC, InProcessNode, RawPeer, converged, heights, wait_until
 from framework import CONVERGE_TIMEOUT
-from test_failure_scenarios import fill_with_block_requests
+from test_failure_scenarios import fill_send_queue
 
 CLI = Path(sys.executable).parent / "dilithion-cli"
 
@@ -59,6 +59,22 @@ def test_record_keeps_first_stamps_reasons_and_is_bounded():
     assert log.get(h) is None and len(log.recent()) == 3
 
 
+def test_record_entries_are_bounded_whatever_peers_request():
+    """Peers churning under new ids (each reconnect is a new peer id) cannot grow a
+    block's record: at most MAX_PEERS_PER_BLOCK entries, the oldest forgotten first;
+    hashes that never became our tip get no record at all."""
+    log = PropagationLog(capacity=2, clock=_Clock())
+    h = bytes(range(32))
+    log.connected(h, 1, None)
+    for peer_id in range(10_000):
+        log.note(h, peer_id, "getdata")
+        log.note(bytes([peer_id % 256]) * 32, peer_id, "getdata")   # unrecorded hashes
+    peers = log.get(h)["peers"]
+    assert len(peers) == MAX_PEERS_PER_BLOCK
+    assert [p["peer"] for p in peers] == list(range(10_000 - MAX_PEERS_PER_BLOCK, 10_000))
+    assert log.recent() == [h[::-1].hex()]
+
+
 def test_getblockpropagation_shows_healthy_and_stalled_peers(process_node):
     a = process_node("A", ["--connect=none"], env={**os.environ, "DIL_SEND_TIMEOUT": "600000"})
     b, c = process_node("B"), process_node("C")
@@ -76,7 +92,7 @@ def test_getblockpropagation_shows_healthy_and_stalled_peers(process_node):
         wait_until(lambda: a.peer_count() == 3, timeout=10)
         stalled_id = max(p["id"] for p in a.rpc("getpeerinfo"))
         # Enough replies to fill the kernel buffers and leave megabytes in A's send queue.
-        fill_with_block_requests(stalled, tip, requests=60000)
+        fill_send_queue(stalled)
         wait_until(lambda: _queued(a, stalled_id) > 1_000_000, timeout=30)
         block = a.mine(1)[0]
         wait_until(lambda: b.best_hash() == block and c.best_hash() == block,

@@ -6,7 +6,7 @@ import pytest
 from dilithion.net.protocol import (CPP_USER_AGENT, MAINNET_MAGIC, MAX_INV_SIZE, MESSAGE_TYPES,
                                     PROTOCOL_VERSION,
                                     TESTNET_MAGIC, Address, Inv, InvType, MsgAddr, MsgBlock,
-                                    MsgGetaddr, MsgGetblocks, MsgGetdata, MsgInv, MsgPing, MsgPong, MsgTx,
+                                    MsgGetaddr, MsgGetblocks, MsgGetdata, MsgInv, MsgNotfound, MsgPing, MsgPong, MsgTx,
                                     MsgVerack, MsgVersion, MessageType, decode_payload,
                                     get_message_command)
 from dilithion.net.serialize import NetMessage, SerializationError, ser_compact_size
@@ -133,7 +133,11 @@ def test_block_vector():
 # -- dispatch ------------------------------------------------------------------------
 def test_decode_payload_dispatch_and_unknown_commands():
     assert set(MESSAGE_TYPES) == {"version", "verack", "ping", "pong", "getaddr", "addr", "inv",
-                                  "getdata", "block", "tx", "getblocks"}
+                                  "getdata", "notfound", "block", "tx", "getblocks"}
+    # notfound: the inv layout (Bitcoin); sent to Python peers only (net D-15).
+    nf = MsgNotfound([Inv(InvType.MSG_BLOCK_INV, bytes(range(32)))])
+    assert nf.serialize() == b"\x01" + (2).to_bytes(4, "little") + bytes(range(32))
+    assert decode_payload("notfound", nf.serialize()) == nf
     assert decode_payload("ping", bytes(8)) == MsgPing(0)
     assert decode_payload("verack", b"ignored") == MsgVerack()
     for unknown in ("getheaders", "headers", "mempool", "reject", "nonsense"):

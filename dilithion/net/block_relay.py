@@ -23,6 +23,9 @@ module keeps the wire behaviour C++ peers rely on and fixes the rest:
   C++ peer is never told about a block whose parent it may lack, because it
   would store that block as unconnectable forever (``chain D21``).
 
+Serving ``getdata`` (notfound, slices, send-side pauses) is
+:mod:`dilithion.net.block_serve`'s job (``self.server``).
+
 Metric ``block_propagation_time{role="receive"}``: from the first time this
 node learned of a block hash (an ``inv`` item, an unsolicited ``block``, or the
 missing parent of an orphan) until the block was connected to the main chain.
@@ -43,6 +46,7 @@ from dilithion.core.lru import LRUDict, LRUSet
 from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
 from dilithion.net.propagation import PropagationLog
 from dilithion.net.block_download import BlockDownload
+from dilithion.net.block_serve import BlockServer
 from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetaddr,
@@ -88,7 +92,6 @@ class _PeerSync:
     batch_sent: float = 0.0
     next_height: int = 0                # first height of the next catch-up batch
     sent_addr: bool = False
-    serve_refused: bool = False         # its send queue refused a block: serve none until it drains
     getblocks_sent: float = -GETBLOCKS_INTERVAL_S   # when we last asked it for its chain
     batch_end: bytes | None = None      # last hash of the latest multi-block inv it sent us
     branch_tip: object = None           # highest block from it that entered our block tree
@@ -131,7 +134,10 @@ class BlockRelay:
         broadcaster.peer_filter = self._may_announce
         #: Per-block propagation record (RPC ``getblockpropagation``); the broadcaster fills it too.
         self.propagation = broadcaster.propagation = PropagationLog()
-        for msg_type, fn in ((MsgInv, self.on_inv), (MsgGetdata, self.on_getdata),
+        #: ``getdata`` service (net/block_serve.py): notfound, slices, send-side pauses.
+        self.server = BlockServer(chain, transport, tx, self.propagation, processor.post,
+                                  self._note_has, metrics=metrics)
+        for msg_type, fn in ((MsgInv, self.on_inv), (MsgGetdata, self.server.on_getdata),
                              (MsgBlock, self.on_block), (MsgTx, self.on_tx),
                              (MsgGetblocks, self.on_getblocks),
                              (MsgGetaddr, self.on_getaddr), (MsgAddr, self.on_addr)):
@@ -167,6 +173,7 @@ class BlockRelay:
         self.tx.manager.peer_disconnected(peer.id)
         self.broadcaster.peer_disconnected(peer.id)
         self.propagation.peer_disconnected(peer.id)
+        self.server.peer_gone(peer.id)
         for other in refill:
             self._fill(other)
 
@@ -189,6 +196,7 @@ class BlockRelay:
         while not self._stop.wait(STALL_CHECK_INTERVAL_S):
             try:
                 self.check_stalls()
+                self.server.poll()
             except Exception:
                 logger.exception("[P2P] Block stall check failed")
 
@@ -359,46 +367,6 @@ class BlockRelay:
         self._fill(peer.id, self.tx.items_to_request(peer, txids) if txids else None)
         if batch:
             self._continue_batch(peer, self._sync(peer))
-
-    def on_getdata(self, peer, msg) -> None:
-        """Serve stored blocks (any chain status) and mempool transactions; no
-        ``notfound`` for unknown items (``net D-15``).
-
-        C++: ``ProcessGetDataMessage`` and the node's ``SetGetDataHandler`` lambda.
-        """
-        txids: list[bytes] = []
-        for item in msg.inv:
-            if item.type == InvType.MSG_BLOCK_INV:
-                self.propagation.note(bytes(item.hash), peer.id, "getdata")
-                self._serve_block(peer, bytes(item.hash))
-            elif item.type == InvType.MSG_TX_INV:
-                txids.append(bytes(item.hash))
-        if txids:
-            self.tx.serve(peer, txids)
-
-    def _serve_block(self, peer, h: bytes) -> None:
-        sync = self._sync(peer)
-        if sync.serve_refused:          # written on this (the handler) thread only
-            if self.transport.queued_bytes(peer.id):
-                return          # reading the block (up to 32 MiB) would only be refused again
-            with self._lock:
-                sync.serve_refused = False
-        block = self.chain.get_block(Uint256(h))
-        if block is None:
-            logger.info(f"[P2P] Peer {peer.id} requested unknown block: {Uint256(h).short()}...")
-            return
-        record, queued_at = self.propagation, self.propagation.now()
-        log = logger.bind(block_hash=Uint256(h).get_hex(), **peer.log_fields())
-        if self.transport.send_message(peer.id, MsgBlock(block),
-                                       record.written_callback(h, peer.id, "block_written")):
-            record.note(h, peer.id, "block_queued", at=queued_at)
-            log.info(f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
-            self._note_has(peer, h)   # after the block is queued: a continuation inv follows it
-        else:
-            log.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
-            record.not_sent(h, peer.id, "block refused: send queue full")
-            with self._lock:
-                sync.serve_refused = True
 
     def on_block(self, peer, msg) -> None:
         """Connect a received block (solicited or not); chase missing parents.

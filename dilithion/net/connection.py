@@ -22,13 +22,25 @@ from dilithion.net.serialize import MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, NetMe
 from dilithion.net.socket import FrameReader, SendQueue, Socket, TokenBucket
 
 __all__ = ["Connection", "InboundBacklog", "PingTracker", "ReceiveBudget", "TransportConfig",
-           "send_timeout_ms_from_env", "DEFAULT_MAX_RECEIVE_BUFFER"]
+           "send_timeout_ms_from_env", "DEFAULT_MAX_RECEIVE_BUFFER", "DEFAULT_MAX_SEND_BUFFER",
+           "DEFAULT_MAX_SEND_TOTAL"]
 
 #: Node-wide bytes held for all peers' unfinished and unprocessed messages (224 MiB: with
 #: the allocator's and interpreter's overhead the process then stays under 256 MiB of
 #: growth; a 256 MiB budget measured 266 MiB of RSS growth).
 DEFAULT_MAX_RECEIVE_BUFFER = 224 * 1024 * 1024
 
+#: One peer's send queue above this pauses block and transaction service to it until it
+#: drains (Core's ``fPauseSend`` at ``-maxsendbuffer``, 1,000 KB there).  1 MiB as in Core:
+#: a peer that reads is refilled as soon as its queue falls under it, so its link stays
+#: busy, and a peer that does not read holds at most this plus one block (4 MiB vtx).
+DEFAULT_MAX_SEND_BUFFER = 1024 * 1024
+#: Node-wide bytes queued for all peers before block and transaction service pauses for
+#: every peer (:class:`~dilithion.net.socket.SendBudget`).  64 MiB: sixteen of the
+#: largest blocks in flight at once, more than a 500 Mbit/s uplink drains in a second,
+#: while 117 inbound non-readers could otherwise pin 117 x (1 MiB + 4 MiB) = 585 MiB; with
+#: the 224 MiB receive budget the peers' buffers stay under 288 MiB together.
+DEFAULT_MAX_SEND_TOTAL = 64 * 1024 * 1024
 
 #: Largest ``DIL_SEND_TIMEOUT`` (ms): an hour; a longer deadline means none.
 MAX_SEND_TIMEOUT_MS = 3_600_000
@@ -255,7 +267,10 @@ class TransportConfig:
     whose pong has not arrived that long after our ping; inbound connections
     are capped at ``max_peers - max_outbound`` (outbound slots are reserved)
     and at ``max_inbound_per_netgroup`` per netgroup
-    (:func:`dilithion.net.eviction.netgroup`; 0 = no limit).
+    (:func:`dilithion.net.eviction.netgroup`; 0 = no limit).  ``max_send_buffer``
+    (one peer) and ``max_send_total`` (all peers, a :class:`~dilithion.net.socket.SendBudget`)
+    pause block and transaction service while the queued bytes are over them;
+    ``send_queue_cap`` is the hard per-peer cap where pushes are refused.
     """
 
     def __init__(self, *, send_timeout_ms: int = 5000, max_peers: int = 125, max_outbound: int = 8,
@@ -268,7 +283,9 @@ class TransportConfig:
                  connect_timeout: float = 5.0, ban_time: float = PeerManager.DEFAULT_BAN_TIME,
                  msg_rate: float = 2000.0, msg_burst: float = 5000.0,
                  handler_backlog_msgs: int = 1000,
-                 handler_backlog_bytes: int = 16 * 1024 * 1024) -> None:
+                 handler_backlog_bytes: int = 16 * 1024 * 1024,
+                 max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
+                 max_send_total: int = DEFAULT_MAX_SEND_TOTAL) -> None:
         self.send_timeout = send_timeout_ms / 1000.0
         self.max_peers = max_peers
         self.max_outbound = max_outbound
@@ -286,3 +303,5 @@ class TransportConfig:
         self.msg_burst = msg_burst
         self.handler_backlog_msgs = handler_backlog_msgs
         self.handler_backlog_bytes = handler_backlog_bytes
+        self.max_send_buffer = max_send_buffer
+        self.max_send_total = max_send_total

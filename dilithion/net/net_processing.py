@@ -138,7 +138,11 @@ class NetMessageProcessor:
             self._ready.append(conn)
             self._cv.notify()
 
-    def _post_control(self, kind: str, conn: Connection, reason: str) -> None:
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the handler thread, like a connection event (any thread)."""
+        self._post_control("call", fn, "")
+
+    def _post_control(self, kind: str, conn, reason: str) -> None:
         with self._cv:
             self._control.append((kind, conn, reason))
             self._cv.notify()
@@ -162,6 +166,8 @@ class NetMessageProcessor:
             try:
                 if isinstance(work, Connection):
                     self._serve_one(work)
+                elif work[0] == "call":
+                    work[1]()
                 elif work[0] == "opened":
                     self.send_version(work[1])
                 else:

@@ -41,7 +41,7 @@ from dilithion.net.net_receive import ReceivePath
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.protocol import Message, MsgPing
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
-from dilithion.net.socket import FrameReader, SendQueue, Socket, TokenBucket, is_ipv4
+from dilithion.net.socket import FrameReader, SendBudget, SendQueue, Socket, TokenBucket, is_ipv4
 from dilithion.net.timers import check_timers
 
 __all__ = ["ConnectionManager", "MessageSink"]
@@ -94,6 +94,10 @@ class ConnectionManager(ReceivePath):
         self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time, banman,
                                         max_inbound_per_netgroup=cfg.max_inbound_per_netgroup)
         self.receive_buffer = ReceiveBudget(cfg.max_receive_buffer)
+        #: Node-wide bytes queued in every peer's ``SendQueue`` (its own lock).
+        self.send_buffer = SendBudget(cfg.max_send_total)
+        if metrics is not None:
+            metrics.send_buffer_bytes.set_function(self.send_buffer.used)
         self.sink: MessageSink | None = None
         #: ``command -> fn(peer, payload)``, run on the network thread for every
         #: complete message of that command as it is queued for the handler; set
@@ -220,6 +224,13 @@ class ConnectionManager(ReceivePath):
     def queued_bytes(self, peer_id: int) -> int:
         conn = self._conns.get(peer_id)
         return conn.sendq.queued_bytes() if conn is not None else 0
+
+    def send_paused(self, peer_id: int) -> bool:
+        """Core's ``fPauseSend``, plus the node-wide cap: True while the peer's queue
+        holds more than ``max_send_buffer`` or all peers' queues reach ``max_send_total``
+        (block and transaction service waits; small messages still go out)."""
+        return (self.queued_bytes(peer_id) > self.config.max_send_buffer
+                or self.send_buffer.spent())
 
     def misbehaving(self, peer_id: int, howmuch: int, reason: str) -> None:
         """Score bad input (:func:`~dilithion.net.banman.score_misbehaviour`): at
@@ -381,7 +392,7 @@ class ConnectionManager(ReceivePath):
     def _new_connection(self, peer: Peer, sock: Socket, connecting: bool) -> Connection:
         cfg = self.config
         conn = Connection(peer, sock, FrameReader(self.magic, cfg.recv_buffer_cap - MESSAGE_HEADER_SIZE),
-                          SendQueue(cfg.send_queue_cap), TokenBucket(cfg.msg_rate, cfg.msg_burst),
+                          SendQueue(cfg.send_queue_cap, self.send_buffer), TokenBucket(cfg.msg_rate, cfg.msg_burst),
                           InboundBacklog(cfg.handler_backlog_msgs, cfg.handler_backlog_bytes,
                                          self.receive_buffer),
                           connecting)

@@ -11,8 +11,13 @@ and when the block was queued and written, or why it was not announced
 Writers are the block relay (tip listener, ``getdata`` handler, peer filter),
 the broadcaster workers and the network thread (write callbacks); readers are
 RPC threads.  One lock guards everything; each call holds it for a dict
-update, never while calling out.  The history is bounded
-(``DEFAULT_CAPACITY`` blocks, oldest forgotten first).
+update, never while calling out.  The history is bounded whatever peers
+do: ``DEFAULT_CAPACITY`` blocks (oldest forgotten first), each with at most
+``MAX_PEERS_PER_BLOCK`` peer entries (the oldest entry forgotten first, so
+peers that reconnect under new ids cannot grow a record), and only blocks
+that became our tip get a record: a ``getdata`` for any other hash adds
+nothing.  So one peer has at most one entry per recorded block, and the
+node at most ``DEFAULT_CAPACITY * MAX_PEERS_PER_BLOCK`` entries.
 
 Times are wall-clock Unix seconds so records of several nodes on one machine
 (the lab) or on NTP-synchronised machines can be compared.
@@ -25,11 +30,15 @@ from typing import Callable
 
 from dilithion.core.lru import LRUDict
 
-__all__ = ["PropagationLog", "DEFAULT_CAPACITY", "EVENTS"]
+__all__ = ["PropagationLog", "DEFAULT_CAPACITY", "MAX_PEERS_PER_BLOCK", "EVENTS"]
 
 #: Blocks kept.  A record holds one small entry per peer (~150 bytes), so the
 #: worst case (125 peers) is about 4 MB; at one block a minute, 3+ hours.
 DEFAULT_CAPACITY = 200
+#: Peer entries kept per block: twice the 125 connection slots, so every connected
+#: peer keeps its entry while peers churning in and out only push out the entries of
+#: the longest-gone ones.  Node-wide at most 200 x 256 entries (~7.7 MB).
+MAX_PEERS_PER_BLOCK = 256
 
 EVENTS = ("inv_queued", "inv_written", "getdata", "block_queued", "block_written")
 
@@ -65,7 +74,7 @@ class PropagationLog:
             self._blocks[block_hash] = {
                 "hash": block_hash[::-1].hex(), "height": height, "connected": self._clock(),
                 "source": "local" if from_peer is None else "peer", "from_peer": from_peer,
-                "peers": {}}
+                "peers": LRUDict(MAX_PEERS_PER_BLOCK)}
 
     def _peer(self, block_hash: bytes, peer_id: int) -> _PeerEntry | None:
         """The peer's entry of a recorded block (lock held); None for unrecorded blocks."""
@@ -74,7 +83,8 @@ class PropagationLog:
             return None
         entry = rec["peers"].get(peer_id)
         if entry is None:
-            entry = rec["peers"][peer_id] = _PeerEntry()
+            entry = _PeerEntry()
+            rec["peers"].put(peer_id, entry)
         return entry
 
     def now(self) -> float:

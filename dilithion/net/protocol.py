@@ -36,7 +36,8 @@ __all__ = [
     "DEFAULT_PORT", "TESTNET_PORT", "MAX_MESSAGE_SIZE", "MAX_INV_SIZE", "MAX_HEADERS_SIZE",
     "CPP_USER_AGENT", "USER_AGENT", "ServiceFlags", "InvType", "Inv", "Address", "MessageHeader",
     "NetMessage", "SerializationError", "MsgVersion", "MsgVerack", "MsgPing", "MsgPong",
-    "MsgGetaddr", "MsgAddr", "MsgInv", "MsgGetdata", "MsgBlock", "MsgTx", "MsgGetblocks",
+    "MsgGetaddr", "MsgAddr", "MsgInv", "MsgGetdata", "MsgNotfound", "MsgBlock", "MsgTx",
+    "MsgGetblocks",
     "MAX_LOCATOR_SIZE", "MESSAGE_TYPES",
     "decode_payload", "MessageType", "get_message_command",
 ]
@@ -357,6 +358,16 @@ class MsgGetdata(MsgInv):
 
 
 @dataclass
+class MsgNotfound(MsgInv):
+    """``notfound``: the ``inv`` layout (Bitcoin); the items of a ``getdata`` we lack.
+
+    The C++ never sends nor handles it (``net D-15``): sent to Python peers only.
+    """
+
+    command: ClassVar[str] = "notfound"
+
+
+@dataclass
 class MsgBlock(Message):
     """``block``: the C++ ignores bytes after ``vtx``, and so does this parser.
 
@@ -429,7 +440,7 @@ class MsgGetblocks(Message):
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.command: cls
     for cls in (MsgVersion, MsgVerack, MsgPing, MsgPong, MsgGetaddr, MsgAddr, MsgInv, MsgGetdata,
-                MsgBlock, MsgTx, MsgGetblocks)
+                MsgNotfound, MsgBlock, MsgTx, MsgGetblocks)
 }
 
 

@@ -11,6 +11,8 @@ callers assume whole messages arrive and leave in one piece (``net D-01``,
   payload, so a peer can never make it hold more than its cap;
 * :class:`SendQueue` keeps whole framed messages plus an offset into the head,
   so a partly written message is always finished, never abandoned;
+* :class:`SendBudget` counts the bytes queued in all of one node's send queues
+  (the node-wide cap on what non-reading peers can make the node hold);
 * :class:`TokenBucket` limits how many messages per second a peer may send.
 
 None of these classes does any I/O scheduling; :mod:`dilithion.net.net` owns the
@@ -33,7 +35,8 @@ from loguru import logger
 from dilithion.net.serialize import (MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, MessageHeader,
                                      NetMessage, calculate_checksum)
 
-__all__ = ["Socket", "FrameError", "FrameReader", "SendQueue", "TokenBucket", "is_ipv4"]
+__all__ = ["Socket", "FrameError", "FrameReader", "SendBudget", "SendQueue", "TokenBucket",
+           "is_ipv4", "BULK_MESSAGE_BYTES"]
 
 _WOULD_BLOCK = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.EALREADY, errno.EINTR}
 
@@ -264,22 +267,73 @@ class FrameReader:
         return header
 
 
+#: Messages larger than this (blocks, transactions, a long ``notfound``) are bulk data:
+#: a :class:`SendQueue` refuses them while its node's :class:`SendBudget` is spent.
+#: Smaller ones (ping/pong, version/verack, inv and getdata of up to ~1,800 items, a
+#: short notfound) always go out, within the peer's own cap: they keep connections and
+#: relay alive, and the per-peer cap and the send deadline bound them.  64 KiB is above
+#: the largest catch-up ``inv`` (500 items, 18 KB) and far below a block of any size
+#: that matters for memory.
+BULK_MESSAGE_BYTES = 64 * 1024
+
+
+class SendBudget:
+    """Bytes queued for all peers of one node (node-wide ``-maxsendbuffer``).
+
+    Every :class:`SendQueue` of the node charges it on push and releases it as
+    bytes leave (or on clear), so ``used()`` is the node's total.  Over
+    ``limit``, block and transaction service pauses for every peer
+    (:mod:`dilithion.net.block_serve` asks :meth:`spent` before reading a block)
+    and queues refuse bulk messages; the total therefore stays under ``limit``
+    plus one bulk message plus small control messages.  ``_lock`` guards
+    ``_used`` and ``peak`` (the high-water mark, for tests and diagnostics).
+    """
+
+    __slots__ = ("limit", "_lock", "_used", "peak")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._used = 0
+        self.peak = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._used += n
+            if self._used > self.peak:
+                self.peak = self._used
+
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+    def spent(self) -> bool:
+        """True while the queued total has reached the limit: no more bulk data."""
+        with self._lock:
+            return self._used >= self.limit
+
+
 class SendQueue:
     """Whole framed messages waiting for one peer's socket, measured in bytes.
 
     Any thread may :meth:`push`; only the network thread calls :meth:`write_to`.
-    ``_lock`` guards the deque, the head offset and the byte count.  A message
+    ``_lock`` guards the deque, the head offset and the byte count; every byte
+    counted here is also counted in the node's ``budget`` (its own lock, taken
+    inside ours).  A message
     is handed to the socket from its current offset in one ``send`` call; what
     the kernel does not take stays at the head until the socket is writable
     again, so a message is never half-sent and then dropped (``net D-06``).
     """
 
-    def __init__(self, cap_bytes: int) -> None:
+    def __init__(self, cap_bytes: int, budget: SendBudget | None = None) -> None:
         self.cap_bytes = cap_bytes
+        self.budget = budget
         self._lock = threading.Lock()
         self._items: deque[bytes] = deque()
         self._offset = 0
         self._bytes = 0
+        #: The most bytes ever queued at once (tests and diagnostics).
+        self.peak_bytes = 0
         # Write callbacks by message sequence number (``push(on_written=)``): the
         # propagation record learns when an inv or a block left for the kernel.
         self._pushed = self._finished = 0
@@ -288,19 +342,27 @@ class SendQueue:
         self.progress_time = time.monotonic()
 
     def push(self, data: bytes, on_written: Callable[[], None] | None = None) -> bool:
-        """Queue one whole message; False when over the cap (backpressure).
+        """Queue one whole message; False when over the cap (backpressure), or
+        when it is bulk data (over ``BULK_MESSAGE_BYTES``) and the node-wide
+        budget is spent.
 
         A message larger than the cap is still accepted into an empty queue,
         otherwise it could never be sent at all.  ``on_written`` runs on the
         network thread once the whole message was handed to the kernel.
         """
+        budget = self.budget
         with self._lock:
             if self._bytes and self._bytes + len(data) > self.cap_bytes:
+                return False
+            if budget is not None and len(data) > BULK_MESSAGE_BYTES and budget.spent():
                 return False
             if not self._bytes:
                 self.progress_time = time.monotonic()
             self._items.append(data)
             self._bytes += len(data)
+            self.peak_bytes = max(self.peak_bytes, self._bytes)
+            if budget is not None:
+                budget.add(len(data))
             if on_written is not None:
                 self._callbacks[self._pushed] = on_written
             self._pushed += 1
@@ -335,6 +397,8 @@ class SendQueue:
             with self._lock:
                 self.progress_time = time.monotonic()
                 self._bytes -= n
+                if self.budget is not None:
+                    self.budget.add(-n)
                 if offset + n == len(head):
                     self._items.popleft()
                     self._offset = 0
@@ -352,6 +416,8 @@ class SendQueue:
         with self._lock:
             self._items.clear()
             self._offset = 0
+            if self.budget is not None:
+                self.budget.add(-self._bytes)
             self._bytes = 0
             self._callbacks.clear()
             self._finished = self._pushed

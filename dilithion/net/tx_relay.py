@@ -201,9 +201,14 @@ class TxRelay:
                 wanted.append(Inv(InvType.MSG_TX_INV, txid))
         return wanted
 
+    def has(self, txid: bytes) -> bool:
+        """In the mempool (a ``getdata`` for it will be served)."""
+        return self.mempool is not None and bool(self.mempool.exists(bytes(txid)))
+
     def serve(self, peer, txids: list[bytes]) -> int:
-        """Answer ``getdata(tx)`` from the mempool; unknown txids get no reply
-        (no ``notfound``, ``net D-15``).  Returns how many were sent."""
+        """Answer ``getdata(tx)`` from the mempool (called by
+        :class:`~dilithion.net.block_serve.BlockServer`, which answers unknown txids
+        with ``notfound`` to Python peers).  Returns how many were sent."""
         mempool = self.mempool
         if mempool is None:
             return 0

@@ -124,6 +124,13 @@ class NodeMetrics:
         self.broadcast_retry_backoff = Gauge(
             "broadcast_retry_backoff_seconds", "Delay before the first retry of a refused "
             "announcement, doubled per retry (DIL_BROADCAST_BACKOFF_MS)", registry=r)
+        # ---- send side (issue 21, sendside slice) ----------------------------------------
+        self.send_buffer_bytes = Gauge(
+            "send_buffer_bytes", "Bytes queued for all peers together; at max_send_total block "
+            "and transaction service pauses for every peer (docs/P2P.md)", registry=r)
+        self.getdata_items_dropped = Counter(
+            "getdata_items_dropped", "Known items of getdata messages not served because the "
+            "peer already had MAX_PENDING_GETDATA items waiting", registry=r)
         for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
                        "too_large", "bad_request", "evicted"):
             self.rpc_rejected.labels(reason=reason)

@@ -1,0 +1,262 @@
+"""Serving ``getdata``: the blocks and transactions a peer asks for, within bounded costs.
+
+The C++ node (``ProcessGetDataMessage``) reads every requested block from the
+database at once, logs one line per item and never answers unknown items
+(``net D-15``).  Here, as in Bitcoin Core:
+
+* **unknown items are answered from memory**: a block hash that is not in the
+  block index (or a txid not in the mempool) costs no database read, no
+  propagation-record entry and no log line of its own; a Python peer gets them
+  back in one ``notfound`` (Bitcoin's layout), a C++ peer nothing (it neither
+  sends nor handles ``notfound``: its wire is unchanged);
+* **known items wait in a bounded per-peer queue** (``MAX_PENDING_GETDATA``,
+  duplicates dropped) and are served at most ``SERVE_SLICE`` per handler turn;
+  the next slice follows when a served block has left the send queue (its write
+  callback posts a turn to the handler thread) or, as a safety net, at the next
+  poll (:meth:`BlockServer.poll`, from the block relay's stall checker);
+* **service pauses while the send side is full** (Core's ``fPauseSend``): no
+  block is read from storage for a peer whose send queue holds more than
+  ``max_send_buffer``, nor for anyone while all peers' queues together reach
+  ``max_send_total`` (:class:`~dilithion.net.socket.SendBudget`); the items stay
+  queued and service resumes as the queues drain.  A peer that never reads is
+  disconnected by the send deadline, as before;
+* **log lines are budgeted**: ``Serving block`` and ``requested unknown block``
+  (the C++ wording) are written at INFO at most ``LOG_RATE`` per second
+  node-wide (burst ``LOG_BURST``), one summary line per ``getdata`` for its
+  unknown items; the rest go to DEBUG and the next INFO line says how many
+  were held back.
+
+Threads: everything here runs on the message-handler thread except
+:meth:`BlockServer._schedule` (any thread: write callbacks on the network
+thread, :meth:`poll` on the stall checker), which only posts a turn.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable
+
+from loguru import logger
+
+from dilithion.net.propagation import PropagationLog
+from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgNotfound
+from dilithion.net.socket import TokenBucket
+from dilithion.primitives.block import Uint256
+
+__all__ = ["BlockServer", "MAX_PENDING_GETDATA", "SERVE_SLICE", "LOG_RATE", "LOG_BURST"]
+
+#: Known items one peer may have waiting to be served.  Twice the largest honest
+#: request (a C++ peer asks for a whole 500-hash catch-up batch at once; a Python peer
+#: for at most 16 blocks): about 150 KB per peer.  Items past it are dropped unserved
+#: (counted in ``getdata_items_dropped``); the requester asks again when it times out.
+MAX_PENDING_GETDATA = 1000
+#: Items served per peer per handler turn: a request for 1,000 blocks reads four,
+#: then lets the handler thread serve other peers' messages before the next four.
+SERVE_SLICE = 4
+#: Node-wide INFO lines per second about serving (and burst): a few KB/s of log at most,
+#: whatever peers ask for; the rest are DEBUG lines.
+LOG_RATE = 5.0
+LOG_BURST = 50.0
+
+_BLOCK = InvType.MSG_BLOCK_INV
+_TX = InvType.MSG_TX_INV
+
+
+class _Pending:
+    """One peer's known items waiting to be served (handler thread only)."""
+
+    __slots__ = ("peer", "items", "keys")
+
+    def __init__(self, peer) -> None:
+        self.peer = peer
+        self.items: deque[tuple[int, bytes]] = deque()
+        self.keys: set[tuple[int, bytes]] = set()
+
+    def add(self, items: list[tuple[int, bytes]]) -> int:
+        """Queue new items up to ``MAX_PENDING_GETDATA``; returns how many were dropped."""
+        dropped = 0
+        for key in items:
+            if key in self.keys:
+                continue
+            if len(self.items) >= MAX_PENDING_GETDATA:
+                dropped += 1
+                continue
+            self.keys.add(key)
+            self.items.append(key)
+        return dropped
+
+    def pop(self) -> tuple[int, bytes]:
+        key = self.items.popleft()
+        self.keys.discard(key)
+        return key
+
+
+class _LogBudget:
+    """INFO lines at most ``LOG_RATE`` per second node-wide; DEBUG beyond (handler thread)."""
+
+    def __init__(self) -> None:
+        self._bucket = TokenBucket(LOG_RATE, LOG_BURST)
+        self._held = 0
+
+    def info(self, log, text: str) -> None:
+        if self._bucket.try_take():
+            held, self._held = self._held, 0
+            log.info(text + (f" ({held} similar line(s) held back)" if held else ""))
+        else:
+            self._held += 1
+            log.debug(text)
+
+
+class BlockServer:
+    """Answers ``getdata`` for one node (see the module docstring).
+
+    ``on_served(peer, hash)`` runs after a block was queued for a peer (the
+    block relay notes the peer has it and continues its catch-up); ``post(fn)``
+    runs ``fn`` on the handler thread (:meth:`NetMessageProcessor.post`).
+    Ownership: ``_pending`` (peer id -> :class:`_Pending`, in service order) and
+    ``_log`` belong to the handler thread; ``_lock`` guards ``_turn_posted``.
+    """
+
+    def __init__(self, chain, transport, tx, propagation: PropagationLog,
+                 post: Callable[[Callable[[], None]], None],
+                 on_served: Callable[[object, bytes], None], metrics=None) -> None:
+        self.chain = chain
+        self.transport = transport
+        self.tx = tx
+        self.propagation = propagation
+        self._post = post
+        self._on_served = on_served
+        self.metrics = metrics
+        self._pending: dict[int, _Pending] = {}
+        self._log = _LogBudget()
+        self._lock = threading.Lock()
+        self._turn_posted = False
+
+    # ------------------------------------------------------------ handler thread
+    def on_getdata(self, peer, msg) -> None:
+        """Sort the items into known (queued) and unknown (``notfound``), then serve a slice.
+
+        C++: ``ProcessGetDataMessage`` and the node's ``SetGetDataHandler`` lambda.
+        """
+        known: list[tuple[int, bytes]] = []
+        missing: list[Inv] = []
+        for item in msg.inv:
+            h = bytes(item.hash)
+            if item.type == _BLOCK:
+                if self.chain.get_index(Uint256(h)) is None:
+                    missing.append(item)
+                    continue
+                self.propagation.note(h, peer.id, "getdata")
+            elif item.type == _TX:
+                if self.tx.mempool is None:
+                    continue            # no mempool: tx items ignored, as the C++ node
+                if not self.tx.has(h):
+                    missing.append(item)
+                    continue
+            else:
+                continue
+            known.append((item.type, h))
+        if missing:
+            self._answer_missing(peer, missing)
+        queue = self._pending.get(peer.id)
+        if queue is None:
+            queue = _Pending(peer)
+        dropped = queue.add(known)
+        if dropped:
+            logger.debug(f"[P2P] Peer {peer.id} has {MAX_PENDING_GETDATA} items waiting: "
+                         f"{dropped} item(s) of its getdata dropped")
+            if self.metrics is not None:
+                self.metrics.getdata_items_dropped.inc(dropped)
+        if queue.items:
+            self._pending[peer.id] = queue
+            self._serve(queue)
+
+    def _answer_missing(self, peer, missing: list[Inv]) -> None:
+        """One log line for the getdata's unknown items; a ``notfound`` to Python peers."""
+        first = missing[0]
+        what = "block" if first.type == _BLOCK else "transaction"
+        more = f" (and {len(missing) - 1} more unknown item(s))" if len(missing) > 1 else ""
+        self._log.info(logger, f"[P2P] Peer {peer.id} requested unknown {what}: "
+                               f"{Uint256(bytes(first.hash)).short()}...{more}")
+        if peer.is_cpp() or self.transport.send_paused(peer.id):
+            return      # the C++ ignores notfound (net D-15); a full queue gets no more
+        self.transport.send_message(peer.id, MsgNotfound(missing))
+
+    def _serve(self, queue: _Pending) -> None:
+        """Serve up to ``SERVE_SLICE`` of one peer's items, unless its send side is full."""
+        peer = queue.peer
+        if not peer.is_connected():
+            self._pending.pop(peer.id, None)
+            return
+        armed = paused = False  # armed: a served block's write callback gives the next turn
+        for _ in range(SERVE_SLICE):
+            if not queue.items:
+                break
+            if self.transport.send_paused(peer.id):
+                paused = True       # resumed by a write callback, a disconnect or poll()
+                break
+            kind, h = queue.pop()
+            if kind == _BLOCK:
+                armed |= self._serve_block(peer, h)
+            else:
+                self.tx.serve(peer, [h])
+        self._pending.pop(peer.id, None)
+        if queue.items:
+            self._pending[peer.id] = queue      # behind the other waiting peers
+            if not armed and not paused:
+                self._schedule()
+
+    def _serve_block(self, peer, h: bytes) -> bool:
+        """Read one indexed block and queue it; True when it was queued."""
+        block = self.chain.get_block(Uint256(h))
+        log = logger.bind(block_hash=Uint256(h).get_hex(), **peer.log_fields())
+        if block is None:           # indexed but not stored (pruned, or failed to store)
+            log.debug(f"[P2P] Block {Uint256(h).short()}... requested by peer {peer.id} "
+                      f"is not stored")
+            return False
+        record, queued_at = self.propagation, self.propagation.now()
+        written = record.written_callback(h, peer.id, "block_written")
+
+        def on_written() -> None:   # network thread
+            written()
+            self._schedule()
+
+        if not self.transport.send_message(peer.id, MsgBlock(block), on_written):
+            log.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
+            record.not_sent(h, peer.id, "block refused: send queue full")
+            return False
+        record.note(h, peer.id, "block_queued", at=queued_at)
+        self._log.info(log, f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
+        self._on_served(peer, h)    # after the block is queued: a continuation inv follows it
+        return True
+
+    def _turn(self) -> None:
+        """A handler turn for every peer with items waiting (each gets a slice, in turn)."""
+        with self._lock:
+            self._turn_posted = False
+        for queue in list(self._pending.values()):
+            self._serve(queue)
+
+    def peer_gone(self, peer_id: int) -> None:
+        """Forget a disconnected peer's items; its queued bytes were freed: serve others."""
+        if self._pending.pop(peer_id, None) is not None or self._pending:
+            self._schedule()
+
+    def pending_count(self, peer_id: int) -> int:
+        queue = self._pending.get(peer_id)
+        return len(queue.items) if queue is not None else 0
+
+    # ------------------------------------------------------------ any thread
+    def _schedule(self) -> None:
+        """Post one :meth:`_turn` to the handler thread (coalesced: at most one waiting)."""
+        with self._lock:
+            if self._turn_posted:
+                return
+            self._turn_posted = True
+        self._post(self._turn)
+
+    def poll(self) -> None:
+        """Safety net (stall-checker thread): a turn if items wait, e.g. for a peer whose
+        queue is full of messages without write callbacks.  Reads only the table's size."""
+        if self._pending:
+            self._schedule()
