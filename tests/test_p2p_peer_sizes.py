@@ -1,0 +1,134 @@
+"""Every size a peer chooses is capped (issue 21, "Peer-supplied strings and lists").
+
+Attackers connect from their own loopback addresses (127.0.0.10, ...), the
+honest peer from 127.0.0.1; each test asserts what the node holds afterwards
+and what the honest side experiences.  Counts and events, never wall-clock
+speed; the timeouts are liveness guards.
+"""
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import pytest
+
+from dilithion.core.chainparams import ChainParams
+from dilithion.net.protocol import (MAX_ADDR_SIZE, MAX_SUBVERSION_LENGTH, Address, MsgAddr,
+                                    MsgPing, MsgVersion, decode_payload)
+from dilithion.net.serialize import SerializationError
+
+from framework import RawPeer, TestPeer, frame_raw, wait_until
+
+MAGIC = ChainParams.regtest().magic
+MiB = 1024 * 1024
+
+
+def attacker_host(i: int) -> str:
+    return f"127.0.0.{10 + i}"
+
+
+def version_with_agent(agent: bytes) -> MsgVersion:
+    return MsgVersion(timestamp=int(time.time()), nonce=7, user_agent=agent)
+
+
+def held_agents(cm) -> list[bytes]:
+    return [p.user_agent for p in cm.peer_manager.get_all_peers()]
+
+
+# ------------------------------------------------------------------ user agent
+def test_user_agent_limit_is_cores():
+    ok = decode_payload("version", version_with_agent(b"a" * MAX_SUBVERSION_LENGTH).serialize())
+    assert len(ok.user_agent) == MAX_SUBVERSION_LENGTH == 256
+    with pytest.raises(SerializationError, match="user agent"):
+        decode_payload("version", version_with_agent(b"a" * 257).serialize())
+
+
+def test_huge_user_agent_peer_is_disconnected_and_nothing_of_it_is_held(nodes):
+    """A 1 MiB user agent: no verack, the connection closed at once, the agent
+    nowhere in the peer table or ``getpeerinfo``; an honest peer still handshakes."""
+    cm = nodes()
+    huge = b"\xee" * MiB
+    attacker = RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(0))
+    try:
+        attacker.send(version_with_agent(huge))
+        commands = []
+        while (msg := attacker.recv_message(10.0)) is not None:
+            commands.append(msg.command)
+        assert "verack" not in commands
+        assert wait_until(lambda: all(p.host != attacker_host(0)
+                                      for p in cm.peer_manager.get_all_peers()))
+    finally:
+        attacker.close()
+    with TestPeer().connect(cm.listen_port) as honest:
+        honest.handshake()
+        honest.sync_with_ping()
+        info = cm.peer_info()
+        assert [p["addr"].split(":")[0] for p in info] == ["127.0.0.1"]
+        assert all(len(p["subver"]) <= MAX_SUBVERSION_LENGTH for p in info)
+    assert all(len(agent) <= MAX_SUBVERSION_LENGTH for agent in held_agents(cm))
+
+
+def test_twenty_huge_agents_hold_nothing(nodes):
+    """Twenty attackers (from twenty addresses) each offer a 1 MiB agent: the node
+    holds none of it, every attacker is closed, the honest peer handshakes."""
+    cm = nodes()
+    attackers = [RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(i)) for i in range(20)]
+    try:
+        for raw in attackers:
+            raw.send(version_with_agent(b"\xee" * MiB))
+        assert all(raw.is_closed(10.0) for raw in attackers)
+        with TestPeer().connect(cm.listen_port) as honest:
+            honest.handshake()
+            honest.sync_with_ping()
+            assert sum(len(a) for a in held_agents(cm)) <= MAX_SUBVERSION_LENGTH
+    finally:
+        for raw in attackers:
+            raw.close()
+
+
+# ------------------------------------------------------------------ addr count
+def test_addr_limit_is_cores():
+    entry = Address.from_ipv4("10.0.0.1", 8444, time=1)
+    assert len(decode_payload("addr", MsgAddr([entry] * MAX_ADDR_SIZE).serialize()).addrs) == 1000
+    with pytest.raises(SerializationError, match="addr count 1001"):
+        decode_payload("addr", MsgAddr([entry] * (MAX_ADDR_SIZE + 1)).serialize())
+
+
+def test_oversized_addr_is_misbehaviour(nodes):
+    """An ``addr`` of 1,001 entries is undecodable (score 20): five of them
+    discourage the sender, whose connection closes; the honest peer stays."""
+    cm = nodes()
+    entry = Address.from_ipv4("10.0.0.1", 8444, time=1)
+    big = MsgAddr([entry] * (MAX_ADDR_SIZE + 1))
+    with TestPeer().connect(cm.listen_port) as honest, \
+            RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(1)) as attacker:
+        honest.handshake()
+        attacker.handshake()
+        attacker.send(big)
+        attacker.send(MsgPing(5))
+        attacker.wait_for("pong")
+        scores = {p.host: p.misbehavior_score for p in cm.peer_manager.get_all_peers()}
+        assert scores[attacker_host(1)] == 20
+        for _ in range(4):
+            attacker.send(big)
+        assert attacker.is_closed(10.0)
+        honest.sync_with_ping()
+        assert honest.is_connected
+
+
+# ------------------------------------------------------------------ trailing bytes
+def test_trailing_bytes_after_ping_cost_no_copy():
+    """A ping (and a version) with 32 MiB of trailing garbage decodes, as the C++
+    ignores trailing bytes, without copying the garbage: the decoder's peak
+    allocation stays far below the payload (it was a full 32 MiB copy)."""
+    payload = (9).to_bytes(8, "little") + b"\x00" * (32 * MiB - 8)
+    version = version_with_agent(b"x").serialize() + payload
+    tracemalloc.start()
+    try:
+        assert decode_payload("ping", payload) == MsgPing(9)
+        assert decode_payload("version", version).nonce == 7
+        assert decode_payload("verack", payload) is not None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024
