@@ -179,6 +179,8 @@ Options:
   --log-level=<level>   TRACE, DEBUG, INFO, WARNING or ERROR (default: INFO or $DIL_LOG_LEVEL)
   --log-format=<fmt>    text (the C++-style lines) or json (one object per line, for log
                         stores) (default: text or $DIL_LOG_FORMAT)
+  --nologratelimit      Write every log line (default: rate-limited per source line and
+                        peer, 8 MiB an hour in all; or DIL_LOG_RATELIMIT=0)
   --help, -h            Show this help message
 
 Network Defaults:
@@ -407,12 +409,13 @@ def quick_start_config() -> NodeConfig:
                                                 "ERROR", "CRITICAL"], case_sensitive=False),
               default=None)
 @click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None)
+@click.option("--logratelimit/--nologratelimit", "log_rate_limit", default=None)
 @click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_help)
 def cli(mainnet, testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
         threads, strict, randomx, maxreceivebuffer, pingtimeout, rpcallowip, rpcthreads, rpcworkqueue,
         rpcmaxconnections, rpcservertimeout, rpcidletimeout, metrics_port, metrics_bind,
-        log_level, log_format):
+        log_level, log_format, log_rate_limit):
     """Run a Dilithion node.\f
 
     C++: ``NodeConfig::ParseArgs`` (click stops the help text at the form feed).
@@ -430,7 +433,7 @@ def cli(mainnet, testnet, regtest, datadir, port, rpcport, bind, rpcbind, connec
         start_mining=mine, mining_threads=threads, strict=strict,
         randomx=randomx.lower() if randomx else None, metrics_port=metrics_port,
         metrics_bind=metrics_bind, log_level=log_level,
-        log_format=log_format.lower() if log_format else None,
+        log_format=log_format.lower() if log_format else None, log_rate_limit=log_rate_limit,
         max_receive_buffer_mib=maxreceivebuffer,
         ping_timeout=pingtimeout, rpc_allow_ips=list(rpcallowip),
         rpc_limits=HTTPLimits(threads=rpcthreads, work_queue=rpcworkqueue,
@@ -456,7 +459,8 @@ def main(config: NodeConfig) -> int:
             if error is not None:
                 click.echo(error, err=True)
                 return 1
-        configure_logging(config.log_level, log_format=config.log_format)
+        configure_logging(config.log_level, log_format=config.log_format,
+                          rate_limit=config.log_rate_limit)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
         return 1
