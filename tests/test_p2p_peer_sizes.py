@@ -13,11 +13,12 @@ import tracemalloc
 import pytest
 
 from dilithion.core.chainparams import ChainParams
-from dilithion.net.protocol import (MAX_ADDR_SIZE, MAX_SUBVERSION_LENGTH, Address, MsgAddr,
-                                    MsgPing, MsgVersion, decode_payload)
+from dilithion.net.protocol import (MAX_ADDR_SIZE, MAX_SUBVERSION_LENGTH, Address, Inv, InvType,
+                                    MsgAddr, MsgInv, MsgPing, MsgVersion, decode_payload)
 from dilithion.net.serialize import SerializationError
+from dilithion.net.tx_relay import TxRelayManager
 
-from framework import RawPeer, TestPeer, frame_raw, wait_until
+from framework import InProcessNode, RawPeer, TestPeer, wait_until
 
 MAGIC = ChainParams.regtest().magic
 MiB = 1024 * 1024
@@ -132,3 +133,48 @@ def test_trailing_bytes_after_ping_cost_no_copy():
     finally:
         tracemalloc.stop()
     assert peak < 64 * 1024
+
+
+# ------------------------------------------------------------------ per-peer inventory sets
+def handshaken(node, host: str) -> RawPeer:
+    pm = node.connman.peer_manager
+    last_id = max((p.id for p in pm.get_all_peers()), default=0)
+    raw = RawPeer(node.p2p_port, node.params.magic, bind_host=host)
+    raw.handshake(MsgVersion(timestamp=int(time.time()), nonce=3, user_agent=b"/s:1/",
+                             start_height=node.height()))
+    assert wait_until(lambda: any(p.id > last_id for p in pm.handshake_complete_peers()))
+    return raw
+
+
+def test_tx_announcements_of_many_hosts_stay_within_the_node_wide_bound(tmp_path, monkeypatch):
+    """Twenty hosts announce 5,000 new txids each (100,000 in all): the announced
+    sets of all peers together stay within ``MAX_ANNOUNCED_TOTAL`` (scaled down
+    here to 10,000; each host alone could hold 50,000), and the
+    honest peer's announcements made afterwards are all remembered."""
+    monkeypatch.setattr(TxRelayManager, "MAX_ANNOUNCED_TOTAL", 10_000)
+    node = InProcessNode(tmp_path, "sizes", rpc=False).start()
+    attackers: list[RawPeer] = []
+    try:
+        manager = node.ctx.tx_relay
+        for i in range(20):
+            attackers.append(handshaken(node, attacker_host(i)))
+        honest = handshaken(node, "127.0.0.1")
+        honest_id = max(p.id for p in node.connman.peer_manager.get_all_peers())
+        for i, raw in enumerate(attackers):
+            raw.send(MsgInv([Inv(InvType.MSG_TX_INV, bytes([i]) + n.to_bytes(4, "little")
+                                 + bytes(27)) for n in range(5000)]))
+        for raw in attackers:
+            raw.send(MsgPing(1))
+            raw.wait_for("pong", 30.0)
+        honest_txids = [b"\xaa" + n.to_bytes(4, "little") + bytes(27) for n in range(50)]
+        honest.send(MsgInv([Inv(InvType.MSG_TX_INV, t) for t in honest_txids]))
+        honest.send(MsgPing(2))
+        honest.wait_for("pong", 30.0)
+        total = manager.get_stats()[0]
+        assert total <= 10_000
+        assert not any(manager.should_announce(honest_id, t) for t in honest_txids)
+        honest.close()
+    finally:
+        for raw in attackers:
+            raw.close()
+        node.close()
