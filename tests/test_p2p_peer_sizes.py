@@ -14,11 +14,13 @@ import pytest
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import (MAX_ADDR_SIZE, MAX_SUBVERSION_LENGTH, Address, Inv, InvType,
-                                    MsgAddr, MsgInv, MsgPing, MsgVersion, decode_payload)
+                                    MsgAddr, MsgBlock, MsgInv, MsgPing, MsgVersion,
+                                    decode_payload)
+from dilithion.net import block_download
 from dilithion.net.serialize import SerializationError
 from dilithion.net.tx_relay import TxRelayManager
 
-from framework import InProcessNode, RawPeer, TestPeer, wait_until
+from framework import InProcessNode, RawPeer, TestPeer, regtest_chain, wait_until
 
 MAGIC = ChainParams.regtest().magic
 MiB = 1024 * 1024
@@ -173,6 +175,46 @@ def test_tx_announcements_of_many_hosts_stay_within_the_node_wide_bound(tmp_path
         total = manager.get_stats()[0]
         assert total <= 10_000
         assert not any(manager.should_announce(honest_id, t) for t in honest_txids)
+        honest.close()
+    finally:
+        for raw in attackers:
+            raw.close()
+        node.close()
+
+
+def test_an_announcement_flood_does_not_push_out_an_honest_batch(tmp_path):
+    """The honest peer announces 18 blocks (16 are requested at once, 2 wait); then
+    twenty hosts announce 2,000 unknown blocks each, more than the node-wide wanted
+    table holds (``MAX_WANTED``).  The flooders rotate their own lists: the honest
+    requests stay in flight and its 2 waiting blocks stay wanted from it (before,
+    the oldest entries, the honest ones, were forgotten, in flight or not)."""
+    chain = regtest_chain(18)
+    node = InProcessNode(tmp_path, "wanted", rpc=False, coins=False).start()
+    download = node.ctx.block_relay.download
+    attackers: list[RawPeer] = []
+    try:
+        honest = handshaken(node, "127.0.0.1")
+        honest_id = max(p.id for p in node.connman.peer_manager.get_all_peers())
+        batch = [bytes(h) for _, h in chain[1:]]
+        honest.send(MsgInv([Inv(InvType.MSG_BLOCK_INV, h) for h in batch]))
+        assert [bytes(i.hash) for i in honest.wait_for("getdata", 10.0).inv] == batch[:16]
+        for i in range(20):
+            attackers.append(handshaken(node, attacker_host(i)))
+        for rnd in range(2):
+            for i, raw in enumerate(attackers):
+                raw.send(MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes([0xEE, rnd, i])
+                                     + n.to_bytes(4, "little") + bytes(25))
+                                 for n in range(1000)]))
+        for raw in attackers:
+            raw.send(MsgPing(1))
+            raw.wait_for("pong", 30.0)
+        assert download.table_sizes()["wanted"] <= block_download.MAX_WANTED
+        assert download.in_flight_count(honest_id) == 16
+        honest.send(MsgBlock(chain[1][0]))      # a slot frees: the next honest block is asked
+        assert [bytes(i.hash) for i in honest.wait_for("getdata", 10.0).inv] == batch[16:17]
+        for block, _ in chain[2:]:
+            honest.send(MsgBlock(block))
+        assert wait_until(lambda: node.height() == 18)
         honest.close()
     finally:
         for raw in attackers:
