@@ -12,15 +12,17 @@ import tracemalloc
 
 import pytest
 
+from dilithion.consensus.params import MAX_TRANSACTION_SIZE
 from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import (MAX_ADDR_SIZE, MAX_SUBVERSION_LENGTH, Address, Inv, InvType,
                                     MsgAddr, MsgBlock, MsgInv, MsgPing, MsgVersion,
-                                    decode_payload)
+                                    MsgTx, decode_payload)
 from dilithion.net import block_download
 from dilithion.net.serialize import SerializationError
 from dilithion.net.tx_relay import TxRelayManager
+from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 
-from framework import InProcessNode, RawPeer, TestPeer, regtest_chain, wait_until
+from framework import InProcessNode, RawPeer, TestPeer, frame_raw, regtest_chain, wait_until
 
 MAGIC = ChainParams.regtest().magic
 MiB = 1024 * 1024
@@ -117,6 +119,37 @@ def test_oversized_addr_is_misbehaviour(nodes):
         assert attacker.is_closed(10.0)
         honest.sync_with_ping()
         assert honest.is_connected
+
+
+# ------------------------------------------------------------------ tx size
+def big_tx_payload() -> bytes:
+    """A well-formed ``tx`` of 100,000 minimal inputs and outputs (5 MB)."""
+    tx = Transaction(1, [TxIn(OutPoint(bytes([i % 256]) * 32, i)) for i in range(100_000)],
+                     [TxOut(1, b"")] * 100_000)
+    return MsgTx(tx).serialize()
+
+
+def test_tx_payload_limit_is_the_consensus_size():
+    payload = big_tx_payload()
+    assert len(payload) > MAX_TRANSACTION_SIZE == 1_000_000
+    started = time.process_time()
+    with pytest.raises(SerializationError, match="tx payload of 5000018 bytes exceeds limit"):
+        decode_payload("tx", payload)
+    assert time.process_time() - started < 0.05       # refused before decoding (0.8 s)
+
+
+def test_oversized_tx_is_scored_without_decoding(nodes):
+    cm = nodes()
+    with TestPeer().connect(cm.listen_port) as honest, \
+            RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(2)) as attacker:
+        honest.handshake()
+        attacker.handshake()
+        attacker.send_raw(frame_raw(MAGIC, "tx", big_tx_payload()))
+        attacker.send(MsgPing(5))
+        attacker.wait_for("pong", 30.0)
+        scores = {p.host: p.misbehavior_score for p in cm.peer_manager.get_all_peers()}
+        assert scores[attacker_host(2)] == 20
+        honest.sync_with_ping()
 
 
 # ------------------------------------------------------------------ trailing bytes
