@@ -15,7 +15,7 @@ import time
 
 from loguru import logger
 
-from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgGetdata, MsgInv, MsgVersion
+from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgGetdata, MsgInv, MsgPing, MsgVersion
 from dilithion.node.log_rate_limit import (LOG_BYTES_PER_LOCATION, LOG_BYTES_PER_PEER_LOCATION,
                                            LOG_BYTES_TOTAL, LOG_RATE_WINDOW_S, LogRateLimiter)
 from dilithion.node.logging_setup import JSON_FIELDS, RateLimitedSink
@@ -173,3 +173,28 @@ def test_twenty_attackers_grow_the_log_by_at_most_the_budget(tmp_path):
         for raw in attackers:
             raw.close()
         node.close()
+
+
+def test_the_node_program_limits_a_flooding_host_and_counts_it(process_node):
+    """A real node process: one host announces 300 unknown blocks, one ``inv`` each;
+    its ``announced new block`` lines stop after its share, one note says so, the
+    metrics count the rest, and the same line about the honest peer is written."""
+    node = process_node("flooded").start()
+    with RawPeer(node.p2p_port, bind_host="127.0.0.10") as attacker, \
+            RawPeer(node.p2p_port) as honest:
+        for raw in (attacker, honest):
+            raw.handshake(MsgVersion(timestamp=int(time.time()), nonce=9, user_agent=b"/a:1/",
+                                     start_height=0))
+        for n in range(300):
+            attacker.send(MsgInv([Inv(BLOCK, b"\xee" + n.to_bytes(4, "little") + bytes(27))]))
+        attacker.send(MsgPing(1))
+        attacker.wait_for("pong", 30.0)
+        honest.send(MsgInv([Inv(BLOCK, b"\xaa" * 32)]))
+        honest.send(MsgPing(2))
+        honest.wait_for("pong", 30.0)
+        assert wait_until(lambda: node.metric("log_lines_suppressed") > 250)
+    announced = node.log_lines(r"announced new block")
+    assert len(announced) * 60 <= LOG_BYTES_PER_PEER_LOCATION + 200
+    assert len(node.log_lines(r"Excessive logging from dilithion\.net\.block_relay:")) == 1
+    assert announced[-1].endswith("announced new block: aaaaaaaaaaaaaaaa...")
+    assert node.metric("log_bytes_suppressed") > 250 * 60

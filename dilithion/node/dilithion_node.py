@@ -221,9 +221,11 @@ class DilithionNode:
     C++: ``struct NodeState``, whose running flag is the stop request here.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, log_limiter=None) -> None:
         config.apply_defaults()
         self.config = config
+        #: The log sinks' rate limiter (``configure_logging``), shown in the metrics.
+        self.log_limiter = log_limiter
         self._signal: int | None = None
         #: ``ctx.shutdown_requested``: exists before start-up so an early signal
         #: is not lost (``cli 6.1.6``).
@@ -285,6 +287,8 @@ class DilithionNode:
             logger.info("Consensus: --strict (intended rules the C++ node skips)")
         logger.info("")
         self.assembly.start()
+        if self.log_limiter is not None and self.ctx.metrics is not None:
+            self.ctx.metrics.watch_log_limiter(self.log_limiter)
         for line in ("", BANNER_RULE, "Node Status: RUNNING", BANNER_RULE, "", "RPC Interface:",
                      f"  URL: http://{cfg.rpcbind}:{self.ctx.rpc_server.port}",
                      "  Methods: see `dilithion-cli help`", "",
@@ -459,8 +463,8 @@ def main(config: NodeConfig) -> int:
             if error is not None:
                 click.echo(error, err=True)
                 return 1
-        configure_logging(config.log_level, log_format=config.log_format,
-                          rate_limit=config.log_rate_limit)
+        log_limiter = configure_logging(config.log_level, log_format=config.log_format,
+                                        rate_limit=config.log_rate_limit)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
         return 1
@@ -470,7 +474,7 @@ def main(config: NodeConfig) -> int:
     if config.quick_start:
         logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "
                     f"data directory {config.datadir} (run with --help for options)")
-    return DilithionNode(config).run()
+    return DilithionNode(config, log_limiter).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -153,11 +153,12 @@ class _InterceptHandler(logging.Handler):
 
 
 def configure_logging(level: str | None = None, p2p_log: bool | None = None,
-                      log_format: str = "text", rate_limit: bool | None = None) -> None:
+                      log_format: str = "text",
+                      rate_limit: bool | None = None) -> LogRateLimiter | None:
     """One stdout sink (below ERROR) and one stderr sink (ERROR and above).
 
     ``rate_limit`` (None: :func:`rate_limit_from_env`) puts both behind one
-    :class:`LogRateLimiter`.
+    :class:`LogRateLimiter`, which is returned (None when off) for the metrics.
 
     ``DIL_P2P_LOG=1`` lets the transport's per-message DEBUG records through even
     when the level is INFO (the transport writes them only with that variable).
@@ -200,6 +201,7 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None,
     if log_format == "json":
         logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
         logging.captureWarnings(True)
+    return limiter
 
 
 def _is_p2p_record(record) -> bool:

@@ -124,6 +124,14 @@ class NodeMetrics:
         self.broadcast_retry_backoff = Gauge(
             "broadcast_retry_backoff_seconds", "Delay before the first retry of a refused "
             "announcement, doubled per retry (DIL_BROADCAST_BACKOFF_MS)", registry=r)
+        # ---- peersizes (issue 21): the log as a budget ----------------------------------
+        self.log_lines_suppressed = Gauge(
+            "log_lines_suppressed", "Log lines dropped by the log rate limit since the node "
+            "started (per source line, per peer host and node-wide budgets per hour; 0 with "
+            "--nologratelimit)", registry=r)
+        self.log_bytes_suppressed = Gauge(
+            "log_bytes_suppressed", "Bytes of the log lines dropped by the log rate limit "
+            "since the node started", registry=r)
         for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
                        "too_large", "bad_request", "evicted"):
             self.rpc_rejected.labels(reason=reason)
@@ -149,6 +157,11 @@ class NodeMetrics:
 
         self.randomx_dataset_build_seconds.set_function(build_seconds)
         self.randomx_vms.set_function(lambda: hasher.vms)
+
+    def watch_log_limiter(self, limiter) -> None:
+        """Read the log rate limiter's dropped lines and bytes at each scrape."""
+        self.log_lines_suppressed.set_function(lambda: limiter.dropped_lines)
+        self.log_bytes_suppressed.set_function(lambda: limiter.dropped_bytes)
 
     def on_tip_changed(self, new_tip, connected, disconnected) -> None:
         """Chain tip listener: the height gauge and the connected-blocks counter."""
