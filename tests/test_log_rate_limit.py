@@ -16,21 +16,22 @@ import time
 from loguru import logger
 
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgGetdata, MsgInv, MsgPing, MsgVersion
-from dilithion.node.log_rate_limit import (LOG_BYTES_PER_LOCATION, LOG_BYTES_PER_PEER_LOCATION,
-                                           LOG_BYTES_TOTAL, LOG_RATE_WINDOW_S, LogRateLimiter)
+from dilithion.node.log_rate_limit import (LOG_BYTES_NODE_LINES, LOG_BYTES_PEER_LINES,
+                                           LOG_BYTES_PER_LOCATION, LOG_BYTES_PER_PEER_LOCATION,
+                                           LOG_RATE_WINDOW_S, LogRateLimiter)
 from dilithion.node.logging_setup import JSON_FIELDS, RateLimitedSink
 
-from framework import FakeClock, InProcessNode, RawPeer, regtest_chain, wait_until
+from framework import FakeClock, InProcessNode, RawPeer, frame_raw, regtest_chain, wait_until
 
 BLOCK = InvType.MSG_BLOCK_INV
 
 
 def test_budgets_are_named_and_bound_an_hour_under_16_mib():
     assert LOG_RATE_WINDOW_S == 3600
-    assert LOG_BYTES_TOTAL <= 8 * 1024 * 1024
-    # 100 attacking hosts at 15 peer-triggered source lines stay far below both budgets,
-    # so the same lines about an honest host are still written.
-    assert 100 * 15 * LOG_BYTES_PER_PEER_LOCATION < LOG_BYTES_TOTAL // 2
+    assert LOG_BYTES_PEER_LINES + LOG_BYTES_NODE_LINES <= 8 * 1024 * 1024
+    # 100 attacking hosts at 15 peer-triggered source lines stay below the location
+    # budget and the peer-lines pool, so the same lines about an honest host are written.
+    assert 100 * 15 * LOG_BYTES_PER_PEER_LOCATION < LOG_BYTES_PEER_LINES
     assert 100 * LOG_BYTES_PER_PEER_LOCATION < LOG_BYTES_PER_LOCATION
 
 
@@ -84,15 +85,25 @@ def test_one_host_exhausts_only_its_own_share_and_the_window_ends_with_a_count()
         out.close()
 
 
-def test_node_wide_total_bounds_many_hosts():
-    limiter = LogRateLimiter(clock=FakeClock(), total=64 * 1024)
+def test_node_wide_pools_bound_many_hosts_and_keep_each_others_room():
+    """200 hosts exhaust the peer-lines pool; lines without a peer still have their
+    own pool, and a chain-progress line is written whatever the pools hold."""
+    limiter = LogRateLimiter(clock=FakeClock(), peer_lines=64 * 1024, node_lines=64 * 1024)
     out = Captured(limiter, "total")
     try:
         for host in range(200):
             log = logger.bind(test_tag="total", peer=host, peer_addr=f"10.0.{host}.1:1")
             for i in range(40):
                 attacker_line(log, i)
-        assert out.bytes() <= 64 * 1024 + 400
+        assert 64 * 1024 - 100 <= out.bytes() <= 64 * 1024 + 400
+        node_log = logger.bind(test_tag="total")
+        node_log.info("[P2P] Lost connection to 10.9.9.9:8444")
+        assert out.lines[-1] == "[P2P] Lost connection to 10.9.9.9:8444\n"
+        for i in range(2000):
+            node_log.info(f"[P2P] Peer {i} announced 2 new blocks: aaaa...bbbb...")
+        node_log.bind(height=9).info("[OK] BLOCK FOUND!")
+        assert out.lines[-1] == "[OK] BLOCK FOUND!\n"
+        assert out.bytes() <= 2 * 64 * 1024 + 1000
     finally:
         out.close()
 
@@ -131,11 +142,13 @@ def test_the_program_sinks_limit_json_and_text_and_can_be_turned_off(tmp_path):
 
 # --------------------------------------------------------------------- a node under attack
 def test_twenty_attackers_grow_the_log_by_at_most_the_budget(tmp_path):
-    """Twenty hosts announce unknown blocks and ask for unknown ones, 300 times each:
+    """Twenty hosts send bad checksums, announce unknown blocks and ask for unknown
+    ones, 300 times each:
     the captured log grows by at most the budget, the first line of each kind is
     there, and the honest peer's block still logs ``Received block``."""
-    budget = 96 * 1024
-    limiter = LogRateLimiter(clock=FakeClock(), total=budget, per_location=32 * 1024)
+    budget = 2 * 128 * 1024
+    limiter = LogRateLimiter(clock=FakeClock(), per_location=32 * 1024,
+                             peer_lines=128 * 1024, node_lines=128 * 1024)
     chain = regtest_chain(2)
     node = InProcessNode(tmp_path, "victim", rpc=False, coins=False, log_limiter=limiter).start()
     attackers: list[RawPeer] = []
@@ -150,6 +163,9 @@ def test_twenty_attackers_grow_the_log_by_at_most_the_budget(tmp_path):
             raw.handshake(MsgVersion(timestamp=int(time.time()), nonce=9, user_agent=b"/a:1/",
                                      start_height=1))
             attackers.append(raw)
+        for raw in attackers:                   # 9 x score 10: scored and logged, not discouraged
+            for _ in range(9):
+                raw.send_raw(frame_raw(node.params.magic, "ping", bytes(8), checksum=b"bad!"))
         for n in range(300):
             for i, raw in enumerate(attackers):
                 fake = bytes([i, n % 256, n // 256]) + bytes(29)
@@ -157,7 +173,8 @@ def test_twenty_attackers_grow_the_log_by_at_most_the_budget(tmp_path):
                 raw.send(MsgGetdata([Inv(BLOCK, fake[::-1])]))
         assert wait_until(lambda: limiter.dropped_lines >= 20 * 300, timeout=60)
         attack_log = node.log_text()
-        assert "announced new block" in attack_log and "requested unknown block" in attack_log
+        for kind in ("announced new block", "requested unknown block", "bad checksum"):
+            assert kind in attack_log
         block, h = chain[2]
         honest.send(MsgBlock(block))
         assert wait_until(lambda: node.chain.tip().hash == h)
@@ -167,6 +184,7 @@ def test_twenty_attackers_grow_the_log_by_at_most_the_budget(tmp_path):
         notes = [line for line in text.splitlines() if "Excessive logging from" in line]
         assert 1 <= len(notes) <= 10 and all(len(line) < 300 for line in notes)
         assert grown <= budget + 300 * len(notes)
+        assert limiter.dropped_bytes > 3 * grown
         print(f"\nlog grew {grown} bytes; {limiter.dropped_lines} lines "
               f"({limiter.dropped_bytes} bytes) dropped")
     finally:

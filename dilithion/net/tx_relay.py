@@ -215,8 +215,9 @@ class TxRelay:
         unique = list(dict.fromkeys(bytes(t) for t in txids))
         cap = self.manager.MAX_PEER_TX_ANNOUNCEMENTS
         if len(unique) > cap:      # one inv cannot fill the peer's announced set
-            logger.info(f"[P2P] Peer {peer.id} announced {len(unique)} transactions in one inv; "
-                        f"looking at the first {cap}")
+            logger.bind(**peer.log_fields()).info(
+                f"[P2P] Peer {peer.id} announced {len(unique)} transactions in one inv; "
+                f"looking at the first {cap}")
             unique = unique[:cap]
         for txid in unique:
             self.manager.mark_announced(peer.id, txid)   # the announcer has it
@@ -254,7 +255,8 @@ class TxRelay:
         txid = tx.get_hash()
         self.manager.remove_in_flight(txid)
         self.manager.mark_announced(peer.id, txid)
-        logger.info(f"[P2P] Received transaction from peer {peer.id}: {_short(txid)}...")
+        log = logger.bind(**peer.log_fields())     # peer-caused lines: the peer's log share
+        log.info(f"[P2P] Received transaction from peer {peer.id}: {_short(txid)}...")
         mempool = self.mempool
         if mempool is None or self.accept is None:
             return False
@@ -264,9 +266,9 @@ class TxRelay:
             self.accept(tx)
         except TxValidationError as e:
             reason = getattr(e, "reason", None) or str(e)
-            logger.info(f"[P2P] Transaction {_short(txid)}... from peer {peer.id} rejected: {reason}")
+            log.info(f"[P2P] Transaction {_short(txid)}... from peer {peer.id} rejected: {reason}")
             return False
-        logger.info(f"[P2P] Transaction {_short(txid)}... accepted to mempool")
+        log.info(f"[P2P] Transaction {_short(txid)}... accepted to mempool")
         if self.broadcaster is not None:
             self.broadcaster.broadcast_tx(txid, exclude_peer=peer.id)
         return True

@@ -10,13 +10,15 @@ suppression once, with the count of dropped bytes when the window ends.  One
 attacker can silence a location there; here a line bound with a peer
 (``logger.bind(**peer.log_fields())``) must also fit a much smaller budget of
 its own (location, peer host), so one host exhausts its own share and the
-same line about an honest peer is still written.  A node-wide total bounds
-the sum over every location and every host.
+same line about an honest peer is still written.  Two node-wide pools bound
+the sums: one for lines about a peer, one for the other lines, so lines an
+attacker can trigger without a peer binding (capped per location) cannot use
+up the room of the lines about honest peers, nor the reverse.
 
 Chain-progress lines (bound with ``height``: ``Updated best block``,
-``Block activated``, ``BLOCK FOUND``) skip the per-host budget: only a block
-that extends the best chain writes one, so their rate is paid for by proof of
-work; the location and total budgets still apply.
+``Block activated``, ``BLOCK FOUND``) skip the per-host budget and both
+pools: only a block that extends the best chain writes one, so their rate is
+paid for by proof of work; their location budget still applies.
 
 Lines below INFO are never limited (they are written only when an operator
 asks for them, as Core's debug categories).  Suppression notes are at most
@@ -31,7 +33,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 __all__ = ["LOG_RATE_WINDOW_S", "LOG_BYTES_PER_LOCATION", "LOG_BYTES_PER_PEER_LOCATION",
-           "LOG_BYTES_TOTAL", "MAX_TRACKED_PEER_LOCATIONS", "LogRateLimiter", "Verdict"]
+           "LOG_BYTES_PEER_LINES", "LOG_BYTES_NODE_LINES", "MAX_TRACKED_PEER_LOCATIONS",
+           "LogRateLimiter", "Verdict"]
 
 #: Length of one budget window (Core's ``LOG_RATELIMIT_WINDOW``: one hour).
 LOG_RATE_WINDOW_S = 3600.0
@@ -40,13 +43,16 @@ LOG_BYTES_PER_LOCATION = 1024 * 1024
 #: Bytes one peer host may make one source location write per window: about 20
 #: text lines (7 JSON lines).  A mainnet peer relays about 15 blocks an hour, so
 #: an honest peer's ``Received block`` lines fit; 100 attacking hosts at 15
-#: peer-triggered locations can write 3 MiB, far below the location and total
-#: budgets, so they cannot silence an honest host's lines.
+#: peer-triggered locations can write 3 MiB, below the location budget and the
+#: peer-lines pool, so they cannot silence an honest host's lines.
 LOG_BYTES_PER_PEER_LOCATION = 2 * 1024
-#: Bytes the whole node may write per window: half of 16 MiB an hour.
-LOG_BYTES_TOTAL = 8 * 1024 * 1024
+#: Bytes all lines about a peer may write per window.
+LOG_BYTES_PEER_LINES = 4 * 1024 * 1024
+#: Bytes all other lines (chain progress aside) may write per window.  With the
+#: peer-lines pool: 8 MiB an hour under attack, half of 16 MiB.
+LOG_BYTES_NODE_LINES = 4 * 1024 * 1024
 #: (location, host) budgets remembered per window (about 150 bytes each).  When
-#: the table is full, a new pair is charged to its location and the total only.
+#: the table is full, a new pair is charged to its location and its pool only.
 MAX_TRACKED_PEER_LOCATIONS = 4096
 
 #: Lines below this level number (INFO) are never limited.
@@ -80,18 +86,19 @@ class LogRateLimiter:
     def __init__(self, *, window_s: float = LOG_RATE_WINDOW_S,
                  per_location: int = LOG_BYTES_PER_LOCATION,
                  per_peer_location: int = LOG_BYTES_PER_PEER_LOCATION,
-                 total: int = LOG_BYTES_TOTAL,
+                 peer_lines: int = LOG_BYTES_PEER_LINES,
+                 node_lines: int = LOG_BYTES_NODE_LINES,
                  max_tracked: int = MAX_TRACKED_PEER_LOCATIONS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self.per_location = per_location
         self.per_peer_location = per_peer_location
-        self.total = total
+        self.pool_caps = {"peer lines": peer_lines, "node lines": node_lines}
         self.max_tracked = max_tracked
         self._clock = clock
         self._lock = threading.Lock()
         self._window_start = clock()
-        self._used_total = 0
+        self._pool_used = {"peer lines": 0, "node lines": 0}
         self._locations: dict[str, _Location] = {}
         self._peer_used: dict[tuple[str, str], int] = {}
         #: Lines and bytes dropped since the limiter was made (for tests and metrics).
@@ -110,12 +117,15 @@ class LogRateLimiter:
             loc = self._locations.setdefault(where, _Location())
             key = (where, host) if host is not None and not progress else None
             peer_used = self._peer_used.get(key, 0) if key is not None else 0
-            over = ("total" if self._used_total + size > self.total else
-                    "location" if loc.used + size > self.per_location else
+            pool = None if progress else "peer lines" if host is not None else "node lines"
+            over = ("location" if loc.used + size > self.per_location else
+                    pool if pool is not None
+                    and self._pool_used[pool] + size > self.pool_caps[pool] else
                     "host" if key is not None and peer_used + size > self.per_peer_location else
                     None)
             if over is None:
-                self._used_total += size
+                if pool is not None:
+                    self._pool_used[pool] += size
                 loc.used += size
                 if key is not None and (key in self._peer_used
                                         or len(self._peer_used) < self.max_tracked):
@@ -143,7 +153,7 @@ class LogRateLimiter:
                  f"{self.window_s:.0f} s"
                  for where, loc in self._locations.items() if loc.dropped_lines]
         self._window_start = now
-        self._used_total = 0
+        self._pool_used = dict.fromkeys(self._pool_used, 0)
         self._locations.clear()
         self._peer_used.clear()
         return notes

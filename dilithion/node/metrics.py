@@ -127,8 +127,8 @@ class NodeMetrics:
         # ---- peersizes (issue 21): the log as a budget ----------------------------------
         self.log_lines_suppressed = Gauge(
             "log_lines_suppressed", "Log lines dropped by the log rate limit since the node "
-            "started (per source line, per peer host and node-wide budgets per hour; 0 with "
-            "--nologratelimit)", registry=r)
+            "started (budgets per hour: per source line, per source line and peer host, and "
+            "two node-wide pools; 0 with --nologratelimit)", registry=r)
         self.log_bytes_suppressed = Gauge(
             "log_bytes_suppressed", "Bytes of the log lines dropped by the log rate limit "
             "since the node started", registry=r)
