@@ -215,9 +215,8 @@ class TxRelay:
         unique = list(dict.fromkeys(bytes(t) for t in txids))
         cap = self.manager.MAX_PEER_TX_ANNOUNCEMENTS
         if len(unique) > cap:      # one inv cannot fill the peer's announced set
-            logger.bind(**peer.log_fields()).info(
-                f"[P2P] Peer {peer.id} announced {len(unique)} transactions in one inv; "
-                f"looking at the first {cap}")
+            peer.log().info(f"[P2P] Peer {peer.id} announced {len(unique)} transactions in one "
+                            f"inv; looking at the first {cap}")
             unique = unique[:cap]
         for txid in unique:
             self.manager.mark_announced(peer.id, txid)   # the announcer has it
@@ -255,7 +254,7 @@ class TxRelay:
         txid = tx.get_hash()
         self.manager.remove_in_flight(txid)
         self.manager.mark_announced(peer.id, txid)
-        log = logger.bind(**peer.log_fields())     # peer-caused lines: the peer's log share
+        log = peer.log()        # peer-caused lines: charged to the peer's share of the log
         log.info(f"[P2P] Received transaction from peer {peer.id}: {_short(txid)}...")
         mempool = self.mempool
         if mempool is None or self.accept is None:
