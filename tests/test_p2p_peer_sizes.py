@@ -11,6 +11,7 @@ import time
 import tracemalloc
 
 import pytest
+from loguru import logger
 
 from dilithion.consensus.params import MAX_TRANSACTION_SIZE
 from dilithion.core.chainparams import ChainParams
@@ -49,8 +50,11 @@ def test_user_agent_limit_is_cores():
 
 
 def test_huge_user_agent_peer_is_disconnected_and_nothing_of_it_is_held(nodes):
-    """A 1 MiB user agent: no verack, the connection closed at once, the agent
-    nowhere in the peer table or ``getpeerinfo``; an honest peer still handshakes."""
+    """A 1 MiB user agent: no verack, the connection closed at once, scored and
+    logged once, the agent nowhere in the peer table or ``getpeerinfo``; an honest
+    peer still handshakes."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{message}")
     cm = nodes()
     huge = b"\xee" * MiB
     attacker = RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(0))
@@ -71,6 +75,11 @@ def test_huge_user_agent_peer_is_disconnected_and_nothing_of_it_is_held(nodes):
         assert [p["addr"].split(":")[0] for p in info] == ["127.0.0.1"]
         assert all(len(p["subver"]) <= MAX_SUBVERSION_LENGTH for p in info)
     assert all(len(agent) <= MAX_SUBVERSION_LENGTH for agent in held_agents(cm))
+    logger.remove(sink)
+    about = [line for line in lines if "user agent length 1048576" in line]
+    assert len(about) == 2 and "Misbehaving peer" in about[0] and "(+20, score 20)" in about[0]
+    assert "disconnected: undecodable version" in about[1]
+    assert all(len(line) < 400 for line in lines)        # the agent itself is never logged
 
 
 def test_twenty_huge_agents_hold_nothing(nodes):
