@@ -183,7 +183,8 @@ def test_add_tx_applies_the_fee_rule():
 
 def test_eviction_by_fee_rate():
     size = synthetic(1).get_serialized_size()
-    pool = TxMemPool(max_bytes=2 * size + size // 2)
+    usage = MempoolEntry(synthetic(1), 150_000, NOW, 1).usage
+    pool = TxMemPool(max_bytes=2 * usage + usage // 2)
     low, mid, high, lower = synthetic(1), synthetic(2), synthetic(3), synthetic(4)
     pool.add_tx(low, 150_000, NOW, 1)
     pool.add_tx(mid, 200_000, NOW, 1)
@@ -195,7 +196,7 @@ def test_eviction_by_fee_rate():
     with pytest.raises(TxValidationError, match="Mempool full"):
         pool.add_tx(synthetic(5), 200_000, NOW + 1, 1)  # equal rate, later: ranks below mid
     assert pool.get_ordered_txs() == [high, mid] and pool.total_bytes() == 2 * size
-    big = Transaction(1, [TxIn(OutPoint(b"\x09" * 32, 0), b"x" * (3 * size))], [TxOut(1000, SPK)])
+    big = Transaction(1, [TxIn(OutPoint(b"\x09" * 32, 0), b"x" * (3 * usage))], [TxOut(1000, SPK)])
     with pytest.raises(TxValidationError, match="Mempool full"):
         pool.add_tx(big, 10_000_000, NOW, 1)          # larger than the whole pool
     assert TxMemPool().max_bytes == DEFAULT_MAX_MEMPOOL_BYTES == 314_572_800
@@ -265,3 +266,29 @@ def test_reorg_drops_entries_whose_inputs_left_the_chain(node, miner):
     node.chain.disconnect()                                    # back to 101
     dropped = node.mempool.remove_unspendable(node.utxo_set, node.chain.height + 1)
     assert set(dropped) == {child.get_hash(), mature.get_hash()} and node.mempool.size() == 0
+
+
+def test_pool_limit_bounds_memory_not_serialized_bytes():
+    """Transactions of 2,000 outputs cost about five times their size in Python
+    objects; a 4 MiB pool filled with them stays within 4 MiB of memory (with the
+    bytes-based limit it held about 22 MiB)."""
+    import tracemalloc
+    limit = 4 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        pool = TxMemPool(max_bytes=limit)
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(100):
+            tx = Transaction(1, [TxIn(OutPoint(i.to_bytes(32, "little"), 0))],
+                             [TxOut(1000 + n, bytes([n % 256]) * 25) for n in range(2000)])
+            try:
+                pool.add_tx(tx, 2_000_000 + i, NOW, 1)     # each pays more: evicts the last
+            except TxValidationError:
+                pass
+            del tx
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert pool.size() >= 5 and pool.usage() <= limit
+    print(f"\npool of {pool.size()} entries: usage {pool.usage()}, Python memory {held}")
+    assert held <= limit * 1.1, held

@@ -41,7 +41,12 @@ BLOCK_REQUEST_TIMEOUT_S = 30.0
 MAX_WANTED_PER_PEER = 1024
 #: Announcers remembered per wanted hash.
 MAX_ANNOUNCERS_PER_HASH = 8
-#: Wanted hashes remembered node-wide (each with its announcers).
+#: Wanted hashes remembered node-wide (each with its announcers; about 330 bytes
+#: with its place in the announcers' lists, so about 6.6 MiB).  Twenty peers at
+#: ``MAX_WANTED_PER_PEER`` reach it; at the bound a hash that is in flight is
+#: never forgotten, and an announcer holding its fair share (the bound over the
+#: number of announcers) or more gives up its own oldest hash, so flooding
+#: peers rotate their own lists instead of pushing out an honest announcement.
 MAX_WANTED = 20_000
 
 
@@ -84,6 +89,8 @@ class BlockDownload:
             for h in hashes:
                 peers = self._wanted.get(h)
                 if peers is None:
+                    if len(self._wanted) >= MAX_WANTED:
+                        self._make_room(peer_id, mine)
                     peers = []
                     evicted = self._wanted.put(h, peers)
                     if evicted is not None:
@@ -232,6 +239,20 @@ class BlockDownload:
                     "by_peer": sum(len(m) for m in self._by_peer.values())}
 
     # ------------------------------------------------------------ internals (lock held)
+    def _make_room(self, peer_id: int, mine: LRUDict[bytes, None]) -> None:
+        """``_wanted`` is full: an announcer holding its fair share or more gives up
+        its own oldest hash; if that freed nothing, the oldest wanted hash goes.
+        A hash in flight is never forgotten here."""
+        if len(mine) >= MAX_WANTED // max(1, len(self._by_peer)):
+            own = next((h for h in mine if h not in self._in_flight), None)
+            if own is not None:
+                mine.pop(own)
+                self._drop_announcer(own, peer_id)
+        if len(self._wanted) >= MAX_WANTED:
+            victim = next((h for h in self._wanted if h not in self._in_flight), None)
+            if victim is not None:
+                self._forget_hash(victim)
+
     def _release(self, h: bytes) -> None:
         cur = self._in_flight.pop(h, None)
         if cur is None:

@@ -343,8 +343,8 @@ class BlockRelay:
         blocks = list(dict.fromkeys(bytes(i.hash) for i in items if i.type == InvType.MSG_BLOCK_INV))
         txids = [bytes(i.hash) for i in items if i.type == InvType.MSG_TX_INV]
         if len(blocks) > MAX_INV_BLOCK_ITEMS:
-            logger.info(f"[P2P] Peer {peer.id} announced {len(blocks)} blocks in one inv; "
-                        f"looking at the first {MAX_INV_BLOCK_ITEMS}")
+            peer.log().info(f"[P2P] Peer {peer.id} announced {len(blocks)} blocks in one inv; "
+                            f"looking at the first {MAX_INV_BLOCK_ITEMS}")
             blocks = blocks[:MAX_INV_BLOCK_ITEMS]
         batch = len(blocks) > 1
         if batch:
@@ -361,8 +361,8 @@ class BlockRelay:
             logger.bind(block_hash=Uint256(new[0]).get_hex(), **peer.log_fields()).info(
                 f"[P2P] Peer {peer.id} announced new block: {Uint256(new[0]).short()}...")
         elif new:
-            logger.info(f"[P2P] Peer {peer.id} announced {len(new)} new blocks: "
-                        f"{Uint256(new[0]).short()}...{Uint256(new[-1]).short()}...")
+            peer.log().info(f"[P2P] Peer {peer.id} announced {len(new)} new blocks: "
+                            f"{Uint256(new[0]).short()}...{Uint256(new[-1]).short()}...")
         self.download.announced(peer.id, new)
         self._fill(peer.id, self.tx.items_to_request(peer, txids) if txids else None)
         if batch:
@@ -377,7 +377,7 @@ class BlockRelay:
         block = msg.block
         reason = chain.precheck_block(block)      # no RandomX hash for a block this bad
         if reason is not None:
-            logger.error(f"[P2P] ERROR: Invalid block from peer {peer.id}: {reason}")
+            peer.log().error(f"[P2P] ERROR: Invalid block from peer {peer.id}: {reason}")
             self.transport.misbehaving(peer.id, INVALID_BLOCK_SCORE, f"invalid block: {reason}")
             return
         now = time.monotonic()
@@ -467,7 +467,7 @@ class BlockRelay:
                     sync.getblocks_sent = now
             if due and not self.transport.send_message(
                     peer.id, MsgGetblocks(self.chain.locator())):
-                logger.warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
+                peer.log().warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
             return
         if self.download.request_now(peer.id, parent):
             self._request(peer.id, [Inv(InvType.MSG_BLOCK_INV, parent)], 1)
@@ -502,12 +502,12 @@ class BlockRelay:
             sync.batch_end = None
             sync.getblocks_sent = now
         if not self.transport.send_message(peer.id, MsgGetblocks(chain.locator(index))):
-            logger.warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
+            peer.log().warning(f"[P2P] Could not queue getblocks for peer {peer.id}")
 
     def on_getblocks(self, peer, msg) -> None:
         """Announce our main chain after the last block the peer's locator shares with it."""
         fork = self.chain.locator_fork_height(msg.locator)
-        logger.info(f"[P2P] Peer {peer.id} asked for our chain after height {fork}")
+        peer.log().info(f"[P2P] Peer {peer.id} asked for our chain after height {fork}")
         self._send_catchup_batch(peer.id, self._sync(peer), fork + 1)
 
     def _observe_received(self, connected) -> None:

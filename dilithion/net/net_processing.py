@@ -206,6 +206,10 @@ class NetMessageProcessor:
             msg = decode_payload(command, net_msg.payload)
         except SerializationError as e:
             self.transport.misbehaving(peer.id, SCORE_UNDECODABLE, f"undecodable {command}: {e}")
+            if command == MsgVersion.command:
+                # No handshake without a version we can hold (e.g. a user agent over
+                # MAX_SUBVERSION_LENGTH): free the slot now, as Core does.
+                self.transport.disconnect(peer.id, f"undecodable version: {e}")
             return
         if msg is None:
             logger.debug(f"[P2P] Ignoring unknown command {command!r} from peer {peer.id}")

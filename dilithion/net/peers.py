@@ -15,6 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from loguru import logger
+
 from dilithion.net.banman import BanMan
 from dilithion.net.eviction import netgroup
 from dilithion.net.protocol import CPP_USER_AGENT
@@ -88,6 +90,12 @@ class Peer:
         """The JSON log's structured fields for a line about this peer
         (``logger.bind(**peer.log_fields())``; the text lines do not show them)."""
         return {"peer": self.id, "peer_addr": self.address()}
+
+    def log(self):
+        """loguru's logger bound to :meth:`log_fields`: a line this peer caused is
+        charged to its host's share of the log budget (``node/log_rate_limit.py``),
+        so a flooding peer cannot silence the same line about an honest one."""
+        return logger.bind(**self.log_fields())
 
     def to_string(self) -> str:
         return (f"Peer(id={self.id}, addr={self.address()}, state={int(self.state)}, "

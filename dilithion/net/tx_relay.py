@@ -47,8 +47,17 @@ class TxRelayManager:
 
     TX_REQUEST_TIMEOUT = 60
     TX_ANNOUNCE_TTL = 15
-    #: Bound for one peer's announced set (C++: unbounded per peer).
+    #: Bound for one peer's announced set (C++: unbounded per peer; Core's known-tx
+    #: filter holds 50,000).
     MAX_ANNOUNCED_PER_PEER = 50_000
+    #: Bound for all peers' announced sets together.  One entry costs about 170
+    #: bytes, so 125 peers at 50,000 each would hold about 1 GiB; 200,000 entries
+    #: are about 34 MiB.  At the bound the inserting peer loses its own oldest
+    #: entry when it holds its fair share (the total over the number of peers)
+    #: or more, else the largest set loses its oldest: flooding peers rotate
+    #: their own sets and a new peer still gets room.  A forgotten entry only
+    #: means a txid may be announced to that peer again.
+    MAX_ANNOUNCED_TOTAL = 200_000
     #: Bounds for the node-wide tables, which a peer's ``inv`` items would otherwise
     #: grow by up to 50,000 entries per message until they expire.
     MAX_TX_IN_FLIGHT = 50_000
@@ -63,6 +72,7 @@ class TxRelayManager:
         self._clock = clock
         self._cs = threading.Lock()
         self._tx_inv_sent: dict[int, LRUDict[bytes, None]] = {}
+        self._announced_total = 0                      # sum of the sets' lengths
         self._tx_in_flight: dict[bytes, int] = {}
         self._tx_request_time: dict[bytes, float] = {}
         self._peer_in_flight: dict[int, int] = {}      # peer -> len of its _tx_in_flight share
@@ -79,8 +89,23 @@ class TxRelayManager:
             seen = self._tx_inv_sent.get(peer_id)
             if seen is None:
                 seen = self._tx_inv_sent[peer_id] = LRUDict(self.MAX_ANNOUNCED_PER_PEER)
-            seen.put(txid, None)
+            if txid not in seen:
+                if self._announced_total >= self.MAX_ANNOUNCED_TOTAL:
+                    self._evict_announced(seen)
+                if seen.put(txid, None) is None:
+                    self._announced_total += 1
+            else:
+                seen.touch(txid)
             self._recently_announced.put(txid, self._clock())
+
+    def _evict_announced(self, inserting: LRUDict[bytes, None]) -> None:
+        """Make room for one entry in the announced sets (``_cs`` held)."""
+        share = self.MAX_ANNOUNCED_TOTAL // len(self._tx_inv_sent)
+        victim = inserting if len(inserting) >= share else max(self._tx_inv_sent.values(), key=len)
+        oldest = victim.oldest()
+        if oldest is not None:
+            victim.pop(oldest[0])
+            self._announced_total -= 1
 
     def in_flight(self, txid: bytes) -> bool:
         """Requested and not yet timed out."""
@@ -140,14 +165,14 @@ class TxRelayManager:
 
     def peer_disconnected(self, peer_id: int) -> None:
         with self._cs:
-            self._tx_inv_sent.pop(peer_id, None)
+            self._announced_total -= len(self._tx_inv_sent.pop(peer_id, ()))
             for txid in [t for t, p in self._tx_in_flight.items() if p == peer_id]:
                 self._drop(txid)
             self._peer_in_flight.pop(peer_id, None)
 
     def get_stats(self) -> tuple[int, int, int]:
         with self._cs:
-            return (sum(len(s) for s in self._tx_inv_sent.values()), len(self._tx_in_flight),
+            return (self._announced_total, len(self._tx_in_flight),
                     len(self._recently_announced))
 
 
@@ -190,8 +215,8 @@ class TxRelay:
         unique = list(dict.fromkeys(bytes(t) for t in txids))
         cap = self.manager.MAX_PEER_TX_ANNOUNCEMENTS
         if len(unique) > cap:      # one inv cannot fill the peer's announced set
-            logger.info(f"[P2P] Peer {peer.id} announced {len(unique)} transactions in one inv; "
-                        f"looking at the first {cap}")
+            peer.log().info(f"[P2P] Peer {peer.id} announced {len(unique)} transactions in one "
+                            f"inv; looking at the first {cap}")
             unique = unique[:cap]
         for txid in unique:
             self.manager.mark_announced(peer.id, txid)   # the announcer has it
@@ -234,7 +259,8 @@ class TxRelay:
         txid = tx.get_hash()
         self.manager.remove_in_flight(txid)
         self.manager.mark_announced(peer.id, txid)
-        logger.info(f"[P2P] Received transaction from peer {peer.id}: {_short(txid)}...")
+        log = peer.log()        # peer-caused lines: charged to the peer's share of the log
+        log.info(f"[P2P] Received transaction from peer {peer.id}: {_short(txid)}...")
         mempool = self.mempool
         if mempool is None or self.accept is None:
             return False
@@ -244,9 +270,9 @@ class TxRelay:
             self.accept(tx)
         except TxValidationError as e:
             reason = getattr(e, "reason", None) or str(e)
-            logger.info(f"[P2P] Transaction {_short(txid)}... from peer {peer.id} rejected: {reason}")
+            log.info(f"[P2P] Transaction {_short(txid)}... from peer {peer.id} rejected: {reason}")
             return False
-        logger.info(f"[P2P] Transaction {_short(txid)}... accepted to mempool")
+        log.info(f"[P2P] Transaction {_short(txid)}... accepted to mempool")
         if self.broadcaster is not None:
             self.broadcaster.broadcast_tx(txid, exclude_peer=peer.id)
         return True

@@ -179,6 +179,8 @@ Options:
   --log-level=<level>   TRACE, DEBUG, INFO, WARNING or ERROR (default: INFO or $DIL_LOG_LEVEL)
   --log-format=<fmt>    text (the C++-style lines) or json (one object per line, for log
                         stores) (default: text or $DIL_LOG_FORMAT)
+  --nologratelimit      Write every log line (default: rate-limited per source line and
+                        peer, 8 MiB an hour in all; or DIL_LOG_RATELIMIT=0)
   --help, -h            Show this help message
 
 Network Defaults:
@@ -219,9 +221,11 @@ class DilithionNode:
     C++: ``struct NodeState``, whose running flag is the stop request here.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, log_limiter=None) -> None:
         config.apply_defaults()
         self.config = config
+        #: The log sinks' rate limiter (``configure_logging``), shown in the metrics.
+        self.log_limiter = log_limiter
         self._signal: int | None = None
         #: ``ctx.shutdown_requested``: exists before start-up so an early signal
         #: is not lost (``cli 6.1.6``).
@@ -283,6 +287,8 @@ class DilithionNode:
             logger.info("Consensus: --strict (intended rules the C++ node skips)")
         logger.info("")
         self.assembly.start()
+        if self.log_limiter is not None and self.ctx.metrics is not None:
+            self.ctx.metrics.watch_log_limiter(self.log_limiter)
         for line in ("", BANNER_RULE, "Node Status: RUNNING", BANNER_RULE, "", "RPC Interface:",
                      f"  URL: http://{cfg.rpcbind}:{self.ctx.rpc_server.port}",
                      "  Methods: see `dilithion-cli help`", "",
@@ -407,12 +413,13 @@ def quick_start_config() -> NodeConfig:
                                                 "ERROR", "CRITICAL"], case_sensitive=False),
               default=None)
 @click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None)
+@click.option("--logratelimit/--nologratelimit", "log_rate_limit", default=None)
 @click.option("--help", "-h", is_flag=True, expose_value=False, is_eager=True,
               callback=_show_help)
 def cli(mainnet, testnet, regtest, datadir, port, rpcport, bind, rpcbind, connect, addnode, mine,
         threads, strict, randomx, maxreceivebuffer, pingtimeout, rpcallowip, rpcthreads, rpcworkqueue,
         rpcmaxconnections, rpcservertimeout, rpcidletimeout, metrics_port, metrics_bind,
-        log_level, log_format):
+        log_level, log_format, log_rate_limit):
     """Run a Dilithion node.\f
 
     C++: ``NodeConfig::ParseArgs`` (click stops the help text at the form feed).
@@ -430,7 +437,7 @@ def cli(mainnet, testnet, regtest, datadir, port, rpcport, bind, rpcbind, connec
         start_mining=mine, mining_threads=threads, strict=strict,
         randomx=randomx.lower() if randomx else None, metrics_port=metrics_port,
         metrics_bind=metrics_bind, log_level=log_level,
-        log_format=log_format.lower() if log_format else None,
+        log_format=log_format.lower() if log_format else None, log_rate_limit=log_rate_limit,
         max_receive_buffer_mib=maxreceivebuffer,
         ping_timeout=pingtimeout, rpc_allow_ips=list(rpcallowip),
         rpc_limits=HTTPLimits(threads=rpcthreads, work_queue=rpcworkqueue,
@@ -456,7 +463,8 @@ def main(config: NodeConfig) -> int:
             if error is not None:
                 click.echo(error, err=True)
                 return 1
-        configure_logging(config.log_level, log_format=config.log_format)
+        log_limiter = configure_logging(config.log_level, log_format=config.log_format,
+                                        rate_limit=config.log_rate_limit)
     except click.BadParameter as exc:
         click.echo(exc.message, err=True)
         return 1
@@ -466,7 +474,7 @@ def main(config: NodeConfig) -> int:
     if config.quick_start:
         logger.info("No arguments: quick start = local REGTEST node, mining with 1 thread, "
                     f"data directory {config.datadir} (run with --help for options)")
-    return DilithionNode(config).run()
+    return DilithionNode(config, log_limiter).run()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -89,6 +89,7 @@ class NodeConfig:
     log_level: str | None = None     # None: $DIL_LOG_LEVEL, else INFO
     #: ``--log-format``: text or json; None: ``$DIL_LOG_FORMAT``, else text.
     log_format: str | None = None
+    log_rate_limit: bool | None = None   # None: $DIL_LOG_RATELIMIT (on unless "0")
     quick_start: bool = False
     #: Run the JSON-RPC server (in-process test nodes may go without).
     rpc: bool = True

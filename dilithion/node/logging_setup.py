@@ -13,6 +13,10 @@ Both formats use the same two sinks: stdout below ERROR, stderr for ERROR and
 above.  In JSON mode the standard library's ``logging`` (waitress) and Python
 warnings are routed into loguru too, so no plain-text line slips into a stream
 a log shipper parses as JSON.  ``docs/OPERATIONS.md`` documents the fields.
+
+Both sinks share one :class:`~dilithion.node.log_rate_limit.LogRateLimiter`
+(on by default; ``--nologratelimit`` or ``DIL_LOG_RATELIMIT=0`` turns it off
+for debugging): a peer cannot fill the disk through the log.
 """
 from __future__ import annotations
 
@@ -26,9 +30,11 @@ from datetime import timezone
 
 from loguru import logger
 
+from dilithion.node.log_rate_limit import LogRateLimiter
+
 __all__ = ["LOG_FORMATS", "JSON_FIELDS", "STRUCTURED_FIELDS", "P2P_LOG_MODULES",
            "LogSetupError", "configure_logging", "text_format", "json_format", "json_record",
-           "component_of"]
+           "component_of", "RateLimitedSink", "rate_limit_from_env"]
 
 LOG_FORMATS = ("text", "json")
 #: Present in every JSON line, in this order.
@@ -88,6 +94,47 @@ def text_format(record) -> str:
     return "{time:YYYY-MM-DD HH:mm:ss.SSS} {level}: {message}\n{exception}"
 
 
+def note_line(log_format: str, record, text: str) -> str:
+    """A WARNING line of the limiter itself, in the sink's format, stamped like ``record``."""
+    when = record["time"]
+    if log_format == "json":
+        utc = when.astimezone(timezone.utc)
+        return json.dumps({"time": utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z",
+                           "level": "WARNING", "thread": record["thread"].name,
+                           "component": component_of(LogRateLimiter.__module__),
+                           "message": text}, ensure_ascii=False) + "\n"
+    return f"{when.strftime('%Y-%m-%d %H:%M:%S.')}{when.microsecond // 1000:03d} WARNING: {text}\n"
+
+
+class RateLimitedSink:
+    """A loguru sink that writes each formatted line ``limiter`` admits to ``write``
+    (a stream's ``write`` or any callable), preceded by the limiter's notes.
+
+    One limiter serves all the sinks of one node; the sink holds no state.
+    """
+
+    def __init__(self, write, limiter: LogRateLimiter, log_format: str = "text",
+                 flush=None) -> None:
+        self._write, self._flush = write, flush
+        self.limiter = limiter
+        self.log_format = log_format
+
+    def __call__(self, message) -> None:
+        record = message.record
+        verdict = self.limiter.admit(record, len(message.encode("utf-8", "replace")))
+        for text in verdict.notes:
+            self._write(note_line(self.log_format, record, text))
+        if verdict.write:
+            self._write(str(message))
+        if self._flush is not None:
+            self._flush()
+
+
+def rate_limit_from_env() -> bool:
+    """``DIL_LOG_RATELIMIT=0`` turns the log rate limit off (debugging); on otherwise."""
+    return os.environ.get("DIL_LOG_RATELIMIT", "1") != "0"
+
+
 class _InterceptHandler(logging.Handler):
     """Standard-library records into loguru (the recipe of loguru's documentation);
     the component is the standard-library logger's name (``waitress.queue``)."""
@@ -106,8 +153,12 @@ class _InterceptHandler(logging.Handler):
 
 
 def configure_logging(level: str | None = None, p2p_log: bool | None = None,
-                      log_format: str = "text") -> None:
+                      log_format: str = "text",
+                      rate_limit: bool | None = None) -> LogRateLimiter | None:
     """One stdout sink (below ERROR) and one stderr sink (ERROR and above).
+
+    ``rate_limit`` (None: :func:`rate_limit_from_env`) puts both behind one
+    :class:`LogRateLimiter`, which is returned (None when off) for the metrics.
 
     ``DIL_P2P_LOG=1`` lets the transport's per-message DEBUG records through even
     when the level is INFO (the transport writes them only with that variable).
@@ -133,14 +184,24 @@ def configure_logging(level: str | None = None, p2p_log: bool | None = None,
         return no >= threshold
 
     fmt = json_format if log_format == "json" else text_format
+    if rate_limit is None:
+        rate_limit = rate_limit_from_env()
+    limiter = LogRateLimiter() if rate_limit else None
+
+    def sink(stream):
+        if limiter is None:
+            return stream
+        return RateLimitedSink(stream.write, limiter, log_format, flush=stream.flush)
+
     logger.remove()
-    logger.add(sys.stdout, level=0, format=fmt, colorize=False,
+    logger.add(sink(sys.stdout), level=0, format=fmt, colorize=False,
                filter=lambda r: r["level"].no < error_no and wanted(r))
-    logger.add(sys.stderr, level=0, format=fmt, colorize=False,
+    logger.add(sink(sys.stderr), level=0, format=fmt, colorize=False,
                filter=lambda r: r["level"].no >= error_no and wanted(r))
     if log_format == "json":
         logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
         logging.captureWarnings(True)
+    return limiter
 
 
 def _is_p2p_record(record) -> bool:

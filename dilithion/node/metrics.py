@@ -131,6 +131,14 @@ class NodeMetrics:
         self.getdata_items_dropped = Counter(
             "getdata_items_dropped", "Known items of getdata messages not served because the "
             "peer already had MAX_PENDING_GETDATA items waiting", registry=r)
+        # ---- peersizes (issue 21): the log as a budget ----------------------------------
+        self.log_lines_suppressed = Gauge(
+            "log_lines_suppressed", "Log lines dropped by the log rate limit since the node "
+            "started (budgets per hour: per source line, per source line and peer host, and "
+            "two node-wide pools; 0 with --nologratelimit)", registry=r)
+        self.log_bytes_suppressed = Gauge(
+            "log_bytes_suppressed", "Bytes of the log lines dropped by the log rate limit "
+            "since the node started", registry=r)
         for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
                        "too_large", "bad_request", "evicted"):
             self.rpc_rejected.labels(reason=reason)
@@ -156,6 +164,11 @@ class NodeMetrics:
 
         self.randomx_dataset_build_seconds.set_function(build_seconds)
         self.randomx_vms.set_function(lambda: hasher.vms)
+
+    def watch_log_limiter(self, limiter) -> None:
+        """Read the log rate limiter's dropped lines and bytes at each scrape."""
+        self.log_lines_suppressed.set_function(lambda: limiter.dropped_lines)
+        self.log_bytes_suppressed.set_function(lambda: limiter.dropped_bytes)
 
     def on_tip_changed(self, new_tip, connected, disconnected) -> None:
         """Chain tip listener: the height gauge and the connected-blocks counter."""

@@ -23,6 +23,8 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.net.connection import TransportConfig
 from dilithion.net.protocol import MsgPing, MsgVersion, decode_payload
 from dilithion.node.init import NodeAssembly, NodeConfig
+from dilithion.node.log_rate_limit import LogRateLimiter
+from dilithion.node.logging_setup import RateLimitedSink
 from dilithion.primitives.block import Block, Uint256
 
 from .chains import REGTEST
@@ -38,16 +40,17 @@ class _ProcessLog:
 
     _lock = threading.Lock()
 
-    def __init__(self) -> None:
+    def __init__(self, limiter: LogRateLimiter | None = None) -> None:
         self._lines: list[str] = []
         self._run_start = 0
         self._sink_id: int | None = None
+        self._sink = self._write if limiter is None else RateLimitedSink(self._write, limiter)
 
     def new_run(self) -> None:
         with self._lock:
             self._run_start = len(self._lines)
             if self._sink_id is None:
-                self._sink_id = logger.add(self._write, level="DEBUG", format="{level}: {message}")
+                self._sink_id = logger.add(self._sink, level="DEBUG", format="{level}: {message}")
 
     def close(self) -> None:
         with self._lock:
@@ -68,11 +71,15 @@ class InProcessNode(TestNode):
     ``--connect=``, ``--addnode=``, ``--mine``, ``--threads=``, ``--strict`` and
     ``--randomx=``;
     ``coins=False`` makes a relay-only node without UTXO set and mempool;
+    ``log_limiter`` puts this node's captured log behind that
+    :class:`LogRateLimiter` (the node program's sinks have one by default; the
+    captured log of other in-process nodes stays unlimited);
     further keyword arguments are :class:`TransportConfig` limits and timers."""
 
     def __init__(self, workdir: Path, name: str, extra_args=(), *, datadir: Path | None = None,
                  params: ChainParams = REGTEST, coins: bool = True, rpc: bool = True,
-                 broadcaster_options: dict | None = None, **transport_kw) -> None:
+                 broadcaster_options: dict | None = None,
+                 log_limiter: LogRateLimiter | None = None, **transport_kw) -> None:
         self.name = name
         self.datadir = Path(datadir or Path(workdir) / name)
         self.extra_args = list(extra_args)
@@ -84,7 +91,7 @@ class InProcessNode(TestNode):
         self.p2p_port = 0             # a free port at the first start, kept for restarts
         self.rpc_port = 0
         self.assembly: NodeAssembly | None = None
-        self._log = _ProcessLog()
+        self._log = _ProcessLog(log_limiter)
 
     # ---- lifecycle ---------------------------------------------------------------
     def _config(self) -> NodeConfig:
