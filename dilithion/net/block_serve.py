@@ -20,11 +20,11 @@ database at once, logs one line per item and never answers unknown items
   ``max_send_total`` (:class:`~dilithion.net.socket.SendBudget`); the items stay
   queued and service resumes as the queues drain.  A peer that never reads is
   disconnected by the send deadline, as before;
-* **log lines are budgeted**: ``Serving block`` and ``requested unknown block``
-  (the C++ wording) are written at INFO at most ``LOG_RATE`` per second
-  node-wide (burst ``LOG_BURST``), one summary line per ``getdata`` for its
-  unknown items; the rest go to DEBUG and the next INFO line says how many
-  were held back.
+* **one log line per getdata for its unknown items**, never one per item;
+  ``Serving block`` and ``requested unknown block`` keep the C++ wording and
+  are bound to the peer, so the node's log budget (``node/log_rate_limit.py``)
+  charges them to that peer's host and a flooding peer cannot silence the same
+  lines about an honest one.
 
 Threads: everything here runs on the message-handler thread except
 :meth:`BlockServer._schedule` (any thread: write callbacks on the network
@@ -40,10 +40,9 @@ from loguru import logger
 
 from dilithion.net.propagation import PropagationLog
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgNotfound
-from dilithion.net.socket import TokenBucket
 from dilithion.primitives.block import Uint256
 
-__all__ = ["BlockServer", "MAX_PENDING_GETDATA", "SERVE_SLICE", "LOG_RATE", "LOG_BURST"]
+__all__ = ["BlockServer", "MAX_PENDING_GETDATA", "SERVE_SLICE"]
 
 #: Known items one peer may have waiting to be served.  Twice the largest honest
 #: request (a C++ peer asks for a whole 500-hash catch-up batch at once; a Python peer
@@ -53,10 +52,6 @@ MAX_PENDING_GETDATA = 1000
 #: Items served per peer per handler turn: a request for 1,000 blocks reads four,
 #: then lets the handler thread serve other peers' messages before the next four.
 SERVE_SLICE = 4
-#: Node-wide INFO lines per second about serving (and burst): a few KB/s of log at most,
-#: whatever peers ask for; the rest are DEBUG lines.
-LOG_RATE = 5.0
-LOG_BURST = 50.0
 
 _BLOCK = InvType.MSG_BLOCK_INV
 _TX = InvType.MSG_TX_INV
@@ -91,30 +86,14 @@ class _Pending:
         return key
 
 
-class _LogBudget:
-    """INFO lines at most ``LOG_RATE`` per second node-wide; DEBUG beyond (handler thread)."""
-
-    def __init__(self) -> None:
-        self._bucket = TokenBucket(LOG_RATE, LOG_BURST)
-        self._held = 0
-
-    def info(self, log, text: str) -> None:
-        if self._bucket.try_take():
-            held, self._held = self._held, 0
-            log.info(text + (f" ({held} similar line(s) held back)" if held else ""))
-        else:
-            self._held += 1
-            log.debug(text)
-
-
 class BlockServer:
     """Answers ``getdata`` for one node (see the module docstring).
 
     ``on_served(peer, hash)`` runs after a block was queued for a peer (the
     block relay notes the peer has it and continues its catch-up); ``post(fn)``
     runs ``fn`` on the handler thread (:meth:`NetMessageProcessor.post`).
-    Ownership: ``_pending`` (peer id -> :class:`_Pending`, in service order) and
-    ``_log`` belong to the handler thread; ``_lock`` guards ``_turn_posted``.
+    Ownership: ``_pending`` (peer id -> :class:`_Pending`, in service order)
+    belongs to the handler thread; ``_lock`` guards ``_turn_posted``.
     """
 
     def __init__(self, chain, transport, tx, propagation: PropagationLog,
@@ -128,7 +107,6 @@ class BlockServer:
         self._on_served = on_served
         self.metrics = metrics
         self._pending: dict[int, _Pending] = {}
-        self._log = _LogBudget()
         self._lock = threading.Lock()
         self._turn_posted = False
 
@@ -176,8 +154,8 @@ class BlockServer:
         first = missing[0]
         what = "block" if first.type == _BLOCK else "transaction"
         more = f" (and {len(missing) - 1} more unknown item(s))" if len(missing) > 1 else ""
-        self._log.info(logger, f"[P2P] Peer {peer.id} requested unknown {what}: "
-                               f"{Uint256(bytes(first.hash)).short()}...{more}")
+        peer.log().info(f"[P2P] Peer {peer.id} requested unknown {what}: "
+                        f"{Uint256(bytes(first.hash)).short()}...{more}")
         if peer.is_cpp() or self.transport.send_paused(peer.id):
             return      # the C++ ignores notfound (net D-15); a full queue gets no more
         self.transport.send_message(peer.id, MsgNotfound(missing))
@@ -226,7 +204,7 @@ class BlockServer:
             record.not_sent(h, peer.id, "block refused: send queue full")
             return False
         record.note(h, peer.id, "block_queued", at=queued_at)
-        self._log.info(log, f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
+        log.info(f"[P2P] Serving block {Uint256(h).short()}... to peer {peer.id}")
         self._on_served(peer, h)    # after the block is queued: a continuation inv follows it
         return True
 

@@ -340,6 +340,10 @@ class SendQueue:
         self._callbacks: dict[int, Callable[[], None]] = {}
         #: monotonic time of the last write progress or of becoming non-empty.
         self.progress_time = time.monotonic()
+        #: Set by :meth:`clear` (the connection closed): a push from another thread that
+        #: checked the connection just before it closed is refused, not charged to the
+        #: node-wide budget of a queue nobody will ever write or clear again.
+        self._closed = False
 
     def push(self, data: bytes, on_written: Callable[[], None] | None = None) -> bool:
         """Queue one whole message; False when over the cap (backpressure), or
@@ -352,6 +356,8 @@ class SendQueue:
         """
         budget = self.budget
         with self._lock:
+            if self._closed:
+                return False
             if self._bytes and self._bytes + len(data) > self.cap_bytes:
                 return False
             if budget is not None and len(data) > BULK_MESSAGE_BYTES and budget.spent():
@@ -413,7 +419,9 @@ class SendQueue:
         return written, finished
 
     def clear(self) -> None:
+        """Drop everything and refuse later pushes (the connection is closing)."""
         with self._lock:
+            self._closed = True
             self._items.clear()
             self._offset = 0
             if self.budget is not None:
