@@ -2,10 +2,11 @@
 
 The processing half of the C++ ``net.cpp``.  The network thread
 (:mod:`dilithion.net.net_transport`) frames bytes into messages and leaves
-them in each connection's backlog; this module's one thread takes them,
-**round-robin between peers** (one message from each peer with work, in
-turn, as Bitcoin Core's message handler does), so one peer's backlog never
-delays the others.  It decodes each payload (before the handshake only
+them in each connection's backlog; this module's one thread takes them one
+message at a time, **fair by cost between peers**: the peer whose messages
+have used the least handler time goes next (:mod:`dilithion.net.fair_queue`;
+Bitcoin Core serves one message per peer in turn, which makes an honest
+block wait a round of everyone's costliest messages).  It decodes each payload (before the handshake only
 ``version``/``verack``/``ping``/``pong``; anything else is dropped undecoded
 and counted), runs the handshake
 (``version``/``verack``/``ping``/``pong``) and hands every other message to
@@ -24,6 +25,7 @@ from typing import Callable
 
 from loguru import logger
 
+from dilithion.net.fair_queue import FairQueue
 from dilithion.net.net_transport import Connection, ConnectionManager
 from dilithion.net.peers import Peer
 from dilithion.net.protocol import (MESSAGE_TYPES, USER_AGENT, Message, MsgPing, MsgPong, MsgVerack,
@@ -48,10 +50,10 @@ class NetMessageProcessor:
     """Processes the messages of every connection on one handler thread.
 
     Ownership: ``_cv`` (a condition on its own lock) guards ``_ready`` (the
-    round-robin queue of connections with messages waiting), ``_control``
-    (connection opened/closed events, served before messages so a peer's
-    ``version`` goes out before its messages are read and its clean-up runs
-    after) and ``_running``.  The handler tables and listener lists are
+    :class:`~dilithion.net.fair_queue.FairQueue` of connections with messages
+    waiting), ``_control`` (connection opened/closed events and calls queued by
+    :meth:`post`, served before messages so a peer's ``version`` goes out before its
+    messages are read and its clean-up runs after) and ``_running``.  The handler tables and listener lists are
     filled before :meth:`start` and only read afterwards.  ``_local_nonces``
     and ``dropped_before_handshake`` belong to the handler thread alone.
     """
@@ -72,8 +74,8 @@ class NetMessageProcessor:
         #: Messages dropped undecoded before the handshake (handler thread only).
         self.dropped_before_handshake = 0
         self._cv = threading.Condition(threading.Lock())
-        self._ready: deque[Connection] = deque()
-        self._control: deque[tuple[str, Connection, str]] = deque()
+        self._ready: FairQueue[Connection] = FairQueue()
+        self._control: deque[tuple] = deque()
         self._running = False
         self._thread: threading.Thread | None = None
         transport.sink = self
@@ -135,7 +137,16 @@ class NetMessageProcessor:
 
     def message_ready(self, conn: Connection) -> None:
         with self._cv:
-            self._ready.append(conn)
+            self._ready.add(conn)
+            self._cv.notify()
+
+    def post(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the handler thread, before any further peer message
+        (as a connection event is); any thread.  For work that continues in
+        slices (serving a big ``getdata`` a part at a time): each slice posts
+        the next, so other peers' messages are not held behind the whole."""
+        with self._cv:
+            self._control.append(("call", fn, ""))
             self._cv.notify()
 
     def _post_control(self, kind: str, conn: Connection, reason: str) -> None:
@@ -150,7 +161,7 @@ class NetMessageProcessor:
                 if self._control:
                     return self._control.popleft()
                 if self._ready:
-                    return self._ready.popleft()
+                    return self._ready.pop()
                 self._cv.wait()
             return None
 
@@ -164,24 +175,32 @@ class NetMessageProcessor:
                     self._serve_one(work)
                 elif work[0] == "opened":
                     self.send_version(work[1])
+                elif work[0] == "call":
+                    work[1]()
                 else:
                     self._on_closed(work[1], work[2])
             except Exception:
                 logger.exception("[P2P] Message handler failed")
 
     def _serve_one(self, conn: Connection) -> None:
-        """Process one message of ``conn``; requeue it behind the others if it has more."""
+        """Process one message of ``conn``, charge ``conn`` the time it took and
+        requeue it by its virtual time if it has more."""
+        started = time.perf_counter()
         net_msg, resume, more = conn.backlog.pop()
-        if more:
+        try:
+            if resume:
+                self.transport.resume_reading(conn)
+            if net_msg is not None and not conn.closed and conn.peer.is_connected():
+                self.process_message(conn, net_msg)
+        finally:
+            # Wall time, not this thread's CPU time: waiting for the peer's block
+            # hash on a prefetch thread is time every other peer waits too.
             with self._cv:
-                self._ready.append(conn)
-        if resume:
-            self.transport.resume_reading(conn)
-        if net_msg is None or conn.closed or not conn.peer.is_connected():
-            return
-        self.process_message(conn, net_msg)
+                self._ready.charge(conn, time.perf_counter() - started, more)
 
     def _on_closed(self, conn: Connection, reason: str) -> None:
+        with self._cv:
+            self._ready.forget(conn)
         self._local_nonces.discard(conn.local_nonce)
         self._notify(self._disconnect_listeners, conn.peer, reason)
 

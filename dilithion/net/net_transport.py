@@ -106,6 +106,9 @@ class ConnectionManager(ReceivePath):
         self._ops: deque[Callable[[], None]] = deque()
         self._flush_ids: set[int] = set()
         self._ops_lock = threading.Lock()
+        # Network thread only (the receive path's work per pass, net_receive.py).
+        self._unframed: dict[Connection, int] = {}
+        self._pass = 0
 
         self._selector: selectors.BaseSelector | None = None
         self._listener: Socket | None = None
@@ -317,7 +320,9 @@ class ConnectionManager(ReceivePath):
         next_maintenance = time.monotonic() + tick
         try:
             while not self.stopping.is_set():
-                for key, mask in self._selector.select(tick):
+                self._pass += 1
+                # Bytes read but not framed yet: no sleeping until they are.
+                for key, mask in self._selector.select(0 if self._unframed else tick):
                     tag = key.data
                     if tag == "wake":
                         self._drain_wake()
@@ -325,6 +330,7 @@ class ConnectionManager(ReceivePath):
                         self._accept_all()
                     elif not tag.closed:
                         self._guarded(tag, self._service, tag, mask)
+                self._frame_leftovers()
                 self._run_ops()
                 now = time.monotonic()
                 if self._accept_resume_at is not None and now >= self._accept_resume_at:
@@ -559,6 +565,7 @@ class ConnectionManager(ReceivePath):
             conn.mask = 0
         with self._cs_conns:
             self._conns.pop(peer.id, None)
+        self._unframed.pop(conn, None)
         self.receive_buffer.add(-conn.charged)
         conn.charged = 0
         self.peer_manager.remove_peer(peer.id)

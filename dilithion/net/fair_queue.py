@@ -1,0 +1,97 @@
+"""Start-time fair queueing of the peers waiting for the message-handler thread.
+
+The handler thread serves one message at a time, and a message's cost varies
+by four orders of magnitude (a ``ping`` takes microseconds, a 50,000-item
+``inv`` or a block needing a RandomX hash tens of milliseconds).  Serving
+peers round-robin one message each, as Bitcoin Core does, makes an honest
+peer's block wait one full round of every other peer's messages, however
+costly they are.  Here each peer is charged the handler time its messages
+took, and the peer that has used the least goes next (start-time fair
+queueing, Goyal et al. 1996):
+
+* every peer has a *virtual time*, advanced by the measured handler time of
+  each of its messages;
+* the ready peer with the least virtual time is served next (ties: the one
+  that became ready first);
+* a peer that becomes ready joins at ``max(its own virtual time, the start
+  time of the message served last)``: idling earns no credit, and a peer
+  that recently used much more than the others keeps that debt.
+
+An honest peer that sends little therefore joins at the front: it waits for
+the message in progress and for peers that joined at the same instant, not for
+a round of N other peers' messages.  Per-peer arrival order is kept by the
+caller (one entry per peer, its backlog is FIFO).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Generic, Hashable, TypeVar
+
+__all__ = ["FairQueue", "MIN_CHARGE_S"]
+
+K = TypeVar("K", bound=Hashable)
+
+#: Least handler time charged for one message (seconds): a clock that ticks
+#: coarsely must not make a flood of cheap messages free.
+MIN_CHARGE_S = 1e-6
+
+
+class FairQueue(Generic[K]):
+    """The ready peers (keys) ordered by virtual time.
+
+    Not thread-safe: the owner guards it with its own lock (in
+    :class:`~dilithion.net.net_processing.NetMessageProcessor`, its ``_cv``).
+    A key is in the queue at most once; the caller re-adds it through
+    :meth:`charge` (``more=True``) or :meth:`add` when it has work again.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, K]] = []
+        self._vtime: dict[K, float] = {}
+        self._seq = itertools.count()
+        self._now = 0.0          # start time of the entry popped last
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __bool__(self) -> bool:
+        return bool(self._heap)
+
+    def add(self, key: K) -> None:
+        """``key`` became ready (its backlog went from empty to non-empty)."""
+        start = max(self._vtime.get(key, 0.0), self._now)
+        self._vtime[key] = start
+        heapq.heappush(self._heap, (start, next(self._seq), key))
+
+    def pop(self) -> K | None:
+        """The ready key with the least virtual time, removed from the queue."""
+        if not self._heap:
+            return None
+        start, _, key = heapq.heappop(self._heap)
+        self._now = max(self._now, start)
+        return key
+
+    def charge(self, key: K, cost_s: float, more: bool) -> None:
+        """``key``'s message took ``cost_s`` seconds; requeue it if ``more``.
+
+        A key :meth:`forget` dropped meanwhile (its connection closed) stays
+        forgotten."""
+        vtime = self._vtime.get(key)
+        if vtime is None:
+            return
+        vtime = max(vtime, self._now) + max(cost_s, MIN_CHARGE_S)
+        self._vtime[key] = vtime
+        if more:
+            heapq.heappush(self._heap, (vtime, next(self._seq), key))
+
+    def forget(self, key: K) -> None:
+        """``key`` is gone for good: drop its virtual time (a queued entry of it
+        is still popped once, and the caller finds nothing to do)."""
+        self._vtime.pop(key, None)
+
+    def lag(self, key: K) -> float:
+        """How far ``key``'s virtual time is ahead of the queue's (seconds of
+        handler time it used beyond its share; 0 for an unknown key)."""
+        vtime = self._vtime.get(key)
+        return 0.0 if vtime is None else max(0.0, vtime - self._now)
