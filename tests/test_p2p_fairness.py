@@ -1,0 +1,281 @@
+"""CPU fairness (issue 21, "many polite peers"): an honest peer's block is never
+held behind what other peers sent.
+
+Each attacker connects from its own loopback address (127.0.0.10, 127.0.0.11,
+...), the honest peer from 127.0.0.1.  The tests record, in order, what the
+node's two P2P threads did (the messages the network thread framed, the
+messages the handler processed, the headers the proof-of-work prefetch took)
+and assert with counts how many of the other peers' messages went ahead of the
+honest one.  Times are printed, never asserted; timeouts are liveness guards.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from dilithion.net.net_receive import FRAMES_PER_PASS
+from dilithion.net.pow_prefetch import MAX_QUEUED
+from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgGetdata, MsgInv, MsgPing, MsgVersion
+from dilithion.primitives.block import Block, BlockHeader, Uint256
+from framework import REGTEST, InProcessNode, RawPeer, frame, regtest_chain, wait_until
+
+HONEST = "127.0.0.1"
+#: ``nBits`` within the network's range (the hardest allowed): the handler and the
+#: prefetch hash such a block, and its proof of work fails.
+JUNK_BITS = REGTEST.pow_min_bits
+MAGIC = REGTEST.magic
+
+
+def attacker_host(i: int) -> str:
+    return f"127.0.0.{10 + i}"
+
+
+@pytest.fixture
+def full_node(tmp_path):
+    made: list[InProcessNode] = []
+
+    def make(**kw) -> InProcessNode:
+        node = InProcessNode(tmp_path, f"n{len(made)}", rpc=False, **kw).start()
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def handshaken(port: int, host: str, start_height: int = 0) -> RawPeer:
+    peer = RawPeer(port, MAGIC, bind_host=host)
+    peer.handshake(MsgVersion(timestamp=int(time.time()), nonce=7, user_agent=b"/fair:0.1/",
+                              start_height=start_height))
+    return peer
+
+
+def all_handshaken(pm, count: int) -> bool:
+    return len(pm.handshake_complete_peers()) >= count
+
+
+def junk_block(seed: int) -> Block:
+    body = regtest_chain(1)[1][0].vtx
+    header = BlockHeader(1, Uint256(os.urandom(32)), Uint256(os.urandom(32)),
+                         REGTEST.genesis_time + seed, JUNK_BITS, seed)
+    return Block(header, body)
+
+
+class Record:
+    """What the node did, in order: ``framed`` by the network thread and
+    ``handled`` by the handler thread, as ``(host, command)``, plus where in
+    ``handled`` each honest message was when it was framed."""
+
+    def __init__(self, node_cm, processor) -> None:
+        self.framed: list[tuple[str, str]] = []
+        self.handled: list[tuple[str, str]] = []
+        self.handled_when_framed: dict[str, int] = {}
+        deliver, process = node_cm._deliver, processor.process_message
+
+        def recording_deliver(conn, msg):
+            host = conn.peer.host
+            if host == HONEST:
+                self.handled_when_framed.setdefault(msg.command, len(self.handled))
+            self.framed.append((host, msg.command))
+            deliver(conn, msg)
+
+        def recording_process(conn, net_msg):
+            self.handled.append((conn.peer.host, net_msg.command))
+            process(conn, net_msg)
+
+        node_cm._deliver = recording_deliver
+        processor.process_message = recording_process
+
+    def others_handled_before(self, command: str) -> int:
+        """Other peers' messages the handler started between the honest ``command``
+        being framed and being handled (the one in progress when it was framed
+        started before and is not counted)."""
+        start = self.handled_when_framed[command]
+        end = self.handled.index((HONEST, command), start)
+        return sum(host != HONEST for host, _ in self.handled[start:end])
+
+    def others_framed_after(self, mark: int, command: str) -> int:
+        """Other peers' messages framed after ``framed[mark]`` and before the honest ``command``."""
+        end = self.framed.index((HONEST, command), mark)
+        return sum(host != HONEST for host, _ in self.framed[mark:end])
+
+
+# ------------------------------------------------------------------ network thread, per pass
+def test_one_pass_frames_a_bounded_share_of_each_busy_peer(nodes):
+    """30 attackers each have 2,000 pings (64 KiB, under the burst limit) in the
+    node's socket buffers when the honest ping arrives: before the bound, one
+    pass framed all 60,000 before reaching the honest socket; now each attacker
+    gets at most ``FRAMES_PER_PASS`` messages per pass, so the honest ping is
+    framed within the first passes."""
+    n = 30
+    cm = nodes()
+    processor = nodes.processor(cm)
+    record = Record(cm, processor)
+    attackers = [handshaken(cm.listen_port, attacker_host(i)) for i in range(n)]
+    honest = handshaken(cm.listen_port, HONEST)
+    try:
+        assert wait_until(lambda: all_handshaken(cm.peer_manager, n + 1))
+        pings = frame(MAGIC, MsgPing(1)) * 2000
+        gate, parked = threading.Event(), threading.Event()
+        cm._post(lambda: (parked.set(), gate.wait(10)))      # hold the network thread
+        assert parked.wait(10)
+        for raw in attackers:
+            raw.send_raw(pings)
+        mark = len(record.framed)
+        honest.send(MsgPing(4242))
+        gate.set()
+        assert honest.wait_for("pong", 30).nonce == 4242    # liveness guard
+        ahead = record.others_framed_after(mark, "ping")
+        print(f"\n{ahead} attacker messages framed ahead of the honest ping")
+        assert ahead <= 2 * n * FRAMES_PER_PASS
+    finally:
+        for raw in attackers + [honest]:
+            raw.close()
+
+
+# ------------------------------------------------------------------ handler thread, post()
+def test_post_runs_on_the_handler_thread_before_queued_messages(nodes):
+    """``post(fn)`` runs ``fn`` on the handler thread, before a peer message that
+    was already waiting (as connection events are)."""
+    cm = nodes()
+    processor = nodes.processor(cm)
+    seen = []
+    with handshaken(cm.listen_port, HONEST) as raw:
+        assert wait_until(lambda: all_handshaken(cm.peer_manager, 1))
+        conn = next(iter(cm._conns.values()))
+        hold = threading.Event()
+        processor.post(lambda: hold.wait(10))              # the handler is busy ...
+        raw.send(MsgPing(2))                               # ... so the ping waits
+        assert wait_until(lambda: conn.backlog.counts()[0] == 1)
+        processor.post(lambda: seen.append((threading.current_thread(),
+                                            conn.backlog.counts()[0])))
+        hold.set()
+        assert raw.wait_for("pong").nonce == 2
+    assert seen == [(processor.thread, 1)]       # on the handler thread, the ping still waiting
+
+
+# ------------------------------------------------------------------ the general fairness test
+def attacker_batch(i: int) -> bytes:
+    """Just under one peer's limits (5,000-message burst, 1,000-message backlog,
+    16 MiB): big invs of unknown transactions, getdata for unknown blocks, pings,
+    and last one junk block (scored 100: the peer is discouraged once the handler
+    reaches it, so it is the last thing it sends)."""
+    tx_inv = MsgInv([Inv(InvType.MSG_TX_INV, os.urandom(32)) for _ in range(5000)])
+    getdata = MsgGetdata([Inv(InvType.MSG_BLOCK_INV, os.urandom(32)) for _ in range(100)])
+    parts = []
+    for _ in range(4):
+        parts += [frame(MAGIC, tx_inv)] + [frame(MAGIC, getdata)] * 10 \
+            + [frame(MAGIC, MsgPing(i))] * 20
+    parts.append(frame(MAGIC, MsgBlock(junk_block(i))))
+    return b"".join(parts)
+
+
+def test_many_polite_peers_do_not_hold_back_an_honest_block(full_node):
+    """30 attackers, each under its per-peer limits, keep the handler busy with
+    costly messages while 127.0.0.1 announces and delivers a block: the honest
+    ``inv`` and ``block`` each wait for at most two other peers' messages (the
+    one in progress and one more), not a round of all 30."""
+    n = 30
+    chain = regtest_chain(2)
+    node = full_node()
+    node.load(chain[:2])
+    processor = node.ctx.processor
+    record = Record(node.connman, processor)
+    pm = node.connman.peer_manager
+    attackers = [handshaken(node.p2p_port, attacker_host(i), 1) for i in range(n)]
+    honest = handshaken(node.p2p_port, HONEST, 1)
+    try:
+        assert wait_until(lambda: all_handshaken(pm, n + 1))
+        batches = [attacker_batch(i) for i in range(n)]
+        for raw, batch in zip(attackers, batches):
+            raw.send_raw(batch)
+        # The attack is under way (every attacker has had a message handled, all
+        # have plenty left) when the honest block is announced.
+        assert wait_until(lambda: len({host for host, cmd in record.handled if cmd == "inv"}) >= n,
+                          timeout=30)
+        block, h = chain[2]
+        started = time.monotonic()
+        honest.send(MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(h))]))
+        assert [bytes(i.hash) for i in honest.wait_for("getdata", 30).inv] == [bytes(h)]
+        honest.send(MsgBlock(block))
+        assert wait_until(lambda: node.chain.tip().hash == h, timeout=60)   # liveness guard
+        took = time.monotonic() - started
+        inv_wait = record.others_handled_before("inv")
+        block_wait = record.others_handled_before("block")
+        attacker_msgs = sum(host != HONEST for host, _ in record.handled)
+        print(f"\nhonest block connected {took:.3f} s after its inv; other peers' messages "
+              f"handled ahead of the honest inv: {inv_wait}, of the honest block: {block_wait} "
+              f"({attacker_msgs} attacker messages handled in all)")
+        assert inv_wait <= 2
+        assert block_wait <= 2
+    finally:
+        for raw in attackers + [honest]:
+            raw.close()
+
+
+# ------------------------------------------------------------------ proof-of-work prefetch
+def test_prefetch_hashes_the_honest_header_before_most_queued_junk(full_node):
+    """8 attackers each send 16 junk blocks (in-range ``nBits``, failing proof of
+    work) while the handler is busy, so all of them reach the prefetch queue
+    before the honest block does.  Round-robin by peer, the honest header is
+    taken after at most one header of each attacker (plus those already being
+    hashed), not after all 128 (FIFO across peers)."""
+    n, per_peer = 8, 16
+    chain = regtest_chain(2)
+    node = full_node()
+    node.load(chain[:2])
+    block, h = chain[2]
+    honest_header = block.header.serialize()
+    chainstate, processor = node.chain, node.ctx.processor
+    pm = node.connman.peer_manager
+
+    offered, taken = [], []
+    all_offered = threading.Event()
+    offer = node.connman.delivery_observers["block"]
+
+    def counting_offer(peer, payload):
+        offered.append(peer.host)
+        offer(peer, payload)
+    node.connman.delivery_observers["block"] = counting_offer
+    prehash = chainstate.prehash_header
+
+    def recording_prehash(header80):
+        all_offered.wait(30)                 # the queue is complete before any hash
+        taken.append(bytes(header80))
+        return prehash(header80)
+    chainstate.prehash_header = recording_prehash
+
+    honest = handshaken(node.p2p_port, HONEST, 1)
+    attackers = [handshaken(node.p2p_port, attacker_host(i), 1) for i in range(n)]
+    hold = threading.Event()
+    try:
+        assert wait_until(lambda: all_handshaken(pm, n + 1))
+        honest.send(MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(h))]))
+        assert [bytes(i.hash) for i in honest.wait_for("getdata", 30).inv] == [bytes(h)]
+        processor.post(lambda: hold.wait(30))      # the handler is busy elsewhere
+        junk = [[junk_block(1000 * i + k) for k in range(per_peer)] for i in range(n)]
+        for raw, blocks in zip(attackers, junk):
+            raw.send_raw(b"".join(frame(MAGIC, MsgBlock(b)) for b in blocks))
+        assert wait_until(lambda: len(offered) == n * per_peer, timeout=30)
+        honest.send(MsgBlock(block))
+        assert wait_until(lambda: len(offered) == n * per_peer + 1, timeout=30)
+        all_offered.set()
+        assert wait_until(lambda: honest_header in taken, timeout=60)
+        ahead = taken.index(honest_header)
+        workers = os.cpu_count() or 1
+        print(f"\n{ahead} attacker headers taken for hashing before the honest one "
+              f"({n} attackers x {per_peer} junk blocks queued first)")
+        assert ahead <= n + workers
+        # Node-wide, no more than MAX_QUEUED waited: the rest was not prefetched.
+        assert node.ctx.pow_prefetch.refused >= n * per_peer + 1 - MAX_QUEUED - workers
+        hold.set()
+        assert wait_until(lambda: node.chain.tip().hash == h, timeout=60)   # liveness guard
+    finally:
+        hold.set()
+        all_offered.set()
+        for raw in attackers + [honest]:
+            raw.close()
