@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from dilithion.net.fair_queue import FairQueue
 from dilithion.net.net_receive import FRAMES_PER_PASS
 from dilithion.net.pow_prefetch import MAX_QUEUED
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgGetdata, MsgInv, MsgPing, MsgVersion
@@ -135,6 +136,51 @@ def test_one_pass_frames_a_bounded_share_of_each_busy_peer(nodes):
     finally:
         for raw in attackers + [honest]:
             raw.close()
+
+
+# ------------------------------------------------------------------ handler thread, by cost
+def serve(queue: FairQueue, costs: dict[str, float], times: int) -> list[str]:
+    """Serve ``times`` messages, each key's costing ``costs[key]``, all backlogs deep."""
+    order = []
+    for _ in range(times):
+        key = queue.pop()
+        order.append(key)
+        queue.charge(key, costs[key], more=True)
+    return order
+
+
+def test_fair_queue_serves_by_handler_time_and_idling_earns_no_credit():
+    queue: FairQueue[str] = FairQueue()
+    for key in ("costly", "cheap1", "cheap2"):
+        queue.add(key)
+    ms = 1 / 1024                         # exact in binary: no rounding ties
+    costs = {"costly": 32 * ms, "cheap1": ms, "cheap2": ms, "honest": ms}
+    order = serve(queue, costs, 130)
+    # Equal handler time, not equal message counts: one costly message per 32 cheap ones.
+    assert order[:3] == ["costly", "cheap1", "cheap2"]
+    assert (order.count("costly"), order.count("cheap1"), order.count("cheap2")) == (2, 64, 64)
+
+    def next_two() -> list[str]:
+        keys = [queue.pop(), queue.pop()]
+        for key in keys:
+            queue.charge(key, costs[key], more=key != "honest")
+        return keys
+    # A peer that becomes ready is served within one message, not after a round ...
+    queue.add("honest")
+    assert "honest" in next_two()
+    # ... and one that idled gets no credit for it: it joins at the queue's current
+    # virtual time, then shares the handler with the others.
+    serve(queue, costs, 300)
+    queue.add("honest")
+    assert "honest" in next_two()
+    queue.add("honest")
+    assert 10 <= serve(queue, costs, 40).count("honest") <= 14
+    # A closed connection's queued entry is popped once more, then it is gone.
+    queue.forget("cheap1")
+    while queue.pop() != "cheap1":
+        pass
+    queue.charge("cheap1", ms, more=True)
+    assert "cheap1" not in serve(queue, costs, 50)
 
 
 # ------------------------------------------------------------------ handler thread, post()
