@@ -195,8 +195,11 @@ class NetMessageProcessor:
         finally:
             # Wall time, not this thread's CPU time: waiting for the peer's block
             # hash on a prefetch thread is time every other peer waits too.
+            cost = time.perf_counter() - started
             with self._cv:
-                self._ready.charge(conn, time.perf_counter() - started, more)
+                self._ready.charge(conn, cost, more)
+            if self.metrics is not None:
+                self.metrics.handler_seconds.inc(cost)
 
     def _on_closed(self, conn: Connection, reason: str) -> None:
         with self._cv:

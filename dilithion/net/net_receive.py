@@ -103,6 +103,7 @@ class ReceivePath:
         while not conn.closed and not conn.backlog.paused:
             if framed == FRAMES_PER_PASS:
                 self._unframed[conn] = self._pass
+                self._metric("frames_deferred")
                 return
             try:
                 msg = conn.reader.next_message()

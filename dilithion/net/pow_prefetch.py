@@ -63,8 +63,9 @@ class PowPrefetch:
     called once, by the thread that stops the node.
     """
 
-    def __init__(self, chain, workers: int | None = None) -> None:
+    def __init__(self, chain, workers: int | None = None, metrics=None) -> None:
         self._chain = chain
+        self._metrics = metrics
         self._workers = workers or os.cpu_count() or 1
         self._cv = threading.Condition(threading.Lock())
         self._queues: dict[int, deque] = {}
@@ -87,7 +88,7 @@ class PowPrefetch:
             waiting = len(queue) if queue else 0
             if (waiting + self._busy.get(peer.id, 0) >= PER_PEER
                     or self._queued >= MAX_QUEUED and not self._make_room(waiting)):
-                self.refused += 1
+                self._refuse()
                 return
             if queue is None:
                 queue = self._queues[peer.id] = deque()
@@ -107,8 +108,13 @@ class PowPrefetch:
             return False
         self._queues[victim].pop()
         self._queued -= 1
-        self.refused += 1
+        self._refuse()
         return True
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        if self._metrics is not None:
+            self._metrics.pow_prefetch_refused.inc()
 
     def _start_workers(self) -> None:
         for i in range(self._workers):
