@@ -175,6 +175,12 @@ def test_fair_queue_serves_by_handler_time_and_idling_earns_no_credit():
     assert "honest" in next_two()
     queue.add("honest")
     assert 10 <= serve(queue, costs, 40).count("honest") <= 14
+    # A peer that becomes ready again while its message is being served is queued
+    # with that message's cost added, not at the time it started.
+    busy = queue.pop()
+    queue.add(busy)
+    queue.charge(busy, 64 * ms, more=False)
+    assert busy not in serve(queue, costs, 30)
     # A closed connection's queued entry is popped once more, then it is gone.
     queue.forget("cheap1")
     while queue.pop() != "cheap1":

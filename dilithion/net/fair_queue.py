@@ -43,12 +43,16 @@ class FairQueue(Generic[K]):
     Not thread-safe: the owner guards it with its own lock (in
     :class:`~dilithion.net.net_processing.NetMessageProcessor`, its ``_cv``).
     A key is in the queue at most once; the caller re-adds it through
-    :meth:`charge` (``more=True``) or :meth:`add` when it has work again.
+    :meth:`charge` (``more=True``) or :meth:`add` when it has work again.  A key
+    passed to :meth:`add` while its message is being served (popped, not yet
+    charged) is queued by :meth:`charge`, once that message's cost is known.
     """
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, K]] = []
         self._vtime: dict[K, float] = {}
+        self._serving: set[K] = set()   # popped, not charged yet
+        self._rearm: set[K] = set()     # of those, the ones that became ready meanwhile
         self._seq = itertools.count()
         self._now = 0.0          # start time of the entry popped last
 
@@ -60,6 +64,9 @@ class FairQueue(Generic[K]):
 
     def add(self, key: K) -> None:
         """``key`` became ready (its backlog went from empty to non-empty)."""
+        if key in self._serving:
+            self._rearm.add(key)
+            return
         start = max(self._vtime.get(key, 0.0), self._now)
         self._vtime[key] = start
         heapq.heappush(self._heap, (start, next(self._seq), key))
@@ -70,6 +77,7 @@ class FairQueue(Generic[K]):
             return None
         start, _, key = heapq.heappop(self._heap)
         self._now = max(self._now, start)
+        self._serving.add(key)
         return key
 
     def charge(self, key: K, cost_s: float, more: bool) -> None:
@@ -77,6 +85,10 @@ class FairQueue(Generic[K]):
 
         A key :meth:`forget` dropped meanwhile (its connection closed) stays
         forgotten."""
+        self._serving.discard(key)
+        if key in self._rearm:
+            self._rearm.discard(key)
+            more = True
         vtime = self._vtime.get(key)
         if vtime is None:
             return
@@ -89,6 +101,7 @@ class FairQueue(Generic[K]):
         """``key`` is gone for good: drop its virtual time (a queued entry of it
         is still popped once, and the caller finds nothing to do)."""
         self._vtime.pop(key, None)
+        self._rearm.discard(key)
 
     def lag(self, key: K) -> float:
         """How far ``key``'s virtual time is ahead of the queue's (seconds of
