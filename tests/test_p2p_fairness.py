@@ -175,6 +175,17 @@ def test_fair_queue_serves_by_handler_time_and_idling_earns_no_credit():
     assert "honest" in next_two()
     queue.add("honest")
     assert 10 <= serve(queue, costs, 40).count("honest") <= 14
+    # Peers joining at the same instant: the one that used least goes first.
+    ties: FairQueue[str] = FairQueue()
+    for key in ("heavy", "light", "busy"):
+        ties.add(key)
+    for key, cost in (("heavy", 5 * ms), ("light", ms)):
+        assert ties.pop() == key
+        ties.charge(key, cost, more=False)          # then idle
+    serve(ties, {"busy": ms}, 10)                   # the queue's time passes both
+    ties.add("heavy")
+    ties.add("light")
+    assert [ties.pop(), ties.pop()] == ["light", "heavy"]
     # A peer that becomes ready again while its message is being served is queued
     # with that message's cost added, not at the time it started.
     busy = queue.pop()

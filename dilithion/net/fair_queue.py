@@ -11,8 +11,9 @@ queueing, Goyal et al. 1996):
 
 * every peer has a *virtual time*, advanced by the measured handler time of
   each of its messages;
-* the ready peer with the least virtual time is served next (ties: the one
-  that became ready first);
+* the ready peer with the least virtual time is served next (ties, i.e.
+  peers that joined at the same instant: the one whose own virtual time was
+  least, then the one that became ready first);
 * a peer that becomes ready joins at ``max(its own virtual time, the start
   time of the message served last)``: idling earns no credit, and a peer
   that recently used much more than the others keeps that debt.
@@ -49,7 +50,7 @@ class FairQueue(Generic[K]):
     """
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, K]] = []
+        self._heap: list[tuple[float, float, int, K]] = []   # (start, own, seq, key)
         self._vtime: dict[K, float] = {}
         self._serving: set[K] = set()   # popped, not charged yet
         self._rearm: set[K] = set()     # of those, the ones that became ready meanwhile
@@ -67,15 +68,16 @@ class FairQueue(Generic[K]):
         if key in self._serving:
             self._rearm.add(key)
             return
-        start = max(self._vtime.get(key, 0.0), self._now)
+        own = self._vtime.get(key, 0.0)
+        start = max(own, self._now)
         self._vtime[key] = start
-        heapq.heappush(self._heap, (start, next(self._seq), key))
+        heapq.heappush(self._heap, (start, own, next(self._seq), key))
 
     def pop(self) -> K | None:
         """The ready key with the least virtual time, removed from the queue."""
         if not self._heap:
             return None
-        start, _, key = heapq.heappop(self._heap)
+        start, _, _, key = heapq.heappop(self._heap)
         self._now = max(self._now, start)
         self._serving.add(key)
         return key
@@ -95,7 +97,7 @@ class FairQueue(Generic[K]):
         vtime = max(vtime, self._now) + max(cost_s, MIN_CHARGE_S)
         self._vtime[key] = vtime
         if more:
-            heapq.heappush(self._heap, (vtime, next(self._seq), key))
+            heapq.heappush(self._heap, (vtime, vtime, next(self._seq), key))
 
     def forget(self, key: K) -> None:
         """``key`` is gone for good: drop its virtual time (a queued entry of it
