@@ -6,9 +6,9 @@ them in each connection's backlog; this module's one thread takes them one
 message at a time, **fair by cost between peers**: the peer whose messages
 have used the least handler time goes next (:mod:`dilithion.net.fair_queue`;
 Bitcoin Core serves one message per peer in turn, which makes an honest
-block wait a round of everyone's costliest messages).  It decodes each payload (before the handshake only
-``version``/``verack``/``ping``/``pong``; anything else is dropped undecoded
-and counted), runs the handshake
+block wait a round of everyone's costliest messages).  It decodes each
+payload (before the handshake only ``version``/``verack``/``ping``/``pong``;
+anything else is dropped undecoded and counted), runs the handshake
 (``version``/``verack``/``ping``/``pong``) and hands every other message to
 the handlers registered for its type.  Slow handlers (RandomX, database
 writes) therefore never stall any socket.
@@ -52,9 +52,10 @@ class NetMessageProcessor:
     Ownership: ``_cv`` (a condition on its own lock) guards ``_ready`` (the
     :class:`~dilithion.net.fair_queue.FairQueue` of connections with messages
     waiting), ``_control`` (connection opened/closed events and calls queued by
-    :meth:`post`, served before messages so a peer's ``version`` goes out before its
-    messages are read and its clean-up runs after) and ``_running``.  The handler tables and listener lists are
-    filled before :meth:`start` and only read afterwards.  ``_local_nonces``
+    :meth:`post`, served before messages so a peer's ``version`` goes out
+    before its messages are read and its clean-up runs after) and
+    ``_running``.  The handler tables and listener lists are filled before
+    :meth:`start` and only read afterwards.  ``_local_nonces``
     and ``dropped_before_handshake`` belong to the handler thread alone.
     """
 

@@ -44,8 +44,8 @@ READ_BYTES_PER_PASS = 64 * 1024
 #: peer in one pass.  Framing is the Python cost of the network thread (about
 #: 10-20 us a message); 64 KiB of 32-byte pings is 2,048 messages, i.e. tens of
 #: milliseconds per peer per pass before this bound.  16 keeps one peer's share of
-#: a pass near 0.3 ms, so 117 flooding peers delay an honest message by ~35 ms
-#: at most, and is above what a honest peer needs: the handler takes one message
+#: a pass near 0.3 ms, so 117 flooding peers cost a pass ~35 ms of framing,
+#: and is above what an honest peer needs: the handler takes one message
 #: per peer per turn and block download has 16 blocks in flight per peer.
 FRAMES_PER_PASS = 16
 
