@@ -192,6 +192,11 @@ def test_fair_queue_serves_by_handler_time_and_idling_earns_no_credit():
     queue.add(busy)
     queue.charge(busy, 64 * ms, more=False)
     assert busy not in serve(queue, costs, 30)
+    # A key has at most one place in the queue, however often it is added.
+    once: FairQueue[str] = FairQueue()
+    once.add("x")
+    once.add("x")
+    assert once.pop() == "x" and once.pop() is None
     # A closed connection's queued entry is popped once more, then it is gone.
     queue.forget("cheap1")
     while queue.pop() != "cheap1":
@@ -219,6 +224,34 @@ def test_post_runs_on_the_handler_thread_before_queued_messages(nodes):
         hold.set()
         assert raw.wait_for("pong").nonce == 2
     assert seen == [(processor.thread, 1)]       # on the handler thread, the ping still waiting
+
+
+def test_post_for_a_peer_runs_as_that_peers_work_before_its_next_message(nodes):
+    """``post(fn, peer_id)``: ``fn`` runs on the handler thread as the peer's work
+    in the fair queue, before the peer's own waiting message, and is charged to
+    the peer; for a peer that is gone it is dropped."""
+    cm = nodes()
+    processor = nodes.processor(cm)
+    ran = []
+    with handshaken(cm.listen_port, HONEST) as raw:
+        assert wait_until(lambda: all_handshaken(cm.peer_manager, 1))
+        conn = next(iter(cm._conns.values()))
+        hold = threading.Event()
+        processor.post(lambda: hold.wait(10))              # the handler is busy ...
+        raw.send(MsgPing(2))
+        assert wait_until(lambda: conn.backlog.counts()[0] == 1)
+
+        def slice_of_work():
+            ran.append((conn.backlog.counts()[0], threading.current_thread()))
+            time.sleep(0.05)
+        processor.post(slice_of_work, conn.peer.id)
+        processor.post(lambda: ran.append("gone"), 10_000)
+        hold.set()
+        assert raw.wait_for("pong").nonce == 2
+        with processor._cv:
+            charged = processor._ready._vtime[conn]
+    assert ran == [(1, processor.thread)]        # before the waiting ping, on the handler
+    assert charged >= 0.05                       # the peer paid for it
 
 
 # ------------------------------------------------------------------ the general fairness test

@@ -43,15 +43,17 @@ class FairQueue(Generic[K]):
 
     Not thread-safe: the owner guards it with its own lock (in
     :class:`~dilithion.net.net_processing.NetMessageProcessor`, its ``_cv``).
-    A key is in the queue at most once; the caller re-adds it through
-    :meth:`charge` (``more=True``) or :meth:`add` when it has work again.  A key
-    passed to :meth:`add` while its message is being served (popped, not yet
-    charged) is queued by :meth:`charge`, once that message's cost is known.
+    A key is in the queue at most once (:meth:`add` of a queued key does
+    nothing); the caller re-adds it through :meth:`charge` (``more=True``) or
+    :meth:`add` when it has work again.  A key passed to :meth:`add` while its
+    message is being served (popped, not yet charged) is queued by
+    :meth:`charge`, once that message's cost is known.
     """
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, float, int, K]] = []   # (start, own, seq, key)
         self._vtime: dict[K, float] = {}
+        self._queued: set[K] = set()    # in the heap
         self._serving: set[K] = set()   # popped, not charged yet
         self._rearm: set[K] = set()     # of those, the ones that became ready meanwhile
         self._seq = itertools.count()
@@ -64,10 +66,13 @@ class FairQueue(Generic[K]):
         return bool(self._heap)
 
     def add(self, key: K) -> None:
-        """``key`` became ready (its backlog went from empty to non-empty)."""
+        """``key`` has work (its backlog went from empty to non-empty)."""
         if key in self._serving:
             self._rearm.add(key)
             return
+        if key in self._queued:
+            return
+        self._queued.add(key)
         own = self._vtime.get(key, 0.0)
         start = max(own, self._now)
         self._vtime[key] = start
@@ -78,6 +83,7 @@ class FairQueue(Generic[K]):
         if not self._heap:
             return None
         start, _, _, key = heapq.heappop(self._heap)
+        self._queued.discard(key)
         self._now = max(self._now, start)
         self._serving.add(key)
         return key
@@ -97,6 +103,7 @@ class FairQueue(Generic[K]):
         vtime = max(vtime, self._now) + max(cost_s, MIN_CHARGE_S)
         self._vtime[key] = vtime
         if more:
+            self._queued.add(key)
             heapq.heappush(self._heap, (vtime, vtime, next(self._seq), key))
 
     def forget(self, key: K) -> None:

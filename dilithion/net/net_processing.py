@@ -77,6 +77,7 @@ class NetMessageProcessor:
         self._cv = threading.Condition(threading.Lock())
         self._ready: FairQueue[Connection] = FairQueue()
         self._control: deque[tuple] = deque()
+        self._deferred: dict[Connection, deque[Callable[[], None]]] = {}
         self._running = False
         self._thread: threading.Thread | None = None
         transport.sink = self
@@ -141,13 +142,29 @@ class NetMessageProcessor:
             self._ready.add(conn)
             self._cv.notify()
 
-    def post(self, fn: Callable[[], None]) -> None:
-        """Run ``fn()`` on the handler thread, before any further peer message
-        (as a connection event is); any thread.  For work that continues in
+    def post(self, fn: Callable[[], None], peer_id: int | None = None) -> None:
+        """Run ``fn()`` on the handler thread; any thread.
+
+        Without ``peer_id``: before any further peer message, as a connection
+        event is.  With ``peer_id``: as that peer's work, in the fair queue,
+        charged to the peer and run before the peer's next message (Core
+        finishes a peer's pending ``getdata`` before reading its next message);
+        dropped when the peer is not connected.  For work that continues in
         slices (serving a big ``getdata`` a part at a time): each slice posts
-        the next, so other peers' messages are not held behind the whole."""
+        the next for its peer, so other peers are served between slices and
+        the requester pays for all of them.
+        """
+        if peer_id is None:
+            with self._cv:
+                self._control.append(("call", fn, ""))
+                self._cv.notify()
+            return
+        conn = self.transport.connection(peer_id)
+        if conn is None or conn.closed:
+            return
         with self._cv:
-            self._control.append(("call", fn, ""))
+            self._deferred.setdefault(conn, deque()).append(fn)
+            self._ready.add(conn)
             self._cv.notify()
 
     def _post_control(self, kind: str, conn: Connection, reason: str) -> None:
@@ -184,27 +201,42 @@ class NetMessageProcessor:
                 logger.exception("[P2P] Message handler failed")
 
     def _serve_one(self, conn: Connection) -> None:
-        """Process one message of ``conn``, charge ``conn`` the time it took and
-        requeue it by its virtual time if it has more."""
+        """Run one piece of ``conn``'s work (a call posted for it with
+        :meth:`post`, else its oldest message), charge ``conn`` the time it took
+        and requeue it by its virtual time if it has more."""
         started = time.perf_counter()
-        net_msg, resume, more = conn.backlog.pop()
+        with self._cv:
+            calls = self._deferred.get(conn)
+            call = calls.popleft() if calls else None
+            if calls is not None and not calls:
+                del self._deferred[conn]
         try:
-            if resume:
-                self.transport.resume_reading(conn)
-            if net_msg is not None and not conn.closed and conn.peer.is_connected():
-                self.process_message(conn, net_msg)
+            if call is not None:
+                if not conn.closed:
+                    call()
+            else:
+                net_msg, resume, _ = conn.backlog.pop()
+                if resume:
+                    self.transport.resume_reading(conn)
+                if net_msg is not None and not conn.closed and conn.peer.is_connected():
+                    self.process_message(conn, net_msg)
         finally:
             # Wall time, not this thread's CPU time: waiting for the peer's block
             # hash on a prefetch thread is time every other peer waits too.
             cost = time.perf_counter() - started
+            more = conn.backlog.counts()[0] > 0     # (a push from now on re-adds conn)
             with self._cv:
-                self._ready.charge(conn, cost, more)
+                self._ready.charge(conn, cost, more or conn in self._deferred)
+                if conn.closed:       # a call posted as it closed must not linger
+                    self._ready.forget(conn)
+                    self._deferred.pop(conn, None)
             if self.metrics is not None:
                 self.metrics.handler_seconds.inc(cost)
 
     def _on_closed(self, conn: Connection, reason: str) -> None:
         with self._cv:
             self._ready.forget(conn)
+            self._deferred.pop(conn, None)
         self._local_nonces.discard(conn.local_nonce)
         self._notify(self._disconnect_listeners, conn.peer, reason)
 

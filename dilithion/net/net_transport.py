@@ -220,6 +220,10 @@ class ConnectionManager(ReceivePath):
         """The handler worked the connection's backlog down: read its socket again."""
         self._post(lambda: self._resume_reading(conn))
 
+    def connection(self, peer_id: int) -> Connection | None:
+        """The open connection of ``peer_id``, or None."""
+        return self._conns.get(peer_id)
+
     def queued_bytes(self, peer_id: int) -> int:
         conn = self._conns.get(peer_id)
         return conn.sendq.queued_bytes() if conn is not None else 0
