@@ -160,6 +160,11 @@ class PowPrefetch:
                 else:
                     self._busy.pop(peer.id, None)
 
+    def peers_tracked(self) -> int:
+        """Peers with headers queued or being hashed (for leak checks: 0 at rest)."""
+        with self._cv:
+            return len(self._queues.keys() | self._busy.keys())
+
     def close(self) -> None:
         """Drop what is queued, wait for the hashes in progress."""
         with self._cv:
