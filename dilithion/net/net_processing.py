@@ -204,7 +204,7 @@ class NetMessageProcessor:
         """Run one piece of ``conn``'s work (a call posted for it with
         :meth:`post`, else its oldest message), charge ``conn`` the time it took
         and requeue it by its virtual time if it has more."""
-        started = time.perf_counter()
+        started = time.thread_time()
         with self._cv:
             calls = self._deferred.get(conn)
             call = calls.popleft() if calls else None
@@ -221,9 +221,11 @@ class NetMessageProcessor:
                 if net_msg is not None and not conn.closed and conn.peer.is_connected():
                     self.process_message(conn, net_msg)
         finally:
-            # Wall time, not this thread's CPU time: waiting for the peer's block
-            # hash on a prefetch thread is time every other peer waits too.
-            cost = time.perf_counter() - started
+            # This thread's CPU time, not wall time: other threads holding the GIL
+            # meanwhile (the network thread framing other peers' floods) must not
+            # be charged to this peer.  A wait for a block hash being prefetched is
+            # not charged either; the prefetch has its own per-peer fairness.
+            cost = time.thread_time() - started
             more = conn.backlog.counts()[0] > 0     # (a push from now on re-adds conn)
             with self._cv:
                 self._ready.charge(conn, cost, more or conn in self._deferred)
