@@ -46,6 +46,8 @@ def test_one_peers_backlog_does_not_delay_another_peer(nodes):
     with RawPeer(cm.listen_port, MAGIC) as a, RawPeer(cm.listen_port, MAGIC) as b:
         a.handshake()
         b.handshake()
+        # Both veracks processed: B's backlog below holds its inv, not its verack.
+        assert wait_until(lambda: len(cm.peer_manager.handshake_complete_peers()) == 2)
         a_id, b_id = _peer_id(cm, a), _peer_id(cm, b)
         conn_a, conn_b = cm._conns[a_id], cm._conns[b_id]
         one = frame(MAGIC, MsgInv([Inv(2, bytes(32))]))

@@ -32,7 +32,7 @@ def per_peer_sizes(node) -> dict[str, int]:
             "download by peer": len(dl._by_peer), "download in flight": len(dl._peer_flight),
             "download progress": len(dl._progress),
             "broadcaster peer stats": len(ctx.broadcaster._peers),
-            "pow prefetch waiting": len(ctx.pow_prefetch._waiting),
+            "pow prefetch waiting": ctx.pow_prefetch.peers_tracked(),
             "threads": threading.active_count()}
 
 

@@ -42,6 +42,17 @@ DEFAULT_MAX_SEND_BUFFER = 1024 * 1024
 #: the 224 MiB receive budget the peers' buffers stay under 288 MiB together.
 DEFAULT_MAX_SEND_TOTAL = 64 * 1024 * 1024
 
+#: One peer's framed messages waiting for the handler thread before its socket
+#: stops being read (:class:`InboundBacklog`; Core's ``fPauseRecv``).  Bytes: Core
+#: pauses a peer whose process queue exceeds its receive flood size, 5 MB by
+#: default (``-maxreceivebuffer=5000`` KB); the same here, so about 45 paused peers
+#: (not 14, as with the former 16 MiB) fill the node-wide receive budget.  Messages:
+#: a count bound as well, since in Python every small message is an object; a
+#: catch-up peer has at most 16 blocks in flight and never comes near either.
+DEFAULT_HANDLER_BACKLOG_MSGS = 1000
+DEFAULT_HANDLER_BACKLOG_BYTES = 5_000_000
+
+
 #: Largest ``DIL_SEND_TIMEOUT`` (ms): an hour; a longer deadline means none.
 MAX_SEND_TIMEOUT_MS = 3_600_000
 
@@ -282,8 +293,8 @@ class TransportConfig:
                  inactivity_timeout: float = 300.0, handshake_timeout: float = 60.0,
                  connect_timeout: float = 5.0, ban_time: float = PeerManager.DEFAULT_BAN_TIME,
                  msg_rate: float = 2000.0, msg_burst: float = 5000.0,
-                 handler_backlog_msgs: int = 1000,
-                 handler_backlog_bytes: int = 16 * 1024 * 1024,
+                 handler_backlog_msgs: int = DEFAULT_HANDLER_BACKLOG_MSGS,
+                 handler_backlog_bytes: int = DEFAULT_HANDLER_BACKLOG_BYTES,
                  max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
                  max_send_total: int = DEFAULT_MAX_SEND_TOTAL) -> None:
         self.send_timeout = send_timeout_ms / 1000.0

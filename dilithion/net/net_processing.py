@@ -2,12 +2,13 @@
 
 The processing half of the C++ ``net.cpp``.  The network thread
 (:mod:`dilithion.net.net_transport`) frames bytes into messages and leaves
-them in each connection's backlog; this module's one thread takes them,
-**round-robin between peers** (one message from each peer with work, in
-turn, as Bitcoin Core's message handler does), so one peer's backlog never
-delays the others.  It decodes each payload (before the handshake only
-``version``/``verack``/``ping``/``pong``; anything else is dropped undecoded
-and counted), runs the handshake
+them in each connection's backlog; this module's one thread takes them one
+message at a time, **fair by cost between peers**: the peer whose messages
+have used the least handler time goes next (:mod:`dilithion.net.fair_queue`;
+Bitcoin Core serves one message per peer in turn, which makes an honest
+block wait a round of everyone's costliest messages).  It decodes each
+payload (before the handshake only ``version``/``verack``/``ping``/``pong``;
+anything else is dropped undecoded and counted), runs the handshake
 (``version``/``verack``/``ping``/``pong``) and hands every other message to
 the handlers registered for its type.  Slow handlers (RandomX, database
 writes) therefore never stall any socket.
@@ -24,6 +25,7 @@ from typing import Callable
 
 from loguru import logger
 
+from dilithion.net.fair_queue import FairQueue
 from dilithion.net.net_transport import Connection, ConnectionManager
 from dilithion.net.peers import Peer
 from dilithion.net.protocol import (MESSAGE_TYPES, USER_AGENT, Message, MsgPing, MsgPong, MsgVerack,
@@ -48,11 +50,12 @@ class NetMessageProcessor:
     """Processes the messages of every connection on one handler thread.
 
     Ownership: ``_cv`` (a condition on its own lock) guards ``_ready`` (the
-    round-robin queue of connections with messages waiting), ``_control``
-    (connection opened/closed events, served before messages so a peer's
-    ``version`` goes out before its messages are read and its clean-up runs
-    after) and ``_running``.  The handler tables and listener lists are
-    filled before :meth:`start` and only read afterwards.  ``_local_nonces``
+    :class:`~dilithion.net.fair_queue.FairQueue` of connections with messages
+    waiting), ``_control`` (connection opened/closed events and calls queued by
+    :meth:`post`, served before messages so a peer's ``version`` goes out
+    before its messages are read and its clean-up runs after) and
+    ``_running``.  The handler tables and listener lists are filled before
+    :meth:`start` and only read afterwards.  ``_local_nonces``
     and ``dropped_before_handshake`` belong to the handler thread alone.
     """
 
@@ -72,8 +75,9 @@ class NetMessageProcessor:
         #: Messages dropped undecoded before the handshake (handler thread only).
         self.dropped_before_handshake = 0
         self._cv = threading.Condition(threading.Lock())
-        self._ready: deque[Connection] = deque()
-        self._control: deque[tuple[str, Connection, str]] = deque()
+        self._ready: FairQueue[Connection] = FairQueue()
+        self._control: deque[tuple] = deque()
+        self._deferred: dict[Connection, deque[Callable[[], None]]] = {}
         self._running = False
         self._thread: threading.Thread | None = None
         transport.sink = self
@@ -135,7 +139,32 @@ class NetMessageProcessor:
 
     def message_ready(self, conn: Connection) -> None:
         with self._cv:
-            self._ready.append(conn)
+            self._ready.add(conn)
+            self._cv.notify()
+
+    def post(self, fn: Callable[[], None], peer_id: int | None = None) -> None:
+        """Run ``fn()`` on the handler thread; any thread.
+
+        Without ``peer_id``: before any further peer message, as a connection
+        event is.  With ``peer_id``: as that peer's work, in the fair queue,
+        charged to the peer and run before the peer's next message (Core
+        finishes a peer's pending ``getdata`` before reading its next message);
+        dropped when the peer is not connected.  For work that continues in
+        slices (serving a big ``getdata`` a part at a time): each slice posts
+        the next for its peer, so other peers are served between slices and
+        the requester pays for all of them.
+        """
+        if peer_id is None:
+            with self._cv:
+                self._control.append(("call", fn, ""))
+                self._cv.notify()
+            return
+        conn = self.transport.connection(peer_id)
+        if conn is None or conn.closed:
+            return
+        with self._cv:
+            self._deferred.setdefault(conn, deque()).append(fn)
+            self._ready.add(conn)
             self._cv.notify()
 
     def post(self, fn: Callable[[], None]) -> None:
@@ -154,7 +183,7 @@ class NetMessageProcessor:
                 if self._control:
                     return self._control.popleft()
                 if self._ready:
-                    return self._ready.popleft()
+                    return self._ready.pop()
                 self._cv.wait()
             return None
 
@@ -170,24 +199,52 @@ class NetMessageProcessor:
                     work[1]()
                 elif work[0] == "opened":
                     self.send_version(work[1])
+                elif work[0] == "call":
+                    work[1]()
                 else:
                     self._on_closed(work[1], work[2])
             except Exception:
                 logger.exception("[P2P] Message handler failed")
 
     def _serve_one(self, conn: Connection) -> None:
-        """Process one message of ``conn``; requeue it behind the others if it has more."""
-        net_msg, resume, more = conn.backlog.pop()
-        if more:
+        """Run one piece of ``conn``'s work (a call posted for it with
+        :meth:`post`, else its oldest message), charge ``conn`` the time it took
+        and requeue it by its virtual time if it has more."""
+        started = time.thread_time()
+        with self._cv:
+            calls = self._deferred.get(conn)
+            call = calls.popleft() if calls else None
+            if calls is not None and not calls:
+                del self._deferred[conn]
+        try:
+            if call is not None:
+                if not conn.closed:
+                    call()
+            else:
+                net_msg, resume, _ = conn.backlog.pop()
+                if resume:
+                    self.transport.resume_reading(conn)
+                if net_msg is not None and not conn.closed and conn.peer.is_connected():
+                    self.process_message(conn, net_msg)
+        finally:
+            # This thread's CPU time, not wall time: other threads holding the GIL
+            # meanwhile (the network thread framing other peers' floods) must not
+            # be charged to this peer.  A wait for a block hash being prefetched is
+            # not charged either; the prefetch has its own per-peer fairness.
+            cost = time.thread_time() - started
+            more = conn.backlog.counts()[0] > 0     # (a push from now on re-adds conn)
             with self._cv:
-                self._ready.append(conn)
-        if resume:
-            self.transport.resume_reading(conn)
-        if net_msg is None or conn.closed or not conn.peer.is_connected():
-            return
-        self.process_message(conn, net_msg)
+                self._ready.charge(conn, cost, more or conn in self._deferred)
+                if conn.closed:       # a call posted as it closed must not linger
+                    self._ready.forget(conn)
+                    self._deferred.pop(conn, None)
+            if self.metrics is not None:
+                self.metrics.handler_seconds.inc(cost)
 
     def _on_closed(self, conn: Connection, reason: str) -> None:
+        with self._cv:
+            self._ready.forget(conn)
+            self._deferred.pop(conn, None)
         self._local_nonces.discard(conn.local_nonce)
         self._notify(self._disconnect_listeners, conn.peer, reason)
 

@@ -5,6 +5,16 @@ Split out of :mod:`dilithion.net.net_transport` (same class, same thread):
 readable socket within the per-peer cap and the node-wide receive budget,
 frames the bytes, scores framing faults and floods, and pushes complete
 messages onto the connection's backlog for the message-handler thread.
+
+**Work per pass.**  One pass of the network loop serves every ready socket in
+turn, so what one peer may cost in a pass is what every other peer waits.  A
+readable socket is read once, at most :data:`READ_BYTES_PER_PASS`, and at most
+:data:`FRAMES_PER_PASS` messages are cut from a peer's buffer per pass; bytes
+already read but not framed are framed in the following passes (the loop does
+not sleep while any are left) and the socket is not read again until they are,
+nor framed while the peer's backlog is paused for the handler (Core's
+``fPauseRecv``).  A pass over N busy peers therefore costs O(N x small) and an
+honest socket is read and framed in the same pass as the busy ones.
 """
 from __future__ import annotations
 
@@ -17,10 +27,27 @@ from dilithion.net.connection import Connection
 from dilithion.net.serialize import NetMessage
 from dilithion.net.socket import FrameError
 
-__all__ = ["ReceivePath", "SCORE_TRUNCATED", "SCORE_FLOOD"]
+__all__ = ["ReceivePath", "SCORE_TRUNCATED", "SCORE_FLOOD", "READ_BYTES_PER_PASS",
+           "FRAMES_PER_PASS"]
 
 SCORE_TRUNCATED = 20
 SCORE_FLOOD = 1
+
+#: Bytes read from one socket in one pass of the network loop.  Core reads one
+#: 64 KiB chunk (``pchBuf[0x10000]``) per peer per ``SocketHandler`` loop; the same
+#: here keeps a pass over 117 busy inbound peers at ~7 MiB of copying while a
+#: catch-up peer still moves a 1 MB block in 16 passes (a pass is a ``select`` of
+#: microseconds when only that peer is busy).
+READ_BYTES_PER_PASS = 64 * 1024
+
+#: Messages framed (checksummed, handed to the handler, observers run) for one
+#: peer in one pass.  Framing is the Python cost of the network thread (about
+#: 10-20 us a message); 64 KiB of 32-byte pings is 2,048 messages, i.e. tens of
+#: milliseconds per peer per pass before this bound.  16 keeps one peer's share of
+#: a pass near 0.3 ms, so 117 flooding peers cost a pass ~35 ms of framing,
+#: and is above what an honest peer needs: the handler takes one message
+#: per peer per turn and block download has 16 blocks in flight per peer.
+FRAMES_PER_PASS = 16
 
 
 class ReceivePath:
@@ -28,17 +55,22 @@ class ReceivePath:
     method runs on the network thread, which owns each connection's reader
     and ``charged`` count.  Uses the manager's ``config``, ``peer_manager``,
     ``receive_buffer``, ``sink``, ``delivery_observers``, ``misbehaving``,
-    ``_close``, ``_metric``, ``_snapshot`` and ``_update_interest``.
+    ``_close``, ``_guarded``, ``_metric``, ``_snapshot`` and ``_update_interest``, and
+    owns the manager's ``_unframed`` (connection -> the pass that last framed it,
+    for the connections whose buffers may still hold complete messages) and
+    ``_pass`` (the loop's pass counter).
     """
 
-    READ_CHUNK = 256 * 1024
-
     def _read(self, conn: Connection) -> None:
-        """Read what the socket has and frame it into messages (``ReceiveMessages``)."""
+        """Read what the socket has and frame it into messages (``ReceiveMessages``);
+        a peer with bytes still to frame is framed instead of read."""
+        if conn in self._unframed:
+            self._frame(conn)
+            return
         free = self._make_room_to_read(conn)
         if free <= 0:
             return
-        data = conn.sock.recv(min(self.READ_CHUNK, max(conn.reader.room(), 1), free))
+        data = conn.sock.recv(min(READ_BYTES_PER_PASS, max(conn.reader.room(), 1), free))
         if data is None:
             if conn.sock.last_error:
                 self._metric("socket_errors")
@@ -59,10 +91,24 @@ class ReceivePath:
         self._metric("bytes_received", len(data))
         conn.reader.feed(data)
         self._charge(conn)
-        while not conn.closed:
+        self._frame(conn)
+
+    def _frame(self, conn: Connection) -> None:
+        """Cut up to :data:`FRAMES_PER_PASS` messages from ``conn``'s buffer and
+        hand them over.  While complete messages may be left, ``conn`` stays in
+        ``_unframed`` (framed again next pass, its socket not read); a paused
+        backlog stops framing until the handler resumes the peer."""
+        self._unframed.pop(conn, None)
+        framed = 0
+        while not conn.closed and not conn.backlog.paused:
+            if framed == FRAMES_PER_PASS:
+                self._unframed[conn] = self._pass
+                self._metric("frames_deferred")
+                return
             try:
                 msg = conn.reader.next_message()
             except FrameError as e:
+                framed += 1
                 self._charge(conn)
                 self.misbehaving(conn.peer.id, e.score, f"{e.kind}: {e.reason}")
                 if e.fatal:
@@ -71,11 +117,21 @@ class ReceivePath:
                 continue
             self._charge(conn)
             if msg is None:
-                break
+                return
+            framed += 1
             if not conn.bucket.try_take():
                 self._on_flood(conn, msg)
                 continue
             self._deliver(conn, msg)
+
+    def _frame_leftovers(self) -> None:
+        """Frame on for the peers whose buffers still held messages after their
+        turn in an earlier pass (and that were not served in this one)."""
+        for conn, framed_in in list(self._unframed.items()):
+            if conn.closed:
+                self._unframed.pop(conn, None)
+            elif framed_in != self._pass:
+                self._guarded(conn, self._frame, conn)
 
     def _charge(self, conn: Connection) -> None:
         """Bring the receive budget up to date with ``conn``'s reader buffer."""
@@ -141,3 +197,4 @@ class ReceivePath:
         if not conn.closed and not conn.backlog.paused:
             conn.last_recv_mono = time.monotonic()  # our stall, not the peer's silence
             self._update_interest(conn)
+            self._frame(conn)                       # what was read before the pause

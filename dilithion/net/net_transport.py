@@ -110,6 +110,9 @@ class ConnectionManager(ReceivePath):
         self._ops: deque[Callable[[], None]] = deque()
         self._flush_ids: set[int] = set()
         self._ops_lock = threading.Lock()
+        # Network thread only (the receive path's work per pass, net_receive.py).
+        self._unframed: dict[Connection, int] = {}
+        self._pass = 0
 
         self._selector: selectors.BaseSelector | None = None
         self._listener: Socket | None = None
@@ -221,6 +224,10 @@ class ConnectionManager(ReceivePath):
         """The handler worked the connection's backlog down: read its socket again."""
         self._post(lambda: self._resume_reading(conn))
 
+    def connection(self, peer_id: int) -> Connection | None:
+        """The open connection of ``peer_id``, or None."""
+        return self._conns.get(peer_id)
+
     def queued_bytes(self, peer_id: int) -> int:
         conn = self._conns.get(peer_id)
         return conn.sendq.queued_bytes() if conn is not None else 0
@@ -328,7 +335,9 @@ class ConnectionManager(ReceivePath):
         next_maintenance = time.monotonic() + tick
         try:
             while not self.stopping.is_set():
-                for key, mask in self._selector.select(tick):
+                self._pass += 1
+                # Bytes read but not framed yet: no sleeping until they are.
+                for key, mask in self._selector.select(0 if self._unframed else tick):
                     tag = key.data
                     if tag == "wake":
                         self._drain_wake()
@@ -336,6 +345,7 @@ class ConnectionManager(ReceivePath):
                         self._accept_all()
                     elif not tag.closed:
                         self._guarded(tag, self._service, tag, mask)
+                self._frame_leftovers()
                 self._run_ops()
                 now = time.monotonic()
                 if self._accept_resume_at is not None and now >= self._accept_resume_at:
@@ -570,6 +580,7 @@ class ConnectionManager(ReceivePath):
             conn.mask = 0
         with self._cs_conns:
             self._conns.pop(peer.id, None)
+        self._unframed.pop(conn, None)
         self.receive_buffer.add(-conn.charged)
         conn.charged = 0
         self.peer_manager.remove_peer(peer.id)

@@ -308,7 +308,7 @@ class NodeAssembly:
         ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.processor, ctx.broadcaster, tx,
                                      metrics=ctx.metrics, on_fatal=ctx.fatal_error)
         ctx.added_nodes = AddedNodes(connman)
-        ctx.pow_prefetch = PowPrefetch(ctx.chainstate)
+        ctx.pow_prefetch = PowPrefetch(ctx.chainstate, metrics=ctx.metrics)
         connman.delivery_observers["block"] = ctx.pow_prefetch.offer
         self._closer(None, ctx.pow_prefetch.close)      # after the transport has stopped
         logger.info("  [OK] P2P components ready (not started)")

@@ -139,6 +139,18 @@ class NodeMetrics:
         self.log_bytes_suppressed = Gauge(
             "log_bytes_suppressed", "Bytes of the log lines dropped by the log rate limit "
             "since the node started", registry=r)
+        # ---- CPU fairness between peers (issue 21, fairness slice) ----
+        self.frames_deferred = Counter(
+            "p2p_frames_deferred", "Times a peer's share of one network-loop pass "
+            "(FRAMES_PER_PASS messages) ran out with messages left, framed in the next pass",
+            registry=r)
+        self.handler_seconds = Counter(
+            "p2p_handler_seconds", "Wall time the message-handler thread spent on peers' "
+            "messages (each peer is charged its own in the handler's fair queue)", registry=r)
+        self.pow_prefetch_refused = Counter(
+            "pow_prefetch_refused", "Block headers not hashed ahead because the peer's or the "
+            "node-wide proof-of-work prefetch queue was full (the handler hashes them in turn)",
+            registry=r)
         for reason in ("queue_full", "rate_limited", "auth_backoff", "not_allowed", "deadline",
                        "too_large", "bad_request", "evicted"):
             self.rpc_rejected.labels(reason=reason)
