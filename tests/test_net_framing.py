@@ -14,7 +14,7 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import (MESSAGE_TYPES, Inv, MsgInv, MsgPing, MsgPong, MsgVerack, MsgVersion,
                                     decode_payload)
 from dilithion.net.serialize import NetMessage
-from dilithion.net.socket import FrameError, FrameReader, SendBudget, SendQueue, Socket, TokenBucket
+from dilithion.net.socket import ByteBudget, FrameError, FrameReader, SendQueue, Socket, TokenBucket
 
 from framework import NodeFactory, RawPeer, frame, wait_until
 
@@ -223,7 +223,7 @@ def test_our_version_parses_as_cpp_layout(nodes):
 def test_a_cleared_queue_refuses_pushes_and_charges_nothing():
     """A push racing a close (another thread checked the connection just before) must not
     leave bytes charged to the node-wide send budget for ever."""
-    budget = SendBudget(1 << 20)
+    budget = ByteBudget(1 << 20)
     q = SendQueue(cap_bytes=1 << 20, budget=budget)
     assert q.push(b"x" * 100)
     q.clear()

@@ -3,7 +3,7 @@ own loopback address (127.0.0.10, 127.0.0.11, ...), the honest peer from 127.0.0
 and the tests assert what the honest side experiences, with counts: block reads
 from the store (a counting wrapper around the real LevelDB store), INFO log
 lines, bytes queued per peer and node-wide (``SendQueue.peak_bytes``,
-``SendBudget.peak``).
+``ByteBudget.peak``).
 
 Big blocks are real: regtest blocks with a 1 MiB opaque ``vtx`` (default rules
 check only the proof of work), mined once per module.  Every wait is a liveness

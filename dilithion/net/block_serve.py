@@ -17,7 +17,7 @@ database at once, logs one line per item and never answers unknown items
 * **service pauses while the send side is full** (Core's ``fPauseSend``): no
   block is read from storage for a peer whose send queue holds more than
   ``max_send_buffer``, nor for anyone while all peers' queues together reach
-  ``max_send_total`` (:class:`~dilithion.net.socket.SendBudget`); the items stay
+  ``max_send_total`` (:class:`~dilithion.net.socket.ByteBudget`); the items stay
   queued and service resumes as the queues drain.  A peer that never reads is
   disconnected by the send deadline, as before;
 * **one log line per getdata for its unknown items**, never one per item;
@@ -90,14 +90,17 @@ class BlockServer:
     """Answers ``getdata`` for one node (see the module docstring).
 
     ``on_served(peer, hash)`` runs after a block was queued for a peer (the
-    block relay notes the peer has it and continues its catch-up); ``post(fn)``
-    runs ``fn`` on the handler thread (:meth:`NetMessageProcessor.post`).
-    Ownership: ``_pending`` (peer id -> :class:`_Pending`, in service order)
-    belongs to the handler thread; ``_lock`` guards ``_turn_posted``.
+    block relay notes the peer has it and continues its catch-up);
+    ``post(fn, peer_id)`` is :meth:`NetMessageProcessor.post`: each slice runs
+    as its peer's work in the handler's fair queue, so the requester pays for
+    every block read for it and other peers' messages are served between slices.
+    Ownership: ``_pending`` (peer id -> :class:`_Pending`) belongs to the handler
+    thread; ``_lock`` guards ``_scheduled`` (peers with a slice posted) and
+    ``_all_posted`` (a wake-up of every waiting peer posted).
     """
 
     def __init__(self, chain, transport, tx, propagation: PropagationLog,
-                 post: Callable[[Callable[[], None]], None],
+                 post: Callable[..., None],
                  on_served: Callable[[object, bytes], None], metrics=None) -> None:
         self.chain = chain
         self.transport = transport
@@ -108,7 +111,8 @@ class BlockServer:
         self.metrics = metrics
         self._pending: dict[int, _Pending] = {}
         self._lock = threading.Lock()
-        self._turn_posted = False
+        self._scheduled: set[int] = set()
+        self._all_posted = False
 
     # ------------------------------------------------------------ handler thread
     def on_getdata(self, peer, msg) -> None:
@@ -180,9 +184,9 @@ class BlockServer:
                 self.tx.serve(peer, [h])
         self._pending.pop(peer.id, None)
         if queue.items:
-            self._pending[peer.id] = queue      # behind the other waiting peers
+            self._pending[peer.id] = queue
             if not armed and not paused:
-                self._schedule()
+                self._schedule(peer.id)
 
     def _serve_block(self, peer, h: bytes) -> bool:
         """Read one indexed block and queue it; True when it was queued."""
@@ -195,9 +199,10 @@ class BlockServer:
         record, queued_at = self.propagation, self.propagation.now()
         written = record.written_callback(h, peer.id, "block_written")
 
-        def on_written() -> None:   # network thread
-            written()
-            self._schedule()
+        def on_written() -> None:   # network thread: this peer's next slice; the freed
+            written()               # bytes may also unpause peers held by the node-wide cap
+            self._schedule(peer.id)
+            self._wake_all()
 
         if not self.transport.send_message(peer.id, MsgBlock(block), on_written):
             log.warning(f"[P2P] Could not queue block {Uint256(h).short()}... for peer {peer.id}")
@@ -208,33 +213,54 @@ class BlockServer:
         self._on_served(peer, h)    # after the block is queued: a continuation inv follows it
         return True
 
-    def _turn(self) -> None:
-        """A handler turn for every peer with items waiting (each gets a slice, in turn)."""
+    def _turn(self, peer_id: int) -> None:
+        """One slice for ``peer_id`` (posted as that peer's work)."""
         with self._lock:
-            self._turn_posted = False
-        for queue in list(self._pending.values()):
+            self._scheduled.discard(peer_id)
+        queue = self._pending.get(peer_id)
+        if queue is not None:
             self._serve(queue)
+
+    def _schedule_all(self) -> None:
+        """A slice posted for every peer with items waiting (handler thread)."""
+        with self._lock:
+            self._all_posted = False
+        for peer_id in list(self._pending):
+            self._schedule(peer_id)
 
     def peer_gone(self, peer_id: int) -> None:
         """Forget a disconnected peer's items; its queued bytes were freed: serve others."""
-        if self._pending.pop(peer_id, None) is not None or self._pending:
-            self._schedule()
+        self._pending.pop(peer_id, None)
+        with self._lock:
+            self._scheduled.discard(peer_id)
+        if self._pending:
+            self._wake_all()
 
     def pending_count(self, peer_id: int) -> int:
         queue = self._pending.get(peer_id)
         return len(queue.items) if queue is not None else 0
 
     # ------------------------------------------------------------ any thread
-    def _schedule(self) -> None:
-        """Post one :meth:`_turn` to the handler thread (coalesced: at most one waiting)."""
+    def _schedule(self, peer_id: int) -> None:
+        """Post one slice for ``peer_id`` (coalesced: at most one waiting per peer)."""
         with self._lock:
-            if self._turn_posted:
+            if peer_id in self._scheduled:
                 return
-            self._turn_posted = True
-        self._post(self._turn)
+            self._scheduled.add(peer_id)
+        self._post(lambda: self._turn(peer_id), peer_id)
+
+    def _wake_all(self) -> None:
+        """Post one :meth:`_schedule_all` (coalesced); it reads the table on the handler
+        thread, so no other thread ever iterates it."""
+        with self._lock:
+            if self._all_posted:
+                return
+            self._all_posted = True
+        self._post(self._schedule_all)
 
     def poll(self) -> None:
-        """Safety net (stall-checker thread): a turn if items wait, e.g. for a peer whose
-        queue is full of messages without write callbacks.  Reads only the table's size."""
+        """Safety net (stall-checker thread): every waiting peer gets a slice, e.g. one
+        whose queue is full of messages without write callbacks, or one held by the
+        node-wide cap.  Reads only the table's size."""
         if self._pending:
-            self._schedule()
+            self._wake_all()

@@ -19,9 +19,9 @@ from collections import deque
 from dilithion.core.env import env_int
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.serialize import MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, NetMessage
-from dilithion.net.socket import FrameReader, SendQueue, Socket, TokenBucket
+from dilithion.net.socket import ByteBudget, FrameReader, SendQueue, Socket, TokenBucket
 
-__all__ = ["Connection", "InboundBacklog", "PingTracker", "ReceiveBudget", "TransportConfig",
+__all__ = ["Connection", "InboundBacklog", "PingTracker", "TransportConfig",
            "send_timeout_ms_from_env", "DEFAULT_MAX_RECEIVE_BUFFER", "DEFAULT_MAX_SEND_BUFFER",
            "DEFAULT_MAX_SEND_TOTAL"]
 
@@ -36,7 +36,7 @@ DEFAULT_MAX_RECEIVE_BUFFER = 224 * 1024 * 1024
 #: busy, and a peer that does not read holds at most this plus one block (4 MiB vtx).
 DEFAULT_MAX_SEND_BUFFER = 1024 * 1024
 #: Node-wide bytes queued for all peers before block and transaction service pauses for
-#: every peer (:class:`~dilithion.net.socket.SendBudget`).  64 MiB: sixteen of the
+#: every peer (:class:`~dilithion.net.socket.ByteBudget`).  64 MiB: sixteen of the
 #: largest blocks in flight at once, more than a 500 Mbit/s uplink drains in a second,
 #: while 117 inbound non-readers could otherwise pin 117 x (1 MiB + 4 MiB) = 585 MiB; with
 #: the 224 MiB receive budget the peers' buffers stay under 288 MiB together.
@@ -67,42 +67,6 @@ def send_timeout_ms_from_env(default_ms: int) -> int:
     return env_int("DIL_SEND_TIMEOUT", 1, MAX_SEND_TIMEOUT_MS, default_ms, unit="ms")
 
 
-class ReceiveBudget:
-    """The node-wide receive-buffer budget (``-maxreceivebuffer``, node-wide here).
-
-    Counts the bytes held for all peers together: unfinished messages in the
-    ``FrameReader`` buffers (charged by the network thread) and framed
-    messages waiting in the :class:`InboundBacklog` s (charged on push by the
-    network thread, released on pop by the handler thread).  ``_lock`` guards
-    ``_used`` and ``peak`` (the high-water mark, for tests and diagnostics).
-    The network thread never reads more than :meth:`free` bytes, so ``_used``
-    never exceeds ``limit``; what it does when the budget is spent is in
-    ``ConnectionManager._make_room_to_read``.
-    """
-
-    __slots__ = ("limit", "_lock", "_used", "peak")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._used = 0
-        self.peak = 0
-
-    def add(self, n: int) -> None:
-        with self._lock:
-            self._used += n
-            if self._used > self.peak:
-                self.peak = self._used
-
-    def used(self) -> int:
-        with self._lock:
-            return self._used
-
-    def free(self) -> int:
-        with self._lock:
-            return self.limit - self._used
-
-
 class InboundBacklog:
     """Messages of one connection that the network thread framed and the
     message-handler thread has not processed yet.
@@ -111,12 +75,12 @@ class InboundBacklog:
     ``max_msgs`` or ``max_bytes`` the backlog says *pause*: the network thread
     stops reading the socket (TCP backpressure on the peer) until the handler
     has worked it down to half.  Its bytes count towards the node-wide
-    ``budget`` (a :class:`ReceiveBudget`, own lock) while they wait here.
+    ``budget`` (a :class:`ByteBudget`, own lock) while they wait here.
     """
 
     __slots__ = ("max_msgs", "max_bytes", "budget", "_lock", "_items", "_bytes", "_paused")
 
-    def __init__(self, max_msgs: int, max_bytes: int, budget: ReceiveBudget | None = None) -> None:
+    def __init__(self, max_msgs: int, max_bytes: int, budget: ByteBudget | None = None) -> None:
         self.max_msgs = max_msgs
         self.max_bytes = max_bytes
         self.budget = budget
@@ -274,12 +238,12 @@ class TransportConfig:
 
     ``connect_timeout`` and ``handshake_timeout`` are the C++ ``PEER_CONNECT_TIMEOUT``
     and ``PEER_HANDSHAKE_TIMEOUT``.  ``max_receive_buffer`` is the node-wide
-    receive budget (:class:`ReceiveBudget`); ``ping_timeout`` disconnects a peer
+    receive budget (:class:`ByteBudget`); ``ping_timeout`` disconnects a peer
     whose pong has not arrived that long after our ping; inbound connections
     are capped at ``max_peers - max_outbound`` (outbound slots are reserved)
     and at ``max_inbound_per_netgroup`` per netgroup
     (:func:`dilithion.net.eviction.netgroup`; 0 = no limit).  ``max_send_buffer``
-    (one peer) and ``max_send_total`` (all peers, a :class:`~dilithion.net.socket.SendBudget`)
+    (one peer) and ``max_send_total`` (all peers, a :class:`~dilithion.net.socket.ByteBudget`)
     pause block and transaction service while the queued bytes are over them;
     ``send_queue_cap`` is the hard per-peer cap where pushes are refused.
     """

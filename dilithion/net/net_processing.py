@@ -167,10 +167,6 @@ class NetMessageProcessor:
             self._ready.add(conn)
             self._cv.notify()
 
-    def post(self, fn: Callable[[], None]) -> None:
-        """Run ``fn()`` on the handler thread, like a connection event (any thread)."""
-        self._post_control("call", fn, "")
-
     def _post_control(self, kind: str, conn, reason: str) -> None:
         with self._cv:
             self._control.append((kind, conn, reason))
@@ -199,8 +195,6 @@ class NetMessageProcessor:
                     work[1]()
                 elif work[0] == "opened":
                     self.send_version(work[1])
-                elif work[0] == "call":
-                    work[1]()
                 else:
                     self._on_closed(work[1], work[2])
             except Exception:

@@ -10,7 +10,7 @@ finishes outbound connects, reads and frames bytes, writes queued messages,
 and enforces every timer (connect, handshake, send deadline, keepalive, ping
 timeout, inactivity: :mod:`dilithion.net.timers`).  It is the only thread
 that touches a socket.  It also keeps the node's resources bounded: the
-node-wide receive budget (:class:`~dilithion.net.connection.ReceiveBudget`)
+node-wide receive budget (:class:`~dilithion.net.socket.ByteBudget`)
 and inbound eviction (:mod:`dilithion.net.eviction`) when the inbound slots
 are full.
 
@@ -35,13 +35,13 @@ from typing import Callable, Protocol
 from loguru import logger
 
 from dilithion.net.banman import BanMan, score_misbehaviour
-from dilithion.net.connection import Connection, InboundBacklog, ReceiveBudget, TransportConfig
+from dilithion.net.connection import Connection, InboundBacklog, TransportConfig
 from dilithion.net.eviction import EvictionCandidate, netgroup, select_node_to_evict
 from dilithion.net.net_receive import ReceivePath
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.protocol import Message, MsgPing
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
-from dilithion.net.socket import FrameReader, SendBudget, SendQueue, Socket, TokenBucket, is_ipv4
+from dilithion.net.socket import ByteBudget, FrameReader, SendQueue, Socket, TokenBucket, is_ipv4
 from dilithion.net.timers import check_timers
 
 __all__ = ["ConnectionManager", "MessageSink"]
@@ -76,7 +76,7 @@ class ConnectionManager(ReceivePath):
     Locks: ``_cs_conns`` guards the ``_conns`` dict, ``_ops_lock`` the work
     posted to the network thread (``_ops``, ``_flush_ids``).  The peer table
     has its own lock (:class:`PeerManager`), as has the node-wide
-    ``receive_buffer`` (:class:`ReceiveBudget`).  ``sink`` and
+    ``receive_buffer`` (:class:`ByteBudget`).  ``sink`` and
     ``delivery_observers`` are set once before :meth:`start`.
     """
 
@@ -93,9 +93,9 @@ class ConnectionManager(ReceivePath):
         self._on_fatal = on_fatal
         self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time, banman,
                                         max_inbound_per_netgroup=cfg.max_inbound_per_netgroup)
-        self.receive_buffer = ReceiveBudget(cfg.max_receive_buffer)
+        self.receive_buffer = ByteBudget(cfg.max_receive_buffer)
         #: Node-wide bytes queued in every peer's ``SendQueue`` (its own lock).
-        self.send_buffer = SendBudget(cfg.max_send_total)
+        self.send_buffer = ByteBudget(cfg.max_send_total)
         if metrics is not None:
             metrics.send_buffer_bytes.set_function(self.send_buffer.used)
         self.sink: MessageSink | None = None

@@ -11,7 +11,7 @@ callers assume whole messages arrive and leave in one piece (``net D-01``,
   payload, so a peer can never make it hold more than its cap;
 * :class:`SendQueue` keeps whole framed messages plus an offset into the head,
   so a partly written message is always finished, never abandoned;
-* :class:`SendBudget` counts the bytes queued in all of one node's send queues
+* :class:`ByteBudget` counts the bytes queued in all of one node's send queues
   (the node-wide cap on what non-reading peers can make the node hold);
 * :class:`TokenBucket` limits how many messages per second a peer may send.
 
@@ -35,7 +35,7 @@ from loguru import logger
 from dilithion.net.serialize import (MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, MessageHeader,
                                      NetMessage, calculate_checksum)
 
-__all__ = ["Socket", "FrameError", "FrameReader", "SendBudget", "SendQueue", "TokenBucket",
+__all__ = ["Socket", "FrameError", "FrameReader", "ByteBudget", "SendQueue", "TokenBucket",
            "is_ipv4", "BULK_MESSAGE_BYTES"]
 
 _WOULD_BLOCK = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS, errno.EALREADY, errno.EINTR}
@@ -268,7 +268,7 @@ class FrameReader:
 
 
 #: Messages larger than this (blocks, transactions, a long ``notfound``) are bulk data:
-#: a :class:`SendQueue` refuses them while its node's :class:`SendBudget` is spent.
+#: a :class:`SendQueue` refuses them while its node's :class:`ByteBudget` is spent.
 #: Smaller ones (ping/pong, version/verack, inv and getdata of up to ~1,800 items, a
 #: short notfound) always go out, within the peer's own cap: they keep connections and
 #: relay alive, and the per-peer cap and the send deadline bound them.  64 KiB is above
@@ -277,16 +277,25 @@ class FrameReader:
 BULK_MESSAGE_BYTES = 64 * 1024
 
 
-class SendBudget:
-    """Bytes queued for all peers of one node (node-wide ``-maxsendbuffer``).
+class ByteBudget:
+    """A node-wide byte budget shared by every connection of one node; two of them:
 
-    Every :class:`SendQueue` of the node charges it on push and releases it as
-    bytes leave (or on clear), so ``used()`` is the node's total.  Over
-    ``limit``, block and transaction service pauses for every peer
-    (:mod:`dilithion.net.block_serve` asks :meth:`spent` before reading a block)
-    and queues refuse bulk messages; the total therefore stays under ``limit``
-    plus one bulk message plus small control messages.  ``_lock`` guards
-    ``_used`` and ``peak`` (the high-water mark, for tests and diagnostics).
+    * the **receive** budget (``-maxreceivebuffer``, node-wide here): unfinished
+      messages in the ``FrameReader`` buffers (charged by the network thread)
+      and framed messages waiting in the ``InboundBacklog`` s (charged on push
+      by the network thread, released on pop by the handler thread).  The
+      network thread never reads more than :meth:`free` bytes, so ``used()``
+      never exceeds ``limit`` (``ConnectionManager._make_room_to_read`` says
+      what happens when it is spent);
+    * the **send** budget (node-wide ``-maxsendbuffer``): every
+      :class:`SendQueue` charges it on push and releases it as bytes leave (or
+      on clear).  While it is :meth:`spent`, block and transaction service
+      pauses for every peer (:mod:`dilithion.net.block_serve`) and queues
+      refuse bulk messages, so the total stays under ``limit`` plus one bulk
+      message plus small control messages.
+
+    ``_lock`` guards ``_used`` and ``peak`` (the high-water mark, for tests and
+    diagnostics); any thread may call every method.
     """
 
     __slots__ = ("limit", "_lock", "_used", "peak")
@@ -307,8 +316,12 @@ class SendBudget:
         with self._lock:
             return self._used
 
+    def free(self) -> int:
+        with self._lock:
+            return self.limit - self._used
+
     def spent(self) -> bool:
-        """True while the queued total has reached the limit: no more bulk data."""
+        """True while the total has reached the limit."""
         with self._lock:
             return self._used >= self.limit
 
@@ -325,7 +338,7 @@ class SendQueue:
     again, so a message is never half-sent and then dropped (``net D-06``).
     """
 
-    def __init__(self, cap_bytes: int, budget: SendBudget | None = None) -> None:
+    def __init__(self, cap_bytes: int, budget: ByteBudget | None = None) -> None:
         self.cap_bytes = cap_bytes
         self.budget = budget
         self._lock = threading.Lock()
