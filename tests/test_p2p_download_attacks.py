@@ -15,15 +15,15 @@ import time
 import plyvel
 import pytest
 
-from dilithion.consensus.pow import check_proof_of_work
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.net import block_download
 from dilithion.net.block_relay import MAX_INV_BLOCK_ITEMS, UNREQUESTED_BLOCK_SCORE
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgInv, MsgVersion
 from dilithion.net.tx_relay import TxRelayManager
 from dilithion.node.blockchain_storage import block_key
-from dilithion.primitives.block import Block, BlockHeader, Uint256
-from framework import REGTEST, FakeClock, InProcessNode, RawPeer, next_commands, regtest_chain, wait_until
+from dilithion.primitives.block import Block
+from framework import (REGTEST, FakeClock, InProcessNode, RawPeer, next_commands, regtest_chain,
+                       side_block, wait_until)
 
 BLOCK = InvType.MSG_BLOCK_INV
 HONEST = "127.0.0.1"
@@ -63,17 +63,6 @@ def peer_from(node: InProcessNode, host: str):
 
 def getdata_hashes(peer: RawPeer) -> list[bytes]:
     return [bytes(i.hash) for i in peer.wait_for("getdata", 10.0).inv]
-
-
-def side_block(hasher, parent: Uint256, body: bytes, time_: int) -> tuple[Block, Uint256]:
-    """A block on ``parent`` with an arbitrary body (default rules check only the PoW)."""
-    header = BlockHeader(1, parent, Uint256(os.urandom(32)), time_, REGTEST.genesis_bits, 0)
-    block = Block(header, body)
-    while True:
-        h = block.get_hash(hasher)
-        if check_proof_of_work(h, header.bits, REGTEST):
-            return block, h
-        header.nonce += 1
 
 
 def deliver_honestly(node: InProcessNode, honest: RawPeer, block_and_hash, during: str,

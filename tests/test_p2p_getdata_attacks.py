@@ -20,8 +20,9 @@ from dilithion.net import block_serve
 from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgGetdata, MsgPing, MsgVersion
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE
 from dilithion.net.socket import BULK_MESSAGE_BYTES
-from framework import REGTEST, InProcessNode, RawPeer, next_commands, regtest_chain, wait_until
-from test_p2p_download_attacks import deliver_honestly, side_block
+from framework import (REGTEST, InProcessNode, RawPeer, next_commands, regtest_chain, side_block,
+                       wait_until)
+from test_p2p_download_attacks import deliver_honestly
 
 BLOCK = InvType.MSG_BLOCK_INV
 HONEST = "127.0.0.1"

@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,13 +47,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import psutil  # noqa: E402
 
-from dilithion.consensus.pow import check_proof_of_work  # noqa: E402
 from dilithion.crypto.randomx_hash import RandomXHasher  # noqa: E402
 from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetaddr,  # noqa: E402
                                     MsgGetblocks, MsgGetdata, MsgInv, MsgPing, MsgTx, MsgVersion)
 from dilithion.primitives.block import Block, BlockHeader, Uint256  # noqa: E402
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut  # noqa: E402
-from framework import REGTEST, ProcessNode, RawPeer, frame_raw, regtest_chain  # noqa: E402
+from framework import REGTEST, ProcessNode, RawPeer, frame_raw, regtest_chain, side_block  # noqa: E402
 
 MiB = 1024 * 1024
 MAGIC = REGTEST.magic
@@ -68,17 +66,6 @@ HONEST_AFTER_S = 5.0
 
 
 # ---------------------------------------------------------------------------- material
-def mine_on(hasher: RandomXHasher, parent: Uint256, body: bytes, time_: int) -> tuple[Block, Uint256]:
-    """A block on ``parent`` with an opaque body (a default-mode node checks only its PoW)."""
-    header = BlockHeader(1, parent, Uint256(os.urandom(32)), time_, REGTEST.genesis_bits, 0)
-    block = Block(header, body)
-    while True:
-        h = block.get_hash(hasher)
-        if check_proof_of_work(h, header.bits, REGTEST):
-            return block, h
-        header.nonce += 1
-
-
 @dataclass
 class Material:
     """Blocks every run uses: the big main chain, the honest block, side blocks."""
@@ -94,11 +81,11 @@ class Material:
         t0 = REGTEST.genesis_time
         big, parent = [], genesis
         for i in range(BIG_BLOCKS):
-            block = mine_on(hasher, parent, os.urandom(BIG_BODY), t0 + 60 * (i + 1))
+            block = side_block(hasher, parent, os.urandom(BIG_BODY), t0 + 60 * (i + 1))
             big.append(block)
             parent = block[1]
-        honest = mine_on(hasher, parent, os.urandom(1024), t0 + 60 * (BIG_BLOCKS + 1))
-        side = [mine_on(hasher, genesis, os.urandom(MiB), t0 + 61 + i) for i in range(side_blocks)]
+        honest = side_block(hasher, parent, os.urandom(1024), t0 + 60 * (BIG_BLOCKS + 1))
+        side = [side_block(hasher, genesis, os.urandom(MiB), t0 + 61 + i) for i in range(side_blocks)]
         return cls(big, honest, side)
 
 

@@ -14,7 +14,7 @@ from here; the fixtures ``network``, ``process_node`` and ``test_peer`` in
 * :func:`wait_until`, :func:`sync_blocks`, :func:`sync_heights` - waiting that
   fails with the state that matters.
 """
-from .chains import MINER, REGTEST, regtest_chain
+from .chains import MINER, REGTEST, regtest_chain, side_block
 from .clock import FakeClock
 from .inprocess import InProcessNode, next_commands, raw_peer
 from .network import TOPOLOGIES, Nodes, connect_topology
@@ -29,7 +29,7 @@ from .wire import REGTEST_MAGIC, RawPeer, frame, frame_raw
 __all__ = [
     "CONVERGE_TIMEOUT", "FakeClock", "MINER", "NODE_BIN", "REGTEST", "REGTEST_MAGIC", "TOPOLOGIES",
     "InProcessNode", "LoopbackServer", "NodeFactory", "Nodes", "ProcessNode", "RawPeer", "TestNode", "TestPeer",
-    "next_commands", "raw_peer", "regtest_chain", "transport_metric",
+    "next_commands", "raw_peer", "regtest_chain", "side_block", "transport_metric",
     "best_hashes", "chain_states", "connect_topology", "converged", "frame", "frame_raw",
     "free_port", "heights", "payee", "port_is_free", "run_node", "sync_blocks", "sync_heights",
     "wait_until",
