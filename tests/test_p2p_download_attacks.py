@@ -17,8 +17,9 @@ import pytest
 
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.net import block_download
-from dilithion.net.block_relay import MAX_INV_BLOCK_ITEMS, UNREQUESTED_BLOCK_SCORE
-from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgInv, MsgVersion
+from dilithion.net.block_relay import (MAX_ANNOUNCED_UNKNOWN_PER_PEER, MAX_INV_BLOCK_ITEMS,
+                                       UNREQUESTED_BLOCK_SCORE)
+from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgInv, MsgPing, MsgVersion
 from dilithion.net.tx_relay import TxRelayManager
 from dilithion.node.blockchain_storage import block_key
 from dilithion.primitives.block import Block
@@ -206,9 +207,34 @@ def test_one_huge_inv_logs_a_line_and_adds_a_bounded_number_of_entries(nodes):
     assert len(node.log_lines(r"announced")) <= 2               # not 50,000
     assert relay.download.table_sizes()["wanted"] <= MAX_INV_BLOCK_ITEMS
     pid = peer_from(node, ATTACKER).id
-    assert len(relay._peers[pid].known) <= MAX_INV_BLOCK_ITEMS
+    assert len(relay._peers[pid].known) == 0                    # made-up hashes are not "known"
+    assert len(relay._peers[pid].announced) <= MAX_ANNOUNCED_UNKNOWN_PER_PEER
     assert len(relay._first_seen) <= MAX_INV_BLOCK_ITEMS
     attacker.close()
+
+
+def test_repeated_inv_floods_of_made_up_hashes_stay_within_the_announced_cap(nodes):
+    """Three hosts each announce 25 x 1,000 made-up block hashes: each peer's per-peer
+    block sets hold at most ``MAX_ANNOUNCED_UNKNOWN_PER_PEER`` of them (20,000 each
+    before, about 2.8 MB a peer), and the honest block still connects."""
+    chain = regtest_chain(2)
+    node = nodes("n")
+    node.load(chain[:2])
+    attackers = [connect(node, f"127.0.0.{10 + i}") for i in range(3)]
+    for _ in range(25):
+        for attacker in attackers:
+            attacker.send(MsgInv([Inv(BLOCK, os.urandom(32)) for _ in range(MAX_INV_BLOCK_ITEMS)]))
+    for attacker in attackers:
+        attacker.send(MsgPing(77))
+        attacker.wait_for("pong", 30.0)                         # every inv before it is processed
+    relay = node.ctx.block_relay
+    for i in range(3):
+        sync = relay._peers[peer_from(node, f"127.0.0.{10 + i}").id]
+        assert len(sync.known) + len(sync.announced) <= MAX_ANNOUNCED_UNKNOWN_PER_PEER
+    honest = connect(node, HONEST)
+    deliver_honestly(node, honest, chain[2], "inv floods of made-up hashes")
+    for peer in [honest, *attackers]:
+        peer.close()
 
 
 def test_one_huge_tx_inv_is_bounded_per_peer(nodes):

@@ -74,8 +74,15 @@ GETBLOCKS_INTERVAL_S = 2.0
 INVALID_BLOCK_SCORE = 100
 #: Most addresses returned for ``getaddr``.
 MAX_ADDR_REPLY = 1000
-#: Block hashes remembered per peer as known to it.
+#: Blocks in our block tree remembered per peer as known to it.  Only indexed blocks
+#: (each paid for with proof of work) enter this set, so a peer cannot fill it with
+#: made-up hashes.
 MAX_KNOWN_PER_PEER = 20_000
+#: Hashes a peer announced that are not in our block tree (yet), per peer: as many as
+#: it may have waiting in the download table.  Made-up hashes in ``inv`` floods land
+#: here, so 125 flooding peers hold 125 x 1,024 hashes (about 18 MB), not
+#: 125 x 20,000 (about 350 MB).
+MAX_ANNOUNCED_UNKNOWN_PER_PEER = 1024
 #: First-seen times kept for the receive-propagation metric.
 MAX_FIRST_SEEN = 20_000
 
@@ -87,6 +94,8 @@ class _PeerSync:
 
     is_cpp: bool
     known: LRUSet[bytes] = field(default_factory=lambda: LRUSet(MAX_KNOWN_PER_PEER))
+    announced: LRUSet[bytes] = field(
+        default_factory=lambda: LRUSet(MAX_ANNOUNCED_UNKNOWN_PER_PEER))
     best_known_height: int = 0
     batch_last: bytes | None = None     # continuation trigger of the running catch-up
     batch_sent: float = 0.0
@@ -95,6 +104,10 @@ class _PeerSync:
     getblocks_sent: float = -GETBLOCKS_INTERVAL_S   # when we last asked it for its chain
     batch_end: bytes | None = None      # last hash of the latest multi-block inv it sent us
     branch_tip: object = None           # highest block from it that entered our block tree
+
+    def has(self, h: bytes) -> bool:
+        """The peer has (or announced) block ``h``."""
+        return h in self.known or h in self.announced
 
     def catching_up(self, now: float) -> bool:
         return self.batch_last is not None and now - self.batch_sent < CATCHUP_TIMEOUT_S
@@ -245,7 +258,7 @@ class BlockRelay:
         while h > 0:
             mh = chain.main_chain_hash_at(h)
             with self._lock:
-                if mh is not None and bytes(mh) in sync.known:
+                if mh is not None and sync.has(bytes(mh)):
                     break
             h -= 1
         return h + 1
@@ -257,7 +270,7 @@ class BlockRelay:
         sync = self._sync(peer)
         index = self.chain.get_index(Uint256(h))
         with self._lock:
-            sync.known.add(h)
+            (sync.known if index is not None else sync.announced).add(h)
             if index is not None:
                 sync.best_known_height = max(sync.best_known_height, index.height)
             continue_batch = sync.batch_last == h
@@ -281,7 +294,7 @@ class BlockRelay:
         sync = self._sync(peer)
         h = bytes(task.hash)
         with self._lock:
-            if h in sync.known or (sync.is_cpp and sync.catching_up(time.monotonic())):
+            if sync.has(h) or (sync.is_cpp and sync.catching_up(time.monotonic())):
                 return False
         if not sync.is_cpp:
             return True
@@ -289,7 +302,7 @@ class BlockRelay:
         if index is None or index.prev is None:
             return False
         with self._lock:
-            parent_known = index.prev.height == 0 or bytes(index.prev.hash) in sync.known
+            parent_known = index.prev.height == 0 or sync.has(bytes(index.prev.hash))
         if parent_known:
             return True
         self._send_catchup_batch(peer.id, sync, self._resume_height(sync))
