@@ -44,7 +44,7 @@ def budget_rows(text: str) -> list[dict[str, str]]:
 
 def exported_metric_names() -> set[str]:
     names = set()
-    for family in NodeMetrics(process_metrics=False).registry.collect():
+    for family in NodeMetrics(process_metrics=True).registry.collect():
         names.add(family.name)
         names.update(sample.name for sample in family.samples)
     return names
