@@ -291,10 +291,11 @@ class Result:
 
 
 def run_one(workdir: Path, material: Material, names: list[str], addresses: int,
-            seconds: float, first_host: int) -> Result:
+            seconds: float, first_host: int, node_args: list[str]) -> Result:
     """One fresh node, the named attacks at once, the honest side measured."""
     label = names[0] if len(names) == 1 else f"all ({len(names)} attacks)"
-    node = ProcessNode(workdir, label.split()[0], env={**os.environ, "DIL_RANDOMX": "light"})
+    node = ProcessNode(workdir, label.split()[0], node_args,
+                       env={**os.environ, "DIL_RANDOMX": "light"})
     node.start()
     result = Result(label)
     try:
@@ -368,7 +369,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="attack duration per run")
     parser.add_argument("--addresses", type=int, default=3, help="attacking addresses per attack")
     parser.add_argument("--no-all", action="store_true", help="skip the all-at-once run")
+    parser.add_argument("--only-all", action="store_true", help="run only the all-at-once run")
+    parser.add_argument("--node-arg", action="append", default=[],
+                        help="an extra dilithion-node argument (repeatable)")
     parser.add_argument("--out", type=Path, help="write the results as JSON")
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the nodes' datadirs and logs here (default: a temporary directory)")
     args = parser.parse_args()
     print("making blocks (light-mode RandomX) ...", flush=True)
     material = Material.make()
@@ -376,14 +382,17 @@ def main() -> int:
     unknown = set(names) - set(attacks(material))
     if unknown:
         parser.error(f"unknown attack(s): {', '.join(sorted(unknown))}")
-    runs = [[n] for n in names] + ([] if args.no_all or args.attack else [names])
+    runs = [] if args.only_all else [[n] for n in names]
+    if args.only_all or not (args.no_all or args.attack):
+        runs.append(names)
     print(f"{'attack':22} {'block s':>7} {'rpc max':>7} {'rpc p50':>7} {'rss MiB':>7} "
           f"{'log MiB':>7} {'dir MiB':>7} {'conns':>6} {'msgs':>7}  verdict", flush=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
+        base = args.workdir or Path(tmp)
         for i, run in enumerate(runs):
-            r = run_one(Path(tmp) / f"run{i}", material, run, args.addresses, args.seconds,
-                        first_host=10 + 0)
+            r = run_one(base / f"run{i}", material, run, args.addresses, args.seconds,
+                        first_host=10, node_args=args.node_arg)
             results.append(r)
             print(f"{r.attack:22} {fmt(r.block_s)} {fmt(r.rpc_max_s)} {fmt(r.rpc_median_s)} "
                   f"{fmt(r.rss_mib, '7.1f')} {fmt(r.log_mib)} {fmt(r.datadir_mib)} "
