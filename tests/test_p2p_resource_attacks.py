@@ -16,10 +16,10 @@ import pytest
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.net import net_processing
-from dilithion.net.connection import DEFAULT_MAX_RECEIVE_BUFFER
+from dilithion.net.net_receive import RECEIVE_FLOOR_PER_PEER
+from dilithion.net.connection import DEFAULT_MAX_RECEIVE_BUFFER, MAX_VALID_PAYLOAD
 from dilithion.net.eviction import EvictionCandidate, netgroup, select_node_to_evict
 from dilithion.net.protocol import MsgPing
-from dilithion.net.serialize import MAX_MESSAGE_SIZE
 
 from framework import RawPeer, TestPeer, frame_raw, transport_metric, wait_until
 
@@ -32,9 +32,10 @@ def attacker_host(i: int) -> str:
 
 
 def trickle_huge_message(raw: RawPeer, payload_bytes: int, chunk: int = 64 * 1024) -> bool:
-    """Announce a 32 MiB - 1 byte ``block`` and send ``payload_bytes`` of it;
-    False once the node has closed the connection."""
-    header = frame_raw(MAGIC, "block", b"", size=MAX_MESSAGE_SIZE - 1)[:24]
+    """Announce a ``block`` of the largest valid size (``MAX_VALID_PAYLOAD``, 4 MiB
+    and a little) and send ``payload_bytes`` of it; False once the node has closed
+    the connection."""
+    header = frame_raw(MAGIC, "block", b"", size=MAX_VALID_PAYLOAD)[:24]
     block = b"\xa5" * chunk
     try:
         raw.send_raw(header)
@@ -75,6 +76,25 @@ def test_trickled_huge_messages_stay_within_the_receive_budget(nodes):
                 raw.close()
     # Every byte charged is released when the connections go.
     assert wait_until(lambda: cm.connected_count() == 0 and cm.receive_buffer.used() == 0)
+
+
+def test_a_peer_holding_nothing_is_read_while_the_budget_is_spent_elsewhere(nodes):
+    """The budget is spent where nobody can be cut for it (here the test charges it
+    all, as unprocessed backlogs of flooding peers would: they drain only at the
+    handler's pace).  A peer holding nothing is still read up to
+    ``RECEIVE_FLOOR_PER_PEER``, so the honest ping is answered; before, every
+    reader was paused until the budget had room again."""
+    cm = nodes(max_receive_buffer=2 * MiB)
+    with TestPeer().connect(cm.listen_port) as honest:
+        honest.handshake()
+        honest.sync_with_ping()
+        cm.receive_buffer.add(cm.receive_buffer.limit)          # spent by others
+        try:
+            assert cm.receive_buffer.free() <= 0
+            honest.sync_with_ping()                             # read, framed, answered
+            assert cm.receive_buffer.peak <= 2 * MiB + RECEIVE_FLOOR_PER_PEER
+        finally:
+            cm.receive_buffer.add(-cm.receive_buffer.limit)
 
 
 # ------------------------------------------------------------------ (b) lock-out
@@ -226,8 +246,8 @@ def _rss_bytes() -> int:
 
 @pytest.mark.slow
 def test_rss_with_40_trickling_attackers_and_the_default_budget(nodes):
-    """40 attackers each push 12 MiB of a 32 MiB - 1 announcement (480 MiB) at the
-    default budget (224 MiB); reports the RSS growth (target: under 256 MiB)."""
+    """40 attackers each push 4 MiB of a largest-valid announcement (160 MiB) at the
+    default budget (64 MiB); reports the RSS growth (target: under 100 MiB)."""
     cm = nodes()
     peak = [_rss_bytes()]
     base = peak[0]
@@ -239,7 +259,7 @@ def test_rss_with_40_trickling_attackers_and_the_default_budget(nodes):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     attackers = [RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(i)) for i in range(40)]
-    threads = [threading.Thread(target=trickle_huge_message, args=(raw, 12 * MiB))
+    threads = [threading.Thread(target=trickle_huge_message, args=(raw, 4 * MiB))
                for raw in attackers]
     try:
         for t in threads:

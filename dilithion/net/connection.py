@@ -18,17 +18,30 @@ from collections import deque
 
 from dilithion.core.env import env_int
 from dilithion.net.peers import Peer, PeerManager
-from dilithion.net.serialize import MAX_MESSAGE_SIZE, MESSAGE_HEADER_SIZE, NetMessage
+from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
+from dilithion.primitives.block import HEADER_SIZE, MAX_BLOCK_VTX_SIZE
 from dilithion.net.socket import ByteBudget, FrameReader, SendQueue, Socket, TokenBucket
 
 __all__ = ["Connection", "InboundBacklog", "PingTracker", "TransportConfig",
            "send_timeout_ms_from_env", "DEFAULT_MAX_RECEIVE_BUFFER", "DEFAULT_MAX_SEND_BUFFER",
-           "DEFAULT_MAX_SEND_TOTAL"]
+           "DEFAULT_MAX_SEND_TOTAL", "MAX_VALID_PAYLOAD"]
 
-#: Node-wide bytes held for all peers' unfinished and unprocessed messages (224 MiB: with
-#: the allocator's and interpreter's overhead the process then stays under 256 MiB of
-#: growth; a 256 MiB budget measured 266 MiB of RSS growth).
-DEFAULT_MAX_RECEIVE_BUFFER = 224 * 1024 * 1024
+#: The largest payload a valid message can have: a ``block`` (80-byte header, a
+#: compact size, at most 4 MiB of ``vtx``); every other message is smaller (an
+#: ``inv`` of 50,000 items is 1.8 MB, a ``tx`` at most 1,000,000 bytes).  One peer's
+#: unfinished message is capped at this (Core: ``MAX_PROTOCOL_MESSAGE_LENGTH``, 4 MB),
+#: not at the wire limit of 32 MiB (``MAX_MESSAGE_SIZE``, the C++ framing limit):
+#: an announced size above it is refused at the header, so a peer trickling a
+#: message holds at most 4 MiB, not 32.  The C++ node never sends more either.
+MAX_VALID_PAYLOAD = HEADER_SIZE + 9 + MAX_BLOCK_VTX_SIZE
+
+#: Node-wide bytes held for all peers' unfinished and unprocessed messages.  64 MiB
+#: (224 before issue 21): fifteen of the largest valid messages at once; under the
+#: nineteen attacks of ``contrib/bench/bench_hostile.py`` at once, 224 MiB of it was
+#: mostly framed messages in attackers' backlogs and the node's RSS grew 147-214 MiB,
+#: with 64 MiB (and the 1 MiB backlog below) 61-80 MiB.  A peer holding less than
+#: ``RECEIVE_FLOOR_PER_PEER`` is read even when it is spent (``net_receive.py``).
+DEFAULT_MAX_RECEIVE_BUFFER = 64 * 1024 * 1024
 
 #: One peer's send queue above this pauses block and transaction service to it until it
 #: drains (Core's ``fPauseSend`` at ``-maxsendbuffer``, 1,000 KB there).  1 MiB as in Core:
@@ -39,18 +52,20 @@ DEFAULT_MAX_SEND_BUFFER = 1024 * 1024
 #: every peer (:class:`~dilithion.net.socket.ByteBudget`).  64 MiB: sixteen of the
 #: largest blocks in flight at once, more than a 500 Mbit/s uplink drains in a second,
 #: while 117 inbound non-readers could otherwise pin 117 x (1 MiB + 4 MiB) = 585 MiB; with
-#: the 224 MiB receive budget the peers' buffers stay under 288 MiB together.
+#: the 64 MiB receive budget the peers' buffers stay under 128 MiB together.
 DEFAULT_MAX_SEND_TOTAL = 64 * 1024 * 1024
 
 #: One peer's framed messages waiting for the handler thread before its socket
 #: stops being read (:class:`InboundBacklog`; Core's ``fPauseRecv``).  Bytes: Core
-#: pauses a peer whose process queue exceeds its receive flood size, 5 MB by
-#: default (``-maxreceivebuffer=5000`` KB); the same here, so about 45 paused peers
-#: (not 14, as with the former 16 MiB) fill the node-wide receive budget.  Messages:
+#: pauses a peer whose process queue exceeds its receive flood size (5 MB); here
+#: 1 MiB, so 64 paused peers, not 13, fill the 64 MiB node-wide receive budget:
+#: the handler takes one message per peer per turn, so a deeper backlog only holds
+#: memory, and a peer sending a 4 MiB block is paused after it and read again as
+#: soon as it is processed.  Messages:
 #: a count bound as well, since in Python every small message is an object; a
 #: catch-up peer has at most 16 blocks in flight and never comes near either.
 DEFAULT_HANDLER_BACKLOG_MSGS = 1000
-DEFAULT_HANDLER_BACKLOG_BYTES = 5_000_000
+DEFAULT_HANDLER_BACKLOG_BYTES = 1024 * 1024
 
 
 #: Largest ``DIL_SEND_TIMEOUT`` (ms): an hour; a longer deadline means none.
@@ -249,7 +264,7 @@ class TransportConfig:
     """
 
     def __init__(self, *, send_timeout_ms: int = 5000, max_peers: int = 125, max_outbound: int = 8,
-                 recv_buffer_cap: int = MESSAGE_HEADER_SIZE + MAX_MESSAGE_SIZE,
+                 recv_buffer_cap: int = MESSAGE_HEADER_SIZE + MAX_VALID_PAYLOAD,
                  send_queue_cap: int = 8 * 1024 * 1024, ping_interval: float = 30.0,
                  ping_timeout: float = 30.0,
                  max_receive_buffer: int = DEFAULT_MAX_RECEIVE_BUFFER,

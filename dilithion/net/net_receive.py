@@ -27,7 +27,7 @@ from dilithion.net.connection import Connection
 from dilithion.net.serialize import NetMessage
 from dilithion.net.socket import FrameError
 
-__all__ = ["ReceivePath", "SCORE_TRUNCATED", "SCORE_FLOOD", "READ_BYTES_PER_PASS",
+__all__ = ["ReceivePath", "RECEIVE_FLOOR_PER_PEER", "SCORE_TRUNCATED", "SCORE_FLOOD", "READ_BYTES_PER_PASS",
            "FRAMES_PER_PASS"]
 
 SCORE_TRUNCATED = 20
@@ -48,6 +48,15 @@ READ_BYTES_PER_PASS = 64 * 1024
 #: and is above what an honest peer needs: the handler takes one message
 #: per peer per turn and block download has 16 blocks in flight per peer.
 FRAMES_PER_PASS = 16
+
+#: Bytes a peer may always hold (unfinished plus unprocessed), even with the
+#: node-wide receive budget spent: one pass's read.  The budget can be spent by
+#: other peers' backlogs, which drain only at the handler's pace; without this
+#: floor a peer that holds nothing (an honest peer's ``inv``, ``ping`` or small
+#: block) was not read until a maintenance tick found room, and under a sustained
+#: flood that took seconds.  It overdraws the budget by at most 64 KiB per
+#: connection (8 MiB for 125), and a peer holding more waits like any other.
+RECEIVE_FLOOR_PER_PEER = 64 * 1024
 
 
 class ReceivePath:
@@ -148,11 +157,16 @@ class ReceivePath:
         trickling huge messages cost their own connections, never the node's
         memory.  When no reader holds anything (the budget sits in unprocessed
         backlogs) ``conn`` stops being read until the maintenance tick sees
-        room again.  Returns 0 when ``conn`` must not read now.
+        room again.  A peer holding less than ``RECEIVE_FLOOR_PER_PEER`` is read
+        up to that floor whatever the others hold.  Returns 0 when ``conn``
+        must not read now.
         """
         free = self.receive_buffer.free()
         if free > 0:
             return free
+        held = self._held(conn)
+        if held < RECEIVE_FLOOR_PER_PEER:
+            return RECEIVE_FLOOR_PER_PEER - held
         holder = max((c for c in self._snapshot() if not c.closed),
                      key=lambda c: c.charged, default=None)
         if holder is not None and holder.charged > 0:
@@ -165,6 +179,12 @@ class ReceivePath:
         conn.budget_paused = True
         self._update_interest(conn)
         return 0
+
+    @staticmethod
+    def _held(conn: Connection) -> int:
+        """Bytes ``conn`` holds in the receive budget: its unfinished message and
+        its messages waiting for the handler."""
+        return conn.charged + conn.backlog.counts()[1]
 
     def _on_flood(self, conn: Connection, msg: NetMessage) -> None:
         cfg = self.config

@@ -37,7 +37,7 @@ from loguru import logger
 from dilithion.net.banman import BanMan, score_misbehaviour
 from dilithion.net.connection import Connection, InboundBacklog, TransportConfig
 from dilithion.net.eviction import EvictionCandidate, netgroup, select_node_to_evict
-from dilithion.net.net_receive import ReceivePath
+from dilithion.net.net_receive import RECEIVE_FLOOR_PER_PEER, ReceivePath
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.protocol import Message, MsgPing
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
@@ -529,7 +529,8 @@ class ConnectionManager(ReceivePath):
         ``SendPingMessage``); resumes reads paused for the receive budget."""
         has_room = self.receive_buffer.free() > 0
         for conn in self._snapshot():
-            if conn.budget_paused and has_room and not conn.closed:
+            if conn.budget_paused and not conn.closed and (
+                    has_room or self._held(conn) < RECEIVE_FLOOR_PER_PEER):
                 conn.budget_paused = False
                 self._update_interest(conn)
             if not conn.closed:

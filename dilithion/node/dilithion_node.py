@@ -171,7 +171,7 @@ Options:
                         faster hashing, built in the background) or auto (default: full
                         when mining and 2.6 GiB are free, else light; or $DIL_RANDOMX)
   --maxreceivebuffer=<MiB> Node-wide memory for peers' unfinished and unprocessed
-                        messages (default: 224; the largest holder is disconnected)
+                        messages (default: 64; the largest holder is disconnected)
   --pingtimeout=<s>     Disconnect a peer that leaves a ping unanswered this long
                         (default: 30; a ping goes out every 30 s)
   --metrics-port=<port> Serve Prometheus metrics on this port
