@@ -275,8 +275,7 @@ def test_disk_full_is_clear_and_the_stored_chain_survives(small_disk, hasher):
     params = ChainParams.regtest()
     ctx = NodeContext(params, small_disk, hasher=hasher)
     ctx.blockchain = BlockchainDB(small_disk / "blocks")
-    load_chain_state(ctx)
-    chain = ctx.chainstate
+    chain = ctx.chainstate = load_chain_state(params, ctx.blockchain, hasher)
     for height in range(1, 6):
         block, h = mine_block(hasher, chain.tip().hash, height, bytes(20), params,
                               now=params.genesis_time + 240 * height)
@@ -298,8 +297,8 @@ def test_disk_full_is_clear_and_the_stored_chain_survives(small_disk, hasher):
 
     (small_disk / "filler").unlink()
     ctx.blockchain = BlockchainDB(small_disk / "blocks")
-    assert load_chain_state(ctx).hash == tip.hash
-    reloaded = ctx.chainstate
+    reloaded = ctx.chainstate = load_chain_state(params, ctx.blockchain, hasher)
+    assert reloaded.tip().hash == tip.hash
     assert reloaded.height() == 5
     assert reloaded.get_block(h) is None
     ctx.blockchain.close()

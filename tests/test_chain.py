@@ -19,6 +19,7 @@ from dilithion.mining.template import BlockTemplate, create_coinbase, mine_block
 from dilithion.consensus.block_index import BLOCK_FAILED, STATUS_STORED_GENESIS
 from dilithion.node.blockchain_storage import StorageError
 from dilithion.node.chain_loader import close_chain_state, open_chain_state
+from dilithion.node.init import connect_tip_listeners
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.mempool import TxMemPool
 from dilithion.node.metrics import NodeMetrics
@@ -70,8 +71,9 @@ def make_chain(tmp_path, hasher):
     contexts = []
 
     def make(name="node", strict=False, utxo=False, mempool=None, metrics=None) -> ChainState:
-        ctx = open_chain_state(PARAMS, tmp_path / name, hasher, utxo=utxo, strict=strict,
-                               mempool=mempool, metrics=metrics)
+        ctx = open_chain_state(PARAMS, tmp_path / name, hasher, utxo=utxo, strict=strict)
+        connect_tip_listeners(ctx.chainstate, mempool=mempool, coins=ctx.utxo_set,
+                              metrics=metrics)
         contexts.append(ctx)
         return ctx.chainstate
 

@@ -45,6 +45,11 @@ def pay(ctx, keypair, height=1, fee=FEE, to=None, extra_outputs=()):
                   *extra_outputs])
 
 
+def accept(ctx, tx, now=None) -> bytes:
+    """``accept_to_memory_pool`` with the context's collaborators."""
+    return accept_to_memory_pool(ctx.chainstate, ctx.utxo_set, ctx.mempool, tx, now=now)
+
+
 def synthetic(i: int, value: int = 1000) -> Transaction:
     """A small unsigned transaction for the pool's own bookkeeping (``add_tx`` validates no UTXOs)."""
     return Transaction(1, [TxIn(OutPoint(i.to_bytes(32, "little"), 0))], [TxOut(value, SPK)])
@@ -54,7 +59,7 @@ def synthetic(i: int, value: int = 1000) -> Transaction:
 
 def test_accept_valid_spend(node, miner):
     tx = pay(node, miner)
-    txid = accept_to_memory_pool(node, tx, now=NOW)
+    txid = accept(node, tx, now=NOW)
     pool = node.mempool
     assert txid == tx.get_hash() and pool.exists(txid) and pool.get_tx(txid) == tx
     assert pool.txids() == [txid] and pool.size() == 1
@@ -67,10 +72,10 @@ def test_accept_valid_spend(node, miner):
 
 
 def test_double_spend_in_mempool_rejected(node, miner):
-    accept_to_memory_pool(node, pay(node, miner), now=NOW)
+    accept(node, pay(node, miner), now=NOW)
     rival = pay(node, miner, fee=FEE + 1)
     with pytest.raises(TxValidationError, match="already spent by mempool transaction"):
-        accept_to_memory_pool(node, rival, now=NOW)
+        accept(node, rival, now=NOW)
     with pytest.raises(TxValidationError, match="already spent by mempool transaction"):
         node.mempool.add_tx(rival, FEE + 1, NOW, 102)  # the pool itself refuses too
     assert node.mempool.size() == 1
@@ -78,18 +83,18 @@ def test_double_spend_in_mempool_rejected(node, miner):
 
 def test_same_transaction_twice_rejected(node, miner):
     tx = pay(node, miner)
-    accept_to_memory_pool(node, tx, now=NOW)
+    accept(node, tx, now=NOW)
     with pytest.raises(TxValidationError, match="Already in mempool"):
-        accept_to_memory_pool(node, tx, now=NOW)
+        accept(node, tx, now=NOW)
     with pytest.raises(TxValidationError, match="Already in mempool"):
         node.mempool.add_tx(tx, FEE, NOW, 102)
 
 
 def test_maturity_uses_next_block_height(node, miner):
     """Tip 101: the next block is 102, so coinbase 2 (100 confirmations) is in, coinbase 3 is not."""
-    accept_to_memory_pool(node, pay(node, miner, height=2), now=NOW)
+    accept(node, pay(node, miner, height=2), now=NOW)
     with pytest.raises(TxValidationError, match="Coinbase output not mature"):
-        accept_to_memory_pool(node, pay(node, miner, height=3), now=NOW)
+        accept(node, pay(node, miner, height=3), now=NOW)
 
 
 def test_invalid_spends_rejected(node, miner):
@@ -112,14 +117,14 @@ def test_invalid_spends_rejected(node, miner):
     }
     for reason, tx in cases.items():
         with pytest.raises(TxValidationError, match=reason):
-            accept_to_memory_pool(node, tx, now=NOW)
+            accept(node, tx, now=NOW)
     assert node.mempool.size() == 0
 
 
 def test_missing_components_give_a_reason(tmp_path):
     ctx = NodeContext(ChainParams.regtest(), tmp_path, hasher=None)
     with pytest.raises(TxValidationError, match="unavailable"):
-        accept_to_memory_pool(ctx, synthetic(1))
+        accept(ctx, synthetic(1))
 
 
 # -- confirmation -------------------------------------------------------------------
@@ -128,8 +133,8 @@ def test_block_removes_confirmed_and_conflicting(node, miner):
     """chain D40 fixed: a pooled spend of an outpoint the block spent is dropped too."""
     pooled = pay(node, miner, height=1)
     unrelated = pay(node, miner, height=2)
-    accept_to_memory_pool(node, pooled, now=NOW)
-    accept_to_memory_pool(node, unrelated, now=NOW)
+    accept(node, pooled, now=NOW)
+    accept(node, unrelated, now=NOW)
     rival = pay(node, miner, height=1, fee=FEE + 7)   # mined elsewhere, same input as ``pooled``
     block = node.chain.add_block([(rival, FEE + 7)])
     removed = node.mempool.remove_for_block(block_transactions(block))
@@ -147,7 +152,7 @@ def test_spent_input_no_longer_accepted_after_block(node, miner):
     node.chain.add_block([(tx, FEE)])
     for spent in (tx, rival):
         with pytest.raises(TxValidationError, match="non-existent UTXO"):
-            accept_to_memory_pool(node, spent, now=NOW)
+            accept(node, spent, now=NOW)
 
 
 # -- pool bookkeeping (add_tx directly) -----------------------------------------------
@@ -260,8 +265,8 @@ def test_reorg_drops_entries_whose_inputs_left_the_chain(node, miner):
     child = spend(miner, [(OutPoint(funding.get_hash(), 0), child_coin)],
                   [(child_coin.value - FEE, p2pkh(miner))])
     mature = pay(node, miner, height=3)                        # 100 confirmations at block 103
-    accept_to_memory_pool(node, child, now=NOW)
-    accept_to_memory_pool(node, mature, now=NOW)
+    accept(node, child, now=NOW)
+    accept(node, mature, now=NOW)
     assert node.mempool.remove_unspendable(node.utxo_set, node.chain.height + 1) == []
     node.chain.disconnect()                                    # back to 101
     dropped = node.mempool.remove_unspendable(node.utxo_set, node.chain.height + 1)

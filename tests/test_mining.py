@@ -22,22 +22,26 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair, extract_pub_key_hash
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.controller import MiningController
-from dilithion.mining.template import mine_block
+from dilithion.mining.template import mine_block, search_nonce
 from dilithion.node.context import NodeContext
 from dilithion.node.chain_loader import close_chain_state, open_chain_state
+from dilithion.node.init import connect_tip_listeners, miner_for
 from dilithion.node.mempool import TxMemPool, accept_to_memory_pool
 from dilithion.node.metrics import NodeMetrics
 from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
 from dilithion.primitives.transaction import OutPoint
 
 from coins_helpers import FEE, p2pkh, spend
-from framework import MINER, regtest_chain, wait_until
+from framework import MINER, InProcessNode, regtest_chain, wait_until
 
 
 def make_ctx(tmp_path, params: ChainParams, with_utxo: bool = False) -> NodeContext:
-    return open_chain_state(params, tmp_path, RandomXHasher.for_key(), utxo=with_utxo,
-                            mempool=TxMemPool() if with_utxo else None,
-                            metrics=NodeMetrics(process_metrics=False))
+    ctx = open_chain_state(params, tmp_path, RandomXHasher.for_key(), utxo=with_utxo)
+    ctx.mempool = TxMemPool() if with_utxo else None
+    ctx.metrics = NodeMetrics(process_metrics=False)
+    connect_tip_listeners(ctx.chainstate, mempool=ctx.mempool, coins=ctx.utxo_set,
+                          metrics=ctx.metrics)
+    return ctx
 
 
 def close_ctx(ctx: NodeContext) -> None:
@@ -86,7 +90,7 @@ def assert_main_chain_pays(ctx, pkh: bytes, from_height: int = 1) -> None:
 def test_mines_regtest_blocks_into_the_chain(regtest_ctx, threads, log_lines):
     ctx = regtest_ctx
     key = KeyPair.from_seed(bytes([7]) * 32)
-    miner = ctx.miner = MiningController(ctx, threads, pub_key_hash=key.pub_key_hash())
+    miner = ctx.miner = miner_for(ctx, threads, pub_key_hash=key.pub_key_hash())
     assert miner.thread_count() == threads and not miner.is_mining()
     assert miner.start()
     assert miner.is_mining()
@@ -148,7 +152,7 @@ def test_nonce_partition_between_workers(testnet_ctx, hasher):
     """Worker i of N tries exactly i, i+N, i+2N, ... (no find can interrupt it)."""
     ctx = testnet_ctx
     ctx.hasher = recorder = RecordingHasher(hasher)
-    miner = ctx.miner = MiningController(ctx, 2, pub_key_hash=MINER.pub_key_hash())
+    miner = ctx.miner = miner_for(ctx, 2, pub_key_hash=MINER.pub_key_hash())
     miner.template_refresh_seconds = 3600     # one template for the whole test, however slow
     miner.start()
     assert wait_until(lambda: all(len(recorder.seen.get(f"miner-{i}", [])) >= 5 for i in (0, 1)),
@@ -165,7 +169,7 @@ def test_restarts_on_tip_change_without_finding(testnet_ctx, cpp_chain, hasher):
     """A block from elsewhere moves the tip: the workers switch to a template on it."""
     ctx = testnet_ctx
     ctx.hasher = NeverSolves(hasher)          # the miner finds nothing; the chain validates for real
-    miner = ctx.miner = MiningController(ctx, 2, pub_key_hash=MINER.pub_key_hash())
+    miner = ctx.miner = miner_for(ctx, 2, pub_key_hash=MINER.pub_key_hash())
     genesis = ctx.chainstate.tip()
     miner.start()
     assert wait_until(lambda: miner.current_template() is not None, timeout=10)
@@ -190,7 +194,7 @@ def test_restarts_on_tip_change_without_finding(testnet_ctx, cpp_chain, hasher):
 def test_template_refresh_updates_ntime(testnet_ctx, hasher):
     ctx = testnet_ctx
     ctx.hasher = NeverSolves(hasher)          # no find may change the height meanwhile
-    miner = ctx.miner = MiningController(ctx, 1, pub_key_hash=MINER.pub_key_hash())
+    miner = ctx.miner = miner_for(ctx, 1, pub_key_hash=MINER.pub_key_hash())
     miner.template_refresh_seconds = 0.3
     miner.start()
     assert wait_until(lambda: miner.current_template() is not None, timeout=10)
@@ -204,7 +208,7 @@ def test_template_refresh_updates_ntime(testnet_ctx, hasher):
 
 def test_start_stop_semantics_and_hasher_survives(regtest_ctx, hasher):
     ctx = regtest_ctx
-    miner = ctx.miner = MiningController(ctx, 2, pub_key_hash=MINER.pub_key_hash())
+    miner = ctx.miner = miner_for(ctx, 2, pub_key_hash=MINER.pub_key_hash())
     miner.stop()                                   # stop before start: no-op
     assert miner.start() and not miner.start()    # second start refused
     # concurrent stops and starts from several threads (cli 6.2 #21) must not crash
@@ -250,10 +254,10 @@ def test_includes_mempool_transactions_with_their_fees(tmp_path):
         outpoint = OutPoint(coinbase1.get_hash(), 0)
         coin = ctx.utxo_set.get(outpoint)
         tx = spend(MINER, [(outpoint, coin)], [(coin.value - FEE, p2pkh(MINER))])
-        txid = accept_to_memory_pool(ctx, tx)
+        txid = accept_to_memory_pool(ctx.chainstate, ctx.utxo_set, ctx.mempool, tx)
         assert ctx.mempool.size() == 1
         key = KeyPair.from_seed(bytes([9]) * 32)
-        miner = ctx.miner = MiningController(ctx, 1, pub_key_hash=key.pub_key_hash())
+        miner = ctx.miner = miner_for(ctx, 1, pub_key_hash=key.pub_key_hash())
         miner.start()
         assert wait_until(lambda: ctx.chainstate.height() >= 102, timeout=60)
         miner.stop()
@@ -265,6 +269,42 @@ def test_includes_mempool_transactions_with_their_fees(tmp_path):
         assert ctx.utxo_set.get(outpoint) is None
     finally:
         close_ctx(ctx)
+
+
+def test_the_miner_hears_of_a_new_tip_after_the_mempool_dropped_what_it_confirmed(
+        tmp_path, monkeypatch):
+    """The order of the tip listeners the node assembly registers (mempool before
+    miner, ``node/init.py``): when a block confirms a pooled transaction, the
+    miner's workers are told to rebuild their template only once the mempool no
+    longer holds it, so no rebuilt template spends it a second time (a block
+    the chain would refuse).  The listeners run in turn on the thread that
+    connected the block, so what the miner's listener sees is deterministic."""
+    heard: list[tuple[int, bool]] = []
+    watched: dict[str, bytes] = {}
+    on_tip_changed = MiningController.on_tip_changed
+
+    def observed(miner, new_tip, connected, disconnected):
+        if "txid" in watched:
+            heard.append((new_tip.height, node.ctx.mempool.exists(watched["txid"])))
+        on_tip_changed(miner, new_tip, connected, disconnected)
+
+    monkeypatch.setattr(MiningController, "on_tip_changed", observed)
+    node = InProcessNode(tmp_path, "n", rpc=False).start()
+    try:
+        node.load(regtest_chain(101))
+        ctx = node.ctx
+        coinbase1 = block_transactions(regtest_chain(1)[1][0])[0]
+        outpoint = OutPoint(coinbase1.get_hash(), 0)
+        coin = ctx.utxo_set.get(outpoint)
+        tx = spend(MINER, [(outpoint, coin)], [(coin.value - FEE, p2pkh(MINER))])
+        watched["txid"] = accept_to_memory_pool(ctx.chainstate, ctx.utxo_set, ctx.mempool, tx)
+        block, h = search_nonce(ctx.hasher, ctx.miner.build_template())   # holds the tx
+        assert [t.get_hash() for t in block_transactions(block)[1:]] == [watched["txid"]]
+        assert ctx.chainstate.process_new_block(block, h).status is BlockStatus.TIP
+        assert heard == [(102, False)]
+        assert ctx.mempool.size() == 0
+    finally:
+        node.close()
 
 
 def test_mining_key_is_created_once_with_mode_0600_and_reused(tmp_path):
@@ -281,7 +321,7 @@ def test_controller_pays_the_datadir_key_across_restarts(tmp_path):
     params = ChainParams.regtest()
     ctx = make_ctx(tmp_path, params)
     try:
-        ctx.miner = MiningController(ctx, 1)              # key created in the datadir
+        ctx.miner = miner_for(ctx, 1)              # key created in the datadir
         ctx.miner.start()
         assert wait_until(lambda: ctx.chainstate.height() >= 2, timeout=60)
         ctx.miner.stop()
@@ -292,7 +332,7 @@ def test_controller_pays_the_datadir_key_across_restarts(tmp_path):
     try:
         first_height = ctx.chainstate.height()
         assert first_height >= 2
-        ctx.miner = MiningController(ctx, 1)
+        ctx.miner = miner_for(ctx, 1)
         assert ctx.miner.pub_key_hash == key.pub_key_hash()
         ctx.miner.start()
         assert wait_until(lambda: ctx.chainstate.height() > first_height, timeout=60)
@@ -323,8 +363,8 @@ def test_unwritable_datadir_gives_mining_key_error():
         load_or_create_mining_key("/proc/dilithion-no-such-dir")
 
 
-def test_controller_needs_a_chain_state(tmp_path):
+def test_a_miner_needs_a_chain_state(tmp_path):
     ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
                       hasher=RandomXHasher.for_key())
     with pytest.raises(RuntimeError, match="chainstate"):
-        MiningController(ctx, 1, pub_key_hash=bytes(20))
+        miner_for(ctx, 1, pub_key_hash=bytes(20))

@@ -202,7 +202,7 @@ def test_handler_backlog_pauses_reading_without_losing_messages(nodes):
         gate.wait(10)
         got.append(msg)
 
-    nodes.processor(cm).register(MsgInv, slow_handler)
+    nodes.processor(cm).add_handler(MsgInv, slow_handler)
     with RawPeer(cm.listen_port, MAGIC) as raw:
         raw.handshake()
         assert wait_until(lambda: cm.peer_manager.handshake_complete_peers())

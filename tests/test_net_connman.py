@@ -58,7 +58,7 @@ def test_version_first_and_verack_only_once(nodes):
 def test_verack_before_version_and_no_gating_for_ping(nodes):
     cm = nodes()
     got = []
-    nodes.processor(cm).register(MsgInv, lambda p, m: got.append(m))
+    nodes.processor(cm).add_handler(MsgInv, lambda p, m: got.append(m))
     with RawPeer(cm.listen_port, MAGIC) as raw:
         raw.send(MsgInv([Inv(2, bytes(32))]))  # before the handshake: ignored
         raw.send(MsgPing(1))                    # ping is answered in any state
@@ -94,8 +94,8 @@ def test_handler_errors_are_scored_or_logged_and_thread_survives(nodes):
         calls.append("crash")
         raise RuntimeError("bug")
 
-    nodes.processor(cm).register(MsgInv, bad_value)
-    nodes.processor(cm).register(MsgGetaddr, crash)
+    nodes.processor(cm).add_handler(MsgInv, bad_value)
+    nodes.processor(cm).add_handler(MsgGetaddr, crash)
     with RawPeer(cm.listen_port, MAGIC) as raw:
         raw.handshake()
         raw.send(MsgInv([]))

@@ -148,7 +148,7 @@ def nodes(tmp_path):
 
 def _collecting(nodes, cm, command="inv"):
     got = []
-    nodes.processor(cm).register(MESSAGE_TYPES[command], lambda peer, msg: got.append(msg))
+    nodes.processor(cm).add_handler(MESSAGE_TYPES[command], lambda peer, msg: got.append(msg))
     return got
 
 

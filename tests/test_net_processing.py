@@ -20,9 +20,9 @@ def test_registering_a_class_that_is_not_a_wire_message_fails_at_start_up(nodes)
         command = "headers"
 
     with pytest.raises(TypeError, match="not a wire message"):
-        processor.register(MsgHeaders, lambda peer, msg: None)
+        processor.add_handler(MsgHeaders, lambda peer, msg: None)
     with pytest.raises(TypeError):
-        processor.register("inv", lambda peer, msg: None)
+        processor.add_handler("inv", lambda peer, msg: None)
 
 
 def _peer_id(cm, raw: RawPeer) -> int:
@@ -42,7 +42,7 @@ def test_one_peers_backlog_does_not_delay_another_peer(nodes):
         gate.wait(10)
         order.append(peer.id)
 
-    processor.register(MsgInv, handler)
+    processor.add_handler(MsgInv, handler)
     with RawPeer(cm.listen_port, MAGIC) as a, RawPeer(cm.listen_port, MAGIC) as b:
         a.handshake()
         b.handshake()

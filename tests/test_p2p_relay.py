@@ -52,7 +52,7 @@ def test_tx_relays_a_to_b_to_c(nodes):
     a.dial(b)
     b.dial(c)
     tx = spend_coinbase(a, 1)
-    txid = accept_to_memory_pool(a.ctx, tx)
+    txid = accept_to_memory_pool(a.ctx.chainstate, a.ctx.utxo_set, a.ctx.mempool, tx)
     a.ctx.broadcaster.broadcast_tx(txid)
     assert wait_until(lambda: c.ctx.mempool.exists(txid), timeout=10)
     assert b.ctx.mempool.exists(txid)
@@ -90,7 +90,9 @@ def test_tx_inv_is_requested_once_and_getdata_served_from_mempool(nodes):
     node = nodes("n")
     peer = raw_peer(node, start_height=MATURE_TIP)
     pooled = spend_coinbase(node, 1)
-    node.ctx.broadcaster.broadcast_tx(accept_to_memory_pool(node.ctx, pooled))
+    ctx = node.ctx
+    ctx.broadcaster.broadcast_tx(accept_to_memory_pool(ctx.chainstate, ctx.utxo_set, ctx.mempool,
+                                                       pooled))
     # The peer (relay=1) gets the announcement; drain it first.
     assert peer.wait_for("inv").inv == [Inv(TX, pooled.get_hash())]
     wanted = b"\x42" * 32

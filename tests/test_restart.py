@@ -183,7 +183,8 @@ def test_datadir_of_another_network_is_refused(cpp_datadir, hasher):
     ctx = NodeContext(REGTEST, cpp_datadir, hasher=hasher)
     ctx.blockchain = BlockchainDB(cpp_datadir / "blocks")
     with pytest.raises(StorageError, match="wrong network"):
-        load_chain_state(ctx)
+        ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                          utxo_set=ctx.utxo_set)
     assert ctx.blockchain.read_best_block().get_hex() == CPP_TIP       # nothing overwritten
     ctx.blockchain.close()
 
@@ -240,7 +241,8 @@ def test_index_record_contradicting_its_block_record(stored_chain, long_chain, h
     ctx = NodeContext(REGTEST, datadir, hasher=hasher)
     ctx.blockchain = BlockchainDB(datadir / "blocks")
     with pytest.raises(StorageError, match=f"i{h}"):
-        load_chain_state(ctx)
+        ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                          utxo_set=ctx.utxo_set)
     ctx.blockchain.close()
 
 
@@ -319,7 +321,8 @@ def test_utxo_set_of_another_chain_is_refused(stored_chain, hasher, tmp_path, cp
     ctx.blockchain = BlockchainDB(datadir / "blocks")
     ctx.utxo_set = UTXOSet(datadir / "chainstate")
     with pytest.raises(StorageError, match="another chain"):
-        load_chain_state(ctx)
+        ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                          utxo_set=ctx.utxo_set)
     ctx.utxo_set.close()
     ctx.blockchain.close()
 
@@ -349,7 +352,8 @@ def run_child(datadir: str, feed_path: str, utxo: bool) -> None:
     ctx = NodeContext(REGTEST, Path(datadir), hasher=KnownHashes(feed["hashes"]))
     ctx.blockchain = BlockchainDB(Path(datadir) / "blocks")
     ctx.utxo_set = UTXOSet(Path(datadir) / "chainstate") if utxo else None
-    load_chain_state(ctx)
+    ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                      utxo_set=ctx.utxo_set)
     chain = ctx.chainstate
     print("ready", flush=True)
     for payload, raw_hash in feed["blocks"]:

@@ -119,7 +119,7 @@ def test_inv_flood_of_unknown_blocks_is_bounded_and_fast(tmp_path):
 
 def test_no_relay_state_is_kept_for_a_peer_that_left_during_a_broadcast(tmp_path):
     """block_relay.py (then p2p_handlers.py) ``_sync``: the broadcaster worker snapshots the peers, then
-    asks ``_may_announce`` about each.  A peer that disconnected in between (its
+    asks ``may_announce`` about each.  A peer that disconnected in between (its
     ``on_disconnect`` already ran) got a fresh ``_PeerSync`` (with a 20,000-entry
     known set) that nothing ever removed: peer ids are never reused, so the map
     grew with every such race.  The trace hook closes the peer right after the
@@ -302,7 +302,8 @@ def test_out_of_descriptors_on_accept_does_not_spin_the_network_thread():
 
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     child = subprocess.Popen([sys.executable, "-c", _EMFILE_CHILD], cwd=tests_dir,
-                             env={**os.environ, "PYTHONPATH": tests_dir},
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                 [tests_dir, os.environ.get("PYTHONPATH", "")])},
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     socks = []
     try:

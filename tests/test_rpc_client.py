@@ -235,8 +235,8 @@ def node_server(tmp_path):
     ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=datadir,
                       hasher=RandomXHasher.for_key())
     ctx.blockchain = BlockchainDB(str(datadir / "blocks"))
-    load_chain_state(ctx)
-    ctx.chainstate = ctx.chainstate
+    ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                      utxo_set=ctx.utxo_set)
     server = RPCServer(ctx)
     server.start()
     yield home, server

@@ -16,10 +16,10 @@ from dilithion.consensus.validation import block_transactions
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair, create_script_pub_key
 from dilithion.crypto.randomx_hash import RandomXHasher
-from dilithion.mining.controller import MiningController
 from dilithion.mining.template import mine_block
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
+from dilithion.node.init import miner_for
 from dilithion.node.context import NodeContext
 from dilithion.primitives.block import Uint256
 from dilithion.primitives.transaction import OutPoint
@@ -539,8 +539,8 @@ def test_chain_name_per_network(tmp_path):
         d = tmp_path / name
         ctx = NodeContext(chain_params=params, datadir=d, hasher=RandomXHasher.for_key())
         ctx.blockchain = BlockchainDB(str(d / "blocks"))
-        load_chain_state(ctx)
-        ctx.chainstate = ctx.chainstate
+        ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                          utxo_set=ctx.utxo_set)
         server, rpc = start_server(ctx)
         try:
             info = rpc.result("getblockchaininfo")
@@ -657,7 +657,7 @@ def test_peer_method_bad_inputs(node):
 # -- mining ----------------------------------------------------------------------------------------
 def test_mining_methods(node):
     n, rpc = node
-    n.ctx.miner = MiningController(n.ctx, threads=1, pub_key_hash=MINER.pub_key_hash())
+    n.ctx.miner = miner_for(n.ctx, threads=1, pub_key_hash=MINER.pub_key_hash())
     info = rpc.result("getmininginfo")
     assert info == {"mining": False, "hashrate": 0, "threads": 1, "blocks": 10, "chain": "regtest",
                     "randomx": {"mode": "light", "setting": "light", "dataset": "none",
@@ -674,7 +674,7 @@ def test_mining_methods(node):
 
 def test_generatetoaddress_mines_now_and_pays_the_address(node):
     n, rpc = node
-    n.ctx.miner = MiningController(n.ctx, threads=1, pub_key_hash=MINER.pub_key_hash())
+    n.ctx.miner = miner_for(n.ctx, threads=1, pub_key_hash=MINER.pub_key_hash())
     payee = KeyPair.from_seed(bytes([7]) * 32)
     start = rpc.result("getblockcount")
     hashes = rpc.result("generatetoaddress", [3, payee.address()])

@@ -38,10 +38,10 @@ from loguru import logger
 from bench_randomx import hash_rate
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
-from dilithion.mining.controller import MiningController
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
+from dilithion.node.init import miner_for
 from dilithion.tools.diff.targets import CppTarget
 
 #: Issue #14's targets for 2 threads in full mode.
@@ -55,8 +55,9 @@ def node_rate(mode: str, threads: int, seconds: float, warmup: float = 3.0) -> f
         ctx = NodeContext(chain_params=ChainParams.testnet(), datadir=Path(tmp),
                           hasher=RandomXHasher.for_key(), randomx_mode=mode)
         ctx.blockchain = BlockchainDB(str(Path(tmp) / "blocks"))
-        load_chain_state(ctx)
-        miner = MiningController(ctx, threads, pub_key_hash=bytes(20))
+        ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                          utxo_set=ctx.utxo_set)
+        miner = miner_for(ctx, threads, pub_key_hash=bytes(20))
         try:
             miner.start()
             time.sleep(warmup)            # VM creation per thread, first template

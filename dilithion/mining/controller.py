@@ -4,7 +4,7 @@
 What differs from the C++ and why:
 
 * every worker hashes with its own RandomX VM over the one shared cache
-  (``ctx.hasher``), so threads scale; the C++ serialises all hashing behind one
+  (the node's ``hasher``), so threads scale; the C++ serialises all hashing behind one
   global mutex (``cli 6.2`` #13);
 * :meth:`MiningController.stop` never destroys the hasher: block validation
   keeps working after ``stopmining`` (``cli 6.2`` #14, ``chain D41``);
@@ -35,17 +35,18 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from loguru import logger
 
-from dilithion.consensus.chain import BlockStatus
+from dilithion.consensus.chain import BlockStatus, ChainState
 from dilithion.consensus.params import MAX_BLOCK_SIZE
 from dilithion.consensus.pow import hash_less_than
-from dilithion.crypto.randomx_hash import wants_full_mode
+from dilithion.crypto.randomx_hash import RandomXHasher, wants_full_mode
 from dilithion.mining.template import (BlockTemplate, create_block_template, next_work_bits,
                                       template_time)
 from dilithion.node.blockchain_storage import StorageError
-from dilithion.node.wallet_key import load_or_create_mining_key
+from dilithion.node.mempool import TxMemPool
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import Transaction
 
@@ -92,7 +93,16 @@ class _Job:
 
 
 class MiningController:
-    """Grinds nonces on top of ``ctx.chainstate``'s tip with N worker threads.
+    """Grinds nonces on top of ``chain``'s tip with N worker threads.
+
+    Collaborators come in as arguments, not as the node's context: the chain
+    state (tip, consensus parameters, ``--strict``, block submission), the
+    RandomX ``hasher``, the ``mempool`` (None: coinbase-only blocks),
+    ``metrics`` and ``on_fatal`` (a failed block write stops the node).
+    :meth:`on_tip_changed` must be registered as a tip listener of ``chain``
+    by the node assembly (:func:`dilithion.node.init.connect_tip_listeners`),
+    after the mempool's, so a rebuilt template never holds confirmed
+    transactions.
 
     Threads: ``start``/``stop`` may be called from any thread (main loop, RPC);
     ``_lifecycle_lock`` serialises them.  Worker ``i`` owns slot ``i`` of
@@ -102,13 +112,17 @@ class MiningController:
     read without a lock by workers (a single attribute read is atomic).
     """
 
-    def __init__(self, ctx, threads: int = 0, pub_key_hash: bytes | None = None) -> None:
-        if ctx.chainstate is None:
-            raise RuntimeError("MiningController needs ctx.chainstate")
-        self._ctx = ctx
+    def __init__(self, chain: ChainState, hasher: RandomXHasher, pub_key_hash: bytes,
+                 threads: int = 0, *, mempool: TxMemPool | None = None, metrics=None,
+                 randomx_mode: str = "light",
+                 on_fatal: Callable[[str], None] | None = None) -> None:
+        self._chain = chain
+        self._hasher = hasher
+        self._mempool = mempool
+        self._metrics = metrics
+        self._randomx_mode = randomx_mode
+        self._on_fatal = on_fatal
         self._threads = threads if threads > 0 else default_thread_count()
-        if pub_key_hash is None:
-            pub_key_hash = load_or_create_mining_key(ctx.datadir).pub_key_hash()
         self._pub_key_hash = bytes(pub_key_hash)
         #: Seconds before a template is rebuilt without a tip change (tests shorten it).
         self.template_refresh_seconds = TEMPLATE_REFRESH_SECONDS
@@ -132,8 +146,6 @@ class MiningController:
         self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(
             maxlen=HASH_RATE_WINDOW_SECONDS + 1)
         self._hash_rate = 0.0
-
-        ctx.chainstate.add_tip_listener(self._on_tip_changed)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -193,8 +205,8 @@ class MiningController:
             self._monitor = threading.Thread(target=self._hash_rate_monitor, daemon=True,
                                              name="miner-rate")
             self._mining = True
-            if wants_full_mode(self._ctx.randomx_mode, mining=True):
-                self._ctx.hasher.start_full_mode()
+            if wants_full_mode(self._randomx_mode, mining=True):
+                self._hasher.start_full_mode()
             for t in self._workers:
                 t.start()
             self._monitor.start()
@@ -218,11 +230,11 @@ class MiningController:
             self._monitor = None
             self._mining = False
             self._hash_rate = 0.0
-            if self._ctx.metrics is not None:
-                self._ctx.metrics.mining_hash_rate.set(0.0)
+            if self._metrics is not None:
+                self._metrics.mining_hash_rate.set(0.0)
 
     # ------------------------------------------------------------------ tip tracking
-    def _on_tip_changed(self, new_tip, connected, disconnected) -> None:
+    def on_tip_changed(self, new_tip, connected, disconnected) -> None:
         """Chain-state tip listener: every worker drops its template after its current hash.
 
         C++: ``UpdateTemplate``, which the caller had to invoke.
@@ -258,11 +270,11 @@ class MiningController:
     def build_template(self, pub_key_hash: bytes | None = None) -> BlockTemplate:
         """A template on the current tip, paying this node's key (or ``pub_key_hash``),
         with mempool txs (``BuildMiningTemplate`` in ``dilithion-node.cpp``)."""
-        cs = self._ctx.chainstate
-        params = self._ctx.chain_params
+        cs = self._chain
+        params = cs.params
         with cs.lock:
             tip = cs.tip()
-            bits = next_work_bits(tip, params, self._ctx.strict)
+            bits = next_work_bits(tip, params, cs.strict)
             now = template_time(tip, int(self.clock()))
             transactions = self._mempool_transactions()
         return create_block_template(tip.hash, tip.height + 1, bits,
@@ -274,12 +286,12 @@ class MiningController:
 
         C++: ``SelectTransactionsForBlock``.
         """
-        mempool = self._ctx.mempool
+        mempool = self._mempool
         if mempool is None or mempool.size() == 0:
             return []
         # The library's 1,000,000-byte vtx limit (chain D29), not the chain params'
         # 4 MiB: a block we mine must also pass peers that run --strict.
-        budget = min(self._ctx.chain_params.max_block_size, MAX_BLOCK_SIZE) - COINBASE_RESERVE_BYTES
+        budget = min(self._chain.params.max_block_size, MAX_BLOCK_SIZE) - COINBASE_RESERVE_BYTES
         chosen: list[tuple[Transaction, int]] = []
         # Pooled transactions spend only confirmed outputs (the mempool admits no
         # in-pool chains), so any subset in fee-rate order is a valid block body.
@@ -297,7 +309,7 @@ class MiningController:
         C++: ``MiningWorker``.
         """
         step = self._threads
-        hasher = self._ctx.hasher
+        hasher = self._hasher
         hashes = self._hashes
         stop = self._stop
         while not stop.is_set():
@@ -344,8 +356,8 @@ class MiningController:
             (t0, h0), (t1, h1) = self._rate_samples[0], self._rate_samples[-1]
             if t1 > t0:
                 self._hash_rate = (h1 - h0) / (t1 - t0)
-                if self._ctx.metrics is not None:
-                    self._ctx.metrics.mining_hash_rate.set(self._hash_rate)
+                if self._metrics is not None:
+                    self._metrics.mining_hash_rate.set(self._hash_rate)
 
     # ------------------------------------------------------------------ found block
     def _submit(self, block: Block, block_hash: Uint256, height: int, job: _Job) -> None:
@@ -364,10 +376,11 @@ class MiningController:
             log = logger.bind(block_hash=block_hash.get_hex(), height=height)
             _log_block_found(log, block, block_hash)
             try:
-                result = self._ctx.chainstate.process_new_block(block, block_hash)
+                result = self._chain.process_new_block(block, block_hash)
             except StorageError as exc:
                 log.error(f"[Blockchain] ERROR: Failed to save block to database! ({exc})")
-                self._ctx.fatal_error(f"cannot store mined block {block_hash.short()}...: {exc}")
+                if self._on_fatal is not None:
+                    self._on_fatal(f"cannot store mined block {block_hash.short()}...: {exc}")
                 self._stop.set()
                 return
             except Exception as exc:  # noqa: BLE001 - reach the operator, keep mining
@@ -382,7 +395,7 @@ class MiningController:
     def _log_outcome(self, log, result, height: int) -> None:
         """``log``: the logger bound to the mined block's hash and height."""
         status = result.status
-        tip = self._ctx.chainstate.tip()
+        tip = self._chain.tip()
         if status is BlockStatus.TIP:
             log.info("[Blockchain] Block saved to database")
             log.info(f"[Blockchain] Block index created (height {height})")

@@ -92,8 +92,9 @@ class AsyncBroadcaster:
     counter and the per-peer statistics.  ``connman.send_message`` is called
     *outside* that lock so a slow transport never holds up callers.
 
-    ``peer_filter(peer, task) -> bool`` (set by the block relay) can veto a
-    peer for a task, e.g. a C++ peer that may lack the block's parent.
+    ``peer_filter(peer, task) -> bool`` (the block relay's ``may_announce``,
+    set by the node assembly before :meth:`start`) can veto a peer for a task,
+    e.g. a C++ peer that may lack the block's parent.
     Each block is announced once: the block relay's tip listener is the only
     caller of :meth:`broadcast_block`.
     """
@@ -106,7 +107,7 @@ class AsyncBroadcaster:
                  metrics=None, workers: int = 1, rate: float = 200.0, burst: float = 100.0,
                  max_retries: int = DEFAULT_MAX_RETRIES, retry_base_s: float | None = None,
                  peer_filter: Callable[[object, BroadcastTask], bool] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 propagation=None, clock: Callable[[], float] = time.monotonic) -> None:
         #: Monotonic seconds for rate limits, retry due times and latency.
         #: Tests inject a fake clock; waits still use real time (bounded by RATE_SAMPLE_S).
         self._clock = clock
@@ -122,7 +123,7 @@ class AsyncBroadcaster:
         self.retry_base_s = self.RETRY_BASE_S if retry_base_s is None else retry_base_s
         self.peer_filter = peer_filter
         #: The block relay's per-block propagation record (``PropagationLog``), or None.
-        self.propagation = None
+        self.propagation = propagation
         self._cv = threading.Condition(threading.Lock())
         self._queue: deque[BroadcastTask] = deque()
         self._retries: list[tuple[float, int, BroadcastTask, int, int]] = []  # (due, seq, task, peer, attempt)

@@ -47,7 +47,6 @@ from dilithion.net.async_broadcaster import AsyncBroadcaster, BroadcastTask
 from dilithion.net.propagation import PropagationLog
 from dilithion.net.block_download import BlockDownload
 from dilithion.net.block_serve import BlockServer
-from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetaddr,
                                     MsgGetblocks, MsgGetdata, MsgInv, MsgTx)
@@ -114,14 +113,20 @@ class _PeerSync:
 
 
 class BlockRelay:
-    """Block relay and sync for one node: registers the block/tx/addr handlers
-    on the message processor, a tip listener on the chain state and a peer
-    filter on the broadcaster.  The port of the block and inv/getdata handler
-    lambdas of ``src/node/dilithion-node.cpp``.
+    """Block relay and sync for one node.  The port of the block and inv/getdata
+    handler lambdas of ``src/node/dilithion-node.cpp``.
+
+    It registers nothing itself: the node assembly (:mod:`dilithion.node.init`)
+    adds :meth:`handlers` to the message processor, :meth:`on_handshake` and
+    :meth:`on_disconnect` as its listeners, :meth:`on_tip_changed` as a tip
+    listener of the chain state and :meth:`may_announce` as the broadcaster's
+    peer filter.  ``post`` queues a call on the message-handler thread
+    (``NetMessageProcessor.post``); ``propagation`` is the per-block record the
+    broadcaster fills too.
 
     Threads: handlers run on the message-handler thread; the tip listener runs
     on whichever thread connected the block (handler thread, a mining thread,
-    RPC); ``_may_announce`` runs on broadcaster workers; the stall checker
+    RPC); ``may_announce`` runs on broadcaster workers; the stall checker
     (``block-stall``, :meth:`start`/:meth:`stop`) releases stallers' requests.
     ``_lock`` guards ``_peers`` and ``_first_seen``; the download tables are
     owned by ``self.download`` (:class:`BlockDownload`, its own ``_lock``).
@@ -129,8 +134,9 @@ class BlockRelay:
     """
 
     def __init__(self, chain: ChainState, transport: ConnectionManager,
-                 processor: NetMessageProcessor, broadcaster: AsyncBroadcaster, tx: TxRelay, *,
-                 metrics=None, on_fatal: Callable[[str], None] | None = None) -> None:
+                 broadcaster: AsyncBroadcaster, tx: TxRelay, *, post: Callable[..., None],
+                 propagation: PropagationLog, metrics=None,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
         self.chain = chain
         self.transport = transport
         self.broadcaster = broadcaster
@@ -144,20 +150,18 @@ class BlockRelay:
         self._stall_thread: threading.Thread | None = None
         self._first_seen: LRUDict[bytes, float] = LRUDict(MAX_FIRST_SEEN)
         self._origin = threading.local()     # peer whose block is being processed on this thread
-        broadcaster.peer_filter = self._may_announce
         #: Per-block propagation record (RPC ``getblockpropagation``); the broadcaster fills it too.
-        self.propagation = broadcaster.propagation = PropagationLog()
+        self.propagation = propagation
         #: ``getdata`` service (net/block_serve.py): notfound, slices, send-side pauses.
-        self.server = BlockServer(chain, transport, tx, self.propagation, processor.post,
-                                  self._note_has, metrics=metrics)
-        for msg_type, fn in ((MsgInv, self.on_inv), (MsgGetdata, self.server.on_getdata),
-                             (MsgBlock, self.on_block), (MsgTx, self.on_tx),
-                             (MsgGetblocks, self.on_getblocks),
-                             (MsgGetaddr, self.on_getaddr), (MsgAddr, self.on_addr)):
-            processor.register(msg_type, fn)
-        processor.add_handshake_listener(self.on_handshake)
-        processor.add_disconnect_listener(self.on_disconnect)
-        chain.add_tip_listener(self.on_tip_changed)
+        self.server = BlockServer(chain, transport, tx, propagation, post, self._note_has,
+                                  metrics=metrics)
+
+    def handlers(self) -> tuple[tuple[type, Callable], ...]:
+        """``(message class, handler)`` pairs for the message processor (registered
+        by the node assembly, which owns the wiring)."""
+        return ((MsgInv, self.on_inv), (MsgGetdata, self.server.on_getdata),
+                (MsgBlock, self.on_block), (MsgTx, self.on_tx), (MsgGetblocks, self.on_getblocks),
+                (MsgGetaddr, self.on_getaddr), (MsgAddr, self.on_addr))
 
     # ------------------------------------------------------------ peer state
     def _sync(self, peer) -> _PeerSync:
@@ -282,7 +286,7 @@ class BlockRelay:
                 start = self._resume_height(sync)
             self._send_catchup_batch(peer.id, sync, start)
 
-    def _may_announce(self, peer, task: BroadcastTask) -> bool:
+    def may_announce(self, peer, task: BroadcastTask) -> bool:
         """Broadcaster veto: skip peers that have the block, and C++ peers that are
         still catching up or may lack its parent (those get a catch-up instead).
 

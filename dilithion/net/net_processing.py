@@ -13,8 +13,11 @@ anything else is dropped undecoded and counted), runs the handshake
 the handlers registered for its type.  Slow handlers (RandomX, database
 writes) therefore never stall any socket.
 
-Handlers are registered by message class (:meth:`NetMessageProcessor.register`);
-a class that is not a wire message fails at registration, i.e. at start-up.
+Handlers are added by message class (:meth:`NetMessageProcessor.add_handler`);
+a class that is not a wire message fails when it is added, i.e. at start-up.
+The node assembly (:mod:`dilithion.node.init`) adds them, and attaches the
+processor to its transport as the transport's ``sink``; nothing here wires
+itself.
 """
 from __future__ import annotations
 
@@ -80,10 +83,9 @@ class NetMessageProcessor:
         self._deferred: dict[Connection, deque[Callable[[], None]]] = {}
         self._running = False
         self._thread: threading.Thread | None = None
-        transport.sink = self
 
     # ------------------------------------------------------------ wiring (before start)
-    def register(self, msg_type: type[Message], fn: MessageHandler) -> None:
+    def add_handler(self, msg_type: type[Message], fn: MessageHandler) -> None:
         """Call ``fn(peer, msg)`` on the handler thread for every decoded ``msg_type``
         message (after the handshake; the handshake types also before it, after
         the built-in handling).  Raises ``TypeError`` for a class that is not a

@@ -77,7 +77,8 @@ class ConnectionManager(ReceivePath):
     posted to the network thread (``_ops``, ``_flush_ids``).  The peer table
     has its own lock (:class:`PeerManager`), as has the node-wide
     ``receive_buffer`` (:class:`ByteBudget`).  ``sink`` and
-    ``delivery_observers`` are set once before :meth:`start`.
+    ``delivery_observers`` are set once before :meth:`start`, by the node
+    assembly (:mod:`dilithion.node.init`).
     """
 
     def __init__(self, magic: int, config: TransportConfig | None = None, *,

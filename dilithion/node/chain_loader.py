@@ -2,16 +2,16 @@
 
 The C++ node loads its chain inline in ``main()`` (``src/node/dilithion-node.cpp``)
 and cannot restart on a datadir with side branches (``chain D15``, ``D16``).
-Here :func:`load_chain_state` builds the :class:`ChainState` of a
-:class:`NodeContext` from its databases, connects the chain's neighbours in the
-node (mempool clean-up and metrics as tip listeners) and either writes the
-genesis on a fresh database or rebuilds the whole stored tree, side branches
-included, and brings the UTXO set to the loaded tip.  :func:`open_chain_state`
-does the same from a datadir for tools, benchmarks and tests.
+Here :func:`load_chain_state` builds a :class:`ChainState` on the databases
+and either writes the genesis on a fresh database or rebuilds the whole stored
+tree, side branches included, and brings the UTXO set to the loaded tip.  It
+returns the chain state and registers nothing: the chain's tip listeners are
+connected by :mod:`dilithion.node.init` (the one place wiring happens).
+:func:`open_chain_state` does the same from a datadir for tools, benchmarks
+and tests.
 """
 from __future__ import annotations
 
-import functools
 import time
 from pathlib import Path
 
@@ -25,8 +25,6 @@ from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
-from dilithion.node.mempool import TxMemPool
-from dilithion.node.metrics import NodeMetrics
 from dilithion.node.utxo_set import UTXOSet
 from dilithion.primitives.block import Uint256
 
@@ -127,48 +125,39 @@ class BlockTreeLoader:
         return tip
 
 
-def load_chain_state(ctx: NodeContext) -> BlockIndex:
-    """Build ``ctx.chainstate`` on ``ctx.blockchain`` (and ``ctx.utxo_set``) and load it.
+def load_chain_state(params: ChainParams, blockchain: BlockchainDB, hasher: RandomXHasher | None,
+                     *, utxo_set: UTXOSet | None = None, strict: bool = False) -> ChainState:
+    """A :class:`ChainState` on ``blockchain`` (and ``utxo_set``), loaded to its stored tip.
 
     A fresh database gets the genesis block; a stored chain is rebuilt with
-    :class:`BlockTreeLoader`.  ``ctx.mempool`` and ``ctx.metrics``, when set,
-    become the chain's first tip listeners (the mempool must drop confirmed
-    transactions before a miner builds its next template).  Raises
-    :class:`StorageError` when the data cannot be loaded.  Returns the tip.
+    :class:`BlockTreeLoader`.  No tip listener is registered here (see
+    :func:`dilithion.node.init.connect_tip_listeners`).  Raises
+    :class:`StorageError` when the data cannot be loaded.
     """
-    chain = ChainState(ctx.chain_params, ctx.blockchain, ctx.hasher, utxo_set=ctx.utxo_set,
-                       strict=ctx.strict)
-    if ctx.mempool is not None:
-        chain.add_tip_listener(functools.partial(ctx.mempool.on_tip_changed, coins=ctx.utxo_set))
-    if ctx.metrics is not None:
-        chain.add_tip_listener(ctx.metrics.on_tip_changed)
-    genesis = create_genesis_block(ctx.chain_params)
+    chain = ChainState(params, blockchain, hasher, utxo_set=utxo_set, strict=strict)
+    genesis = create_genesis_block(params)
     genesis_hash = chain.hash_block(genesis)
     with chain.lock:
-        if ctx.blockchain.block_exists(genesis_hash):
+        if blockchain.block_exists(genesis_hash):
             started = time.monotonic()
-            index, tip = BlockTreeLoader(ctx.blockchain, genesis_hash).load()
+            index, tip = BlockTreeLoader(blockchain, genesis_hash).load()
             chain.adopt_tree(index, tip)
             logger.info("[Chain] Loaded chain state: {} blocks (height {}), tip {} in {:.2f} s",
                         len(index), tip.height, tip.hash, time.monotonic() - started)
         else:
-            _init_genesis(ctx, chain, genesis, genesis_hash)
-        if ctx.utxo_set is not None:
-            _reconcile_utxo(chain, ctx.utxo_set)
-        tip = chain.tip()
-    if ctx.metrics is not None:
-        ctx.metrics.chain_height.set(tip.height)
-    ctx.chainstate = chain
-    return tip
+            _init_genesis(params, chain, genesis, genesis_hash)
+        if utxo_set is not None:
+            _reconcile_utxo(chain, utxo_set)
+    return chain
 
 
-def _init_genesis(ctx: NodeContext, chain: ChainState, genesis, genesis_hash: Uint256) -> None:
-    db = ctx.blockchain
+def _init_genesis(params: ChainParams, chain: ChainState, genesis, genesis_hash: Uint256) -> None:
+    db = chain.db
     stored_best = db.read_best_block()
     if stored_best is not None:
         # The C++ would silently write a new genesis and point 'bestblock' at it (chain 4.7).
         raise StorageError(f"block database {db.path} has best block {stored_best} but no "
-                           f"{ctx.chain_params.get_network_name()} genesis "
+                           f"{params.get_network_name()} genesis "
                            f"{genesis_hash}: wrong network or wrong datadir")
     index = BlockIndex.from_header(genesis_hash, genesis.header, None, STATUS_STORED_GENESIS)
     logger.info("[Chain] Activating genesis block at height 0")
@@ -220,22 +209,23 @@ def _on_main_chain(chain: ChainState, block_hash: Uint256) -> bool:
 
 
 def open_chain_state(params: ChainParams, datadir, hasher: RandomXHasher | None = None, *,
-                     utxo: bool = False, strict: bool = False, mempool: TxMemPool | None = None,
-                     metrics: NodeMetrics | None = None) -> NodeContext:
+                     utxo: bool = False, strict: bool = False) -> NodeContext:
     """A context with a loaded chain state on ``<datadir>/blocks`` (and ``<datadir>/chainstate``).
 
     For tools, benchmarks and tests; the node program goes through
-    :class:`dilithion.node.init.NodeAssembly`, which reports each step.
+    :class:`dilithion.node.init.NodeAssembly`, which reports each step.  Nothing
+    listens to the chain yet: a caller that adds a mempool, metrics or a miner
+    connects them with :func:`dilithion.node.init.connect_tip_listeners`.
     :func:`close_chain_state` closes what this opened.
     """
     datadir = Path(datadir)
     ctx = NodeContext(params, datadir, strict=strict,
                       **({"hasher": hasher} if hasher is not None else {}))
-    ctx.mempool, ctx.metrics = mempool, metrics
     ctx.blockchain = BlockchainDB(datadir / "blocks")
     try:
         ctx.utxo_set = UTXOSet(datadir / "chainstate") if utxo else None
-        load_chain_state(ctx)
+        ctx.chainstate = load_chain_state(params, ctx.blockchain, ctx.hasher,
+                                          utxo_set=ctx.utxo_set, strict=strict)
     except BaseException:
         close_chain_state(ctx)
         raise

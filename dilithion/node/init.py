@@ -9,8 +9,15 @@ and the main loop around it; tests, the readiness lab and the differential
 harness assemble their in-process nodes through the same class.
 
 Wiring happens here and nowhere else: each component gets its neighbours as
-constructor arguments, so the list of ``NodeContext`` fields filled in below is
-the node's whole component graph.
+constructor arguments (never the ``NodeContext``), and every registration of
+one component on another (the chain's tip listeners, the message processor's
+handlers and listeners, the transport's sink and delivery observer, the
+broadcaster's peer filter) is made by :meth:`NodeAssembly._wire`, in one
+commented order.  ``tests/test_architecture.py`` checks that no other module
+of the package registers anything.  The helpers :func:`connect_tip_listeners`,
+:func:`attach_processor` and :func:`miner_for` are the same wiring for the
+partial nodes of tests, tools and benchmarks.  Only the RPC methods (the
+tools boundary) read components from the context.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.connection import TransportConfig, send_timeout_ms_from_env
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.pow_prefetch import PowPrefetch
+from dilithion.net.propagation import PropagationLog
 from dilithion.net.tx_relay import TxRelay, TxRelayManager
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
@@ -48,7 +56,8 @@ from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_c
 from dilithion.rpc.access import AllowList, is_loopback_host
 from dilithion.rpc.server import HTTPLimits, RPCServer
 
-__all__ = ["NodeConfig", "NodeAssembly", "NodeStartupError", "VERSION", "BANNER_RULE"]
+__all__ = ["NodeConfig", "NodeAssembly", "NodeStartupError", "VERSION", "BANNER_RULE",
+           "connect_tip_listeners", "attach_processor", "miner_for"]
 
 VERSION = "1.0.0"
 BANNER_RULE = "======================================"
@@ -196,6 +205,7 @@ class NodeAssembly:
         self._start_metrics()
         self._init_p2p()
         self._init_wallet_and_miner()
+        self._wire()
         self._start_p2p()
         self._connect_configured_peers()
         self._start_rpc()
@@ -223,9 +233,12 @@ class NodeAssembly:
         logger.info("Initializing chain state...")
         logger.info("Loading genesis block...")
         try:
-            tip = load_chain_state(ctx)
+            ctx.chainstate = load_chain_state(ctx.chain_params, ctx.blockchain, ctx.hasher,
+                                              utxo_set=ctx.utxo_set, strict=ctx.strict)
         except (StorageError, UTXOStorageError) as exc:
             raise NodeStartupError("ERROR: Cannot load chain state from database", f"  {exc}")
+        tip = ctx.chainstate.tip()
+        ctx.metrics.chain_height.set(tip.height)
         logger.info("  [OK] Chain state initialized")
         params = ctx.chain_params
         logger.info(f"  Network: {params.get_network_name()}")
@@ -300,16 +313,18 @@ class NodeAssembly:
         ctx.tx_relay = TxRelayManager()
         options = {"max_retries": cfg.broadcast_retries,
                    "retry_base_s": cfg.broadcast_backoff_ms / 1000.0, **cfg.broadcaster_options}
+        propagation = PropagationLog()      # the relay records, the broadcaster fills in
         ctx.broadcaster = AsyncBroadcaster(connman, tx_relay=ctx.tx_relay, metrics=ctx.metrics,
-                                           **options)
+                                           propagation=propagation, **options)
         self._log_p2p_levers()
-        tx = TxRelay(connman, ctx.tx_relay, ctx.mempool,
-                     functools.partial(accept_to_memory_pool, ctx), ctx.broadcaster)
-        ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.processor, ctx.broadcaster, tx,
+        accept = functools.partial(accept_to_memory_pool, ctx.chainstate, ctx.utxo_set,
+                                   ctx.mempool)
+        tx = TxRelay(connman, ctx.tx_relay, ctx.mempool, accept, ctx.broadcaster)
+        ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.broadcaster, tx,
+                                     post=ctx.processor.post, propagation=propagation,
                                      metrics=ctx.metrics, on_fatal=ctx.fatal_error)
         ctx.added_nodes = AddedNodes(connman)
         ctx.pow_prefetch = PowPrefetch(ctx.chainstate, metrics=ctx.metrics)
-        connman.delivery_observers["block"] = ctx.pow_prefetch.offer
         self._closer(None, ctx.pow_prefetch.close)      # after the transport has stopped
         logger.info("  [OK] P2P components ready (not started)")
 
@@ -340,9 +355,28 @@ class NodeAssembly:
                         f"(key saved to {cfg.datadir / MINING_KEY_FILE})")
         logger.info("Initializing mining controller...")
         threads = cfg.mining_threads or default_thread_count()
-        ctx.miner = MiningController(ctx, threads, pub_key_hash=self.mining_key.pub_key_hash())
+        ctx.miner = _build_miner(ctx, threads, self.mining_key.pub_key_hash())
         self._closer(None, self._stop_miner)
         logger.info(f"  [OK] Mining controller initialized ({threads} threads)")
+
+    def _wire(self) -> None:
+        """Every registration of one component on another, in this order, before
+        any thread starts (so no message, block or broadcast can miss a listener)."""
+        ctx = self.ctx
+        # The transport hands complete messages to the message processor ...
+        attach_processor(ctx.connman, ctx.processor)
+        # ... and every block payload, as it is queued, to the proof-of-work prefetch.
+        ctx.connman.delivery_observers["block"] = ctx.pow_prefetch.offer
+        # The block relay's message handlers, handshake and disconnect listeners, and
+        # its veto on which peer hears of which block.
+        for msg_type, fn in ctx.block_relay.handlers():
+            ctx.processor.add_handler(msg_type, fn)
+        ctx.processor.add_handshake_listener(ctx.block_relay.on_handshake)
+        ctx.processor.add_disconnect_listener(ctx.block_relay.on_disconnect)
+        ctx.broadcaster.peer_filter = ctx.block_relay.may_announce
+        # The chain's tip listeners, in the order connect_tip_listeners documents.
+        connect_tip_listeners(ctx.chainstate, mempool=ctx.mempool, coins=ctx.utxo_set,
+                              metrics=ctx.metrics, block_relay=ctx.block_relay, miner=ctx.miner)
 
     def _stop_miner(self) -> None:
         if self.ctx.miner is not None and self.ctx.miner.is_mining():
@@ -449,3 +483,56 @@ class NodeAssembly:
                 logger.opt(exception=exc).error(f"Error during shutdown: {exc}")
         self._closers.clear()
 
+
+# ------------------------------------------------------------ wiring helpers
+def connect_tip_listeners(chain, *, mempool: TxMemPool | None = None, coins=None, metrics=None,
+                          block_relay: BlockRelay | None = None,
+                          miner: MiningController | None = None) -> None:
+    """Register the given components as tip listeners of ``chain``, in this order.
+
+    The chain calls its listeners one after the other on the thread that
+    connected the block, so the order is a contract:
+
+    1. the mempool drops the transactions the new blocks confirmed or
+       conflicted with (and takes back those of disconnected blocks);
+    2. the metrics record the new height;
+    3. the block relay announces the new tip to peers;
+    4. the miner, last, invalidates its template: its workers rebuild it from
+       the mempool step 1 has already cleaned, never with a confirmed
+       transaction (a block the chain would refuse).
+
+    Callers that add components later (tests, tools) call it again with the
+    later ones; they must keep this order.
+    """
+    if mempool is not None:
+        chain.add_tip_listener(functools.partial(mempool.on_tip_changed, coins=coins))
+    for component in (metrics, block_relay, miner):
+        if component is not None:
+            chain.add_tip_listener(component.on_tip_changed)
+
+
+def attach_processor(connman: ConnectionManager, processor: NetMessageProcessor) -> None:
+    """Make ``processor`` the sink of ``connman``'s complete messages (before ``start``)."""
+    connman.sink = processor
+
+
+def _build_miner(ctx: NodeContext, threads: int, pub_key_hash: bytes) -> MiningController:
+    return MiningController(ctx.chainstate, ctx.hasher, pub_key_hash, threads,
+                            mempool=ctx.mempool, metrics=ctx.metrics,
+                            randomx_mode=ctx.randomx_mode, on_fatal=ctx.fatal_error)
+
+
+def miner_for(ctx: NodeContext, threads: int = 0,
+              pub_key_hash: bytes | None = None) -> MiningController:
+    """A miner on a partial node's context (tests, benchmarks), its tip listener
+    registered after those already on the chain (see :func:`connect_tip_listeners`).
+
+    Without ``pub_key_hash`` it pays the datadir's mining key (created if missing).
+    """
+    if ctx.chainstate is None:
+        raise RuntimeError("a miner needs ctx.chainstate")
+    if pub_key_hash is None:
+        pub_key_hash = load_or_create_mining_key(ctx.datadir).pub_key_hash()
+    miner = _build_miner(ctx, threads, pub_key_hash)
+    connect_tip_listeners(ctx.chainstate, miner=miner)
+    return miner

@@ -327,16 +327,19 @@ def _inputs_spendable(tx: Transaction, view, next_height: int) -> bool:
     return True
 
 
-def accept_to_memory_pool(ctx, tx: Transaction, now: int | None = None) -> bytes:
-    """Validate ``tx`` against the UTXO set and pool it; returns its txid.
+def accept_to_memory_pool(chain, coins, mempool: TxMemPool | None, tx: Transaction,
+                          now: int | None = None) -> bytes:
+    """Validate ``tx`` against ``coins`` (the UTXO set) and pool it in ``mempool``; returns its txid.
 
-    The transaction is checked as if it were in the next block (height = tip +
-    1, so a coinbase from height h is accepted from tip h + 99 on), plus the
-    standardness policy.  Cheap checks run before the ML-DSA verification.
-    The chain lock is held so no block connects between validation and
-    insertion.  Raises :class:`TxValidationError` with the reason.
+    The transaction is checked as if it were in the next block of ``chain``
+    (height = tip + 1, so a coinbase from height h is accepted from tip h + 99
+    on), plus the standardness policy.  Cheap checks run before the ML-DSA
+    verification.  The chain lock is held so no block connects between
+    validation and insertion.  Raises :class:`TxValidationError` with the
+    reason.  A relay-only node (no UTXO set, no mempool) refuses every
+    transaction with that reason.
     """
-    if ctx.utxo_set is None or ctx.mempool is None or ctx.chainstate is None:
+    if coins is None or mempool is None or chain is None:
         raise TxValidationError("Transaction validation unavailable: no UTXO set or mempool")
     now = int(_time.time()) if now is None else now
     txid = tx.get_hash()
@@ -345,16 +348,15 @@ def accept_to_memory_pool(ctx, tx: Transaction, now: int | None = None) -> bytes
     reason = standard_rejection_reason(tx)
     if reason:
         raise TxValidationError(reason)
-    chain_lock = ctx.chainstate.lock
-    with chain_lock:
-        if ctx.mempool.exists(txid):
+    with chain.lock:
+        if mempool.exists(txid):
             raise TxValidationError("Already in mempool")
-        conflict = ctx.mempool.find_conflict(tx)
+        conflict = mempool.find_conflict(tx)
         if conflict is not None:
             raise TxValidationError(conflict)
-        height = ctx.chainstate.height() + 1
-        fee = check_transaction(tx, ctx.utxo_set, height)
-        ctx.mempool.add_tx(tx, fee, now, height)
+        height = chain.height() + 1
+        fee = check_transaction(tx, coins, height)
+        mempool.add_tx(tx, fee, now, height)
     logger.info(f"Accepted transaction {txid[::-1].hex()} to mempool (fee {fee}, "
                 f"{tx.get_serialized_size()} bytes)")
     return txid

@@ -311,7 +311,8 @@ class NodeRPC:
         tx = _parse_tx_hex(hex)
         from dilithion.node.mempool import TxValidationError, accept_to_memory_pool
         try:
-            txid = accept_to_memory_pool(self.ctx, tx)
+            ctx = self.ctx
+            txid = accept_to_memory_pool(ctx.chainstate, ctx.utxo_set, ctx.mempool, tx)
         except TxValidationError as exc:
             raise RPCError(RPC_VERIFY_REJECTED, f"Transaction rejected: {exc}") from None
         txid = Uint256(bytes(txid))

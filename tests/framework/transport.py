@@ -12,6 +12,7 @@ from dilithion.net.connection import TransportConfig, send_timeout_ms_from_env
 from dilithion.net.net_processing import NetMessageProcessor
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.node.context import NodeContext
+from dilithion.node.init import attach_processor
 from dilithion.node.metrics import NodeMetrics
 
 __all__ = ["NodeFactory", "transport_metric"]
@@ -41,6 +42,7 @@ class NodeFactory:
                                listen_port=listen_port, metrics=ctx.metrics,
                                on_fatal=ctx.fatal_error)
         processor = NetMessageProcessor(cm, metrics=ctx.metrics)
+        attach_processor(cm, processor)
         processor.start()
         cm.start()
         self.managers.append(cm)
