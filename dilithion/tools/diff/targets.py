@@ -31,7 +31,7 @@ from pathlib import Path
 
 from dilithion.rpc.auth import read_cookie
 from dilithion.rpc.client import RPCCallError, RPCClient, RPCClientError
-from dilithion.tools.ports import PORT_CLASH_ATTEMPTS, PORT_IN_USE, free_port
+from dilithion.testing.ports import free_port
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -90,16 +90,9 @@ class NodeTarget:
         self.datadir = self.workdir / f"{self.label}-{self.generation}"
 
     def start(self) -> None:
-        """Start on new free ports and wait until the node is ready; on other new ports
-        again when one was taken before the node bound it (:mod:`dilithion.tools.ports`)."""
-        for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
-            try:
-                return self._start_on_new_ports()
-            except TargetError:
-                if attempt == PORT_CLASH_ATTEMPTS or PORT_IN_USE not in self.run_log():
-                    raise
-
-    def _start_on_new_ports(self) -> None:
+        """Start on new ports and wait until the node is ready.  The ports come from the
+        harness's allocator, so nothing takes them before the node binds them
+        (:mod:`dilithion.testing.ports`)."""
         self.datadir.mkdir(parents=True, exist_ok=True)
         self.p2p_port, self.rpc_port = free_port(), free_port()
         with open(self.log_path, "ab") as log:

@@ -1,0 +1,11 @@
+"""The harness shared by the tests, ``dilithion-lab``, ``dilithion-diff`` and the benchmarks.
+
+What more than one of them needs lives here once, so a fix to how a port is
+picked, a node process is started or a peer speaks is made in one place:
+
+* :mod:`.ports` - the port allocator (outside the ephemeral range, leased
+  against other processes).
+
+It sits in the tools layer, below ``dilithion.tools`` (``.importlinter``): the
+tools import it, it imports nothing from them.
+"""
