@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LEASE_DIR", "PORT_BLOCK_SIZE", "PORT_POOL_FLOOR", "PortAllocator", "PortPoolExhausted",
+__all__ = ["ALLOCATOR", "LEASE_DIR", "PORT_BLOCK_SIZE", "PORT_POOL_FLOOR", "PortAllocator", "PortPoolExhausted",
            "ephemeral_range", "free_port", "port_is_free", "port_pool"]
 
 #: The lowest port handed out: below it sit registered services and the nodes'
