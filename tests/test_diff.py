@@ -17,7 +17,7 @@ import pytest
 from dilithion.tools.diff.catalogue import check_markdown, load_catalogue
 from dilithion.tools.diff.cli import BUILTIN_CORPUS, BUILTIN_DEPTH_CORPUS, CATALOGUE
 from dilithion.tools.diff.corpus import CorpusError, load_corpus
-from dilithion.tools.diff.mine import MINED_FILE
+from dilithion.testing.testnet_blocks import MINED_FILE
 
 DIFF = Path(sys.executable).parent / "dilithion-diff"
 FAKE_NODE = Path(__file__).parent / "data" / "fake_cpp_node.py"

@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-from dilithion.testing.ports import (PORT_BLOCK_SIZE, PORT_POOL_FLOOR, PortAllocator, PortPoolExhausted,
-                                     ephemeral_range, free_port)
+from dilithion.testing.ports import (PORT_BLOCK_SIZE, PORT_POOL_FLOOR, PortAllocator,
+                                     PortPoolExhausted, ephemeral_range, free_port)
 
 #: Ports each of two processes takes at the same time.  The pool holds about
 #: 17,000 ports; two processes picking 400 at random would share about ten.

@@ -34,8 +34,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["ALLOCATOR", "LEASE_DIR", "PORT_BLOCK_SIZE", "PORT_POOL_FLOOR", "PortAllocator", "PortPoolExhausted",
-           "ephemeral_range", "free_port", "port_is_free", "port_pool"]
+__all__ = ["ALLOCATOR", "LEASE_DIR", "PORT_BLOCK_SIZE", "PORT_POOL_FLOOR", "PortAllocator",
+           "PortPoolExhausted", "ephemeral_range", "free_port", "port_is_free", "port_pool"]
 
 #: The lowest port handed out: below it sit registered services and the nodes'
 #: own defaults (8332/8444, 18332/18444, 19332/19444, metrics 9339), which a

@@ -1,11 +1,14 @@
-"""The two nodes under comparison: one process each, on loopback, in a temporary datadir.
+"""A node process on loopback in a datadir of its own: the C++ binary, or ours.
 
-Both are real ``dilithion-node`` processes (the C++ binary, or ours from the
-running interpreter's environment) started on testnet with their output in a
-log file.  Neither dials anything public: ours runs with ``--connect=none``
-and ``--bind=127.0.0.1``; the C++ node has no such switch, so it gets
-``--connect`` to a closed loopback port (without it, it dials its hard-coded
-public seeds, ``net D-28``).
+``dilithion-diff`` compares two of them, ``dilithion-lab``'s ``mixed`` scenario
+and ``contrib/bench/bench_mining.py`` start the C++ node with them.  Each is a
+real ``dilithion-node`` process (the C++ binary, or ours from the running
+interpreter's environment) started on testnet with its output in a log file,
+on ports of the harness's allocator (:mod:`dilithion.testing.ports`).  Neither
+dials anything public: ours runs with ``--connect=none`` and
+``--bind=127.0.0.1``; the C++ node has no such switch, so it gets ``--connect``
+to a closed loopback port (without it, it dials its hard-coded public seeds,
+``net D-28``).
 
 How each reports its active tip (the comparison needs both):
 
