@@ -11,6 +11,8 @@
 * components take their collaborators, not the ``NodeContext`` (only the
   assembly, the chain loader's tool helper, the node program, the RPC methods
   and the tools read it).
+* ``dilithion-lab`` and ``dilithion-diff`` do not import each other: what both
+  need lives in the harness, ``dilithion.testing`` (an independence contract).
 """
 from __future__ import annotations
 
@@ -40,11 +42,25 @@ def layer_modules() -> list[str]:
             if name.strip()]
 
 
-def test_import_linter_layers_contract_is_kept():
+def test_import_linter_contracts_are_kept():
     from importlinter.cli import lint_imports
 
     assert lint_imports(config_filename=str(CONFIG), no_cache=True) == 0, \
-        "lint-imports reports an upward import (run `lint-imports` for the chain)"
+        "lint-imports reports an upward or sideways import (run `lint-imports` for the chain)"
+
+
+def test_the_lab_and_the_diff_are_independent(graph):
+    """The contract is stated (so ``lint-imports`` above enforces it) and holds."""
+    parser = configparser.ConfigParser()
+    parser.read(CONFIG)
+    independent = [sorted(section["modules"].split()) for name, section in parser.items()
+                   if name.startswith("importlinter:contract:")
+                   and section.get("type") == "independence"]
+    assert ["dilithion.tools.diff", "dilithion.tools.lab"] in independent
+    lab, diff = "dilithion.tools.lab", "dilithion.tools.diff"
+    sideways = [(a, b) for a, b in ((lab, diff), (diff, lab))
+                if graph.chain_exists(importer=a, imported=b, as_packages=True)]
+    assert sideways == [], f"imports between the lab and the diff: {sideways}"
 
 
 def test_every_module_belongs_to_a_layer(graph):

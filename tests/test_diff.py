@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -18,9 +17,7 @@ import pytest
 from dilithion.tools.diff.catalogue import check_markdown, load_catalogue
 from dilithion.tools.diff.cli import BUILTIN_CORPUS, BUILTIN_DEPTH_CORPUS, CATALOGUE
 from dilithion.tools.diff.corpus import CorpusError, load_corpus
-from dilithion.tools.diff.mine import MINED_FILE
-from dilithion.tools.diff import targets
-from dilithion.tools.ports import free_port
+from dilithion.testing.testnet_blocks import MINED_FILE
 
 DIFF = Path(sys.executable).parent / "dilithion-diff"
 FAKE_NODE = Path(__file__).parent / "data" / "fake_cpp_node.py"
@@ -182,26 +179,6 @@ def test_a_crashing_or_hanging_node_is_that_steps_outcome_and_the_run_goes_on(tm
     assert steps["V1"]["observations"]["python"]["height"] == 1     # the run went on
     assert "V1" in steps and steps["V1"]["observations"]["cpp"]["height"] == 0
     assert "crashing on request" in (tmp_path / "out" / "report.md").read_text()
-
-
-def test_a_node_whose_picked_port_was_taken_starts_again_on_new_ports(tmp_path, monkeypatch):
-    """``free_port`` only finds a port free at that moment; when something takes it
-    before the node binds it, the tool starts the node again on new ports instead
-    of reporting a node that cannot start."""
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen(1)
-        taken = squatter.getsockname()[1]
-        picks = iter([taken])                       # the node's first P2P port is taken
-        monkeypatch.setattr(targets, "free_port", lambda: next(picks, None) or free_port())
-        node = targets.PythonTarget("python", tmp_path)
-        try:
-            node.start()
-            assert node.p2p_port != taken
-            assert "Address already in use" in node.log_path.read_text()
-            assert node.tip({})[1] == 0                 # it answers RPC on its new port
-        finally:
-            node.stop()
 
 
 @pytest.mark.slow

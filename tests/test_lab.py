@@ -373,25 +373,3 @@ def test_a_scripted_peer_drops_a_connection_whose_framing_is_lost():
     finally:
         peers.stop()
         server.close()
-
-
-def test_a_node_whose_picked_port_was_taken_starts_again_on_new_ports(tmp_path):
-    """``free_port`` only finds a port free at that moment; when something takes it
-    before the node binds it, the lab moves the node to new ports (and the proxy that
-    leads to it) instead of failing the run."""
-    from dilithion.tools.lab.lab import Lab
-
-    lab = Lab(tmp_path)
-    a, b = lab.add_node(), lab.add_node()
-    proxy = lab.link(a, b)
-    taken_rpc, taken_p2p = b.rpc_port, b.p2p_port
-    with socket.socket() as squatter:              # takes b's RPC port before b starts
-        squatter.bind(("127.0.0.1", taken_rpc))
-        squatter.listen(1)
-        try:
-            lab.start()
-            assert b.rpc_port != taken_rpc and "Address already in use" in b.log_path.read_text()
-            assert proxy.target == ("127.0.0.1", b.p2p_port) and b.p2p_port != taken_p2p
-            lab.wait_connected()                   # a reaches b through the retargeted proxy
-        finally:
-            lab.close()

@@ -42,7 +42,7 @@ from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
 from dilithion.node.init import miner_for
-from dilithion.tools.diff.targets import CppTarget
+from dilithion.testing.node_targets import CppTarget
 
 #: Issue #14's targets for 2 threads in full mode.
 TARGET_VS_CPP = 15.0

@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from dilithion.tools.ports import free_port
+from dilithion.testing.ports import free_port
 
 BODY = b'{"jsonrpc":"2.0","method":"getblockcount","params":[],"id":1}'
 NODE_BIN = Path(sys.executable).parent / "dilithion-node"

@@ -12,8 +12,12 @@ from here; the fixtures ``network``, ``process_node`` and ``test_peer`` in
 * :class:`TestPeer` - a scripted wire peer with a reader thread; ``RawPeer``,
   ``frame``, ``frame_raw`` for byte-level tests;
 * :func:`wait_until`, :func:`sync_blocks`, :func:`sync_heights` - waiting that
-  fails with the state that matters.
+  fails with the state that matters;
+* :func:`free_port`, :func:`port_is_free` - the harness's port allocator
+  (:mod:`dilithion.testing.ports`), which the tools and benchmarks use too.
 """
+from dilithion.testing.ports import free_port, port_is_free
+
 from .chains import MINER, REGTEST, regtest_chain, side_block
 from .clock import FakeClock
 from .inprocess import InProcessNode, next_commands, raw_peer
@@ -23,7 +27,7 @@ from .process_node import NODE_BIN, ProcessNode, run_node
 from .test_peer import TestPeer
 from .transport import NodeFactory, transport_metric
 from .util import (CONVERGE_TIMEOUT, LoopbackServer, best_hashes, chain_states, converged,
-                   free_port, heights, port_is_free, sync_blocks, sync_heights, wait_until)
+                   heights, sync_blocks, sync_heights, wait_until)
 from .wire import REGTEST_MAGIC, RawPeer, frame, frame_raw
 
 __all__ = [

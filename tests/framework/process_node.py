@@ -17,8 +17,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from dilithion.testing.ports import free_port
+
 from .node import MetricKey, TestNode, metric_key
-from .util import free_port, wait_until
+from .util import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_BIN = Path(sys.executable).parent / "dilithion-node"

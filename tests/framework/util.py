@@ -1,4 +1,4 @@
-"""Polling and port helpers shared by every framework test.
+"""Polling helpers shared by every framework test (ports: :mod:`dilithion.testing.ports`).
 
 There is exactly one ``wait_until``: it raises ``AssertionError`` on timeout (so a
 caller cannot forget the ``assert``), names the predicate and the last transient
@@ -7,13 +7,10 @@ is not reachable yet" (a node starting, restarting or just killed).
 """
 from __future__ import annotations
 
-import os
-import random
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from dilithion.rpc.client import AuthFailed, ConnectionFailed, ServerRefused
 
@@ -61,44 +58,6 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
     if detail:
         text += f"\n{detail}"
     raise AssertionError(text)
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999                     # the Linux default
-
-
-#: Ports below the kernel's ephemeral range, where no outgoing connection (of
-#: this run, of another test run on the machine) can take a node's port between
-#: ``free_port()`` and the node's ``bind``, as happened with ports from ``bind(0)``.
-_PORT_POOL = range(20000, max(20001, min(_ephemeral_range()[0], 32768)))
-_handed_out: set[int] = set()
-_random = random.Random(os.getpid() ^ time.time_ns())
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now, outside the ephemeral range and never
-    handed out before by this process (the caller binds it soon after)."""
-    for _ in range(200):
-        port = _random.choice(_PORT_POOL)
-        if port not in _handed_out and port_is_free(port):
-            _handed_out.add(port)
-            return port
-    with socket.socket() as s:                  # the pool is exhausted: take any port
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _state(node) -> str:

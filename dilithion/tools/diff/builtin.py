@@ -18,8 +18,7 @@ from dilithion.core.chainparams import MAINNET_MAGIC, ChainParams
 from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgGetblocks, MsgInv,
                                     MsgVersion, PROTOCOL_VERSION)
 from dilithion.primitives.block import Block, Uint256
-
-from .mine import known_blocks
+from dilithion.testing.testnet_blocks import known_blocks
 
 TESTNET = ChainParams.testnet()
 UNKNOWN_HASH = Uint256(bytes(range(1, 33)))

@@ -19,12 +19,13 @@ import click
 from loguru import logger
 
 from dilithion.core.chainparams import ChainParams
+from dilithion.testing.node_targets import CppTarget, PythonTarget, TargetError, check_binary
+from dilithion.testing.testnet_blocks import DEFAULT_VECTORS
 
 from .catalogue import CatalogueError, check_markdown, load_catalogue
 from .corpus import CorpusError, load_corpus
 from .report import write_reports
 from .runner import Runner
-from .targets import CppTarget, PythonTarget, TargetError, check_binary
 
 PACKAGE_DATA = Path(__file__).resolve().parent / "data"
 BUILTIN_CORPUS = PACKAGE_DATA / "builtin-corpus.json"
@@ -32,7 +33,6 @@ BUILTIN_DEPTH_CORPUS = PACKAGE_DATA / "builtin-depth-corpus.json"
 BUILTIN_CORPORA = (BUILTIN_CORPUS, BUILTIN_DEPTH_CORPUS)
 REPO = Path(__file__).resolve().parents[3]
 CATALOGUE = REPO / "docs" / "cpp-divergences.toml"
-DEFAULT_VECTORS = REPO.parent / "shared" / "vectors" / "cpp-testnet-chain.json"
 
 
 class UsageFailure(Exception):

@@ -3,8 +3,9 @@
 Testnet RandomX in light mode runs at a few dozen hashes a second here, so a
 block at the easiest allowed ``nBits`` (``0x1f0fffff``, about 4,096 hashes) costs
 minutes.  ``dilithion-diff mine-corpus`` therefore mines only what it lacks and
-keeps every solved block in ``data/mined-blocks.json`` (committed), keyed by
-name; the runs never mine.
+keeps every solved block in the harness's ``MINED_FILE``
+(``dilithion/testing/data/mined-blocks.json``, committed; the lab reads it too),
+keyed by name; the runs never mine.
 
 The blocks hang off the C++ vector chain (heights 0..6, ``nBits 0x1f060000``):
 
@@ -41,9 +42,8 @@ from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import create_block_template, search_nonce
 from dilithion.primitives.block import Block, Uint256
+from dilithion.testing.testnet_blocks import MINED_FILE, known_blocks
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-MINED_FILE = DATA_DIR / "mined-blocks.json"
 #: Pays every mined coinbase; any fixed key would do.
 MINER = KeyPair.from_seed(bytes(32))
 TESTNET = ChainParams.testnet()
@@ -107,24 +107,6 @@ FULL_MODE_HASHES = 50_000
 def expected_hashes(spec: BlockSpec) -> int:
     target = compact_to_big(spec.bits)
     return (1 << 256) // (target + 1) if spec.valid_pow else 1
-
-
-def vector_blocks(vectors_file: Path) -> dict[str, tuple[Block, Uint256]]:
-    """``V0``..``V6`` from the C++ vector chain, as the C++ node sent them."""
-    data = json.loads(vectors_file.read_text())
-    return {f"V{b['height']}": (Block.deserialize(bytes.fromhex(b["block_message_payload_hex"]),
-                                                  allow_trailing=True),
-                                Uint256.from_hex(b["hash"])) for b in data["blocks"]}
-
-
-def known_blocks(vectors_file: Path, mined: dict[str, str],
-                 hasher: RandomXHasher) -> dict[str, tuple[Block, Uint256]]:
-    """The vector chain and every mined block (name -> hex payload), each with its hash."""
-    known = vector_blocks(vectors_file)
-    for name, payload in mined.items():
-        block = Block.deserialize(bytes.fromhex(payload))
-        known[name] = (block, block.get_hash(hasher))
-    return known
 
 
 def _solve(hasher, template, threads: int) -> tuple[Block, Uint256]:

@@ -19,12 +19,12 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.node.genesis import create_genesis_block
 from dilithion.primitives.block import Block
+from dilithion.testing.node_targets import NodeTarget, TargetError
+from dilithion.testing.wire_peer import NoReply, WirePeer
 
 from .catalogue import Catalogue
 from .corpus import Corpus, Step
-from .driver import NoReply, WirePeer
 from .observe import Difference, compare, normalise_rpc, normalise_wire, read_blocks_db
-from .targets import NodeTarget, TargetError
 
 LOG_TAIL_LINES = 15
 

@@ -1,6 +1,6 @@
 """A C++ ``dilithion-node`` in the lab (the ``mixed`` scenario), and what it connected when.
 
-The process is started by ``dilithion-diff``'s :class:`CppTarget` (testnet, its
+The process is started by the harness's :class:`CppTarget` (testnet, its
 ``--connect`` pointed at a closed loopback port so it never dials its public
 seeds, ``net D-28``; the lab's nodes dial it).  Its RPC cannot tell its tip
 (``cli`` 3.8) and its log has no timestamps, so a watcher thread reads the new
@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from dilithion.tools.diff.targets import CppTarget, TargetError, check_binary, cpp_tip_updates
+from dilithion.testing.node_targets import CppTarget, TargetError, check_binary, cpp_tip_updates
 from dilithion.tools.lab.labnode import LabError
 
 __all__ = ["CppLabNode", "cpp_binary_from_env", "POLL_S"]

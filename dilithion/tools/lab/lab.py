@@ -20,10 +20,10 @@ from loguru import logger
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.rpc.client import RPCCallError, RPCClientError
+from dilithion.testing.ports import free_port
 from dilithion.tools.lab.labnode import START_TIMEOUT_S, LabError, LabNode, check_port_free
 from dilithion.tools.lab.lightpeer import LightPeers
 from dilithion.tools.lab.proxy import FaultProxy
-from dilithion.tools.ports import PORT_CLASH_ATTEMPTS, PORT_IN_USE, free_port
 
 __all__ = ["Lab", "BlockRecord", "SAMPLED_METRICS"]
 
@@ -90,6 +90,10 @@ class Lab:
 
     # -- building ------------------------------------------------------------------
     def add_node(self, env: dict | None = None) -> LabNode:
+        """A node on three ports of the harness's allocator, which nobody else can take
+        before the node binds them (:mod:`dilithion.testing.ports`); with ``--base-port``
+        on the operator's ports, checked free now: a clash there is an error that asks
+        for another base port, since the lab may not move a node the operator placed."""
         i = len(self.nodes)
         if self.base_port is not None:
             ports = tuple(self.base_port + 3 * i + k for k in range(3))
@@ -119,29 +123,9 @@ class Lab:
             node.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         for node in self.nodes:
-            self._wait_running(node, deadline)
+            node.wait_running(deadline)
         self._sampler = threading.Thread(target=self._sample_loop, name="lab-sampler", daemon=True)
         self._sampler.start()
-
-    def _wait_running(self, node: LabNode, deadline: float) -> None:
-        """Wait for ``node``; when a port the lab picked was taken before the node bound
-        it (``free_port`` only finds a port free *now*: any connection's ephemeral
-        source port may take it a moment later), start it again on new ports, with
-        the proxies that lead to it retargeted.  Ports given by ``--base-port`` are
-        the operator's: a clash with those stays an error."""
-        for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
-            try:
-                return node.wait_running(deadline)
-            except LabError:
-                if (self.base_port is not None or attempt == PORT_CLASH_ATTEMPTS
-                        or PORT_IN_USE not in node.run_log()):
-                    raise
-            old = ("127.0.0.1", node.p2p_port)
-            node.p2p_port, node.rpc_port, node.metrics_port = free_port(), free_port(), free_port()
-            for proxy in self.proxies.values():
-                if proxy.target == old:
-                    proxy.target = ("127.0.0.1", node.p2p_port)
-            node.start()
 
     def wait_connected(self, timeout: float = 60.0) -> None:
         """Every node has a handshaken peer on each of its links."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dilithion.rpc.auth import read_cookie
 from dilithion.rpc.client import RPCClient
+from dilithion.testing.ports import port_is_free
 
 __all__ = ["LabError", "LabNode", "check_port_free", "node_binary"]
 
@@ -42,12 +42,8 @@ def node_binary() -> str:
 
 
 def check_port_free(port: int) -> None:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            raise LabError(f"port 127.0.0.1:{port} is already in use (choose another --base-port)") \
-                from None
+    if not port_is_free(port):
+        raise LabError(f"port 127.0.0.1:{port} is already in use (choose another --base-port)")
 
 
 class LabNode:

@@ -11,7 +11,7 @@ peers.  The scenario shows both on the same blocks::
 costs minutes a block on this machine, so nothing is mined here: the blocks
 are pre-mined testnet blocks (the C++ vector chain ``V1..V6`` from
 ``shared/vectors``, then ``dilithion-diff``'s mined ``A7, A8, ...`` on ``V6`` as
-far as ``data/mined-blocks.json`` has them), injected at the origin by a
+far as the harness's ``MINED_FILE`` has them), injected at the origin by a
 scripted wire peer one at a time.  Each Python-only node must get every block
 (PASS/FAIL); what the C++ node and the node behind it got is recorded as an
 observation with its D-ID, not judged.
@@ -24,9 +24,8 @@ from pathlib import Path
 
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.primitives.block import Block
-from dilithion.tools.diff.cli import DEFAULT_VECTORS
-from dilithion.tools.diff.driver import NoReply, WirePeer
-from dilithion.tools.diff.mine import MINED_FILE, vector_blocks
+from dilithion.testing.testnet_blocks import DEFAULT_VECTORS, MINED_FILE, vector_blocks
+from dilithion.testing.wire_peer import NoReply, WirePeer
 from dilithion.tools.lab.cppnode import CppLabNode, cpp_binary_from_env
 from dilithion.tools.lab.lab import BlockRecord
 from dilithion.tools.lab.labnode import LabError

@@ -1,11 +1,14 @@
-"""The two nodes under comparison: one process each, on loopback, in a temporary datadir.
+"""A node process on loopback in a datadir of its own: the C++ binary, or ours.
 
-Both are real ``dilithion-node`` processes (the C++ binary, or ours from the
-running interpreter's environment) started on testnet with their output in a
-log file.  Neither dials anything public: ours runs with ``--connect=none``
-and ``--bind=127.0.0.1``; the C++ node has no such switch, so it gets
-``--connect`` to a closed loopback port (without it, it dials its hard-coded
-public seeds, ``net D-28``).
+``dilithion-diff`` compares two of them, ``dilithion-lab``'s ``mixed`` scenario
+and ``contrib/bench/bench_mining.py`` start the C++ node with them.  Each is a
+real ``dilithion-node`` process (the C++ binary, or ours from the running
+interpreter's environment) started on testnet with its output in a log file,
+on ports of the harness's allocator (:mod:`dilithion.testing.ports`).  Neither
+dials anything public: ours runs with ``--connect=none`` and
+``--bind=127.0.0.1``; the C++ node has no such switch, so it gets ``--connect``
+to a closed loopback port (without it, it dials its hard-coded public seeds,
+``net D-28``).
 
 How each reports its active tip (the comparison needs both):
 
@@ -31,7 +34,7 @@ from pathlib import Path
 
 from dilithion.rpc.auth import read_cookie
 from dilithion.rpc.client import RPCCallError, RPCClient, RPCClientError
-from dilithion.tools.ports import PORT_CLASH_ATTEMPTS, PORT_IN_USE, free_port
+from dilithion.testing.ports import free_port
 
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
@@ -90,16 +93,9 @@ class NodeTarget:
         self.datadir = self.workdir / f"{self.label}-{self.generation}"
 
     def start(self) -> None:
-        """Start on new free ports and wait until the node is ready; on other new ports
-        again when one was taken before the node bound it (:mod:`dilithion.tools.ports`)."""
-        for attempt in range(1, PORT_CLASH_ATTEMPTS + 1):
-            try:
-                return self._start_on_new_ports()
-            except TargetError:
-                if attempt == PORT_CLASH_ATTEMPTS or PORT_IN_USE not in self.run_log():
-                    raise
-
-    def _start_on_new_ports(self) -> None:
+        """Start on new ports and wait until the node is ready.  The ports come from the
+        harness's allocator, so nothing takes them before the node binds them
+        (:mod:`dilithion.testing.ports`)."""
         self.datadir.mkdir(parents=True, exist_ok=True)
         self.p2p_port, self.rpc_port = free_port(), free_port()
         with open(self.log_path, "ab") as log:

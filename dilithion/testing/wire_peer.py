@@ -1,12 +1,14 @@
-"""The tool's own scripted wire peer: one blocking socket per node, no reader thread.
+"""A scripted wire peer with one blocking socket per node and no reader thread.
 
-After each step the driver sends a ``ping`` with a fresh nonce and reads until
-the matching ``pong``: both nodes handle one peer's messages in order, so
-everything the step caused synchronously has arrived by then (a barrier, not
-a timer).  It then waits a short settle time and repeats the barrier, to catch
-replies a node sends from another thread.  A connection that ends before the
-``pong`` is a disconnect; whether the node then accepts the same source
-address again tells a ban from a plain disconnect.
+``dilithion-diff`` drives both nodes with it (step by step) and ``dilithion-lab``'s
+``mixed`` scenario feeds blocks to its origin node with it.  After each step the
+peer sends a ``ping`` with a fresh nonce and reads until the matching ``pong``:
+a node handles one peer's messages in order, so everything the step caused
+synchronously has arrived by then (a barrier, not a timer).  It then waits a
+short settle time and repeats the barrier, to catch replies a node sends from
+another thread.  A connection that ends before the ``pong`` is a disconnect;
+whether the node then accepts the same source address again tells a ban from a
+plain disconnect.
 
 Each connection comes from its own loopback address (``127.0.0.N``), so one
 step's misbehaviour score never decides the next step's outcome.

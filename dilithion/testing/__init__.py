@@ -1,0 +1,16 @@
+"""The harness shared by the tests, ``dilithion-lab``, ``dilithion-diff`` and the benchmarks.
+
+What more than one of them needs lives here once, so a fix to how a port is
+picked, a node process is started or a peer speaks is made in one place:
+
+* :mod:`.ports` - the port allocator (outside the ephemeral range, leased
+  against other processes);
+* :mod:`.node_targets` - a node process on loopback: ours or the C++ binary
+  (``dilithion-diff``, the lab's ``mixed`` scenario, ``bench_mining``);
+* :mod:`.wire_peer` - a blocking scripted wire peer with a ping/pong barrier,
+  and the frame builder;
+* :mod:`.testnet_blocks` - the C++ vector chain and the pre-mined testnet blocks.
+
+It sits in the tools layer, below ``dilithion.tools`` (``.importlinter``): the
+tools import it, it imports nothing from them.
+"""
