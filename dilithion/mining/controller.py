@@ -218,8 +218,7 @@ class MiningController:
             self._monitor = None
             self._mining = False
             self._hash_rate = 0.0
-            if self._ctx.metrics is not None:
-                self._ctx.metrics.mining_hash_rate.set(0.0)
+            self._ctx.metrics.mining_hash_rate.set(0.0)
 
     # ------------------------------------------------------------------ tip tracking
     def _on_tip_changed(self, new_tip, connected, disconnected) -> None:
@@ -344,8 +343,7 @@ class MiningController:
             (t0, h0), (t1, h1) = self._rate_samples[0], self._rate_samples[-1]
             if t1 > t0:
                 self._hash_rate = (h1 - h0) / (t1 - t0)
-                if self._ctx.metrics is not None:
-                    self._ctx.metrics.mining_hash_rate.set(self._hash_rate)
+                self._ctx.metrics.mining_hash_rate.set(self._hash_rate)
 
     # ------------------------------------------------------------------ found block
     def _submit(self, block: Block, block_hash: Uint256, height: int, job: _Job) -> None:

@@ -26,7 +26,7 @@ from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.context import NodeContext
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.mempool import TxMemPool
-from dilithion.node.metrics import NodeMetrics
+from dilithion.node.metrics import NULL_METRICS, Metrics
 from dilithion.node.utxo_set import UTXOSet
 from dilithion.primitives.block import Uint256
 
@@ -131,7 +131,7 @@ def load_chain_state(ctx: NodeContext) -> BlockIndex:
     """Build ``ctx.chainstate`` on ``ctx.blockchain`` (and ``ctx.utxo_set``) and load it.
 
     A fresh database gets the genesis block; a stored chain is rebuilt with
-    :class:`BlockTreeLoader`.  ``ctx.mempool`` and ``ctx.metrics``, when set,
+    :class:`BlockTreeLoader`.  ``ctx.mempool`` (when set) and ``ctx.metrics``
     become the chain's first tip listeners (the mempool must drop confirmed
     transactions before a miner builds its next template).  Raises
     :class:`StorageError` when the data cannot be loaded.  Returns the tip.
@@ -140,8 +140,7 @@ def load_chain_state(ctx: NodeContext) -> BlockIndex:
                        strict=ctx.strict)
     if ctx.mempool is not None:
         chain.add_tip_listener(functools.partial(ctx.mempool.on_tip_changed, coins=ctx.utxo_set))
-    if ctx.metrics is not None:
-        chain.add_tip_listener(ctx.metrics.on_tip_changed)
+    chain.add_tip_listener(ctx.metrics.on_tip_changed)
     genesis = create_genesis_block(ctx.chain_params)
     genesis_hash = chain.hash_block(genesis)
     with chain.lock:
@@ -156,8 +155,7 @@ def load_chain_state(ctx: NodeContext) -> BlockIndex:
         if ctx.utxo_set is not None:
             _reconcile_utxo(chain, ctx.utxo_set)
         tip = chain.tip()
-    if ctx.metrics is not None:
-        ctx.metrics.chain_height.set(tip.height)
+    ctx.metrics.chain_height.set(tip.height)
     ctx.chainstate = chain
     return tip
 
@@ -221,7 +219,7 @@ def _on_main_chain(chain: ChainState, block_hash: Uint256) -> bool:
 
 def open_chain_state(params: ChainParams, datadir, hasher: RandomXHasher | None = None, *,
                      utxo: bool = False, strict: bool = False, mempool: TxMemPool | None = None,
-                     metrics: NodeMetrics | None = None) -> NodeContext:
+                     metrics: Metrics = NULL_METRICS) -> NodeContext:
     """A context with a loaded chain state on ``<datadir>/blocks`` (and ``<datadir>/chainstate``).
 
     For tools, benchmarks and tests; the node program goes through
