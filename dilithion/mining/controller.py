@@ -77,9 +77,6 @@ class MiningStats:
     threads: int
     mining: bool
 
-    def get_uptime(self) -> float:
-        return time.time() - self.start_time if self.start_time else 0.0
-
 
 @dataclass(frozen=True)
 class _Job:

@@ -171,11 +171,6 @@ class BanMan:
                 return False
             return True
 
-    def discouraged_count(self) -> int:
-        with self._cs_banned:
-            now = self._clock()
-            return sum(1 for until in self._discouraged.values() if until > now)
-
     # -- internals (under _cs_banned) -------------------------------------------------
     def _sweep_locked(self, now: float) -> None:
         expired = [key for key, e in self._banned.items() if e.until <= now]

@@ -499,7 +499,7 @@ class ConnectionManager(ReceivePath):
             self._close(conn, f"connect failed: {os.strerror(err)}", "closed")
             return
         conn.connecting = False
-        conn.opened = conn.last_recv_mono = conn.last_send_mono = time.monotonic()
+        conn.opened = conn.last_recv_mono = time.monotonic()
         peer.connect_time = time.time()
         self.peer_manager.transition(peer, (State.STATE_CONNECTING,), State.STATE_CONNECTED)
         logger.bind(**peer.log_fields()).info(
@@ -514,7 +514,6 @@ class ConnectionManager(ReceivePath):
             self._close(conn, f"socket error: {conn.sock.get_last_error_string()}", "closed")
             return
         if written:
-            conn.last_send_mono = time.monotonic()
             conn.peer.last_send = time.time()
             conn.peer.bytes_sent += written
             self.metrics.bytes_sent.inc(written)

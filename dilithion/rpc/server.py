@@ -176,10 +176,6 @@ class RPCServer:
         """
         return int(self._httpd.effective_port) if self._httpd is not None else self._requested_port
 
-    @property
-    def cookie_path(self):
-        return self._cookie.path if self._cookie is not None else None
-
     def is_running(self) -> bool:
         return self._httpd is not None
 
