@@ -22,7 +22,7 @@ from dilithion.node.chain_loader import close_chain_state, open_chain_state
 from dilithion.node.init import connect_tip_listeners
 from dilithion.node.genesis import create_genesis_block
 from dilithion.node.mempool import TxMemPool
-from dilithion.node.metrics import NodeMetrics
+from dilithion.node.metrics import NULL_METRICS, NodeMetrics
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 
@@ -70,7 +70,7 @@ def branch_b(hasher, main50):
 def make_chain(tmp_path, hasher):
     contexts = []
 
-    def make(name="node", strict=False, utxo=False, mempool=None, metrics=None) -> ChainState:
+    def make(name="node", strict=False, utxo=False, mempool=None, metrics=NULL_METRICS) -> ChainState:
         ctx = open_chain_state(PARAMS, tmp_path / name, hasher, utxo=utxo, strict=strict)
         connect_tip_listeners(ctx.chainstate, mempool=mempool, coins=ctx.utxo_set,
                               metrics=metrics)

@@ -63,7 +63,7 @@ def test_accept_valid_spend(node, miner):
     pool = node.mempool
     assert txid == tx.get_hash() and pool.exists(txid) and pool.get_tx(txid) == tx
     assert pool.txids() == [txid] and pool.size() == 1
-    assert pool.total_bytes() == tx.get_serialized_size() == pool.get_mempool_size()
+    assert pool.total_bytes() == tx.get_serialized_size()
     entry = pool.get_entry(txid)
     assert (entry.fee, entry.time, entry.height) == (FEE, NOW, 102)
     stats = pool.get_stats()
@@ -166,7 +166,6 @@ def test_order_fee_rate_then_time_then_txid():
     pool.add_tx(d, 200_000, NOW + 5, 1)   # same rate and time as a: raw txid decides
     tie = sorted([a, d], key=lambda t: t.get_hash())
     assert pool.get_ordered_txs() == [b, c, *tie]
-    assert pool.get_top_txs(2) == [b, c]
     assert [e.tx for e in pool.get_ordered_entries()] == pool.get_ordered_txs()
     entries = [MempoolEntry(t, 200_000, NOW, 1) for t in (a, d)]
     assert sorted(entries, key=mempool_entry_sort_key)[0].tx == tie[0]
@@ -225,7 +224,7 @@ def test_remove_and_clear():
     a, b = synthetic(1), synthetic(2)
     pool.add_tx(a, 200_000, NOW, 1)
     pool.add_tx(b, 200_000, NOW, 1)
-    assert pool.remove_tx(a.get_hash()) and not pool.remove_tx(a.get_hash())
+    assert pool.remove_for_block([a]) == [a.get_hash()] and pool.remove_for_block([a]) == []
     assert pool.txids() == [b.get_hash()]
     pool.clear()
     assert pool.size() == 0 and pool.total_bytes() == 0 and pool.txids() == []

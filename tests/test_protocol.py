@@ -245,7 +245,8 @@ def test_block_message_bad_input_and_lenient_trailer():
 
 def test_net_message_from_message_is_valid():
     msg = MsgInv([Inv(2, bytes(32))]).to_net_message(TESTNET_MAGIC)
-    assert isinstance(msg, NetMessage) and msg.is_valid(TESTNET_MAGIC)
+    assert isinstance(msg, NetMessage)
+    msg.check(TESTNET_MAGIC)                    # raises on any broken rule
 
 
 def test_inv_construction_checks():

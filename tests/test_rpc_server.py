@@ -705,8 +705,8 @@ def test_rate_limiter_window_and_cleanup():
     assert not limiter.allow_request("a") and limiter.seconds_until_reset("a") == 1
     now[0] = 60.0                                                       # fixed window restarts
     assert limiter.allow_request("a") and limiter.get_request_count("a") == 1
-    now[0] = 60.0 + 3600.0
-    limiter.cleanup_old_records()
+    now[0] = 60.0 + 3600.0                                              # a request sweeps
+    assert limiter.allow_request("c")                                   # records an hour old
     assert limiter.get_request_count("a") == 0 and limiter.get_request_count("b") == 0
     unlimited = RateLimiter(max_requests_per_window=0)
     assert all(unlimited.allow_request("x") for _ in range(1000))

@@ -87,20 +87,8 @@ class BlockIndex:
 
     n_tx = 0  # never set by the C++ either
 
-    def get_block_hash(self) -> Uint256:
-        return self.hash
-
     def is_failed(self) -> bool:
         return bool(self.status & BLOCK_FAILED)
-
-    def get_ancestor(self, height: int) -> "BlockIndex | None":
-        """The ancestor at ``height`` by walking ``prev`` (the C++ never builds skip pointers)."""
-        if height < 0 or height > self.height:
-            return None
-        index: BlockIndex | None = self
-        while index is not None and index.height > height:
-            index = index.prev
-        return index
 
     def __repr__(self) -> str:
         """``CBlockIndex::ToString``: the first 20 display characters of the hash."""

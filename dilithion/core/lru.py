@@ -82,9 +82,6 @@ class LRUDict(Generic[K, V]):
         key = next(iter(self._items))
         return key, self._items[key]
 
-    def pop_oldest(self) -> tuple[K, V]:
-        return self._items.popitem(last=False)
-
     def clear(self) -> None:
         self._items.clear()
 

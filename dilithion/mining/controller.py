@@ -47,6 +47,7 @@ from dilithion.mining.template import (BlockTemplate, create_block_template, nex
                                       template_time)
 from dilithion.node.blockchain_storage import StorageError
 from dilithion.node.mempool import TxMemPool
+from dilithion.node.metrics import NULL_METRICS, Metrics
 from dilithion.primitives.block import Block, BlockHeader, Uint256
 from dilithion.primitives.transaction import Transaction
 
@@ -77,9 +78,6 @@ class MiningStats:
     hash_rate: float
     threads: int
     mining: bool
-
-    def get_uptime(self) -> float:
-        return time.time() - self.start_time if self.start_time else 0.0
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,8 @@ class MiningController:
     """
 
     def __init__(self, chain: ChainState, hasher: RandomXHasher, pub_key_hash: bytes,
-                 threads: int = 0, *, mempool: TxMemPool | None = None, metrics=None,
+                 threads: int = 0, *, mempool: TxMemPool | None = None,
+                 metrics: Metrics = NULL_METRICS,
                  randomx_mode: str = "light",
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self._chain = chain
@@ -230,8 +229,7 @@ class MiningController:
             self._monitor = None
             self._mining = False
             self._hash_rate = 0.0
-            if self._metrics is not None:
-                self._metrics.mining_hash_rate.set(0.0)
+            self._metrics.mining_hash_rate.set(0.0)
 
     # ------------------------------------------------------------------ tip tracking
     def on_tip_changed(self, new_tip, connected, disconnected) -> None:
@@ -356,8 +354,7 @@ class MiningController:
             (t0, h0), (t1, h1) = self._rate_samples[0], self._rate_samples[-1]
             if t1 > t0:
                 self._hash_rate = (h1 - h0) / (t1 - t0)
-                if self._metrics is not None:
-                    self._metrics.mining_hash_rate.set(self._hash_rate)
+                self._metrics.mining_hash_rate.set(self._hash_rate)
 
     # ------------------------------------------------------------------ found block
     def _submit(self, block: Block, block_hash: Uint256, height: int, job: _Job) -> None:

@@ -33,6 +33,7 @@ from loguru import logger
 
 from dilithion.net.protocol import Inv, InvType, MsgInv
 from dilithion.net.socket import TokenBucket
+from dilithion.node.metrics import NULL_METRICS, Metrics
 from dilithion.primitives.block import Uint256
 
 if TYPE_CHECKING:
@@ -104,7 +105,8 @@ class AsyncBroadcaster:
     RATE_SAMPLE_S = 1.0
 
     def __init__(self, connman: ConnectionManager, *, tx_relay: TxRelayManager | None = None,
-                 metrics=None, workers: int = 1, rate: float = 200.0, burst: float = 100.0,
+                 metrics: Metrics = NULL_METRICS, workers: int = 1, rate: float = 200.0,
+                 burst: float = 100.0,
                  max_retries: int = DEFAULT_MAX_RETRIES, retry_base_s: float | None = None,
                  peer_filter: Callable[[object, BroadcastTask], bool] | None = None,
                  propagation=None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -263,7 +265,7 @@ class AsyncBroadcaster:
     def _give_up(self, task: BroadcastTask, peer_id: int, why: str) -> None:
         _task_logger(task, peer=peer_id).warning(
             f"[P2P] Failed to announce {task.hash.short()}... to peer {peer_id}: {why}")
-        if task.is_block and self.metrics is not None:
+        if task.is_block:
             self.metrics.block_broadcast_failures.inc()
         self._not_sent(task, peer_id, why)
         self._resolve(task, peer_id, delivered=False)
@@ -340,7 +342,7 @@ class AsyncBroadcaster:
                 self.last_broadcast_latency_s = task.last_delivery - task.created
             if task.eligible:
                 self.last_success_rate = task.delivered / task.eligible
-        if metrics is not None and task.is_block:
+        if task.is_block:
             if task.delivered:
                 metrics.block_propagation_time.labels(role="announce").observe(
                     task.last_delivery - task.created)
@@ -376,8 +378,7 @@ class AsyncBroadcaster:
                 del self._peers[gone]
 
     def _set_depth_metric(self) -> None:
-        if self.metrics is not None:
-            self.metrics.message_queue_depth.set(len(self._queue))
+        self.metrics.message_queue_depth.set(len(self._queue))
 
     def diagnostics(self) -> dict:
         """A consistent snapshot for RPC/tests; cheap, callable from any thread."""

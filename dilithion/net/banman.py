@@ -31,6 +31,7 @@ from typing import Callable
 
 from loguru import logger
 
+from dilithion.node.metrics import NULL_METRICS, Metrics
 __all__ = ["BanMan", "BanEntry", "BANLIST_FILE", "DEFAULT_BANTIME", "DEFAULT_DISCOURAGE_TIME",
            "MAX_DISCOURAGED", "parse_subnet", "score_misbehaviour"]
 
@@ -77,7 +78,7 @@ class BanMan:
     except the metrics, which lock only themselves.
     """
 
-    def __init__(self, path: Path | None = None, *, metrics=None,
+    def __init__(self, path: Path | None = None, *, metrics: Metrics = NULL_METRICS,
                  discourage_time: float = DEFAULT_DISCOURAGE_TIME,
                  max_discouraged: int = MAX_DISCOURAGED,
                  clock: Callable[[], float] = time.time) -> None:
@@ -158,8 +159,7 @@ class BanMan:
             self._discouraged[host] = self._clock() + self.discourage_time
             while len(self._discouraged) > self.max_discouraged:
                 self._discouraged.popitem(last=False)
-        if self.metrics is not None:
-            self.metrics.peer_discouraged.inc()
+        self.metrics.peer_discouraged.inc()
 
     def is_discouraged(self, host: str) -> bool:
         with self._cs_banned:
@@ -171,11 +171,6 @@ class BanMan:
                 return False
             return True
 
-    def discouraged_count(self) -> int:
-        with self._cs_banned:
-            now = self._clock()
-            return sum(1 for until in self._discouraged.values() if until > now)
-
     # -- internals (under _cs_banned) -------------------------------------------------
     def _sweep_locked(self, now: float) -> None:
         expired = [key for key, e in self._banned.items() if e.until <= now]
@@ -186,8 +181,7 @@ class BanMan:
             self._changed_locked()
 
     def _changed_locked(self) -> None:
-        if self.metrics is not None:
-            self.metrics.banned_hosts.set(len(self._banned))
+        self.metrics.banned_hosts.set(len(self._banned))
         if self.path is not None:
             self._write_locked()
 
@@ -228,8 +222,7 @@ class BanMan:
                 continue
             if entry.until > now:
                 self._banned[str(subnet)] = entry
-        if self.metrics is not None:
-            self.metrics.banned_hosts.set(len(self._banned))
+        self.metrics.banned_hosts.set(len(self._banned))
         logger.info(f"[P2P] Loaded {len(self._banned)} ban(s) from {self.path}")
 
 
@@ -256,8 +249,7 @@ def score_misbehaviour(connman, peer_id: int, howmuch: int, reason: str) -> None
     logger.bind(**peer.log_fields()).warning(
         f"[P2P] Misbehaving peer {peer_id} ({peer.address()}): {reason} "
         f"(+{howmuch}, score {peer.misbehavior_score})")
-    if connman.metrics is not None:
-        connman.metrics.misbehaviour_events.labels(reason=kind).inc()
+    connman.metrics.misbehaviour_events.labels(reason=kind).inc()
     if crossed:
         discouraged(connman, peer, reason)
 

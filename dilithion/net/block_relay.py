@@ -51,6 +51,7 @@ from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, MsgGetaddr,
                                     MsgGetblocks, MsgGetdata, MsgInv, MsgTx)
 from dilithion.net.tx_relay import TxRelay
+from dilithion.node.metrics import NULL_METRICS, Metrics
 from dilithion.primitives.block import Uint256
 
 __all__ = ["BlockRelay", "INV_BATCH", "MAX_INV_BLOCK_ITEMS"]
@@ -135,7 +136,7 @@ class BlockRelay:
 
     def __init__(self, chain: ChainState, transport: ConnectionManager,
                  broadcaster: AsyncBroadcaster, tx: TxRelay, *, post: Callable[..., None],
-                 propagation: PropagationLog, metrics=None,
+                 propagation: PropagationLog, metrics: Metrics = NULL_METRICS,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.chain = chain
         self.transport = transport
@@ -223,8 +224,7 @@ class BlockRelay:
         for peer_id in stallers:
             logger.warning(f"[P2P] Peer {peer_id} stalled block download: disconnecting; "
                            f"asking other announcers")
-            if self.metrics is not None:
-                self.metrics.block_download_stalls.inc()
+            self.metrics.block_download_stalls.inc()
             self.transport.disconnect(peer_id, "block download stall")
         for peer_id in refill:
             self._fill(peer_id)
@@ -232,8 +232,7 @@ class BlockRelay:
         return stallers
 
     def _update_gauge(self) -> None:
-        if self.metrics is not None:
-            self.metrics.blocks_in_flight.set(self.download.in_flight_count())
+        self.metrics.blocks_in_flight.set(self.download.in_flight_count())
 
     def _send_catchup_batch(self, peer_id: int, sync: _PeerSync, from_height: int) -> None:
         """Announce main-chain hashes ``from_height`` upwards (one ``inv``) or finish."""
@@ -452,8 +451,7 @@ class BlockRelay:
                 self.download.announced(peer_id, [hb])                   # body may come from them
                 self._fill(peer_id)
         elif result.status == status.UNREQUESTED:
-            if self.metrics is not None:
-                self.metrics.blocks_unrequested_dropped.inc()
+            self.metrics.blocks_unrequested_dropped.inc()
             if not self._sync(peer).is_cpp:        # a C++ node may push its fork's blocks
                 self.transport.misbehaving(peer.id, UNREQUESTED_BLOCK_SCORE,
                                            f"unrequested block: {h.short()}... has no more work "
@@ -528,14 +526,13 @@ class BlockRelay:
         self._send_catchup_batch(peer.id, self._sync(peer), fork + 1)
 
     def _observe_received(self, connected) -> None:
-        metrics = self.metrics
         now = time.monotonic()
         for block in connected or ():
             h = bytes(self.chain.hash_block(block))
             with self._lock:
                 t0 = self._first_seen.pop(h, None)
-            if t0 is not None and metrics is not None:
-                metrics.block_propagation_time.labels(role="receive").observe(now - t0)
+            if t0 is not None:
+                self.metrics.block_propagation_time.labels(role="receive").observe(now - t0)
 
     def on_tx(self, peer, msg) -> None:
         """Pass a received transaction to :class:`TxRelay` (``ProcessTxMessage``)."""

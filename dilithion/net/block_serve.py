@@ -40,6 +40,7 @@ from loguru import logger
 
 from dilithion.net.propagation import PropagationLog
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgNotfound
+from dilithion.node.metrics import NULL_METRICS, Metrics
 from dilithion.primitives.block import Uint256
 
 __all__ = ["BlockServer", "MAX_PENDING_GETDATA", "SERVE_SLICE"]
@@ -101,7 +102,8 @@ class BlockServer:
 
     def __init__(self, chain, transport, tx, propagation: PropagationLog,
                  post: Callable[..., None],
-                 on_served: Callable[[object, bytes], None], metrics=None) -> None:
+                 on_served: Callable[[object, bytes], None],
+                 metrics: Metrics = NULL_METRICS) -> None:
         self.chain = chain
         self.transport = transport
         self.tx = tx
@@ -147,8 +149,7 @@ class BlockServer:
         if dropped:
             logger.debug(f"[P2P] Peer {peer.id} has {MAX_PENDING_GETDATA} items waiting: "
                          f"{dropped} item(s) of its getdata dropped")
-            if self.metrics is not None:
-                self.metrics.getdata_items_dropped.inc(dropped)
+            self.metrics.getdata_items_dropped.inc(dropped)
         if queue.items:
             self._pending[peer.id] = queue
             self._serve(queue)

@@ -239,7 +239,6 @@ class Connection:
         self.connecting = connecting
         self.opened = now            # connect started / accepted / connected (monotonic)
         self.last_recv_mono = now
-        self.last_send_mono = now
         self.mask = 0                # selector interest currently registered
         self.closed = False
         self.flood_logged = False

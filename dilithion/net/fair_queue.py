@@ -124,9 +124,3 @@ class FairQueue(Generic[K]):
         is still popped once, and the caller finds nothing to do)."""
         self._vtime.pop(key, None)
         self._rearm.discard(key)
-
-    def lag(self, key: K) -> float:
-        """How far ``key``'s virtual time is ahead of the queue's (seconds of
-        handler time it used beyond its share; 0 for an unknown key)."""
-        vtime = self._vtime.get(key)
-        return 0.0 if vtime is None else max(0.0, vtime - self._now)

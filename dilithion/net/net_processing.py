@@ -34,6 +34,7 @@ from dilithion.net.peers import Peer
 from dilithion.net.protocol import (MESSAGE_TYPES, USER_AGENT, Message, MsgPing, MsgPong, MsgVerack,
                                     MsgVersion, decode_payload)
 from dilithion.net.serialize import SerializationError
+from dilithion.node.metrics import NULL_METRICS, Metrics
 
 __all__ = ["NetMessageProcessor", "MessageHandler"]
 
@@ -62,7 +63,7 @@ class NetMessageProcessor:
     and ``dropped_before_handshake`` belong to the handler thread alone.
     """
 
-    def __init__(self, transport: ConnectionManager, *, metrics=None,
+    def __init__(self, transport: ConnectionManager, *, metrics: Metrics = NULL_METRICS,
                  start_height: Callable[[], int] = lambda: 0) -> None:
         self.transport = transport
         self.peer_manager = transport.peer_manager
@@ -234,8 +235,7 @@ class NetMessageProcessor:
                 if conn.closed:       # a call posted as it closed must not linger
                     self._ready.forget(conn)
                     self._deferred.pop(conn, None)
-            if self.metrics is not None:
-                self.metrics.handler_seconds.inc(cost)
+            self.metrics.handler_seconds.inc(cost)
 
     def _on_closed(self, conn: Connection, reason: str) -> None:
         with self._cv:
@@ -250,8 +250,7 @@ class NetMessageProcessor:
         if command not in self._internal and not peer.is_handshake_complete():
             # Not decoded: before the handshake a big payload costs no CPU (D-35).
             self.dropped_before_handshake += 1
-            if self.metrics is not None:
-                self.metrics.prehandshake_dropped.inc()
+            self.metrics.prehandshake_dropped.inc()
             logger.debug(f"[P2P] Ignoring {command} ({len(net_msg.payload)} bytes) from peer "
                          f"{peer.id} before the handshake")
             return
@@ -352,8 +351,7 @@ class NetMessageProcessor:
                                             State.STATE_HANDSHAKE_COMPLETE):
             return  # already complete, or banned / closed meanwhile
         logger.info(f"[P2P] Handshake complete with peer {peer.id}")
-        if self.metrics is not None:
-            self.metrics.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
+        self.metrics.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
         self._notify(self._handshake_listeners, peer)
 
     def on_ping(self, conn: Connection, msg: MsgPing) -> None:

@@ -63,8 +63,8 @@ class ReceivePath:
     """Mixin of :class:`~dilithion.net.net_transport.ConnectionManager`; every
     method runs on the network thread, which owns each connection's reader
     and ``charged`` count.  Uses the manager's ``config``, ``peer_manager``,
-    ``receive_buffer``, ``sink``, ``delivery_observers``, ``misbehaving``,
-    ``_close``, ``_guarded``, ``_metric``, ``_snapshot`` and ``_update_interest``, and
+    ``receive_buffer``, ``sink``, ``delivery_observers``, ``metrics``, ``misbehaving``,
+    ``_close``, ``_guarded``, ``_snapshot`` and ``_update_interest``, and
     owns the manager's ``_unframed`` (connection -> the pass that last framed it,
     for the connections whose buffers may still hold complete messages) and
     ``_pass`` (the loop's pass counter).
@@ -82,7 +82,7 @@ class ReceivePath:
         data = conn.sock.recv(min(READ_BYTES_PER_PASS, max(conn.reader.room(), 1), free))
         if data is None:
             if conn.sock.last_error:
-                self._metric("socket_errors")
+                self.metrics.socket_errors.inc()
                 self._close(conn, f"socket error: {conn.sock.get_last_error_string()}", "closed")
             return
         if not data:
@@ -97,7 +97,7 @@ class ReceivePath:
         conn.last_recv_mono = now
         conn.peer.last_recv = time.time()
         conn.peer.bytes_recv += len(data)
-        self._metric("bytes_received", len(data))
+        self.metrics.bytes_received.inc(len(data))
         conn.reader.feed(data)
         self._charge(conn)
         self._frame(conn)
@@ -112,7 +112,7 @@ class ReceivePath:
         while not conn.closed and not conn.backlog.paused:
             if framed == FRAMES_PER_PASS:
                 self._unframed[conn] = self._pass
-                self._metric("frames_deferred")
+                self.metrics.frames_deferred.inc()
                 return
             try:
                 msg = conn.reader.next_message()

@@ -43,6 +43,7 @@ from dilithion.net.protocol import Message, MsgPing
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
 from dilithion.net.socket import ByteBudget, FrameReader, SendQueue, Socket, TokenBucket, is_ipv4
 from dilithion.net.timers import check_timers
+from dilithion.node.metrics import NULL_METRICS, Metrics
 
 __all__ = ["ConnectionManager", "MessageSink"]
 
@@ -83,7 +84,7 @@ class ConnectionManager(ReceivePath):
 
     def __init__(self, magic: int, config: TransportConfig | None = None, *,
                  listen_host: str | None = "127.0.0.1", listen_port: int = 0,
-                 metrics=None, on_fatal: Callable[[str], None] | None = None,
+                 metrics: Metrics = NULL_METRICS, on_fatal: Callable[[str], None] | None = None,
                  banman: BanMan | None = None) -> None:
         self.magic = magic
         self.config = cfg = config or TransportConfig()
@@ -97,8 +98,7 @@ class ConnectionManager(ReceivePath):
         self.receive_buffer = ByteBudget(cfg.max_receive_buffer)
         #: Node-wide bytes queued in every peer's ``SendQueue`` (its own lock).
         self.send_buffer = ByteBudget(cfg.max_send_total)
-        if metrics is not None:
-            metrics.send_buffer_bytes.set_function(self.send_buffer.used)
+        metrics.send_buffer_bytes.set_function(self.send_buffer.used)
         self.sink: MessageSink | None = None
         #: ``command -> fn(peer, payload)``, run on the network thread for every
         #: complete message of that command as it is queued for the handler; set
@@ -194,7 +194,7 @@ class ConnectionManager(ReceivePath):
         except OSError as e:
             self.peer_manager.remove_peer(peer.id)
             logger.warning(f"[P2P] Failed to connect to {host}:{port}: {e}")
-            self._metric("socket_errors")
+            self.metrics.socket_errors.inc()
             return None
         conn = self._new_connection(peer, sock, connecting=True)
         self._post(lambda: self._update_interest(conn))
@@ -318,10 +318,6 @@ class ConnectionManager(ReceivePath):
                          f"peer={conn.peer.id}")
         return True
 
-    def _metric(self, name: str, amount: float = 1) -> None:
-        if self.metrics is not None:
-            getattr(self.metrics, name).inc(amount)
-
     # ======================================================================
     # network thread
     # ======================================================================
@@ -437,7 +433,7 @@ class ConnectionManager(ReceivePath):
                 accepted = self._listener.accept()
             except OSError as e:
                 logger.warning(f"[P2P] Failed to accept peer connection: {e}")
-                self._metric("socket_errors")
+                self.metrics.socket_errors.inc()
                 if e.errno in _OUT_OF_RESOURCES:
                     self._selector.unregister(self._listener.sock)
                     self._accept_resume_at = time.monotonic() + ACCEPT_RETRY_S
@@ -482,7 +478,7 @@ class ConnectionManager(ReceivePath):
         conn = self._conns.get(victim) if victim is not None else None
         if conn is None:
             return False
-        self._metric("peers_evicted")
+        self.metrics.peers_evicted.inc()
         self._close(conn, "evicted to make room for a new inbound connection", "evicted")
         return True
 
@@ -500,11 +496,11 @@ class ConnectionManager(ReceivePath):
         err = conn.sock.finish_connect()
         peer = conn.peer
         if err:
-            self._metric("socket_errors")
+            self.metrics.socket_errors.inc()
             self._close(conn, f"connect failed: {os.strerror(err)}", "closed")
             return
         conn.connecting = False
-        conn.opened = conn.last_recv_mono = conn.last_send_mono = time.monotonic()
+        conn.opened = conn.last_recv_mono = time.monotonic()
         peer.connect_time = time.time()
         self.peer_manager.transition(peer, (State.STATE_CONNECTING,), State.STATE_CONNECTED)
         logger.bind(**peer.log_fields()).info(
@@ -515,14 +511,13 @@ class ConnectionManager(ReceivePath):
     def _flush(self, conn: Connection) -> None:
         written, _ = conn.sendq.write_to(conn.sock)
         if written < 0:
-            self._metric("socket_errors")
+            self.metrics.socket_errors.inc()
             self._close(conn, f"socket error: {conn.sock.get_last_error_string()}", "closed")
             return
         if written:
-            conn.last_send_mono = time.monotonic()
             conn.peer.last_send = time.time()
             conn.peer.bytes_sent += written
-            self._metric("bytes_sent", written)
+            self.metrics.bytes_sent.inc(written)
         self._update_interest(conn)
 
     def _maintenance(self, now: float) -> None:
@@ -536,8 +531,7 @@ class ConnectionManager(ReceivePath):
                 self._update_interest(conn)
             if not conn.closed:
                 self._guarded(conn, self._maintain, conn, now)
-        if self.metrics is not None:
-            self.metrics.receive_buffer_bytes.set(self.receive_buffer.used())
+        self.metrics.receive_buffer_bytes.set(self.receive_buffer.used())
 
     def _maintain(self, conn: Connection, now: float) -> None:
         """Act on the timers of one connection (:func:`dilithion.net.timers.check_timers`)."""
@@ -556,7 +550,7 @@ class ConnectionManager(ReceivePath):
                 f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
                 f"bytes for {self.send_timeout * 1000:.0f} ms with "
                 f"{conn.sendq.queued_bytes()} bytes queued")
-            self._metric("send_timeout_errors")
+            self.metrics.send_timeout_errors.inc()
         self._close(conn, action.reason, action.category)
 
     def _close_id(self, peer_id: int, reason: str, category: str) -> None:
@@ -571,9 +565,8 @@ class ConnectionManager(ReceivePath):
             return
         conn.closed = True
         peer = conn.peer
-        m = self.metrics
-        if m is not None:  # counted first, so an observer of the closed socket sees it
-            m.peer_disconnections.labels(reason=category).inc()
+        # counted first, so an observer of the closed socket sees it
+        self.metrics.peer_disconnections.labels(reason=category).inc()
         if conn.mask:
             try:
                 self._selector.unregister(conn.sock.sock)
@@ -590,6 +583,5 @@ class ConnectionManager(ReceivePath):
         conn.sendq.clear()
         logger.bind(**peer.log_fields()).info(
             f"[P2P] Peer {peer.id} ({peer.address()}) disconnected: {reason}")
-        if m is not None:
-            m.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
+        self.metrics.connected_peers.set(len(self.peer_manager.handshake_complete_peers()))
         self.sink.connection_closed(conn, reason)

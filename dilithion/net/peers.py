@@ -184,10 +184,6 @@ class PeerManager:
         with self._cs_peers:
             return self._refusal_locked(True, host)
 
-    def can_accept_connection(self, inbound: bool = True) -> bool:
-        with self._cs_peers:
-            return self._has_room_locked(inbound)
-
     def remove_peer(self, peer_id: int) -> Peer | None:
         with self._cs_peers:
             peer = self._peers.pop(peer_id, None)
@@ -241,10 +237,6 @@ class PeerManager:
         with self._cs_peers:
             return len(self._peers)
 
-    def get_outbound_count(self) -> int:
-        with self._cs_peers:
-            return sum(1 for p in self._peers.values() if not p.inbound)
-
     def get_inbound_count(self) -> int:
         with self._cs_peers:
             return sum(1 for p in self._peers.values() if p.inbound)
@@ -270,23 +262,8 @@ class PeerManager:
                 return True
             return False
 
-    def ban_ip(self, host: str, ban_time_seconds: float | None = None) -> None:
-        """Ban ``host`` (an IP or subnet) for ``ban_time_seconds`` or the ``setban``
-        default (C++ ``BanIP``, ``BanPeer``, ``CPeer::Ban``); the caller closes its connections."""
-        self.banman.ban(host, ban_time_seconds)
-
-    def unban_ip(self, host: str) -> None:
-        self.banman.unban(host)
-
-    def clear_bans(self) -> None:
-        self.banman.clear_banned()
-
     def is_banned(self, host: str) -> bool:
         return self.banman.is_banned(host)
 
     def is_discouraged(self, host: str) -> bool:
         return self.banman.is_discouraged(host)
-
-    def banned(self) -> dict[str, float]:
-        """subnet -> expiry (wall clock) of the manual bans still in force."""
-        return {str(e.subnet): e.until for e in self.banman.list_banned()}

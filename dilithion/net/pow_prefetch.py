@@ -36,6 +36,7 @@ from collections import deque
 
 from loguru import logger
 
+from dilithion.node.metrics import NULL_METRICS, Metrics
 __all__ = ["PowPrefetch", "PER_PEER", "MAX_QUEUED"]
 
 #: Headers one peer may have queued or in progress: block download keeps 16
@@ -63,7 +64,8 @@ class PowPrefetch:
     called once, by the thread that stops the node.
     """
 
-    def __init__(self, chain, workers: int | None = None, metrics=None) -> None:
+    def __init__(self, chain, workers: int | None = None,
+                 metrics: Metrics = NULL_METRICS) -> None:
         self._chain = chain
         self._metrics = metrics
         self._workers = workers or os.cpu_count() or 1
@@ -113,8 +115,7 @@ class PowPrefetch:
 
     def _refuse(self) -> None:
         self.refused += 1
-        if self._metrics is not None:
-            self._metrics.pow_prefetch_refused.inc()
+        self._metrics.pow_prefetch_refused.inc()
 
     def _start_workers(self) -> None:
         for i in range(self._workers):

@@ -325,9 +325,6 @@ class NetMessage:
     def serialize(self) -> bytes:
         return self.header.serialize() + self.payload
 
-    def get_total_size(self) -> int:
-        return MESSAGE_HEADER_SIZE + len(self.payload)
-
     @classmethod
     def from_parts(cls, header: MessageHeader, payload: bytes) -> "NetMessage":
         msg = cls.__new__(cls)
@@ -363,13 +360,6 @@ class NetMessage:
                 f"payload is {len(self.payload)} bytes but the header announces "
                 f"{self.header.payload_size}")
         self.verify_checksum()
-
-    def is_valid(self, expected_magic: int) -> bool:
-        try:
-            self.check(expected_magic)
-        except SerializationError:
-            return False
-        return True
 
     def __repr__(self) -> str:
         return f"NetMessage({self.header!r}, payload={len(self.payload)} bytes)"

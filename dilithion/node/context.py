@@ -24,6 +24,7 @@ from loguru import logger
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
+from dilithion.node.metrics import NULL_METRICS, Metrics
 
 if TYPE_CHECKING:
     from dilithion.consensus.chain import ChainState
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     from dilithion.net.tx_relay import TxRelayManager
     from dilithion.node.blockchain_storage import BlockchainDB
     from dilithion.node.mempool import TxMemPool
-    from dilithion.node.metrics import NodeMetrics
     from dilithion.node.utxo_set import UTXOSet
     from dilithion.rpc.server import RPCServer
 
@@ -68,7 +68,8 @@ class NodeContext:
     chainstate: ChainState | None = None
     utxo_set: UTXOSet | None = None
     mempool: TxMemPool | None = None
-    metrics: NodeMetrics | None = None
+    #: :data:`NULL_METRICS` until the assembly makes the node's ``NodeMetrics``.
+    metrics: Metrics = NULL_METRICS
     peer_manager: PeerManager | None = None
     #: Manual bans (persisted in ``banlist.json``) and discouraged hosts.
     banman: BanMan | None = None

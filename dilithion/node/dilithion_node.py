@@ -287,7 +287,7 @@ class DilithionNode:
             logger.info("Consensus: --strict (intended rules the C++ node skips)")
         logger.info("")
         self.assembly.start()
-        if self.log_limiter is not None and self.ctx.metrics is not None:
+        if self.log_limiter is not None:
             self.ctx.metrics.watch_log_limiter(self.log_limiter)
         for line in ("", BANNER_RULE, "Node Status: RUNNING", BANNER_RULE, "", "RPC Interface:",
                      f"  URL: http://{cfg.rpcbind}:{self.ctx.rpc_server.port}",

@@ -441,7 +441,7 @@ class NodeAssembly:
             logger.warning(f"RPC listens on {cfg.rpcbind}, not loopback; clients allowed: "
                            f"loopback and {', '.join(cfg.rpc_allow_ips)}")
         server = RPCServer(ctx, host=cfg.rpcbind, port=cfg.rpc_port, limits=cfg.rpc_limits,
-                           allow_ips=cfg.rpc_allow_ips)
+                           allow_ips=cfg.rpc_allow_ips, metrics=ctx.metrics)
         try:
             server.start()
         except OSError as exc:

@@ -97,7 +97,6 @@ class TxMemPool:
         self._spent: dict[OutPoint, bytes] = {}            # outpoint -> spending txid
         self._bytes = 0
         self._usage = 0                                    # sum of the entries' usage
-        self.height = 0                                    # SetHeight; informational only
 
     # -- admission ---------------------------------------------------------------
     def add_tx(self, tx: Transaction, fee: int, time: int, height: int) -> None:
@@ -172,10 +171,6 @@ class TxMemPool:
         return entry
 
     # -- removal -----------------------------------------------------------------
-    def remove_tx(self, txid: bytes) -> bool:
-        with self.lock:
-            return self._remove(bytes(txid)) is not None
-
     def remove_for_block(self, txs: Iterable[Transaction]) -> list[bytes]:
         """Drop confirmed transactions and every pooled transaction they conflict with.
 
@@ -282,9 +277,6 @@ class TxMemPool:
     def get_ordered_txs(self) -> list[Transaction]:
         return [entry.tx for entry in self.get_ordered_entries()]
 
-    def get_top_txs(self, n: int) -> list[Transaction]:
-        return self.get_ordered_txs()[:n]
-
     def txids(self) -> list[bytes]:
         """Pooled txids in fee-rate order."""
         with self.lock:
@@ -299,16 +291,10 @@ class TxMemPool:
         with self.lock:
             return self._bytes
 
-    get_mempool_size = total_bytes
-
     def usage(self) -> int:
         """Memory the pooled entries cost (what ``max_bytes`` bounds)."""
         with self.lock:
             return self._usage
-
-    def set_height(self, height: int) -> None:
-        with self.lock:
-            self.height = height
 
     def get_stats(self) -> dict:
         """``GetStats``: count, bytes, lowest and highest fee rate (zeros when empty)."""

@@ -1,7 +1,11 @@
 """Prometheus metrics for one node (the C++ team's mainnet-readiness list).
 
 Each node has its own ``CollectorRegistry`` so several nodes in one process do
-not share counters.  Names are the seed's; ``docs/OPERATIONS.md`` defines what
+not share counters.  A component built without a node (a unit test, a tool,
+``open_chain_state``) gets :data:`NULL_METRICS`, which has every metric of
+:class:`NodeMetrics` and drops the updates, so no component checks whether it
+has metrics; ``tests/test_metrics_names.py`` keeps the two classes' names equal
+and every metric the code updates exported.  Names are the seed's; ``docs/OPERATIONS.md`` defines what
 ``block_propagation_time_seconds`` measures.  All objects here are thread-safe
 (``prometheus_client`` locks internally), so any thread may update them.
 """
@@ -10,7 +14,8 @@ from __future__ import annotations
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, start_http_server)
 
-__all__ = ["NodeMetrics", "PROPAGATION_BUCKETS", "DEFAULT_METRICS_PORT"]
+__all__ = ["NodeMetrics", "NullMetrics", "NULL_METRICS", "Metrics", "PROPAGATION_BUCKETS",
+           "DEFAULT_METRICS_PORT"]
 
 #: Port of ``DIL_METRICS_ENABLED=1`` without ``DIL_METRICS_PORT``.  Not 9100: that is
 #: node_exporter's port, which the hosts that run a node usually run as well.
@@ -202,3 +207,107 @@ class NodeMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _NullMetric:
+    """A metric, or one labelled child of it, that accepts every update and keeps nothing."""
+
+    __slots__ = ()
+
+    def labels(self, *_values, **_labels) -> "_NullMetric":
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def set_function(self, fn) -> None:
+        pass
+
+
+_NULL_METRIC = _NullMetric()
+
+
+class NullMetrics:
+    """:class:`NodeMetrics` for a component that runs without a node: same names, no registry.
+
+    Components default to :data:`NULL_METRICS` instead of ``None``, so none of
+    them tests for a missing collaborator.  Stateless (every metric drops its
+    updates), so one instance serves every component of every node in a process.
+    A metric added to :class:`NodeMetrics` must be added here too
+    (``tests/test_metrics_names.py`` compares the two).
+    """
+
+    block_propagation_time = _NULL_METRIC
+    block_broadcast_failures = _NULL_METRIC
+    send_timeout_errors = _NULL_METRIC
+    peer_broadcast_success_rate = _NULL_METRIC
+    connected_peers = _NULL_METRIC
+    socket_errors = _NULL_METRIC
+    peer_disconnections = _NULL_METRIC
+    message_queue_depth = _NULL_METRIC
+    bytes_sent = _NULL_METRIC
+    bytes_received = _NULL_METRIC
+    blocks_connected = _NULL_METRIC
+    chain_height = _NULL_METRIC
+    misbehaviour_events = _NULL_METRIC
+    peer_discouraged = _NULL_METRIC
+    banned_hosts = _NULL_METRIC
+    blocks_in_flight = _NULL_METRIC
+    block_download_stalls = _NULL_METRIC
+    blocks_unrequested_dropped = _NULL_METRIC
+    receive_buffer_bytes = _NULL_METRIC
+    peers_evicted = _NULL_METRIC
+    prehandshake_dropped = _NULL_METRIC
+    rpc_requests = _NULL_METRIC
+    rpc_in_flight = _NULL_METRIC
+    rpc_open_connections = _NULL_METRIC
+    rpc_rejected = _NULL_METRIC
+    rpc_auth_failures = _NULL_METRIC
+    mining_hash_rate = _NULL_METRIC
+    randomx_mode = _NULL_METRIC
+    randomx_vms = _NULL_METRIC
+    randomx_dataset_build_seconds = _NULL_METRIC
+    send_timeout_seconds = _NULL_METRIC
+    broadcast_max_retries = _NULL_METRIC
+    broadcast_retry_backoff = _NULL_METRIC
+    send_buffer_bytes = _NULL_METRIC
+    getdata_items_dropped = _NULL_METRIC
+    log_lines_suppressed = _NULL_METRIC
+    log_bytes_suppressed = _NULL_METRIC
+    frames_deferred = _NULL_METRIC
+    handler_seconds = _NULL_METRIC
+    pow_prefetch_refused = _NULL_METRIC
+
+    def watch_randomx(self, hasher) -> None:
+        pass
+
+    def watch_log_limiter(self, limiter) -> None:
+        pass
+
+    def on_tip_changed(self, new_tip, connected, disconnected) -> None:
+        pass
+
+    def set_p2p_levers(self, send_timeout_s: float, max_retries: int, backoff_s: float) -> None:
+        pass
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        raise RuntimeError("NullMetrics has nothing to serve: the node serves NodeMetrics")
+
+    def stop(self) -> None:
+        pass
+
+
+#: The metrics of a component built without a node (stateless, so shared).
+NULL_METRICS = NullMetrics()
+
+#: What a component's ``metrics`` collaborator is.
+Metrics = NodeMetrics | NullMetrics

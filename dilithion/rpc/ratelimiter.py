@@ -93,11 +93,6 @@ class RateLimiter:
             rec = self._records.get(user)
             return rec.count if rec else 0
 
-    def cleanup_old_records(self) -> None:
-        """Forget users whose window started over an hour ago."""
-        with self._lock:
-            self._cleanup(self._clock())
-
     # -- internals (caller holds self._lock) -----------------------------------
     def _get_record(self, user: str, now: float) -> RequestRecord:
         rec = self._records.get(user)
@@ -106,7 +101,9 @@ class RateLimiter:
         return rec
 
     def _maybe_cleanup(self, now: float) -> None:
-        """Drop stale records now and then, on a request (C++: the ``CleanupThread``)."""
+        """Forget users whose window started ``RECORD_MAX_AGE`` ago, at most every
+        ``CLEANUP_INTERVAL``, on a request (C++: ``CleanupOldRecords`` on the
+        ``CleanupThread``)."""
         if now - self._last_cleanup >= self.CLEANUP_INTERVAL:
             self._cleanup(now)
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from loguru import logger
 
+from dilithion.node.metrics import NULL_METRICS, Metrics
 from dilithion.rpc.access import AllowList
 from dilithion.rpc.auth import (CONF_FILENAME, COOKIE_USER, AuthResult, Authenticator, CookieFile,
                                 read_config)
@@ -75,17 +76,14 @@ class _RPCApp:
 
     def __call__(self, environ: dict, start_response) -> list[bytes]:
         metrics = self.server.metrics
-        if metrics is not None:
-            metrics.rpc_in_flight.inc()
+        metrics.rpc_in_flight.inc()
         seen: list[str] = []
         try:
             status, body, headers = self._respond(environ, seen)
         finally:
-            if metrics is not None:
-                metrics.rpc_in_flight.dec()
-        if metrics is not None:
-            for name in seen or ["none"]:
-                metrics.rpc_requests.labels(method=name, status=str(status)).inc()
+            metrics.rpc_in_flight.dec()
+        for name in seen or ["none"]:
+            metrics.rpc_requests.labels(method=name, status=str(status)).inc()
         data = (body if isinstance(body, str) else _dump(body)).encode("utf-8")
         out = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         out += list(headers.items())          # Connection: set by the HTTP layer
@@ -110,8 +108,7 @@ class _RPCApp:
         if verdict is not AuthResult.OK:
             if verdict is AuthResult.WRONG:
                 delay = srv.backoff.record_failure(source)
-                if srv.metrics is not None:
-                    srv.metrics.rpc_auth_failures.inc()
+                srv.metrics.rpc_auth_failures.inc()
                 logger.warning(f"[RPC] wrong credentials from {source} (next attempt in {delay:g} s)")
             return 401, {"error": UNAUTHORIZED_ERROR}, {"WWW-Authenticate": AUTH_REALM}
         if not cookie:
@@ -131,8 +128,7 @@ class _RPCApp:
         return 200, srv.dispatcher.handle(body, seen), {}
 
     def _refused(self, reason: str) -> None:
-        if self.server.metrics is not None:
-            self.server.metrics.rpc_rejected.labels(reason=reason).inc()
+        self.server.metrics.rpc_rejected.labels(reason=reason).inc()
 
 
 class RPCServer:
@@ -151,7 +147,7 @@ class RPCServer:
                  rpcuser: str | None = None, rpcpassword: str | None = None,
                  limiter: RateLimiter | None = None, backoff: AuthBackoff | None = None,
                  limits: HTTPLimits | None = None, allow_ips: list[str] | tuple = (),
-                 metrics=None) -> None:
+                 metrics: Metrics = NULL_METRICS) -> None:
         self.ctx = ctx
         self.host = host
         self._requested_port = port
@@ -159,7 +155,7 @@ class RPCServer:
         self.limiter = limiter or RateLimiter(max_requests_per_window=rate_limit)
         self.backoff = backoff or AuthBackoff()
         self.allow = AllowList(list(allow_ips))
-        self.metrics = metrics if metrics is not None else getattr(ctx, "metrics", None)
+        self.metrics = metrics
         self.dispatcher = JSONRPCDispatcher(NodeRPC(ctx).methods())
         self.authenticator = Authenticator()
         self._explicit_credentials = (rpcuser, rpcpassword)
@@ -179,10 +175,6 @@ class RPCServer:
         C++: ``GetPort``.
         """
         return int(self._httpd.effective_port) if self._httpd is not None else self._requested_port
-
-    @property
-    def cookie_path(self):
-        return self._cookie.path if self._cookie is not None else None
 
     def is_running(self) -> bool:
         return self._httpd is not None
@@ -209,8 +201,7 @@ class RPCServer:
                 httpd.asyncore.close_all(httpd._map)
                 raise
             self._httpd = httpd
-            if self.metrics is not None:
-                self.metrics.rpc_open_connections.set_function(self.open_connections)
+            self.metrics.rpc_open_connections.set_function(self.open_connections)
             self._thread = threading.Thread(target=httpd.serve, name="rpc-server", daemon=True)
             self._thread.start()
             lim = self.limits
@@ -220,8 +211,7 @@ class RPCServer:
             return True
 
     def _on_http_refusal(self, status: int) -> None:
-        if self.metrics is not None:
-            self.metrics.rpc_rejected.labels(reason=_REFUSAL_REASONS.get(status, "bad_request")).inc()
+        self.metrics.rpc_rejected.labels(reason=_REFUSAL_REASONS.get(status, "bad_request")).inc()
 
     def _configure_auth(self) -> None:
         """Accept the configured credentials and a fresh cookie (C++ ``InitializeAuth``)."""
@@ -255,8 +245,7 @@ class RPCServer:
             if self._thread is not None:
                 self._thread.join()
                 self._thread = None
-            if self.metrics is not None:
-                self.metrics.rpc_open_connections.set(0)
+            self.metrics.rpc_open_connections.set(0)
             if self._cookie is not None:
                 self._cookie.remove()
             logger.info("[RPC] Server stopped")
