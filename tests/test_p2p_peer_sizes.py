@@ -131,10 +131,10 @@ def test_oversized_addr_is_misbehaviour(nodes):
 
 
 # ------------------------------------------------------------------ tx size
-def big_tx_payload() -> bytes:
-    """A well-formed ``tx`` of 100,000 minimal inputs and outputs (5 MB)."""
-    tx = Transaction(1, [TxIn(OutPoint(bytes([i % 256]) * 32, i)) for i in range(100_000)],
-                     [TxOut(1, b"")] * 100_000)
+def big_tx_payload(count: int = 100_000) -> bytes:
+    """A well-formed ``tx`` of ``count`` minimal inputs and outputs (5 MB for 100,000)."""
+    tx = Transaction(1, [TxIn(OutPoint(bytes([i % 256]) * 32, i)) for i in range(count)],
+                     [TxOut(1, b"")] * count)
     return MsgTx(tx).serialize()
 
 
@@ -153,7 +153,9 @@ def test_oversized_tx_is_scored_without_decoding(nodes):
             RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(2)) as attacker:
         honest.handshake()
         attacker.handshake()
-        attacker.send_raw(frame_raw(MAGIC, "tx", big_tx_payload()))
+        # 2 MB: over the tx limit, under the largest valid message (a 4 MiB block), so
+        # the frame is read and the tx refused before decoding, not the frame at its header.
+        attacker.send_raw(frame_raw(MAGIC, "tx", big_tx_payload(40_000)))
         attacker.send(MsgPing(5))
         attacker.wait_for("pong", 30.0)
         scores = {p.host: p.misbehavior_score for p in cm.peer_manager.get_all_peers()}
