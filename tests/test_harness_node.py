@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,13 @@ def test_cpp_binary_from_env_names_the_variable_in_its_error(tmp_path, monkeypat
     monkeypatch.setenv("DILITHION_CPP_NODE", str(tmp_path / "gone"))
     with pytest.raises(TargetError, match="DILITHION_CPP_NODE: C.. node .*gone: no such file"):
         cpp_binary_from_env()
+
+
+def test_the_harness_needs_none_of_the_lab_extra():
+    """``psutil``, ``matplotlib`` and ``tqdm`` are the lab's extra: a plain install that
+    runs the diff or the tests' node processes imports the harness without them."""
+    code = ("import sys, dilithion.testing.node_process, dilithion.testing.cpp_node;"
+            "print(sorted(m for m in ('psutil', 'matplotlib', 'tqdm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -39,6 +39,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from dilithion.rpc.auth import read_cookie
 from dilithion.rpc.client import RPCClient, RPCClientError
 from dilithion.testing.ports import free_port
@@ -79,13 +81,7 @@ def metric_key(name: str, labels: dict) -> MetricKey:
 
 
 def parse_metrics(text: str) -> dict[MetricKey, float]:
-    """Every sample of a Prometheus text exposition, keyed by :func:`metric_key`.
-
-    ``prometheus_client`` is imported here, not at module import: the C++ node's
-    users (the diff) need no metrics parser.
-    """
-    from prometheus_client.parser import text_string_to_metric_families
-
+    """Every sample of a Prometheus text exposition, keyed by :func:`metric_key`."""
     return {metric_key(sample.name, sample.labels): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
