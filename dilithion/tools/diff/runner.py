@@ -193,20 +193,20 @@ class Runner:
                 obs.update(self._send(side, step))
             if obs.get("disconnect"):
                 side.target.settle_exit()      # a closed connection may be a dying process
-            if not side.target.alive():
+            if not side.target.is_running():
                 raise NoReply()
             obs.update(self._tip(side, names))
         except NoReply:
-            if side.target.alive() and self._answers_new_connection(side):
+            if side.target.is_running() and self._answers_new_connection(side):
                 obs["no_reply"] = True          # this connection is stuck, the node is not
                 if step.action == "send":
                     obs.update(disconnect=False, ban=False)
                 obs.update(self._tip(side, names))
                 return obs
-            return self._replace(side, step, "hung" if side.target.alive() else "crashed",
+            return self._replace(side, step, "hung" if side.target.is_running() else "crashed",
                                  "no reply")
         except (OSError, TargetError) as exc:
-            return self._replace(side, step, "hung" if side.target.alive() else "crashed",
+            return self._replace(side, step, "hung" if side.target.is_running() else "crashed",
                                  str(exc) or type(exc).__name__)
         return obs
 
