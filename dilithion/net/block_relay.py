@@ -65,6 +65,7 @@ class BlockRelay:
                  metrics: Metrics = NULL_METRICS,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.chain = chain
+        self.transport = transport          # the RPC reads the peer table through it
         self.broadcaster = broadcaster
         self.tx = tx
         self._post = post
