@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from dilithion.net import addr_relay, block_fetch, block_relay, block_sync
-from dilithion.net.peer_relay_state import AnnounceFilter
+from dilithion.net.peer_relay_state import (CATCHUP_TIMEOUT_S, FILTER_MERGE_EVERY, Announce,
+                                            AnnounceFilter, PeerRelayState, announce_decision)
 from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgGetdata, MsgInv
 from framework import InProcessNode, next_commands, raw_peer, regtest_chain, wait_until
 
@@ -95,6 +96,40 @@ def test_broadcaster_reads_snapshots_and_catch_up_is_sent_on_the_handler_thread(
     loader = threading.current_thread().name                 # node.load connects blocks here
     late = {t for t, _f in seen.calls[calls_before:]}
     assert late <= {handler, loader, "block-stall"}          # the stall thread is the relay's own
+
+
+def test_a_published_filter_is_a_snapshot_that_follows_the_state_across_merges():
+    """Each publication is immutable (an older one does not see later notes); the
+    latest one has every hash the state has, across the partial copies and the
+    full copy every ``FILTER_MERGE_EVERY`` notes; the broadcaster's decision on
+    it matches the handler thread's on the live state."""
+    state = PeerRelayState(is_cpp=True)
+    first = state.announce_filter()
+    hashes = [os.urandom(32) for _ in range(3 * FILTER_MERGE_EVERY + 5)]
+    for height, h in enumerate(hashes, 1):
+        state.note_has(h, height)
+        latest = state.announce_filter()
+        assert latest.has(h) and latest.has(hashes[0])
+    assert all(latest.has(h) for h in hashes)
+    assert not first.has(hashes[0])
+    assert state.announce_filter() is None                     # nothing changed: no copy
+    state.set_batch(hashes[-1], sent=100.0, next_height=7)
+    catching = state.announce_filter()
+    assert catching.catching_up(100.0 + CATCHUP_TIMEOUT_S - 1)
+    assert not catching.catching_up(100.0 + CATCHUP_TIMEOUT_S)
+    new, unknown = os.urandom(32), os.urandom(32)
+    for view in (state, catching):                             # live state and snapshot agree
+        assert announce_decision(view, new, (hashes[-1], 9), 101.0) is Announce.SKIP
+        assert announce_decision(view, new, (hashes[-1], 9), 100.0 + CATCHUP_TIMEOUT_S) \
+            is Announce.SEND
+        assert announce_decision(view, new, (unknown, 9), 100.0 + CATCHUP_TIMEOUT_S) \
+            is Announce.CATCH_UP
+        assert announce_decision(view, new, (unknown, 0), 100.0 + CATCHUP_TIMEOUT_S) \
+            is Announce.SEND                                   # the parent is genesis
+        assert announce_decision(view, hashes[3], None, 100.0 + CATCHUP_TIMEOUT_S) \
+            is Announce.SKIP                                   # it has the block
+    python_peer = AnnounceFilter(is_cpp=False, catchup_deadline=1e9)
+    assert announce_decision(python_peer, new, (unknown, 9), 0.0) is Announce.SEND
 
 
 ROUNDS, PEERS = 2, 6
