@@ -19,6 +19,7 @@ Both sides decide with one function, :func:`announce_decision`.
 from __future__ import annotations
 
 import enum
+import itertools
 import threading
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from dilithion.core.lru import LRUSet
 
 __all__ = ["AnnounceFilter", "AnnounceFilters", "Announce", "PeerRelayState",
            "announce_decision", "CATCHUP_TIMEOUT_S", "MAX_KNOWN_PER_PEER",
-           "MAX_ANNOUNCED_UNKNOWN_PER_PEER", "FILTER_MERGE_EVERY"]
+           "MAX_ANNOUNCED_UNKNOWN_PER_PEER", "FILTER_MERGE_EVERY", "FILTER_KNOWN_WINDOW"]
 
 #: A catch-up batch nobody continued is abandoned after this; tip announcements resume.
 CATCHUP_TIMEOUT_S = 60.0
@@ -44,6 +45,14 @@ MAX_ANNOUNCED_UNKNOWN_PER_PEER = 1024
 #: few microseconds), so a handler call costs O(256), not O(21,000); a full copy is
 #: paid once per 256 new hashes.
 FILTER_MERGE_EVERY = 256
+#: Newest known blocks a full copy takes (with every announced-unknown hash).  The
+#: broadcaster only asks about a new tip and its parent, which the peer noted last
+#: (a tip it sent or fetched, the end of its catch-up); a copy of all 20,000 would
+#: cost about 1 MiB per peer (128 MiB at 125 peers), this one at most 5,376 hashes
+#: (about 256 KiB).  A block noted more than 4,096 blocks ago and then become our
+#: tip again (a deep reorg back to it) is announced to a peer that has it: one
+#: ``inv`` it ignores.
+FILTER_KNOWN_WINDOW = 4096
 
 
 class Announce(enum.Enum):
@@ -79,9 +88,10 @@ def announce_decision(view, block_hash: bytes, parent: tuple[bytes, int] | None,
 class AnnounceFilter:
     """Immutable snapshot of one peer's :class:`PeerRelayState` for the broadcaster.
 
-    ``base`` is a full copy of the peer's block sets, ``recent`` what was noted
-    since; a hash evicted from the per-peer sets may stay in ``base`` until the
-    next full copy (the oldest hashes, never a new tip's)."""
+    ``base`` is a copy of the peer's block sets (the newest
+    :data:`FILTER_KNOWN_WINDOW` known blocks, every announced one), ``recent``
+    what was noted since; a hash evicted from the per-peer sets may stay in
+    ``base`` until the next copy (the oldest hashes, never a new tip's)."""
 
     is_cpp: bool
     catchup_deadline: float | None = None
@@ -183,7 +193,9 @@ class PeerRelayState:
         deadline = self.batch_sent + CATCHUP_TIMEOUT_S if self.batch_last is not None else None
         old = self._filter
         if old is None or len(self._noted_since_base) > FILTER_MERGE_EVERY:
-            base = frozenset(self.known) | frozenset(self.announced)
+            newest_known = itertools.islice(self.known, max(0, len(self.known)
+                                                            - FILTER_KNOWN_WINDOW), None)
+            base = frozenset(newest_known) | frozenset(self.announced)
             self._noted_since_base = set()
             recent: frozenset = frozenset()
         else:
