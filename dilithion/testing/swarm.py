@@ -6,8 +6,11 @@ cores.  A :class:`PeerSwarm` owns that many harness peers
 round-robin over the nodes: each does the version/verack handshake, answers
 pings and counts (and otherwise ignores) what it receives, so to the node it is
 a live peer that receives every block ``inv``.  One reader thread per peer,
-blocked in ``recv`` while nothing arrives: measured at 50 peers, about 20 MiB
-of stacks and no CPU while idle.
+blocked in ``recv`` while nothing arrives: measured with 50 peers on two
+in-process nodes, 0.1-0.15 s CPU to connect and handshake all, +1.6 MiB RSS,
+0.01-0.02 s CPU (nodes included) over 5 idle seconds.  All peers come from
+127.0.0.1, so one node takes at most its per-host inbound limit of them: spread
+them over enough nodes.
 """
 from __future__ import annotations
 
