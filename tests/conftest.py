@@ -97,7 +97,7 @@ def nodes(tmp_path):
 # ---------------------------------------------------------------------------
 # the test framework (tests/framework): nodes, networks, scripted peers
 # ---------------------------------------------------------------------------
-collect_ignore = ["framework"]      # a library; its test_peer.py holds no tests
+collect_ignore = ["framework"]      # a library, not tests
 
 
 @pytest.fixture

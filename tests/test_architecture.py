@@ -136,7 +136,7 @@ WIRING_MODULE = "dilithion/node/init.py"
 REGISTRATION_METHODS = {"add_tip_listener", "add_handler", "add_handshake_listener",
                         "add_disconnect_listener"}
 #: Attributes of a component that another component is plugged into.
-REGISTRATION_ATTRIBUTES = {"sink", "delivery_observers", "peer_filter", "propagation"}
+REGISTRATION_ATTRIBUTES = {"sink", "delivery_observers", "announce_filters", "propagation"}
 
 
 def _is_self(node: ast.AST) -> bool:
@@ -188,13 +188,13 @@ def test_wiring_check_finds_a_registration_elsewhere(tmp_path):
                       "        chain.add_tip_listener(self.on_tip)\n"
                       "        connman.sink = processor\n"
                       "        connman.delivery_observers['block'] = self.offer\n"
-                      "        self.peer_filter = None\n"
-                      "        broadcaster.peer_filter = self.veto\n")
+                      "        self.announce_filters = None\n"
+                      "        broadcaster.announce_filters = self.filters\n")
     (tmp_path / "dilithion" / "node").mkdir()
     (tmp_path / "dilithion" / "node" / "init.py").write_text("chain.add_tip_listener(f)\n")
     assert registrations_outside_init(tmp_path) == {"dilithion/mining/selfwired.py": [
         (3, "add_tip_listener"), (4, "connman.sink"), (5, "connman.delivery_observers['block']"),
-        (7, "broadcaster.peer_filter")]}
+        (7, "broadcaster.announce_filters")]}
 
 
 #: Modules that may read components from the ``NodeContext``: the assembly, the tool

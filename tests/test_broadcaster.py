@@ -222,10 +222,10 @@ def test_excluded_and_incomplete_peers_get_nothing(node):
     assert next_commands(a) == []
     # The half-open peer only ever saw our version.
     half.sock.settimeout(0.3)
-    msg = half.recv_message(5)                   # liveness guard
+    msg = half.read_message(5)                   # liveness guard
     assert msg.command == "version"
     with pytest.raises(TimeoutError):
-        half.recv_message(0.3)
+        half.read_message(0.3)
     for raw in (a, bpeer, half):
         raw.close()
 

@@ -111,7 +111,7 @@ def test_handshake_both_ways_and_cpp_catches_up_the_vector_chain(py_node, cpp_fa
         probe.send(MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(h)) for _, h in vector_chain[1:]]))
         echoed = []
         while len(echoed) < 6:
-            msg = probe.recv_message(30)
+            msg = probe.read_message(30)
             assert msg is not None
             assert msg.command != "getdata", "the C++ node lacks a block"
             if msg.command == "block":

@@ -364,10 +364,10 @@ def test_a_scripted_peer_drops_a_connection_whose_framing_is_lost():
     """A fatal frame error (wrong magic) makes the light peer forget that socket instead
     of asking the reader for the next message for ever."""
     from dilithion.core.chainparams import REGTEST_MAGIC
-    from dilithion.tools.lab.lightpeer import LightPeers
+    from dilithion.testing.swarm import PeerSwarm
 
     server = _GarbageAfterConnect()
-    peers = LightPeers(REGTEST_MAGIC, [("127.0.0.1", server.port)], count=1).start()
+    peers = PeerSwarm(REGTEST_MAGIC, [("127.0.0.1", server.port)], count=1).start()
     try:
         assert wait_until(lambda: peers.connected() == 0, timeout=10)
     finally:

@@ -216,6 +216,6 @@ def test_the_node_program_limits_a_flooding_host_and_counts_it(process_node):
         assert wait_until(lambda: node.metric("log_lines_suppressed") > 250)
     announced = node.log_lines(r"announced new block")
     assert len(announced) * 60 <= LOG_BYTES_PER_PEER_LOCATION + 200
-    assert len(node.log_lines(r"Excessive logging from dilithion\.net\.block_relay:")) == 1
+    assert len(node.log_lines(r"Excessive logging from dilithion\.net\.block_fetch:")) == 1
     assert announced[-1].endswith("announced new block: aaaaaaaaaaaaaaaa...")
     assert node.metric("log_bytes_suppressed") > 250 * 60

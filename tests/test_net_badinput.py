@@ -139,11 +139,11 @@ def test_undecodable_version_gets_no_verack(nodes):
     at once (issue 21), the misbehaviour logged once."""
     cm = nodes()
     with RawPeer(cm.listen_port, MAGIC) as raw:
-        raw.recv_message()  # our version
+        raw.read_message()  # our version
         raw.send_raw(frame_raw(MAGIC, "version", MsgVersion().serialize()[:20]))
         raw.send(MsgPing(1))
         commands = []
-        while (msg := raw.recv_message(10.0)) is not None:
+        while (msg := raw.read_message(10.0)) is not None:
             commands.append(msg.command)
         assert "verack" not in commands
         assert wait_until(lambda: cm.connected_count() == 0)

@@ -42,7 +42,7 @@ def test_version_first_and_verack_only_once(nodes):
     """Our version precedes our verack; a second version is scored, not demoting (D-11)."""
     cm = nodes()
     with RawPeer(cm.listen_port, MAGIC) as raw:
-        assert raw.recv_message().command == "version"
+        assert raw.read_message().command == "version"
         raw.send(MsgVersion(nonce=42, user_agent=b"/p2p_util:0.1/"))
         raw.wait_for("verack")
         raw.send(MsgVerack())
@@ -302,7 +302,7 @@ def test_handshake_timeout(nodes):
     cm = nodes(handshake_timeout=0.4)
     t0 = time.monotonic()  # before the connection exists, so before its handshake clock starts
     with RawPeer(cm.listen_port, MAGIC) as mute:
-        assert mute.recv_message().command == "version"
+        assert mute.read_message().command == "version"
         assert mute.is_closed(10)  # liveness guard; the default timeout would be 60 s
         assert time.monotonic() - t0 >= 0.4  # not closed before the timeout
     assert cm.connected_count() == 0

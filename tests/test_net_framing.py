@@ -177,7 +177,7 @@ def test_cpp_handshake_bytes_accepted(nodes, cpp_handshake):
     assert int(cpp_handshake["magic"], 16) == cm.magic
     raw_by_cmd = {m["command"]: bytes.fromhex(m["raw_hex"]) for m in cpp_handshake["messages"]}
     with RawPeer(cm.listen_port, cm.magic) as raw:
-        first = raw.recv_message()
+        first = raw.read_message()
         assert first.command == "version"  # ours comes first, before any verack (net 7.1 item 3)
         raw.send_raw(raw_by_cmd["version"])
         assert raw.wait_for("verack") == MsgVerack()
@@ -206,7 +206,7 @@ def test_our_version_parses_as_cpp_layout(nodes):
     """What we send is the C++ 3.1 layout exactly (no trailing bytes), with our nonce."""
     cm = nodes()
     with RawPeer(cm.listen_port, MAGIC) as raw:
-        msg = raw.recv_message()
+        msg = raw.read_message()
         assert isinstance(msg, NetMessage) and msg.command == "version"
         version = MsgVersion.deserialize(msg.payload)
         assert len(msg.payload) == 4 + 8 + 8 + 8 + 1 + len(version.user_agent) + 4 + 1

@@ -17,8 +17,8 @@ import pytest
 
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.net import block_download
-from dilithion.net.block_relay import (MAX_ANNOUNCED_UNKNOWN_PER_PEER, MAX_INV_BLOCK_ITEMS,
-                                       UNREQUESTED_BLOCK_SCORE)
+from dilithion.net.block_fetch import MAX_INV_BLOCK_ITEMS, UNREQUESTED_BLOCK_SCORE
+from dilithion.net.peer_relay_state import MAX_ANNOUNCED_UNKNOWN_PER_PEER
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgInv, MsgPing, MsgVersion
 from dilithion.net.tx_relay import TxRelayManager
 from dilithion.node.blockchain_storage import block_key
@@ -194,7 +194,7 @@ def test_one_huge_inv_logs_a_line_and_adds_a_bounded_number_of_entries(inprocess
     pid = peer_from(node, ATTACKER).id
     assert len(relay._peers[pid].known) == 0                    # made-up hashes are not "known"
     assert len(relay._peers[pid].announced) <= MAX_ANNOUNCED_UNKNOWN_PER_PEER
-    assert len(relay._first_seen) <= MAX_INV_BLOCK_ITEMS
+    assert len(relay.fetch._first_seen) <= MAX_INV_BLOCK_ITEMS
     attacker.close()
 
 

@@ -94,7 +94,7 @@ def until_pong(peer: RawPeer, most: int, timeout: float = 10.0) -> list[str]:
     peer.send(MsgPing(99))
     got: list[str] = []
     while True:
-        msg = peer.recv_message(timeout)
+        msg = peer.read_message(timeout)
         assert msg is not None, "connection closed"
         if msg.command == "pong":
             return got

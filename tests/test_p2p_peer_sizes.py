@@ -61,7 +61,7 @@ def test_huge_user_agent_peer_is_disconnected_and_nothing_of_it_is_held(nodes):
     try:
         attacker.send(version_with_agent(huge))
         commands = []
-        while (msg := attacker.recv_message(10.0)) is not None:
+        while (msg := attacker.read_message(10.0)) is not None:
             commands.append(msg.command)
         assert "verack" not in commands
         assert wait_until(lambda: all(p.host != attacker_host(0)

@@ -143,7 +143,7 @@ def test_per_netgroup_inbound_limit_counts_each_loopback_address_alone(nodes):
     other = RawPeer(cm.listen_port, MAGIC, bind_host=attacker_host(1))
     try:
         assert peers[3].is_closed(10)                    # the fourth from 127.0.0.10: refused
-        assert other.recv_message().command == "version"  # 127.0.0.11 is its own group
+        assert other.read_message().command == "version"  # 127.0.0.11 is its own group
         assert cm.peer_manager.get_inbound_count() == 4
         assert transport_metric(cm, "peers_evicted_total") == 0
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dilithion.net.protocol import (CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetblocks, MsgGetdata,
                                     MsgInv)
-from dilithion.net import block_download, block_relay
+from dilithion.net import block_download, block_sync
 from dilithion.primitives.block import Block, BlockHeader
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
@@ -37,7 +37,7 @@ def test_fresh_node_catches_up_300_blocks(inprocess_nodes):
 def test_catch_up_batches_continue_on_getdata_and_on_echo(inprocess_nodes, monkeypatch):
     """C++-style peer: from height 1, ascending batches; the next batch follows a
     getdata for the batch's last hash, or the C++ echo (block) of it."""
-    monkeypatch.setattr(block_relay, "INV_BATCH", 10)
+    monkeypatch.setattr(block_sync, "INV_BATCH", 10)
     chain = regtest_chain(25)
     node = inprocess_nodes("n")
     node.load(chain)
@@ -268,8 +268,8 @@ def test_fork_heals_when_batches_end_on_blocks_we_never_request(inprocess_nodes,
     already has or lost from a full orphan pool, so it never requests the batch's
     last hash and the sender never sends the next batch.  The receiver asks for more
     itself (``getblocks`` from the end of what it has of that branch)."""
-    monkeypatch.setattr(block_relay, "INV_BATCH", 10)
-    monkeypatch.setattr(block_relay, "GETBLOCKS_INTERVAL_S", 0.2)
+    monkeypatch.setattr(block_sync, "INV_BATCH", 10)
+    monkeypatch.setattr(block_sync, "GETBLOCKS_INTERVAL_S", 0.2)
     genesis = regtest_chain(0)
     heavy = _fork(genesis[0][1], 45, payee_seed=3, time_offset=0)
     light = _fork(genesis[0][1], 25, payee_seed=4, time_offset=9)

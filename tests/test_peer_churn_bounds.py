@@ -28,7 +28,7 @@ def per_peer_sizes(node) -> dict[str, int]:
     return {"peer table": len(ctx.peer_manager.get_all_peers()),
             "connections": len(ctx.connman._conns),
             "selector": len(ctx.connman._selector.get_map()),
-            "block relay peers": len(relay._peers),
+            "block relay peers": relay.peer_count(),
             "download by peer": len(dl._by_peer), "download in flight": len(dl._peer_flight),
             "download progress": len(dl._progress),
             "broadcaster peer stats": len(ctx.broadcaster._peers),

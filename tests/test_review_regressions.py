@@ -29,7 +29,7 @@ def _pong(peer: RawPeer, nonce: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     try:
         while True:
-            msg = peer.recv_message(max(0.01, deadline - time.monotonic()))
+            msg = peer.read_message(max(0.01, deadline - time.monotonic()))
             if msg is None:
                 return False
             if msg.command == "pong" and MsgPing.deserialize(msg.payload).nonce == nonce:

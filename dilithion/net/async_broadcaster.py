@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 from loguru import logger
 
+from dilithion.net.peer_relay_state import Announce, AnnounceFilters, announce_decision
 from dilithion.net.protocol import Inv, InvType, MsgInv
 from dilithion.net.socket import TokenBucket
 from dilithion.node.metrics import NULL_METRICS, Metrics
@@ -57,6 +58,8 @@ class BroadcastTask:
     hash: Uint256
     exclude_peer: int | None
     created: float
+    #: A block's parent ``(hash, height)``; None: unknown (C++ peers are not told).
+    parent: tuple[bytes, int] | None = None
     message: MsgInv = field(init=False)
     eligible: int = 0
     delivered: int = 0
@@ -93,9 +96,12 @@ class AsyncBroadcaster:
     counter and the per-peer statistics.  ``connman.send_message`` is called
     *outside* that lock so a slow transport never holds up callers.
 
-    ``peer_filter(peer, task) -> bool`` (the block relay's ``may_announce``,
-    set by the node assembly before :meth:`start`) can veto a peer for a task,
-    e.g. a C++ peer that may lack the block's parent.
+    ``announce_filters`` (:class:`~dilithion.net.peer_relay_state.AnnounceFilters`,
+    given by the node assembly) holds the immutable per-peer snapshots the
+    message-handler thread publishes; a block is sent to a peer only if
+    :func:`~dilithion.net.peer_relay_state.announce_decision` says so on that
+    snapshot (skipped: the peer has it, or a C++ peer that gets it by catch-up,
+    which the handler thread sends).  Workers never call into the relay.
     Each block is announced once: the block relay's tip listener is the only
     caller of :meth:`broadcast_block`.
     """
@@ -108,7 +114,7 @@ class AsyncBroadcaster:
                  metrics: Metrics = NULL_METRICS, workers: int = 1, rate: float = 200.0,
                  burst: float = 100.0,
                  max_retries: int = DEFAULT_MAX_RETRIES, retry_base_s: float | None = None,
-                 peer_filter: Callable[[object, BroadcastTask], bool] | None = None,
+                 announce_filters: AnnounceFilters | None = None,
                  propagation=None, clock: Callable[[], float] = time.monotonic) -> None:
         #: Monotonic seconds for rate limits, retry due times and latency.
         #: Tests inject a fake clock; waits still use real time (bounded by RATE_SAMPLE_S).
@@ -123,7 +129,8 @@ class AsyncBroadcaster:
         #: First retry delay in seconds (doubled per attempt); the node passes
         #: ``DIL_BROADCAST_BACKOFF_MS`` in through ``NodeConfig``.
         self.retry_base_s = self.RETRY_BASE_S if retry_base_s is None else retry_base_s
-        self.peer_filter = peer_filter
+        #: Per-peer snapshots published by the handler thread (None: announce to all).
+        self.announce_filters = announce_filters
         #: The block relay's per-block propagation record (``PropagationLog``), or None.
         self.propagation = propagation
         self._cv = threading.Condition(threading.Lock())
@@ -161,9 +168,12 @@ class AsyncBroadcaster:
         self._threads.clear()
 
     # ----------------------------------------------------------------- producers
-    def broadcast_block(self, block_hash, exclude_peer: int | None = None) -> None:
-        """Queue a block ``inv`` for every eligible peer; returns at once."""
-        self._enqueue(InvType.MSG_BLOCK_INV, block_hash, exclude_peer)
+    def broadcast_block(self, block_hash, exclude_peer: int | None = None,
+                        parent: tuple[bytes, int] | None = None) -> None:
+        """Queue a block ``inv`` for every eligible peer; returns at once.  ``parent``
+        is the block's parent ``(hash, height)`` (C++ peers hear only of blocks
+        whose parent they have)."""
+        self._enqueue(InvType.MSG_BLOCK_INV, block_hash, exclude_peer, parent)
 
     def broadcast_tx(self, txid, exclude_peer: int | None = None) -> None:
         """Queue a tx ``inv`` for every peer that relays txs and has not seen it.
@@ -172,10 +182,12 @@ class AsyncBroadcaster:
         """
         self._enqueue(InvType.MSG_TX_INV, txid, exclude_peer)
 
-    def _enqueue(self, inv_type: int, h, exclude_peer: int | None) -> None:
+    def _enqueue(self, inv_type: int, h, exclude_peer: int | None,
+                 parent: tuple[bytes, int] | None = None) -> None:
         now = self._clock()
         with self._cv:
-            self._queue.append(BroadcastTask(int(inv_type), Uint256(bytes(h)), exclude_peer, now))
+            self._queue.append(BroadcastTask(int(inv_type), Uint256(bytes(h)), exclude_peer, now,
+                                             parent))
             self.tasks_queued += 1
             self._set_depth_metric()
             self._cv.notify()
@@ -236,12 +248,21 @@ class AsyncBroadcaster:
                 relay = self.tx_relay
                 if relay is not None and not relay.should_announce(peer.id, bytes(task.hash)):
                     continue
-            if self.peer_filter is not None and not self.peer_filter(peer, task):
+            if task.is_block and not self._announce_allowed(peer, task):
                 self._not_sent(task, peer.id, "skipped: peer has the block, or a C++ peer that"
                                               " gets it by catch-up")
                 continue
             peers.append(peer)
         return peers
+
+    def _announce_allowed(self, peer, task: BroadcastTask) -> bool:
+        """Decided from the peer's published snapshot alone (monotonic time, the
+        relay's clock for catch-up deadlines)."""
+        if self.announce_filters is None:
+            return True
+        view = self.announce_filters.get(peer.id, peer.is_cpp())
+        return announce_decision(view, bytes(task.hash), task.parent,
+                                 time.monotonic()) is Announce.SEND
 
     def _fan_out(self, task: BroadcastTask) -> None:
         peers = self._eligible_peers(task)

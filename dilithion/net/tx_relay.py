@@ -251,6 +251,7 @@ class TxRelay:
 
     def on_tx(self, peer, tx) -> bool:
         """A ``tx`` arrived: mempool it and announce it onwards.  Returns True if accepted.
+        C++: ``ProcessTxMessage``.
 
         A rejected transaction is not the sender's fault in general (missing
         inputs, already spent after a block), so it costs no misbehaviour

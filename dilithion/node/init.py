@@ -12,7 +12,7 @@ Wiring happens here and nowhere else: each component gets its neighbours as
 constructor arguments (never the ``NodeContext``), and every registration of
 one component on another (the chain's tip listeners, the message processor's
 handlers and listeners, the transport's sink and delivery observer, the
-broadcaster's peer filter) is made by :meth:`NodeAssembly._wire`, in one
+broadcaster's announce filters are a constructor argument) is made by :meth:`NodeAssembly._wire`, in one
 commented order.  ``tests/test_architecture.py`` checks that no other module
 of the package registers anything.  The helpers :func:`connect_tip_listeners`,
 :func:`attach_processor` and :func:`miner_for` are the same wiring for the
@@ -43,6 +43,7 @@ from dilithion.net.connection import TransportConfig, send_timeout_ms_from_env
 from dilithion.net.net_transport import ConnectionManager
 from dilithion.net.pow_prefetch import PowPrefetch
 from dilithion.net.propagation import PropagationLog
+from dilithion.net.peer_relay_state import AnnounceFilters
 from dilithion.net.tx_relay import TxRelay, TxRelayManager
 from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
@@ -314,14 +315,17 @@ class NodeAssembly:
         options = {"max_retries": cfg.broadcast_retries,
                    "retry_base_s": cfg.broadcast_backoff_ms / 1000.0, **cfg.broadcaster_options}
         propagation = PropagationLog()      # the relay records, the broadcaster fills in
+        announce_filters = AnnounceFilters()    # the relay publishes, the broadcaster reads
         ctx.broadcaster = AsyncBroadcaster(connman, tx_relay=ctx.tx_relay, metrics=ctx.metrics,
-                                           propagation=propagation, **options)
+                                           propagation=propagation,
+                                           announce_filters=announce_filters, **options)
         self._log_p2p_levers()
         accept = functools.partial(accept_to_memory_pool, ctx.chainstate, ctx.utxo_set,
                                    ctx.mempool)
         tx = TxRelay(connman, ctx.tx_relay, ctx.mempool, accept, ctx.broadcaster)
         ctx.block_relay = BlockRelay(ctx.chainstate, connman, ctx.broadcaster, tx,
                                      post=ctx.processor.post, propagation=propagation,
+                                     announce_filters=announce_filters,
                                      metrics=ctx.metrics, on_fatal=ctx.fatal_error)
         ctx.added_nodes = AddedNodes(connman)
         ctx.pow_prefetch = PowPrefetch(ctx.chainstate, metrics=ctx.metrics)
@@ -367,13 +371,12 @@ class NodeAssembly:
         attach_processor(ctx.connman, ctx.processor)
         # ... and every block payload, as it is queued, to the proof-of-work prefetch.
         ctx.connman.delivery_observers["block"] = ctx.pow_prefetch.offer
-        # The block relay's message handlers, handshake and disconnect listeners, and
-        # its veto on which peer hears of which block.
+        # The relay's message handlers (one per job), and its handshake and disconnect
+        # listeners: the one place a peer's relay state is created and dropped.
         for msg_type, fn in ctx.block_relay.handlers():
             ctx.processor.add_handler(msg_type, fn)
         ctx.processor.add_handshake_listener(ctx.block_relay.on_handshake)
         ctx.processor.add_disconnect_listener(ctx.block_relay.on_disconnect)
-        ctx.broadcaster.peer_filter = ctx.block_relay.may_announce
         # The chain's tip listeners, in the order connect_tip_listeners documents.
         connect_tip_listeners(ctx.chainstate, mempool=ctx.mempool, coins=ctx.utxo_set,
                               metrics=ctx.metrics, block_relay=ctx.block_relay, miner=ctx.miner)

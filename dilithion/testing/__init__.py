@@ -11,8 +11,11 @@ picked, a node process is started or a peer speaks is made in one place:
 * :mod:`.cpp_node` - the C++ binary by path as a node process (``CppNode``) and
   its tip read from its log (the diff, the lab's ``mixed``, ``bench_mining``,
   ``tests/test_cpp_interop.py``);
-* :mod:`.wire_peer` - a blocking scripted wire peer with a ping/pong barrier,
-  and the frame builder;
+* :mod:`.wire_peer` - the one wire peer (frames, own source address,
+  handshake; blocking reads with a ping/pong barrier, or a reader thread with
+  ``on_<command>`` callbacks and counters; ``TestPeer``/``RawPeer`` are its
+  test-facing defaults);
+* :mod:`.swarm` - many such peers at once (the lab's load scenario);
 * :mod:`.testnet_blocks` - the C++ vector chain and the pre-mined testnet blocks.
 
 It sits in the tools layer, below ``dilithion.tools`` (``.importlinter``): the

@@ -9,14 +9,16 @@ from here; the fixtures ``network``, ``process_node`` and ``test_peer`` in
   ``NodeAssembly`` as the program, with direct access to its components);
 * :class:`NodeFactory` - transport-only nodes for the P2P transport tests;
 * :func:`regtest_chain` - a real regtest chain mined once per session;
-* :class:`TestPeer` - a scripted wire peer with a reader thread; ``RawPeer``,
-  ``frame``, ``frame_raw`` for byte-level tests;
+* :class:`TestPeer` - the harness's wire peer (:mod:`dilithion.testing.wire_peer`)
+  with its reader thread; ``RawPeer`` (the same peer in blocking mode), ``frame``,
+  ``frame_raw`` for byte-level tests;
 * :func:`wait_until`, :func:`sync_blocks`, :func:`sync_heights` - waiting that
   fails with the state that matters;
 * :func:`free_port`, :func:`port_is_free` - the harness's port allocator
   (:mod:`dilithion.testing.ports`), which the tools and benchmarks use too.
 """
 from dilithion.testing.ports import free_port, port_is_free
+from dilithion.testing.wire_peer import REGTEST_MAGIC, RawPeer, TestPeer, frame, frame_raw
 
 from .chains import MINER, REGTEST, regtest_chain, side_block
 from .clock import FakeClock
@@ -24,11 +26,9 @@ from .inprocess import InProcessNode, next_commands, raw_peer
 from .network import TOPOLOGIES, Nodes, connect_topology
 from .node import TestNode, payee
 from .process_node import NODE_BIN, ProcessNode, run_node
-from .test_peer import TestPeer
 from .transport import NodeFactory, transport_metric
 from .util import (CONVERGE_TIMEOUT, LoopbackServer, best_hashes, chain_states, converged,
                    heights, sync_blocks, sync_heights, wait_until)
-from .wire import REGTEST_MAGIC, RawPeer, frame, frame_raw
 
 __all__ = [
     "CONVERGE_TIMEOUT", "FakeClock", "MINER", "NODE_BIN", "REGTEST", "REGTEST_MAGIC", "TOPOLOGIES",

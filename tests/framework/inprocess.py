@@ -14,23 +14,22 @@ itself): use :class:`ProcessNode` for crash tests.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from loguru import logger
 
 from dilithion.core.chainparams import ChainParams
 from dilithion.net.connection import TransportConfig
-from dilithion.net.protocol import MsgPing, MsgVersion, decode_payload
+from dilithion.net.protocol import MsgPing, decode_payload
 from dilithion.node.init import NodeAssembly, NodeConfig
 from dilithion.node.log_rate_limit import LogRateLimiter
 from dilithion.node.logging_setup import RateLimitedSink
 from dilithion.primitives.block import Block, Uint256
+from dilithion.testing.wire_peer import RawPeer
 
 from .chains import REGTEST
 from .node import MetricKey, TestNode, metric_key
 from .util import wait_until
-from .wire import RawPeer
 
 __all__ = ["InProcessNode", "raw_peer", "next_commands"]
 
@@ -222,9 +221,8 @@ def raw_peer(node: InProcessNode, agent: bytes = b"/p2p_util:0.1/", start_height
     """A raw test peer that finished the handshake with ``node``."""
     pm = node.connman.peer_manager
     last_id = max((p.id for p in pm.get_all_peers()), default=0)
-    peer = RawPeer(node.p2p_port, node.params.magic, rcvbuf=rcvbuf)
-    peer.handshake(MsgVersion(timestamp=int(time.time()), nonce=7, user_agent=agent,
-                              start_height=start_height, relay=relay))
+    peer = RawPeer(node.p2p_port, node.params.magic, rcvbuf=rcvbuf, user_agent=agent)
+    peer.handshake(start_height=start_height, relay=relay, nonce=7)
     wait_until(lambda: any(p.id > last_id for p in pm.handshake_complete_peers()))
     return peer
 
@@ -235,7 +233,7 @@ def next_commands(peer: RawPeer, until: str = "pong", timeout: float = 5.0) -> l
     peer.send(MsgPing(99))
     out = []
     while True:
-        msg = peer.recv_message(timeout)
+        msg = peer.read_message(timeout)
         assert msg is not None, "connection closed"
         if msg.command == until:
             return out

@@ -21,13 +21,14 @@ from dilithion.node.genesis import create_genesis_block
 from dilithion.primitives.block import Block
 from dilithion.rpc.client import RPCCallError, RPCClientError
 from dilithion.testing.node_process import NodeProcess, TargetError
-from dilithion.testing.wire_peer import NoReply, WirePeer
+from dilithion.testing.wire_peer import LoopbackHosts, NoReply, WirePeer
 
 from .catalogue import Catalogue
 from .corpus import Corpus, Step
 from .observe import Difference, compare, normalise_rpc, normalise_wire, read_blocks_db
 
 LOG_TAIL_LINES = 15
+DRIVER_USER_AGENT = b"/dilithion-diff:0.1/"
 
 
 @dataclass
@@ -51,12 +52,18 @@ class Side:
     def __init__(self, target: NodeProcess, magic: int, step_timeout: float) -> None:
         self.target, self.magic, self.step_timeout = target, magic, step_timeout
         self.peer: WirePeer | None = None
+        self.hosts = LoopbackHosts()
 
     def connect(self) -> list[tuple[str, bytes]]:
+        """A new connection from the next loopback address; what the node sent on it."""
         self.close_peer()
-        self.peer = WirePeer(self.target.p2p_port, self.magic, self.step_timeout)
-        self.peer.connect()
-        return self.peer.handshake()
+        self.peer = WirePeer(self.magic, self.hosts.next(), DRIVER_USER_AGENT, keep_transcript=True)
+        self.peer.connect(self.target.p2p_port, timeout=self.step_timeout)
+        try:
+            self.peer.handshake(timeout=self.step_timeout)
+        except ConnectionError:
+            pass                        # closed during the handshake: an observation
+        return self.peer.barrier(self.step_timeout)
 
     def close_peer(self) -> None:
         if self.peer is not None:
@@ -231,9 +238,12 @@ class Runner:
         if side.peer is None or side.peer.closed or step.new_connection:
             side.connect()
         peer = side.peer
-        peer.send(step.command, step.payload, checksum=step.checksum, size=step.size,
-                  magic=step.magic)
-        wire = peer.barrier()
+        try:
+            peer.send_frame(step.command, step.payload, checksum=step.checksum, size=step.size,
+                            magic=step.magic)
+        except OSError:
+            pass                        # the node closed: the barrier reports the disconnect
+        wire = peer.barrier(side.step_timeout)
         obs = {"wire": normalise_wire(wire), "disconnect": peer.closed, "ban": False}
         if peer.closed:
             obs["ban"] = not peer.accepted_again()

@@ -21,8 +21,8 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.rpc.client import RPCCallError, RPCClientError
 from dilithion.testing.ports import free_port
+from dilithion.testing.swarm import PeerSwarm
 from dilithion.tools.lab.labnode import START_TIMEOUT_S, LabError, LabNode, check_port_free
-from dilithion.tools.lab.lightpeer import LightPeers
 from dilithion.tools.lab.proxy import FaultProxy
 
 __all__ = ["Lab", "BlockRecord", "SAMPLED_METRICS"]
@@ -79,7 +79,7 @@ class Lab:
         self.node_args = list(node_args or [])
         self.nodes: list[LabNode] = []
         self.proxies: dict[tuple[str, str], FaultProxy] = {}
-        self.light: list[LightPeers] = []
+        self.light: list[PeerSwarm] = []
         #: Other processes the lab stops on close (the C++ nodes of ``mixed``).
         self.foreign: list = []
         self.sample_interval = sample_interval
@@ -135,8 +135,8 @@ class Lab:
     def peer_count(self, node: LabNode) -> int:
         return len(node.rpc("getpeerinfo"))
 
-    def add_light_peers(self, count: int) -> LightPeers:
-        swarm = LightPeers(self.magic, [("127.0.0.1", n.p2p_port) for n in self.nodes], count)
+    def add_light_peers(self, count: int) -> PeerSwarm:
+        swarm = PeerSwarm(self.magic, [("127.0.0.1", n.p2p_port) for n in self.nodes], count)
         self.light.append(swarm.start())
         return swarm
 

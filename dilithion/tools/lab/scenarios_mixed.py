@@ -25,7 +25,7 @@ from pathlib import Path
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.primitives.block import Block
 from dilithion.testing.testnet_blocks import DEFAULT_VECTORS, MINED_FILE, vector_blocks
-from dilithion.testing.wire_peer import NoReply, WirePeer
+from dilithion.testing.wire_peer import LoopbackHosts, NoReply, WirePeer
 from dilithion.tools.lab.cppnode import CppLabNode, cpp_binary_from_env
 from dilithion.tools.lab.lab import BlockRecord
 from dilithion.tools.lab.labnode import LabError
@@ -37,6 +37,7 @@ __all__ = ["premined_chain", "side_by_side"]
 RELAY_DEFECT = "net D-17"
 #: How long the node behind the C++ node is watched after the C++ node had every block.
 BEHIND_CPP_WAIT_S = 15.0
+MIXED_USER_AGENT = b"/dilithion-lab:mixed/"
 
 
 def premined_chain(limit: int, vectors: Path = DEFAULT_VECTORS,
@@ -128,13 +129,13 @@ def run_mixed(run: Run) -> None:
     run.event(f"{cpp.name} (C++) linked to {origin.name} and {behind.name}")
     run.measured = [n.name for n in line]
     run.bar.reset(total=len(chain))
-    peer = WirePeer(origin.p2p_port, lab.magic, timeout=60)
+    peer = WirePeer(lab.magic, LoopbackHosts().next(), MIXED_USER_AGENT)
     try:
-        peer.connect()
-        peer.handshake()
+        peer.connect(origin.p2p_port, timeout=60)
+        peer.handshake(timeout=60)
         for name, block, block_hash in chain:
-            peer.send("block", block.serialize())
-            peer.barrier()
+            peer.send_frame("block", block.serialize())
+            peer.barrier(60)
             lab.wait_for(lambda: _has(origin, block_hash), 60,
                          f"the origin node did not connect block {name}")
             rec = BlockRecord(block_hash, origin.name,
