@@ -111,6 +111,22 @@ def framework_nodes(tmp_path):
 
 
 @pytest.fixture
+def inprocess_nodes(framework_nodes):
+    """``make(name=None, extra_args=(), *, coins=False, rpc=False, chain=None, **kw)`` -> a
+    started ``InProcessNode`` (relay-only, no RPC server unless asked; ``chain``: blocks
+    loaded once it runs; other keywords go to ``InProcessNode``); all closed afterwards."""
+    def make(name: str | None = None, extra_args=(), *, coins: bool = False, rpc: bool = False,
+             chain=None, **kw):
+        node = framework_nodes.inprocess_node(name, extra_args, start=True, coins=coins, rpc=rpc,
+                                              **kw)
+        if chain is not None:
+            node.load(chain)
+        return node
+
+    return make
+
+
+@pytest.fixture
 def process_node(framework_nodes):
     """``process_node(name=None, extra_args=(), start=False, **kw)`` -> ``ProcessNode``."""
     return framework_nodes.process_node

@@ -21,31 +21,21 @@ def fake_hash(i: int) -> bytes:
 
 
 @pytest.fixture
-def node(tmp_path, request):
-    kw = getattr(request, "param", {})
-    n = InProcessNode(tmp_path, "n", coins=False, rpc=False, **kw).start()
-    yield n
-    n.close()
+def node(inprocess_nodes, request):
+    return inprocess_nodes("n", **getattr(request, "param", {}))
 
 
 @pytest.fixture
-def clocked(tmp_path):
+def clocked(inprocess_nodes):
     """A node whose broadcaster runs on a hand-driven clock: rate limits, retry due
     times and latencies move only when the test advances it.  How fast things are
     in real time is contrib/bench/bench_broadcast.py's job, not the tests'."""
-    made = []
-
     def make(**kw):
         clock = FakeClock()
         options = {"clock": clock, **kw.pop("broadcaster_options", {})}
-        node = InProcessNode(tmp_path, f"n{len(made)}", coins=False, rpc=False,
-                             broadcaster_options=options, **kw).start()
-        made.append(node)
-        return node, clock
+        return inprocess_nodes(broadcaster_options=options, **kw), clock
 
-    yield make
-    for node in made:
-        node.close()
+    return make
 
 
 def advance_until(clock: FakeClock, predicate, step: float = 0.25, timeout: float = 10.0) -> bool:

@@ -20,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import pytest
 from dilithion.core.chainparams import ChainParams
 from dilithion.net.protocol import CPP_USER_AGENT, Inv, InvType, MsgInv, MsgVersion
 from dilithion.primitives.block import Block, Uint256
+from dilithion.testing.cpp_node import CppNode, check_binary
 from framework import RawPeer, free_port
 from framework import InProcessNode, wait_until
 
@@ -39,53 +39,9 @@ if not CPP_NODE or not os.access(CPP_NODE, os.X_OK):
 
 pytestmark = pytest.mark.cpp
 TESTNET = ChainParams.testnet()
-
-
-class CppNode:
-    """The C++ node as a subprocess; its stdout is collected line by line."""
-
-    def __init__(self, datadir: Path, connect_port: int, mine: bool = False) -> None:
-        self.port, self.rpcport = free_port(), free_port()
-        args = [CPP_NODE, "--testnet", f"--datadir={datadir}", f"--port={self.port}",
-                f"--rpcport={self.rpcport}", f"--connect=127.0.0.1:{connect_port}"]
-        if mine:
-            args += ["--mine", "--threads=1"]
-        self.lines: list[str] = []
-        self._lock = threading.Lock()
-        self.proc = subprocess.Popen(args, cwd=datadir.parent, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     text=True, errors="replace")
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            with self._lock:
-                self.lines.append(line.rstrip("\n"))
-
-    def output(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
-
-    def wait_for_line(self, pattern: str, timeout: float) -> re.Match | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.output())
-            if m:
-                return m
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        return re.search(pattern, self.output())
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL: its clean shutdown can hang on blocked threads."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+#: liveness guards for what the C++ node prints (a testnet block takes it minutes)
+CATCH_UP_TIMEOUT = 180
+MINING_TIMEOUT = 900
 
 
 @pytest.fixture
@@ -103,16 +59,20 @@ def py_node(tmp_path):
 
 @pytest.fixture
 def cpp_factory(tmp_path):
+    """``start(connect_port, mine=False)`` -> a started harness ``CppNode`` dialling only
+    ``127.0.0.1:connect_port``; all stopped after the test."""
     started: list[CppNode] = []
 
     def start(connect_port: int, mine: bool = False) -> CppNode:
-        cpp = CppNode(tmp_path / f"cpp{len(started)}", connect_port, mine)
+        cpp = CppNode(f"cpp{len(started)}", tmp_path, check_binary(CPP_NODE),
+                      ["--mine", "--threads=1"] if mine else [],
+                      connect=f"127.0.0.1:{connect_port}")
         started.append(cpp)
-        return cpp
+        return cpp.start()
 
     yield start
     for cpp in started:
-        cpp.stop()
+        cpp.stop(timeout=5)
 
 
 def cpp_peers(node: InProcessNode) -> list:
@@ -126,12 +86,12 @@ def test_handshake_both_ways_and_cpp_catches_up_the_vector_chain(py_node, cpp_fa
     cpp = cpp_factory(py_node.p2p_port)
     # It dials us (inbound here) ...
     assert wait_until(lambda: any(p.inbound for p in cpp_peers(py_node)), timeout=180), \
-        cpp.output()[-3000:]
+        cpp.log_tail()
     # ... and we dial it.
     peer_id = None
     deadline = time.monotonic() + 60
     while peer_id is None and time.monotonic() < deadline:
-        pid = py_node.connman.connect("127.0.0.1", cpp.port)
+        pid = py_node.connman.connect("127.0.0.1", cpp.p2p_port)
         if pid is not None and py_node.connman.wait_for_handshake(pid, 10):
             peer_id = pid
         else:
@@ -139,13 +99,13 @@ def test_handshake_both_ways_and_cpp_catches_up_the_vector_chain(py_node, cpp_fa
     assert peer_id is not None
     assert py_node.connman.peer_manager.get_peer(peer_id).user_agent == CPP_USER_AGENT
 
-    assert cpp.wait_for_line(r"Updated best block to height 6", timeout=180), cpp.output()[-3000:]
-    out = cpp.output()
+    cpp.wait_for_log("Updated best block to height 6", timeout=CATCH_UP_TIMEOUT)
+    out = cpp.log_text()
     assert "Cannot find parent block" not in out      # nothing stored unconnectable (chain D21)
     assert "invalid PoW" not in out
 
     # It has all six: an inv of them is answered with the echo only (net D-14), no getdata.
-    with RawPeer(cpp.port, TESTNET.magic, timeout=30) as probe:
+    with RawPeer(cpp.p2p_port, TESTNET.magic, timeout=30) as probe:
         probe.handshake(MsgVersion(timestamp=int(time.time()), user_agent=b"/probe:0.1/"),
                         timeout=30)
         probe.send(MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(h)) for _, h in vector_chain[1:]]))
@@ -169,19 +129,19 @@ def test_python_node_catches_up_from_a_mining_cpp_node(tmp_path, py_node, cpp_fa
     helper = InProcessNode(tmp_path, "listener", coins=False, rpc=False, params=TESTNET).start()   # something for --connect to reach
     try:
         cpp = cpp_factory(helper.p2p_port, mine=True)
-        assert cpp.wait_for_line(r"BLOCK FOUND", timeout=900), cpp.output()[-3000:]
+        cpp.wait_for_log("BLOCK FOUND", timeout=MINING_TIMEOUT)
         pid = None
         for _ in range(30):
-            pid = py_node.connman.connect("127.0.0.1", cpp.port)
+            pid = py_node.connman.connect("127.0.0.1", cpp.p2p_port)
             if pid is not None and py_node.connman.wait_for_handshake(pid, 10):
                 break
             time.sleep(1)
         assert pid is not None
         # Wait for the next block it finds: announced to us, fetched, walked back.
-        hashes_before = len(re.findall(r"Block hash: ([0-9a-f]{64})", cpp.output()))
-        assert cpp.wait_for_line(r"(?s)" + r"Block hash: [0-9a-f]{64}.*" * (hashes_before + 1),
-                                 timeout=900)
-        found = re.findall(r"Block hash: ([0-9a-f]{64})", cpp.output())
+        hashes_before = len(cpp.log_lines(r"Block hash: [0-9a-f]{64}"))
+        cpp.wait_for_log(r"(?s)" + r"Block hash: [0-9a-f]{64}.*" * (hashes_before + 1),
+                         timeout=MINING_TIMEOUT, regex=True)
+        found = re.findall(r"Block hash: ([0-9a-f]{64})", cpp.log_text())
         assert wait_until(lambda: py_node.height() >= len(found), timeout=120)
         assert py_node.chain.main_chain_hash_at(len(found)).get_hex() == found[len(found) - 1]
     finally:
@@ -191,12 +151,12 @@ def test_python_node_catches_up_from_a_mining_cpp_node(tmp_path, py_node, cpp_fa
 def test_cli_getmininginfo_against_the_cpp_node(tmp_path, cpp_factory):
     """``dilithion-cli`` speaks the C++ RPC dialect (one write, ``[{...}]`` params, no cookie)."""
     cpp = cpp_factory(free_port())      # dials a closed port: it stays alone on loopback
-    assert cpp.wait_for_line(r"RPC server listening on port", timeout=60), cpp.output()
+    cpp.wait_for_log("RPC server listening on port", timeout=60)
     cli = Path(sys.executable).parent / "dilithion-cli"
     empty_datadir = tmp_path / "no-cookie"
     empty_datadir.mkdir()
     out = subprocess.run([str(cli), "--testnet", f"--datadir={empty_datadir}",
-                          f"--rpcport={cpp.rpcport}", "getmininginfo"],
+                          f"--rpcport={cpp.rpc_port}", "getmininginfo"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)

@@ -16,7 +16,7 @@ from dilithion.net.protocol import (MESSAGE_TYPES, Inv, MsgInv, MsgPing, MsgPong
 from dilithion.net.serialize import NetMessage
 from dilithion.net.socket import ByteBudget, FrameError, FrameReader, SendQueue, Socket, TokenBucket
 
-from framework import NodeFactory, RawPeer, frame, wait_until
+from framework import RawPeer, frame, wait_until
 
 MAGIC = ChainParams.regtest().magic
 
@@ -138,13 +138,6 @@ def test_send_queue_accepts_one_oversized_message_when_empty():
 
 
 # -- real sockets -------------------------------------------------------------
-
-@pytest.fixture
-def nodes(tmp_path):
-    factory = NodeFactory(tmp_path)
-    yield factory
-    factory.stop_all()
-
 
 def _collecting(nodes, cm, command="inv"):
     got = []

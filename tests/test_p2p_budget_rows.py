@@ -21,8 +21,8 @@ from dilithion.net.protocol import (Address, Inv, InvType, MsgAddr, MsgBlock, Ms
                                     MsgVerack, MsgVersion)
 from dilithion.primitives.transaction import OutPoint, Transaction, TxIn, TxOut
 from framework import frame, frame_raw, regtest_chain, wait_until
-from test_p2p_fairness import (HONEST, MAGIC, Record, all_handshaken, attacker_host, full_node,  # noqa: F401
-                               handshaken, junk_block)
+from test_p2p_fairness import (HONEST, MAGIC, Record, all_handshaken, attacker_host, handshaken,
+                               junk_block)
 
 ATTACKERS = 8
 MiB = 1024 * 1024
@@ -103,10 +103,9 @@ class ReadyRecord(Record):
 
 
 @pytest.fixture
-def victim(full_node):
+def victim(inprocess_nodes):
     chain = regtest_chain(2)
-    node = full_node()
-    node.load(chain[:2])
+    node = inprocess_nodes(coins=True, chain=chain[:2])
     return node, chain
 
 

@@ -31,21 +31,6 @@ HONEST = "127.0.0.1"
 ATTACKER = "127.0.0.10"
 
 
-@pytest.fixture
-def nodes(tmp_path):
-    made: list[InProcessNode] = []
-
-    def make(name: str, *args, **kw) -> InProcessNode:
-        kw.setdefault("coins", False)
-        node = InProcessNode(tmp_path, name, *args, rpc=False, **kw).start()
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
-
-
 def connect(node: InProcessNode, host: str, start_height: int | None = None) -> RawPeer:
     """A handshaken raw peer from ``host``; level with the node unless told otherwise."""
     pm = node.connman.peer_manager
@@ -80,9 +65,9 @@ def deliver_honestly(node: InProcessNode, honest: RawPeer, block_and_hash, durin
 
 
 # ----------------------------------------------------------------------------- (a)
-def test_inv_flood_does_not_stop_an_honest_announcement(nodes):
+def test_inv_flood_does_not_stop_an_honest_announcement(inprocess_nodes):
     chain = regtest_chain(2)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:2])
     attacker = connect(node, ATTACKER)
     attacker.send(MsgInv([Inv(BLOCK, os.urandom(32)) for _ in range(10_000)]))
@@ -96,9 +81,9 @@ def test_inv_flood_does_not_stop_an_honest_announcement(nodes):
 
 
 # ----------------------------------------------------------------------------- (b)
-def test_a_stalling_first_announcer_is_dropped_and_the_honest_one_asked(nodes):
+def test_a_stalling_first_announcer_is_dropped_and_the_honest_one_asked(inprocess_nodes):
     chain = regtest_chain(2)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:2])
     clock = FakeClock()
     node.ctx.block_relay.download.clock = clock
@@ -119,9 +104,9 @@ def test_a_stalling_first_announcer_is_dropped_and_the_honest_one_asked(nodes):
 
 
 # ----------------------------------------------------------------------------- (c)
-def test_strict_mutated_body_does_not_poison_the_real_block(nodes):
+def test_strict_mutated_body_does_not_poison_the_real_block(inprocess_nodes):
     chain = regtest_chain(3)
-    node = nodes("n", ["--strict"])
+    node = inprocess_nodes("n", ["--strict"])
     node.load(chain[:2])
     real, real_hash = chain[2]
     mutated = Block(real.header, real.vtx + b"\x00")           # same header and hash, other body
@@ -141,9 +126,9 @@ def test_strict_mutated_body_does_not_poison_the_real_block(nodes):
 
 
 # ----------------------------------------------------------------------------- (d)
-def test_unrequested_side_blocks_are_not_stored_and_cost_score(nodes):
+def test_unrequested_side_blocks_are_not_stored_and_cost_score(inprocess_nodes):
     chain = regtest_chain(3)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:4])
     hasher = RandomXHasher.for_key()
     body_size = 1 << 20
@@ -168,9 +153,9 @@ def test_unrequested_side_blocks_are_not_stored_and_cost_score(nodes):
 
 
 # ----------------------------------------------------------------------------- (e)
-def test_a_corrupt_side_branch_record_is_dropped_at_start_up(nodes):
+def test_a_corrupt_side_branch_record_is_dropped_at_start_up(inprocess_nodes):
     chain = regtest_chain(3)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:4])
     side, side_hash = side_block(RandomXHasher.for_key(), chain[0][1], b"side", REGTEST.genesis_time + 61)
     node.chain.process_new_block(side, block_hash=side_hash)   # a requested side block: stored
@@ -197,8 +182,8 @@ def test_a_corrupt_side_branch_record_is_dropped_at_start_up(nodes):
 
 
 # ----------------------------------------------------------------------------- (f)
-def test_one_huge_inv_logs_a_line_and_adds_a_bounded_number_of_entries(nodes):
-    node = nodes("n")
+def test_one_huge_inv_logs_a_line_and_adds_a_bounded_number_of_entries(inprocess_nodes):
+    node = inprocess_nodes("n")
     attacker = connect(node, ATTACKER)
     attacker.send(MsgInv([Inv(BLOCK, os.urandom(32)) for _ in range(50_000)]))
     assert len(getdata_hashes(attacker)) == block_download.MAX_BLOCKS_IN_TRANSIT_PER_PEER
@@ -213,12 +198,12 @@ def test_one_huge_inv_logs_a_line_and_adds_a_bounded_number_of_entries(nodes):
     attacker.close()
 
 
-def test_repeated_inv_floods_of_made_up_hashes_stay_within_the_announced_cap(nodes):
+def test_repeated_inv_floods_of_made_up_hashes_stay_within_the_announced_cap(inprocess_nodes):
     """Three hosts each announce 25 x 1,000 made-up block hashes: each peer's per-peer
     block sets hold at most ``MAX_ANNOUNCED_UNKNOWN_PER_PEER`` of them (20,000 each
     before, about 2.8 MB a peer), and the honest block still connects."""
     chain = regtest_chain(2)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:2])
     attackers = [connect(node, f"127.0.0.{10 + i}") for i in range(3)]
     for _ in range(25):
@@ -237,8 +222,8 @@ def test_repeated_inv_floods_of_made_up_hashes_stay_within_the_announced_cap(nod
         peer.close()
 
 
-def test_one_huge_tx_inv_is_bounded_per_peer(nodes):
-    node = nodes("n", coins=True)
+def test_one_huge_tx_inv_is_bounded_per_peer(inprocess_nodes):
+    node = inprocess_nodes("n", coins=True)
     attacker = connect(node, ATTACKER)
     attacker.send(MsgInv([Inv(InvType.MSG_TX_INV, os.urandom(32)) for _ in range(50_000)]))
     assert len(getdata_hashes(attacker)) == TxRelayManager.MAX_PEER_TX_IN_FLIGHT
@@ -257,13 +242,13 @@ def test_one_huge_tx_inv_is_bounded_per_peer(nodes):
 
 # ----------------------------------------------------------------------------- measurement
 @pytest.mark.slow
-def test_honest_block_connects_while_a_peer_floods_the_handler_thread(nodes):
+def test_honest_block_connects_while_a_peer_floods_the_handler_thread(inprocess_nodes):
     """Handler flood: the attacker keeps the message-handler thread busy with
     50,000-item invs (each costs a full decode) while the honest peer announces a
     block.  Round-robin processing serves the honest peer between the attacker's
     messages; reports the honest block's inv-to-connected time (target: under 3 s)."""
     chain = regtest_chain(2)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:2])
     attacker = connect(node, ATTACKER)
     honest = connect(node, HONEST)

@@ -14,14 +14,12 @@ import os
 import threading
 import time
 
-import pytest
-
 from dilithion.net.fair_queue import FairQueue
 from dilithion.net.net_receive import FRAMES_PER_PASS
 from dilithion.net.pow_prefetch import MAX_QUEUED
 from dilithion.net.protocol import Inv, InvType, MsgBlock, MsgGetdata, MsgInv, MsgPing, MsgVersion
 from dilithion.primitives.block import Block, BlockHeader, Uint256
-from framework import REGTEST, InProcessNode, RawPeer, frame, regtest_chain, wait_until
+from framework import REGTEST, RawPeer, frame, regtest_chain, wait_until
 
 HONEST = "127.0.0.1"
 #: ``nBits`` within the network's range (the hardest allowed): the handler and the
@@ -32,20 +30,6 @@ MAGIC = REGTEST.magic
 
 def attacker_host(i: int) -> str:
     return f"127.0.0.{10 + i}"
-
-
-@pytest.fixture
-def full_node(tmp_path):
-    made: list[InProcessNode] = []
-
-    def make(**kw) -> InProcessNode:
-        node = InProcessNode(tmp_path, f"n{len(made)}", rpc=False, **kw).start()
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
 
 
 def handshaken(port: int, host: str, start_height: int = 0) -> RawPeer:
@@ -286,14 +270,14 @@ def attacker_batch(i: int) -> bytes:
     return b"".join(parts)
 
 
-def test_many_polite_peers_do_not_hold_back_an_honest_block(full_node):
+def test_many_polite_peers_do_not_hold_back_an_honest_block(inprocess_nodes):
     """30 attackers, each under its per-peer limits, keep the handler busy with
     costly messages while 127.0.0.1 announces and delivers a block: the honest
     ``inv`` and ``block`` each wait for at most two other peers' messages (the
     one in progress and one more), not a round of all 30."""
     n = 30
     chain = regtest_chain(2)
-    node = full_node()
+    node = inprocess_nodes(coins=True)
     node.load(chain[:2])
     processor = node.ctx.processor
     record = Record(node.connman, processor)
@@ -330,7 +314,7 @@ def test_many_polite_peers_do_not_hold_back_an_honest_block(full_node):
 
 
 # ------------------------------------------------------------------ proof-of-work prefetch
-def test_prefetch_hashes_the_honest_header_before_most_queued_junk(full_node):
+def test_prefetch_hashes_the_honest_header_before_most_queued_junk(inprocess_nodes):
     """8 attackers each send 16 junk blocks (in-range ``nBits``, failing proof of
     work) while the handler is busy, so all of them reach the prefetch queue
     before the honest block does.  Round-robin by peer, the honest header is
@@ -338,7 +322,7 @@ def test_prefetch_hashes_the_honest_header_before_most_queued_junk(full_node):
     hashed), not after all 128 (FIFO across peers)."""
     n, per_peer = 8, 16
     chain = regtest_chain(2)
-    node = full_node()
+    node = inprocess_nodes(coins=True)
     node.load(chain[:2])
     block, h = chain[2]
     honest_header = block.header.serialize()

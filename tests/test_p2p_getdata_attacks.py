@@ -45,21 +45,6 @@ def big_chain():
     return base + blocks
 
 
-@pytest.fixture
-def nodes(tmp_path):
-    made: list[InProcessNode] = []
-
-    def make(name: str, *args, **kw) -> InProcessNode:
-        kw.setdefault("coins", False)
-        node = InProcessNode(tmp_path, name, *args, rpc=False, **kw).start()
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
-
-
 class BlockReads:
     """Counts the node's block reads from its LevelDB store (the real store does the reads)."""
 
@@ -128,9 +113,9 @@ def queue_of(node: InProcessNode, host: str):
 
 
 # ----------------------------------------------------------------------------- (a)
-def test_unknown_items_are_answered_from_memory(nodes):
+def test_unknown_items_are_answered_from_memory(inprocess_nodes):
     chain = regtest_chain(2)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:2])
     reads = BlockReads(node)
     unknown = [Inv(BLOCK, (i + 1).to_bytes(32, "little")) for i in range(50_000)]
@@ -164,8 +149,8 @@ def test_unknown_items_are_answered_from_memory(nodes):
 
 
 # ----------------------------------------------------------------------------- (b)
-def test_known_blocks_are_served_in_slices_within_the_queue_limit(nodes, big_chain):
-    node = nodes("n", send_timeout_ms=60_000)            # the non-reader stays connected
+def test_known_blocks_are_served_in_slices_within_the_queue_limit(inprocess_nodes, big_chain):
+    node = inprocess_nodes("n", send_timeout_ms=60_000)            # the non-reader stays connected
     node.load(big_chain)
     reads = BlockReads(node)
     limit = node.connman.config.max_send_buffer
@@ -204,9 +189,9 @@ def test_known_blocks_are_served_in_slices_within_the_queue_limit(nodes, big_cha
 
 
 # ----------------------------------------------------------------------------- (c)
-def test_many_non_readers_stay_under_the_node_wide_send_cap(nodes, big_chain):
+def test_many_non_readers_stay_under_the_node_wide_send_cap(inprocess_nodes, big_chain):
     cap = 6 * MIB
-    node = nodes("n", send_timeout_ms=500, max_send_total=cap)
+    node = inprocess_nodes("n", send_timeout_ms=500, max_send_total=cap)
     node.load(big_chain)
     big = [h for _, h in big_chain[2:]]
     largest = max(block_message_size(node, h) for h in big)
@@ -237,11 +222,11 @@ def test_many_non_readers_stay_under_the_node_wide_send_cap(nodes, big_chain):
     honest.close()
 
 
-def test_a_peer_cannot_grow_its_pending_queue_past_the_cap(nodes, big_chain, monkeypatch):
+def test_a_peer_cannot_grow_its_pending_queue_past_the_cap(inprocess_nodes, big_chain, monkeypatch):
     """Known items beyond MAX_PENDING_GETDATA are dropped unread and counted (the cap is
     lowered to 3 here: 1,000 distinct stored blocks would take minutes to mine)."""
     monkeypatch.setattr(block_serve, "MAX_PENDING_GETDATA", 3)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(big_chain)
     reads = BlockReads(node)
     distinct = [h for _, h in big_chain]                 # genesis, block 1, eight big blocks

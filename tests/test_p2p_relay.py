@@ -23,19 +23,10 @@ MATURE_TIP = 101
 
 
 @pytest.fixture
-def nodes(tmp_path):
-    made: list[InProcessNode] = []
-
-    def make(name: str, with_mempool: bool = True, **kw) -> InProcessNode:
-        node = InProcessNode(tmp_path, name, rpc=False, coins=with_mempool, **kw).start()
-        if with_mempool:
-            node.load(regtest_chain(MATURE_TIP))
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
+def mempool_node(inprocess_nodes):
+    """``make(name)`` -> a started node with a mempool, on a chain whose first coinbases
+    are mature (spendable)."""
+    return lambda name: inprocess_nodes(name, coins=True, chain=regtest_chain(MATURE_TIP))
 
 
 def spend_coinbase(node: InProcessNode, height: int) -> Transaction:
@@ -47,8 +38,8 @@ def spend_coinbase(node: InProcessNode, height: int) -> Transaction:
     return spend(MINER, [(outpoint, coin)], [(coin.value - FEE, p2pkh(RECIPIENT))])
 
 
-def test_tx_relays_a_to_b_to_c(nodes):
-    a, b, c = nodes("a"), nodes("b"), nodes("c")
+def test_tx_relays_a_to_b_to_c(mempool_node):
+    a, b, c = mempool_node("a"), mempool_node("b"), mempool_node("c")
     a.dial(b)
     b.dial(c)
     tx = spend_coinbase(a, 1)
@@ -62,8 +53,8 @@ def test_tx_relays_a_to_b_to_c(nodes):
         assert node.ctx.tx_relay.get_stats()[1] == 0
 
 
-def test_rejected_tx_is_not_pooled_or_relayed(nodes):
-    node = nodes("n")
+def test_rejected_tx_is_not_pooled_or_relayed(mempool_node):
+    node = mempool_node("n")
     sender = raw_peer(node, start_height=MATURE_TIP)
     watcher = raw_peer(node, start_height=MATURE_TIP)
     good = spend_coinbase(node, 2)
@@ -86,8 +77,8 @@ def test_rejected_tx_is_not_pooled_or_relayed(nodes):
     watcher.close()
 
 
-def test_tx_inv_is_requested_once_and_getdata_served_from_mempool(nodes):
-    node = nodes("n")
+def test_tx_inv_is_requested_once_and_getdata_served_from_mempool(mempool_node):
+    node = mempool_node("n")
     peer = raw_peer(node, start_height=MATURE_TIP)
     pooled = spend_coinbase(node, 1)
     ctx = node.ctx
@@ -108,8 +99,8 @@ def test_tx_inv_is_requested_once_and_getdata_served_from_mempool(nodes):
     peer.close()
 
 
-def test_disconnect_releases_in_flight_requests(nodes):
-    node = nodes("n")
+def test_disconnect_releases_in_flight_requests(mempool_node):
+    node = mempool_node("n")
     first = raw_peer(node, start_height=MATURE_TIP)
     second = raw_peer(node, start_height=MATURE_TIP)
     wanted = b"\x44" * 32
@@ -122,9 +113,9 @@ def test_disconnect_releases_in_flight_requests(nodes):
     second.close()
 
 
-def test_node_without_mempool_ignores_tx_items(nodes):
+def test_node_without_mempool_ignores_tx_items(inprocess_nodes):
     """Like the C++ node (net 5.5): no getdata for tx items, tx messages discarded."""
-    node = nodes("bare", with_mempool=False)
+    node = inprocess_nodes("bare")
     peer = raw_peer(node)
     peer.send(MsgInv([Inv(TX, b"\x45" * 32)]))
     peer.send(MsgTx(Transaction(1, [TxIn(OutPoint(b"\x01" * 32, 0))], [TxOut(5, b"\x51")])))
@@ -171,10 +162,10 @@ def test_manager_requests_expire_and_follow_disconnects():
     assert m.get_stats()[1] == 0
 
 
-def test_relay_cleans_up_expired_requests_periodically(nodes, monkeypatch):
+def test_relay_cleans_up_expired_requests_periodically(mempool_node, monkeypatch):
     monkeypatch.setattr(TxRelayManager, "TX_REQUEST_TIMEOUT", 0.05)
     monkeypatch.setattr(tx_relay_mod.TxRelay, "CLEANUP_INTERVAL_S", 0.0)
-    node = nodes("n")
+    node = mempool_node("n")
     peer = raw_peer(node, start_height=MATURE_TIP)
     never_sent = b"\x46" * 32
     peer.send(MsgInv([Inv(TX, never_sent)]))

@@ -5,9 +5,6 @@ and real RandomX; the mined regtest chain is shared for the session.
 """
 from __future__ import annotations
 
-
-import pytest
-
 from dilithion.net.protocol import (CPP_USER_AGENT, Inv, InvType, MsgBlock, MsgGetblocks, MsgGetdata,
                                     MsgInv)
 from dilithion.net import block_download, block_sync
@@ -15,31 +12,17 @@ from dilithion.primitives.block import Block, BlockHeader
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.mining.template import mine_block, mine_chain
-from framework import REGTEST, InProcessNode, next_commands, raw_peer, regtest_chain, wait_until
+from framework import REGTEST, next_commands, raw_peer, regtest_chain, wait_until
 
 BLOCK = InvType.MSG_BLOCK_INV
 
 
-@pytest.fixture
-def nodes(tmp_path):
-    made: list[InProcessNode] = []
-
-    def make(name: str, **kw) -> InProcessNode:
-        node = InProcessNode(tmp_path, name, coins=False, rpc=False, **kw).start()
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
-
-
 # --------------------------------------------------------------------------- catch-up
-def test_fresh_node_catches_up_300_blocks(nodes):
+def test_fresh_node_catches_up_300_blocks(inprocess_nodes):
     chain = regtest_chain(300)
-    server = nodes("server")
+    server = inprocess_nodes("server")
     server.load(chain)
-    fresh = nodes("fresh")
+    fresh = inprocess_nodes("fresh")
     fresh.dial(server)
     assert wait_until(lambda: fresh.height() == 300, timeout=60), fresh.height()   # liveness guard
     assert fresh.chain.tip().hash == chain[300][1]
@@ -51,12 +34,12 @@ def test_fresh_node_catches_up_300_blocks(nodes):
     assert fresh.ctx.block_relay.in_flight_count() == 0
 
 
-def test_catch_up_batches_continue_on_getdata_and_on_echo(nodes, monkeypatch):
+def test_catch_up_batches_continue_on_getdata_and_on_echo(inprocess_nodes, monkeypatch):
     """C++-style peer: from height 1, ascending batches; the next batch follows a
     getdata for the batch's last hash, or the C++ echo (block) of it."""
     monkeypatch.setattr(block_sync, "INV_BATCH", 10)
     chain = regtest_chain(25)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain)
     peer = raw_peer(node, agent=CPP_USER_AGENT, start_height=0)
     first = peer.wait_for("inv")
@@ -80,9 +63,9 @@ def test_catch_up_batches_continue_on_getdata_and_on_echo(nodes, monkeypatch):
     peer.close()
 
 
-def test_python_peer_is_announced_from_its_start_height(nodes):
+def test_python_peer_is_announced_from_its_start_height(inprocess_nodes):
     chain = regtest_chain(12)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain)
     peer = raw_peer(node, start_height=9)
     inv = peer.wait_for("inv")
@@ -94,9 +77,9 @@ def test_python_peer_is_announced_from_its_start_height(nodes):
     level.close()
 
 
-def test_cpp_peer_never_gets_a_block_whose_parent_it_may_lack(nodes):
+def test_cpp_peer_never_gets_a_block_whose_parent_it_may_lack(inprocess_nodes):
     chain = regtest_chain(4)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     peer = raw_peer(node, agent=CPP_USER_AGENT)
     node.load(chain[1:2])
     inv1 = peer.wait_for("inv")
@@ -111,9 +94,9 @@ def test_cpp_peer_never_gets_a_block_whose_parent_it_may_lack(nodes):
 
 
 # --------------------------------------------------------------------------- fetching
-def test_unknown_block_inv_is_fetched_once_and_known_ones_are_not_echoed(nodes):
+def test_unknown_block_inv_is_fetched_once_and_known_ones_are_not_echoed(inprocess_nodes):
     chain = regtest_chain(3)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:2])
     peer = raw_peer(node, start_height=3)
     known, unknown = bytes(chain[1][1]), bytes(chain[2][1])
@@ -127,11 +110,11 @@ def test_unknown_block_inv_is_fetched_once_and_known_ones_are_not_echoed(nodes):
     peer.close()
 
 
-def test_orphan_walks_back_to_genesis_through_the_sender(nodes):
+def test_orphan_walks_back_to_genesis_through_the_sender(inprocess_nodes):
     """Fed only the tip by a C++ peer (no ``getblocks``), a fresh node asks it for
     each missing parent in turn."""
     chain = regtest_chain(20)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     peer = raw_peer(node, agent=CPP_USER_AGENT)
     by_hash = {bytes(h): b for b, h in chain}
     peer.send(MsgBlock(chain[20][0]))
@@ -149,10 +132,10 @@ def test_orphan_walks_back_to_genesis_through_the_sender(nodes):
     peer.close()
 
 
-def test_orphan_from_a_python_peer_asks_for_its_chain_with_a_locator(nodes):
+def test_orphan_from_a_python_peer_asks_for_its_chain_with_a_locator(inprocess_nodes):
     """A Python peer gets one ``getblocks`` (our locator) per interval, not a parent walk."""
     chain = regtest_chain(20)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain[:13])
     peer = raw_peer(node, start_height=20)
     peer.send(MsgBlock(chain[20][0]))
@@ -168,9 +151,9 @@ def test_orphan_from_a_python_peer_asks_for_its_chain_with_a_locator(nodes):
     peer.close()
 
 
-def test_getdata_serves_stored_blocks_and_answers_unknown_with_notfound(nodes):
+def test_getdata_serves_stored_blocks_and_answers_unknown_with_notfound(inprocess_nodes):
     chain = regtest_chain(2)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     node.load(chain)
     peer = raw_peer(node, start_height=2)
     unknown = bytes(32)
@@ -185,9 +168,9 @@ def test_getdata_serves_stored_blocks_and_answers_unknown_with_notfound(nodes):
     peer.close()
 
 
-def test_invalid_block_gets_the_sender_discouraged(nodes):
+def test_invalid_block_gets_the_sender_discouraged(inprocess_nodes):
     chain = regtest_chain(1)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     peer = raw_peer(node)
     good = chain[1][0]
     # A target no hash can meet: proof of work fails.
@@ -201,8 +184,8 @@ def test_invalid_block_gets_the_sender_discouraged(nodes):
 
 
 # --------------------------------------------------------------------------- relay
-def test_block_entering_at_a_reaches_c_through_b(nodes):
-    a, b, c = nodes("a"), nodes("b"), nodes("c")
+def test_block_entering_at_a_reaches_c_through_b(inprocess_nodes):
+    a, b, c = inprocess_nodes("a"), inprocess_nodes("b"), inprocess_nodes("c")
     a.dial(b)
     b.dial(c)
     chain = regtest_chain(3)
@@ -215,9 +198,9 @@ def test_block_entering_at_a_reaches_c_through_b(nodes):
     assert a.metric("block_propagation_time_seconds_count", role="announce") == 3
 
 
-def test_received_block_is_not_announced_back_to_its_sender(nodes):
+def test_received_block_is_not_announced_back_to_its_sender(inprocess_nodes):
     chain = regtest_chain(1)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     sender = raw_peer(node)
     other = raw_peer(node)
     sender.send(MsgBlock(chain[1][0]))
@@ -227,12 +210,12 @@ def test_received_block_is_not_announced_back_to_its_sender(nodes):
     other.close()
 
 
-def test_unanswered_parent_request_is_repeated_after_expiry(nodes, monkeypatch):
+def test_unanswered_parent_request_is_repeated_after_expiry(inprocess_nodes, monkeypatch):
     # The request timeout is block_download's 30 s while "in flight" is checked, and 0
     # when expiry is: with a 0.2 s timeout and a sleep, a slow handler thread could
     # see the request expire before the "asks for nothing" check.
     chain = regtest_chain(3)
-    node = nodes("n")
+    node = inprocess_nodes("n")
     peer = raw_peer(node, agent=CPP_USER_AGENT)
     parent = MsgGetdata([Inv(BLOCK, bytes(chain[2][1]))])
     peer.send(MsgBlock(chain[3][0]))
@@ -257,14 +240,14 @@ def _fork(parent_hash, length: int, payee_seed: int, time_offset: int):
                       time_of=lambda h: REGTEST.genesis_time + 240 * h + time_offset)
 
 
-def test_a_fork_deeper_than_the_orphan_pool_heals_between_python_nodes(nodes):
+def test_a_fork_deeper_than_the_orphan_pool_heals_between_python_nodes(inprocess_nodes):
     """Two nodes that mined apart from the genesis: the shorter one reorganises to the
     longer chain even though the fork is deeper than its orphan pool (getblocks with
     a locator instead of a parent-by-parent walk, which the pool would cut short)."""
     genesis = regtest_chain(0)
     heavy = _fork(genesis[0][1], 36, payee_seed=1, time_offset=0)
     light = _fork(genesis[0][1], 30, payee_seed=2, time_offset=7)
-    a, b = nodes("heavy"), nodes("light")
+    a, b = inprocess_nodes("heavy"), inprocess_nodes("light")
     a.load(genesis + heavy)
     b.load(genesis + light)
     b.chain.orphans.max_blocks = 8           # far shallower than the 36-block fork
@@ -280,7 +263,7 @@ def test_a_fork_deeper_than_the_orphan_pool_heals_between_python_nodes(nodes):
     assert wait_until(lambda: b.chain.tip().hash == hash37, timeout=10)
 
 
-def test_fork_heals_when_batches_end_on_blocks_we_never_request(nodes, monkeypatch):
+def test_fork_heals_when_batches_end_on_blocks_we_never_request(inprocess_nodes, monkeypatch):
     """The soak's stall: with small batches, a batch can end on a block the receiver
     already has or lost from a full orphan pool, so it never requests the batch's
     last hash and the sender never sends the next batch.  The receiver asks for more
@@ -290,7 +273,7 @@ def test_fork_heals_when_batches_end_on_blocks_we_never_request(nodes, monkeypat
     genesis = regtest_chain(0)
     heavy = _fork(genesis[0][1], 45, payee_seed=3, time_offset=0)
     light = _fork(genesis[0][1], 25, payee_seed=4, time_offset=9)
-    a, b = nodes("heavy"), nodes("light")
+    a, b = inprocess_nodes("heavy"), inprocess_nodes("light")
     a.load(genesis + heavy)
     b.load(genesis + light)
     b.chain.orphans.max_blocks = 6

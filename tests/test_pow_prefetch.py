@@ -12,8 +12,6 @@ from __future__ import annotations
 import sys
 import threading
 
-import pytest
-
 from dilithion.consensus.pow import HeaderHashCache
 from dilithion.net.protocol import MsgBlock
 from dilithion.primitives.block import Block, BlockHeader
@@ -65,15 +63,9 @@ def test_a_header_asked_for_twice_at_once_is_hashed_once(hasher):
     assert results == [regtest_chain(1)[1][1]] * 2
 
 
-@pytest.fixture
-def node_pair(framework_nodes):
-    """``make(name)`` -> a started relay-only in-process node (no UTXO set, no RPC)."""
-    return lambda name: framework_nodes.inprocess_node(name, coins=False, rpc=False, start=True)
-
-
-def test_out_of_range_nbits_is_never_prehashed_and_the_honest_peer_still_syncs(node_pair):
+def test_out_of_range_nbits_is_never_prehashed_and_the_honest_peer_still_syncs(inprocess_nodes):
     chain = regtest_chain(5)
-    node = node_pair("target")
+    node = inprocess_nodes("target")
     good = chain[1][0]
     bogus = [Block(BlockHeader(good.header.version, good.header.hash_prev_block,
                                good.header.hash_merkle_root, good.header.time, bits,
@@ -88,7 +80,7 @@ def test_out_of_range_nbits_is_never_prehashed_and_the_honest_peer_still_syncs(n
     assert node.connman.peer_manager.is_discouraged(ATTACKER)
     assert node.ctx.pow_prefetch.headers_done == 0
     # The honest peer on 127.0.0.1 still hands over its chain, hashed ahead as usual.
-    honest = node_pair("honest")
+    honest = inprocess_nodes("honest")
     honest.load(chain)
     node.dial(honest)
     wait_until(lambda: node.height() == 5, timeout=60, message=lambda: node.height())

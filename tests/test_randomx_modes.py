@@ -18,7 +18,7 @@ import pytest
 from dilithion.crypto.randomx_dataset import DATASET_BYTES, MiB
 from dilithion.net.protocol import MsgBlock
 from dilithion.primitives.block import Block
-from framework import ProcessNode, TestPeer, wait_until
+from framework import TestPeer, wait_until
 
 #: How long a loaded two-core machine may take to build the dataset (measured: 20-75 s).
 DATASET_BUILD_TIMEOUT = 600
@@ -57,18 +57,14 @@ def test_auto_starts_the_build_when_mining_starts_and_sigterm_stops_it(process_n
     assert "Dilithion node stopped cleanly" in node.log_text()
 
 
-class AddressSpaceLimitedNode(ProcessNode):
-    """A node process started under ``prlimit --as``: a machine too small for the dataset."""
-
-    LIMIT = DATASET_BYTES + 256 * MiB     # room for a light-mode node, not for the dataset
-
-    def command(self) -> list[str]:
-        return ["prlimit", f"--as={self.LIMIT}", "--", *super().command()]
+#: Starts a node under ``prlimit --as``: a machine too small for the dataset (room
+#: for a light-mode node, not for the dataset).
+ADDRESS_SPACE_LIMITED = ["prlimit", f"--as={DATASET_BYTES + 256 * MiB}", "--"]
 
 
 def test_too_little_memory_gives_one_line_and_mining_goes_on_in_light_mode(process_node):
     node = process_node(extra_args=["--randomx=full", "--mine", "--threads=1", "--connect=none"],
-                        cls=AddressSpaceLimitedNode, start=True)
+                        command_prefix=ADDRESS_SPACE_LIMITED, start=True)
     wait_until(lambda: node.height() >= 3, timeout=60, message=node.describe)
     lines = node.log_lines(STAYING_LIGHT)
     assert len(lines) == 1, node.describe()
@@ -83,7 +79,7 @@ def test_too_little_memory_gives_one_line_and_mining_goes_on_in_light_mode(proce
 def test_full_mode_node_answers_while_building_then_verifies_the_cpp_chain_and_mines(
         process_node, cpp_chain):
     node = process_node(extra_args=["--randomx=full", "--threads=2", "--connect=none"],
-                        network_args=("--testnet",), start=True)
+                        network="testnet", start=True)
     node.wait_for_log(BUILDING, timeout=30)
     # Start-up did not wait for the dataset: RPC answers and the mode is still light.
     assert node.height() == 0

@@ -162,15 +162,9 @@ def test_threads_and_descriptors_stay_bounded_and_operator_served(tmp_path):
         node.stop()
 
 
-class _LimitedNode(ProcessNode):
-    """A node process with a small descriptor limit (``prlimit``)."""
-
-    def __init__(self, *args, nofile: int, **kw) -> None:
-        super().__init__(*args, **kw)
-        self.nofile = nofile
-
-    def command(self) -> list[str]:
-        return ["prlimit", f"--nofile={self.nofile}:{self.nofile}", *super().command()]
+def descriptor_limited(nofile: int) -> list[str]:
+    """The command prefix that starts a node process with a small descriptor limit."""
+    return ["prlimit", f"--nofile={nofile}:{nofile}"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -183,8 +177,8 @@ def test_descriptor_exhaustion_neither_spins_nor_locks_the_operator_out(tmp_path
     """A node with 64 descriptors and 150 idle RPC connections: the accept loop does
     not burn a core and dilithion-cli is still answered (an idle client's descriptor is
     freed for it).  Old code: a thread per connection, then a busy accept loop on EMFILE."""
-    node = _LimitedNode(tmp_path, "n", nofile=64,
-                        extra_args=["--rpcmaxconnections=1000", "--rpcidletimeout=600"]).start()
+    node = ProcessNode(tmp_path, "n", ["--rpcmaxconnections=1000", "--rpcidletimeout=600"],
+                       command_prefix=descriptor_limited(64)).start()
     try:
         assert node.rpc("getblockcount") == 0
         conns = [socket.create_connection(("127.0.0.1", node.rpc_port)) for _ in range(150)]

@@ -137,20 +137,6 @@ def test_a_real_three_transaction_block_and_its_copies():
 
 
 # ----------------------------------------------------------------------------- over the wire
-@pytest.fixture
-def nodes(tmp_path):
-    made: list[InProcessNode] = []
-
-    def make(name: str, *args, **kw) -> InProcessNode:
-        node = InProcessNode(tmp_path, name, *args, **kw).start()
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.close()
-
-
 def connect(node: InProcessNode, host: str) -> RawPeer:
     pm = node.connman.peer_manager
     last_id = max((p.id for p in pm.get_all_peers()), default=0)
@@ -184,9 +170,9 @@ def serve_requests(node: InProcessNode, honest: RawPeer, blocks: dict[bytes, Blo
 
 
 @pytest.mark.parametrize("copy", list(COPIES))
-def test_a_mutated_copy_sent_first_does_not_poison_a_strict_node(nodes, copy):
+def test_a_mutated_copy_sent_first_does_not_poison_a_strict_node(inprocess_nodes, copy):
     chain, (real, real_hash), _child = three_tx_chain()
-    node = nodes("strict", ["--strict"], rpc=False)
+    node = inprocess_nodes("strict", ["--strict"], coins=True)
     node.load(chain)
     attacker = connect(node, ATTACKER)
     attacker.send(MsgBlock(COPIES[copy](real)))
@@ -202,12 +188,12 @@ def test_a_mutated_copy_sent_first_does_not_poison_a_strict_node(nodes, copy):
     honest.close()
 
 
-def test_a_mutated_copy_from_the_first_announcer_does_not_lose_the_honest_announcement(nodes):
+def test_a_mutated_copy_from_the_first_announcer_does_not_lose_the_honest_announcement(inprocess_nodes):
     """The attacker announces first and is asked; the honest peer's announcement of the
     same hash waits behind that request.  The copy is refused, so the honest peer is
     asked next (its announcement is not forgotten with the attacker's delivery)."""
     chain, (real, real_hash), _child = three_tx_chain()
-    node = nodes("strict", ["--strict"], rpc=False)
+    node = inprocess_nodes("strict", ["--strict"], coins=True)
     node.load(chain)
     inv = MsgInv([Inv(InvType.MSG_BLOCK_INV, bytes(real_hash))])
     attacker = connect(node, ATTACKER)
@@ -226,13 +212,13 @@ def test_a_mutated_copy_from_the_first_announcer_does_not_lose_the_honest_announ
     honest.close()
 
 
-def test_strict_and_default_nodes_end_on_the_same_tip(nodes):
+def test_strict_and_default_nodes_end_on_the_same_tip(inprocess_nodes):
     """The issue's done-when: the same honest chain, a mutated copy sent first, one tip."""
     chain, (real, real_hash), (child, child_hash) = three_tx_chain()
     honest_blocks = {bytes(real_hash): real, bytes(child_hash): child}
     tips = {}
     for mode, args in (("strict", ["--strict"]), ("default", [])):
-        node = nodes(mode, args, rpc=False)
+        node = inprocess_nodes(mode, args, coins=True)
         node.load(chain)
         attacker = connect(node, ATTACKER)
         attacker.send(MsgBlock(duplicated_last(real)))
@@ -263,10 +249,10 @@ def test_template_time_is_never_before_the_median_time_past():
     assert template_time(index, mtp + 500) == mtp + 500               # a normal clock is kept
 
 
-def test_a_fast_default_mode_chain_is_accepted_by_a_strict_peer(nodes):
+def test_a_fast_default_mode_chain_is_accepted_by_a_strict_peer(inprocess_nodes):
     """Twenty blocks in one (frozen) second: nTime must climb past the median time past."""
-    miner = nodes("miner")
-    strict = nodes("strict", ["--strict"])
+    miner = inprocess_nodes("miner", coins=True, rpc=True)
+    strict = inprocess_nodes("strict", ["--strict"], coins=True, rpc=True)
     strict.connect_to(miner)
     frozen = int(time.time())
     miner.ctx.miner.clock = lambda: frozen

@@ -259,7 +259,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def log_bytes(node: ProcessNode) -> int:
-    return sum(p.stat().st_size for p in (node.stdout.path, node.stderr.path) if p.exists())
+    return sum(p.stat().st_size for p in (node.log.path, node.errlog.path) if p.exists())
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

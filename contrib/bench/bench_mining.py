@@ -42,7 +42,8 @@ from dilithion.node.blockchain_storage import BlockchainDB
 from dilithion.node.chain_loader import load_chain_state
 from dilithion.node.context import NodeContext
 from dilithion.node.init import miner_for
-from dilithion.testing.node_targets import CppTarget
+from dilithion.rpc.client import RPCClientError
+from dilithion.testing.cpp_node import CppNode
 
 #: Issue #14's targets for 2 threads in full mode.
 TARGET_VS_CPP = 15.0
@@ -70,29 +71,22 @@ def node_rate(mode: str, threads: int, seconds: float, warmup: float = 3.0) -> f
     return (h1 - h0) / (t1 - t0)
 
 
-class _MiningCppNode(CppTarget):
-    """The C++ node on testnet, alone on loopback (``CppTarget``), mining with ``threads``."""
-
-    def __init__(self, workdir: Path, binary: str, threads: int) -> None:
-        super().__init__("cpp", workdir, Path(binary))
-        self.threads = threads
-
-    def command(self) -> list[str]:
-        return [*super().command(), "--mine", f"--threads={self.threads}"]
-
-
 def cpp_rate(binary: str, threads: int, seconds: float, warmup: float = 15.0) -> float:
     """The C++ node's mean ``getmininginfo`` hash rate over ``seconds`` after ``warmup``
     (counted from the moment it is ready)."""
     samples: list[float] = []
     with tempfile.TemporaryDirectory(prefix="dil-bench-cpp-") as tmp:
-        node = _MiningCppNode(Path(tmp), binary, threads)
+        # Alone on loopback (its --connect goes to a closed port), mining with ``threads``.
+        node = CppNode("cpp", Path(tmp), Path(binary), ["--mine", f"--threads={threads}"])
         try:
             node.start()
             started = time.monotonic()
-            while time.monotonic() < started + warmup + seconds and node.alive():
+            while time.monotonic() < started + warmup + seconds and node.is_running():
                 time.sleep(1.0)
-                reply = node.rpc("getmininginfo", None).get("result")
+                try:
+                    reply = node.rpc("getmininginfo", [])
+                except RPCClientError:
+                    continue
                 if isinstance(reply, dict) and time.monotonic() >= started + warmup:
                     samples.append(float(reply.get("hashrate", 0)))
         finally:

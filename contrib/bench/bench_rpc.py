@@ -3,8 +3,8 @@
 
 Usage: ``python contrib/bench/bench_rpc.py [--requests=N] [--idle=2000] [-- node flags...]``
 
-Starts a regtest ``dilithion-node`` (the one next to this Python, else ``.venv``)
-in a temporary datadir with default RPC limits (plus any flags after ``--``),
+Starts a regtest ``dilithion-node`` (the harness's ``PythonNode``: the one next
+to this Python) in a temporary datadir with default RPC limits (plus any flags after ``--``),
 then measures, with the cookie, one fresh connection per request as
 ``dilithion-cli`` makes them (``Connection: close``, read to EOF):
 
@@ -25,19 +25,15 @@ import os
 import resource
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from dilithion.testing.ports import free_port
+from dilithion.testing.node_process import PythonNode
 
 BODY = b'{"jsonrpc":"2.0","method":"getblockcount","params":[],"id":1}'
-NODE_BIN = Path(sys.executable).parent / "dilithion-node"
-if not NODE_BIN.exists():
-    NODE_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "dilithion-node"
 
 
 def one_call(port: int, request: bytes) -> tuple[float, int]:
@@ -104,17 +100,18 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.idle + 1024)), hard))
 
     with tempfile.TemporaryDirectory(prefix="bench-rpc-") as tmp:
-        datadir = Path(tmp) / "d"
-        rpc_port = free_port()
-        cmd = [str(NODE_BIN), "--regtest", f"--datadir={datadir}", f"--port={free_port()}",
-               f"--rpcport={rpc_port}", "--connect=none", "--log-level=WARNING", *args.node_args]
-        node = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        node = PythonNode("bench", Path(tmp), ["--log-level=WARNING", *args.node_args],
+                          connect=[])
+        # Launched, not started: at WARNING the node does not print its ready line,
+        # so readiness is its cookie file and a first 200 reply.
+        node.launch()
+        rpc_port = node.rpc_port
         try:
             deadline = time.monotonic() + 60
-            cookie = datadir / ".cookie"
+            cookie = node.datadir / ".cookie"
             while not cookie.exists():
-                if node.poll() is not None or time.monotonic() > deadline:
-                    print("node did not start", file=sys.stderr)
+                if not node.is_running() or time.monotonic() > deadline:
+                    print(f"node did not start: {node.log_tail(5, ' | ')}", file=sys.stderr)
                     return 1
                 time.sleep(0.1)
             auth = base64.b64encode(cookie.read_bytes().strip()).decode()
@@ -123,12 +120,12 @@ def main() -> int:
                        f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
             while one_call(rpc_port, request)[1] != 200:
                 time.sleep(0.1)
-            print(f"node: {' '.join(cmd[1:])}")
+            print(f"node: {' '.join(node.args())}")
             run_clients(rpc_port, request, 4, 50)                          # warm-up
             for clients in (1, 10, 50):
                 report("no idle connections", run_clients(rpc_port, request, clients,
                                                           max(1, args.requests // clients)))
-            threads0, fds0 = proc_counts(node.pid)
+            threads0, fds0 = proc_counts(node.proc.pid)
             idle = []
             for _ in range(args.idle):
                 try:
@@ -137,7 +134,7 @@ def main() -> int:
                     print(f"could only open {len(idle)} idle connections: {exc}")
                     break
             time.sleep(1.0)
-            threads1, fds1 = proc_counts(node.pid)
+            threads1, fds1 = proc_counts(node.proc.pid)
             print(f"{len(idle)} idle connections held: node threads {threads0} -> {threads1}, "
                   f"descriptors {fds0} -> {fds1}")
             for clients in (1, 10, 50):
@@ -146,11 +143,7 @@ def main() -> int:
             for s in idle:
                 s.close()
         finally:
-            node.terminate()
-            try:
-                node.wait(30)
-            except subprocess.TimeoutExpired:
-                node.kill()
+            node.stop(timeout=30)
     return 0
 
 

@@ -21,7 +21,9 @@ node process a moment later, so nobody else may take it in between:
 
 What is left is a program outside this harness binding a fixed port of the pool
 between that test and the node's own ``bind``; the node then stops with the
-operating system's ``Address already in use``, which is reported, not retried.
+operating system's ``Address already in use``, and the harness's node process
+(:mod:`dilithion.testing.node_process`) starts it again on new ports, in that
+one place.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ one address whatever its number of links, only neighbours reach each other (no
 forwarding), and the peer route comes back by itself when a link is set up
 again after ``ip link set ... down``.
 
-``NetnsNode`` is a ``ProcessNode`` started as ``ip netns exec <ns>
+``NetnsNode`` is a ``ProcessNode`` (the harness's node process) started as ``ip netns exec <ns>
 dilithion-node --bind=<node address> --rpcbind=127.0.0.1 ...``. RPC and metrics
 stay on the namespace's own loopback; the test reaches them from a worker
 thread that entered the namespace with ``setns(2)`` (a network namespace is per
@@ -168,21 +168,23 @@ class NetnsLab:
 
 
 class NetnsNode(ProcessNode):
-    """A ``dilithion-node`` inside a namespace, bound to that namespace's address."""
+    """A ``dilithion-node`` inside a namespace, bound to that namespace's address.
+
+    ``ip netns exec`` execs the node after setns, so the process's pid is the node's.
+    """
 
     def __init__(self, ns: Namespace, workdir: Path, extra_args: list[str], env=None) -> None:
         super().__init__(workdir, f"node{ns.addr.rsplit('.', 1)[1]}", extra_args, env=env,
                          p2p_port=19444,      # each namespace has its own port space
-                         network_args=["--regtest", f"--bind={ns.addr}", "--rpcbind=127.0.0.1"])
+                         bind=ns.addr, command_prefix=["ip", "netns", "exec", ns.name])
         self.ns = ns
 
     @property
     def p2p_address(self) -> str:
         return f"{self.ns.addr}:{self.p2p_port}"
 
-    def command(self) -> list[str]:
-        # ``ip netns exec`` execs the node after setns: the Popen pid is the node's.
-        return ["ip", "netns", "exec", self.ns.name, *super().command()]
+    def args(self) -> list[str]:
+        return [*super().args(), "--rpcbind=127.0.0.1"]
 
     def rpc(self, method: str, params=None, timeout: float = 10.0):
         return self.ns.call(ProcessNode.rpc, self, method, params, timeout)

@@ -89,8 +89,7 @@ class Nodes:
         failures = []
         for node in reversed(self.made):
             try:
-                if node.is_running():
-                    node.stop()
+                node.close()
             except Exception as exc:            # noqa: BLE001 - reported below
                 failures.append(f"{node.name}: {exc}")
                 try:

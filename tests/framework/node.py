@@ -19,15 +19,13 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from dilithion.crypto.mldsa import KeyPair
-from dilithion.rpc.auth import read_cookie
-from dilithion.rpc.client import RPCCallError, RPCClient
+from dilithion.rpc.client import RPCCallError
+from dilithion.testing.node_process import MetricKey, cookie_rpc, metric_key
 
 from .util import wait_until
 
 #: RPC error code of ``disconnectnode`` for a peer that is already gone.
 RPC_CLIENT_NODE_NOT_CONNECTED = -29
-
-MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,10 +37,6 @@ def payee(name: str) -> str:
     no fork at all.
     """
     return KeyPair.from_seed(hashlib.sha3_256(name.encode()).digest()).address()
-
-
-def metric_key(name: str, labels: dict) -> MetricKey:
-    return name, tuple(sorted((k, str(v)) for k, v in labels.items()))
 
 
 class TestNode(ABC):
@@ -73,13 +67,16 @@ class TestNode(ABC):
     @abstractmethod
     def is_running(self) -> bool: ...
 
+    def close(self) -> None:
+        """Stop if running and release what the node holds (``InProcessNode``: its log
+        capture); what the per-test registry calls at the end."""
+        if self.is_running():
+            self.stop()
+
     def rpc(self, method: str, params=None, timeout: float = 10.0):
         """One JSON-RPC call on ``127.0.0.1:<rpc_port>`` with the datadir's cookie, as
         ``dilithion-cli`` makes it; errors raise ``dilithion.rpc.client.RPCClientError``."""
-        cookie = read_cookie(self.datadir)
-        user, password = cookie if cookie else (None, None)
-        return RPCClient("127.0.0.1", self.rpc_port, user, password, timeout=timeout,
-                         max_request_bytes=None).call(method, params)
+        return cookie_rpc(self.datadir, self.rpc_port, method, params, timeout)
 
     @abstractmethod
     def metric_samples(self) -> dict[MetricKey, float]:

@@ -19,7 +19,8 @@ import click
 from loguru import logger
 
 from dilithion.core.chainparams import ChainParams
-from dilithion.testing.node_targets import CppTarget, PythonTarget, TargetError, check_binary
+from dilithion.testing.cpp_node import CppNode, check_binary
+from dilithion.testing.node_process import PythonNode, TargetError
 from dilithion.testing.testnet_blocks import DEFAULT_VECTORS
 
 from .catalogue import CatalogueError, check_markdown, load_catalogue
@@ -78,6 +79,13 @@ def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_t
     sys.exit(code)
 
 
+def diff_python_node(name: str, work: Path, extra_args=()) -> PythonNode:
+    """Our node as the diff runs it: testnet, on loopback only, dialling nobody, RandomX
+    in light mode unless the environment says otherwise (the hashes are the same)."""
+    return PythonNode(name, work, extra_args, network="testnet", bind="127.0.0.1", connect=[],
+                      light_randomx=True)
+
+
 def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> int:
     if self_mode and cpp_path:
         raise UsageFailure("--self and --cpp exclude each other")
@@ -89,9 +97,9 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
         catalogue.entries = []                              # Python against Python: no excuses
     params = ChainParams.testnet()
     work = Path(tempfile.mkdtemp(prefix="dilithion-diff-"))
-    ref = (PythonTarget("python-b", work, shlex.split(self_args)) if self_mode
-           else CppTarget("cpp", work, binary))
-    runner = Runner(ref, PythonTarget("python", work), catalogue, params, step_timeout)
+    ref = (diff_python_node("python-b", work, shlex.split(self_args)) if self_mode
+           else CppNode("cpp", work, binary))
+    runner = Runner(ref, diff_python_node("python", work), catalogue, params, step_timeout)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
     results = []
     try:

@@ -19,7 +19,8 @@ from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.node.genesis import create_genesis_block
 from dilithion.primitives.block import Block
-from dilithion.testing.node_targets import NodeTarget, TargetError
+from dilithion.rpc.client import RPCCallError, RPCClientError
+from dilithion.testing.node_process import NodeProcess, TargetError
 from dilithion.testing.wire_peer import LoopbackHosts, NoReply, WirePeer
 
 from .catalogue import Catalogue
@@ -48,7 +49,7 @@ class StepResult:
 class Side:
     """One node, its driver connection, and what the corpus told it (for tip names)."""
 
-    def __init__(self, target: NodeTarget, magic: int, step_timeout: float) -> None:
+    def __init__(self, target: NodeProcess, magic: int, step_timeout: float) -> None:
         self.target, self.magic, self.step_timeout = target, magic, step_timeout
         self.peer: WirePeer | None = None
         self.hosts = LoopbackHosts()
@@ -95,8 +96,20 @@ def block_names(corpus: Corpus, params: ChainParams) -> dict[str, str]:
     return names
 
 
+def rpc_reply(node: NodeProcess, method: str, params) -> dict:
+    """``{"result": ...}`` or ``{"error": {"code", "message"}}``, what the diff compares
+    (the C++ params convention for both sides: an object is sent as ``[{...}]``)."""
+    wire_params = [params] if isinstance(params, dict) else params
+    try:
+        return {"result": node.rpc(method, wire_params)}
+    except RPCCallError as exc:
+        return {"error": {"code": exc.code, "message": exc.message}}
+    except RPCClientError as exc:
+        return {"error": {"code": None, "message": str(exc)}}
+
+
 class Runner:
-    def __init__(self, ref: NodeTarget, py: NodeTarget, catalogue: Catalogue,
+    def __init__(self, ref: NodeProcess, py: NodeProcess, catalogue: Catalogue,
                  params: ChainParams, step_timeout: float = 30.0) -> None:
         self.params = params
         self.sides = {"cpp": Side(ref, params.magic, step_timeout),
@@ -112,9 +125,9 @@ class Runner:
         """Stop both cleanly; the storage observation of each."""
         def one(side: Side) -> dict:
             side.close_peer()
-            clean = side.target.stop()
+            side.target.stop()
             obs = {"storage": read_blocks_db(side.target.datadir)}
-            if not clean:
+            if side.target.killed_on_stop:
                 obs["stop"] = "killed after SIGTERM timeout"
             return obs
         return dict(zip(self.sides, self.pool.map(one, self.sides.values())))
@@ -181,26 +194,26 @@ class Runner:
             elif step.action == "sleep":
                 time.sleep(step.seconds)
             elif step.action == "rpc":
-                obs["rpc"] = normalise_rpc(side.target.rpc(step.method, step.params))
+                obs["rpc"] = normalise_rpc(rpc_reply(side.target, step.method, step.params))
                 obs["rpc_method"] = step.method
             else:
                 obs.update(self._send(side, step))
             if obs.get("disconnect"):
                 side.target.settle_exit()      # a closed connection may be a dying process
-            if not side.target.alive():
+            if not side.target.is_running():
                 raise NoReply()
             obs.update(self._tip(side, names))
         except NoReply:
-            if side.target.alive() and self._answers_new_connection(side):
+            if side.target.is_running() and self._answers_new_connection(side):
                 obs["no_reply"] = True          # this connection is stuck, the node is not
                 if step.action == "send":
                     obs.update(disconnect=False, ban=False)
                 obs.update(self._tip(side, names))
                 return obs
-            return self._replace(side, step, "hung" if side.target.alive() else "crashed",
+            return self._replace(side, step, "hung" if side.target.is_running() else "crashed",
                                  "no reply")
         except (OSError, TargetError) as exc:
-            return self._replace(side, step, "hung" if side.target.alive() else "crashed",
+            return self._replace(side, step, "hung" if side.target.is_running() else "crashed",
                                  str(exc) or type(exc).__name__)
         return obs
 
@@ -215,7 +228,7 @@ class Runner:
     def _replace(self, side: Side, step: Step, what: str, error: str) -> dict:
         """That step's outcome for a crashed or hung node, which a fresh node replaces."""
         obs = {"process": what, "error": error, "log_tail": side.target.log_tail(LOG_TAIL_LINES)}
-        logger.warning("{} node {} at step {}; starting a fresh one", side.target.label, what,
+        logger.warning("{} node {} at step {}; starting a fresh one", side.target.name, what,
                        step.index)
         side.replace_node()
         side.connect()

@@ -120,7 +120,7 @@ class Lab:
 
     def start(self) -> None:
         for node in self.nodes:
-            node.start()
+            node.launch()
         deadline = time.monotonic() + START_TIMEOUT_S
         for node in self.nodes:
             node.wait_running(deadline)

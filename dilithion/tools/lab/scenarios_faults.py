@@ -34,7 +34,7 @@ def run_peer_kill(run: Run) -> None:
     ok = sum(1 for b in data if b["complete"])
     run.criteria.append(criterion("surviving peers got every block", f"{ok}/{len(data)}",
                                   f"{len(data)}/{len(data)}", ok == len(data)))
-    victim.start()
+    victim.launch()
     victim.wait_running(time.monotonic() + 60)
     run.event(f"{victim.name} restarted")
     t0 = time.monotonic()
