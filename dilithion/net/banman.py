@@ -14,10 +14,11 @@ The C++ node has one dormant in-memory set ``banned_ips`` in ``CPeerManager``
   datadir (written atomically) and reloaded at start.  A banned host's
   connections are refused, not dialled, and all closed.
 
-Honest misconfiguration (wrong network magic) earns neither: the transport
-just disconnects (:meth:`PeerManager.misbehaving
-<dilithion.net.peers.PeerManager.misbehaving>` with score 0, which scores
-misbehaviour and calls :meth:`BanMan.discourage` at the threshold).
+Honest misconfiguration (wrong network magic) earns neither: it is logged,
+not scored, and the transport just disconnects.  Misbehaviour is scored by the
+owner of the scores, :meth:`PeerManager.misbehaving
+<dilithion.net.peers.PeerManager.misbehaving>`, which calls
+:meth:`BanMan.discourage` at the threshold (``_cs_banned`` after ``_cs_peers``).
 """
 from __future__ import annotations
 

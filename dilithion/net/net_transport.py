@@ -8,10 +8,13 @@ closes one.  Here the transport half of the C++ ``net.cpp`` runs on one
 peer socket (all non-blocking) and a wake-up socketpair.  It accepts,
 finishes outbound connects, reads and frames bytes, writes queued messages,
 and enforces every timer (connect, handshake, send deadline, keepalive, ping
-timeout, inactivity: :mod:`dilithion.net.timers`).  Reading and framing is
-its collaborator :class:`~dilithion.net.net_receive.ReceivePath`, acting on
-the timers :class:`~dilithion.net.timers.ConnectionTimers`; both get what they
-need as named callbacks at construction.  It is the only thread
+timeout, inactivity: :mod:`dilithion.net.timers`).  This module keeps the
+connection table, the selector loop, connecting, sending and closing; the
+other jobs of the thread are collaborators built here with named callbacks
+(never mixins): reading and framing
+(:class:`~dilithion.net.net_receive.ReceivePath`), accepting
+(:class:`~dilithion.net.net_accept.InboundAcceptor`) and acting on the timers
+(:class:`~dilithion.net.timers.ConnectionTimers`).  It is the only thread
 that touches a socket.  It also keeps the node's resources bounded: the
 node-wide receive budget (:class:`~dilithion.net.socket.ByteBudget`)
 and inbound eviction (:mod:`dilithion.net.eviction`) when the inbound slots
@@ -72,10 +75,13 @@ class MessageSink(Protocol):
 class ConnectionManager:
     """All peer connections of one node: the transport half of ``CConnectionManager``.
 
-    Threads: the network thread owns the selector, the listener, every socket,
-    the receive path (``receiver``, a :class:`~dilithion.net.net_receive.ReceivePath`
-    built with the callbacks it needs) and timers.  Any thread may call the public
-    methods below; they post work to the network thread or touch only locked state.
+    Threads: the network thread owns the selector, the listener, every socket
+    and the three collaborators built here with the callbacks they need:
+    ``receiver`` (:class:`~dilithion.net.net_receive.ReceivePath`), ``acceptor``
+    (:class:`~dilithion.net.net_accept.InboundAcceptor`) and ``timers``
+    (:class:`~dilithion.net.timers.ConnectionTimers`).  Any thread may call the
+    public methods below; they post work to the network thread or touch only
+    locked state.
     Locks: ``_cs_conns`` guards the ``_conns`` dict, ``_ops_lock`` the work
     posted to the network thread (``_ops``, ``_flush_ids``).  The peer table
     has its own lock (:class:`PeerManager`), as has the node-wide
