@@ -9,10 +9,10 @@ peer socket (all non-blocking) and a wake-up socketpair.  It accepts,
 finishes outbound connects, reads and frames bytes, writes queued messages,
 and enforces every timer (connect, handshake, send deadline, keepalive, ping
 timeout, inactivity: :mod:`dilithion.net.timers`).  This module keeps the
-connection table, the selector loop, connecting, sending and closing; the
-other jobs of the thread are collaborators built here with named callbacks
-(never mixins): reading and framing
-(:class:`~dilithion.net.net_receive.ReceivePath`), accepting
+connection table, the selector loop, connecting, flush requests and closing;
+the other jobs are collaborators built here with named callbacks (never
+mixins): queueing and writing messages (:class:`~dilithion.net.net_send.SendPath`),
+reading and framing (:class:`~dilithion.net.net_receive.ReceivePath`), accepting
 (:class:`~dilithion.net.net_accept.InboundAcceptor`) and acting on the timers
 (:class:`~dilithion.net.timers.ConnectionTimers`).  It is the only thread
 that touches a socket.  It also keeps the node's resources bounded: the
@@ -43,6 +43,7 @@ from dilithion.net.banman import BanMan
 from dilithion.net.connection import Connection, InboundBacklog, TransportConfig
 from dilithion.net.net_accept import InboundAcceptor
 from dilithion.net.net_receive import ReceivePath
+from dilithion.net.net_send import SendPath
 from dilithion.net.peers import Peer, PeerManager
 from dilithion.net.protocol import Message
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
@@ -76,8 +77,9 @@ class ConnectionManager:
     """All peer connections of one node: the transport half of ``CConnectionManager``.
 
     Threads: the network thread owns the selector, the listener, every socket
-    and the three collaborators built here with the callbacks they need:
-    ``receiver`` (:class:`~dilithion.net.net_receive.ReceivePath`), ``acceptor``
+    and the collaborators built here with the callbacks they need: ``sender``
+    (:class:`~dilithion.net.net_send.SendPath`, whose ``enqueue`` any thread
+    calls), ``receiver`` (:class:`~dilithion.net.net_receive.ReceivePath`), ``acceptor``
     (:class:`~dilithion.net.net_accept.InboundAcceptor`) and ``timers``
     (:class:`~dilithion.net.timers.ConnectionTimers`).  Any thread may call the
     public methods below; they post work to the network thread or touch only
@@ -120,6 +122,9 @@ class ConnectionManager:
         self._ops: deque[Callable[[], None]] = deque()
         self._flush_ids: set[int] = set()
         self._ops_lock = threading.Lock()
+        #: Queues messages (any thread) and writes them (network thread; net_send.py).
+        self.sender = SendPath(magic, metrics, log_messages=self._log_messages,
+                               close=self._close, update_interest=self._update_interest)
         #: Network thread only: read, budget and frame (net_receive.py).
         self.receiver = ReceivePath(cfg, self.receive_buffer, metrics,
                                     connections=self._snapshot, deliver=self._deliver,
@@ -127,7 +132,7 @@ class ConnectionManager:
                                     misbehaving=self.misbehaving)
         #: Network thread only: acts on each connection's timers (timers.py).
         self.timers = ConnectionTimers(cfg, self.send_timeout, metrics,
-                                       send_now=self._send_now, close=self._close)
+                                       send_now=self.sender.send_now, close=self._close)
         #: Network thread only: accepts inbound connections (net_accept.py).
         self.acceptor = InboundAcceptor(self.peer_manager, metrics, connections=self._snapshot,
                                         add=lambda peer, sock: self._new_connection(peer, sock, False),
@@ -234,7 +239,7 @@ class ConnectionManager:
         conn = self._conns.get(peer_id)
         if conn is None or conn.closed or conn.connecting:
             return False
-        if not self._enqueue(conn, msg, on_written):
+        if not self.sender.enqueue(conn, msg, on_written):
             return False
         self._request_flush(conn)
         return True
@@ -347,19 +352,6 @@ class ConnectionManager:
                          f"{pending} messages unprocessed")
             self._update_interest(conn)
 
-    def _enqueue(self, conn: Connection, msg: Message | NetMessage,
-                 on_written: Callable[[], None] | None = None) -> bool:
-        net_msg = msg if isinstance(msg, NetMessage) else msg.to_net_message(self.magic)
-        data = net_msg.serialize()
-        if not conn.sendq.push(data, on_written):
-            logger.debug(f"[P2P] Send queue of peer {conn.peer.id} full "
-                         f"({conn.sendq.queued_bytes()} bytes): {net_msg.command} refused")
-            return False
-        if self._log_messages:
-            logger.debug(f"[P2P] send {net_msg.command} ({len(net_msg.payload)} bytes) "
-                         f"peer={conn.peer.id}")
-        return True
-
     # ======================================================================
     # network thread
     # ======================================================================
@@ -426,7 +418,7 @@ class ConnectionManager:
         for peer_id in flush_ids:
             conn = self._conns.get(peer_id)
             if conn is not None and not conn.closed and not conn.connecting:
-                self._guarded(conn, self._flush, conn)
+                self._guarded(conn, self.sender.flush, conn)
 
     def _guarded(self, conn: Connection | None, fn: Callable, *args) -> None:
         """Run one unit of network-thread work; a bug in it costs at most that
@@ -490,7 +482,7 @@ class ConnectionManager:
         if mask & selectors.EVENT_READ:
             self.receiver.read(conn)
         if mask & selectors.EVENT_WRITE and not conn.closed:
-            self._flush(conn)
+            self.sender.flush(conn)
 
     def _finish_connect(self, conn: Connection) -> None:
         err = conn.sock.finish_connect()
@@ -507,18 +499,6 @@ class ConnectionManager:
             f"[P2P] Connected to {peer.address()} (peer_id={peer.id})")
         self._opened(conn)
 
-    def _flush(self, conn: Connection) -> None:
-        written, _ = conn.sendq.write_to(conn.sock)
-        if written < 0:
-            self.metrics.socket_errors.inc()
-            self._close(conn, f"socket error: {conn.sock.get_last_error_string()}", "closed")
-            return
-        if written:
-            conn.peer.last_send = time.time()
-            conn.peer.bytes_sent += written
-            self.metrics.bytes_sent.inc(written)
-        self._update_interest(conn)
-
     def _maintenance(self, now: float) -> None:
         """Timers and pings of every connection (``PeriodicMaintenance``,
         ``SendPingMessage``); resumes reads paused for the receive budget."""
@@ -528,13 +508,6 @@ class ConnectionManager:
             if not conn.closed:
                 self._guarded(conn, self.timers.run, conn, now)
         self.metrics.receive_buffer_bytes.set(self.receive_buffer.used())
-
-    def _send_now(self, conn: Connection, msg: Message) -> bool:
-        """Queue ``msg`` and write at once (the keepalive ping); False when refused."""
-        if not self._enqueue(conn, msg):
-            return False
-        self._flush(conn)
-        return True
 
     def _close_id(self, peer_id: int, reason: str, category: str) -> None:
         conn = self._conns.get(peer_id)
