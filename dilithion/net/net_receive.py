@@ -31,8 +31,8 @@ from dilithion.net.serialize import NetMessage
 from dilithion.net.socket import ByteBudget, FrameError
 from dilithion.node.metrics import Metrics
 
-__all__ = ["ReceivePath", "Misbehaving", "RECEIVE_FLOOR_PER_PEER", "SCORE_TRUNCATED", "SCORE_FLOOD", "READ_BYTES_PER_PASS",
-           "FRAMES_PER_PASS"]
+__all__ = ["ReceivePath", "Misbehaving", "RECEIVE_FLOOR_PER_PEER", "SCORE_TRUNCATED", "SCORE_FLOOD",
+           "READ_BYTES_PER_PASS", "FRAMES_PER_PASS"]
 
 SCORE_TRUNCATED = 20
 SCORE_FLOOD = 1

@@ -134,9 +134,10 @@ class ConnectionManager:
         self.timers = ConnectionTimers(cfg, self.send_timeout, metrics,
                                        send_now=self.sender.send_now, close=self._close)
         #: Network thread only: accepts inbound connections (net_accept.py).
-        self.acceptor = InboundAcceptor(self.peer_manager, metrics, connections=self._snapshot,
-                                        add=lambda peer, sock: self._new_connection(peer, sock, False),
-                                        opened=self._opened, close=self._close)
+        self.acceptor = InboundAcceptor(
+            self.peer_manager, metrics, connections=self._snapshot,
+            add=lambda peer, sock: self._new_connection(peer, sock, connecting=False),
+            opened=self._opened, close=self._close)
 
         self._selector: selectors.BaseSelector | None = None
         self._listener: Socket | None = None
