@@ -59,7 +59,7 @@ class Record:
         self.framed: list[tuple[str, str]] = []
         self.handled: list[tuple[str, str]] = []
         self.handled_when_framed: dict[str, int] = {}
-        deliver, process = node_cm._deliver, processor.process_message
+        deliver, process = node_cm.receiver._deliver, processor.process_message
 
         def recording_deliver(conn, msg):
             host = conn.peer.host
@@ -72,7 +72,7 @@ class Record:
             self.handled.append((conn.peer.host, net_msg.command))
             process(conn, net_msg)
 
-        node_cm._deliver = recording_deliver
+        node_cm.receiver._deliver = recording_deliver   # the receive path's hand-over
         processor.process_message = recording_process
 
     def others_handled_before(self, command: str) -> int:

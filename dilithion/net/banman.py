@@ -14,8 +14,11 @@ The C++ node has one dormant in-memory set ``banned_ips`` in ``CPeerManager``
   datadir (written atomically) and reloaded at start.  A banned host's
   connections are refused, not dialled, and all closed.
 
-Honest misconfiguration (wrong network magic) earns neither: the transport
-just disconnects (:func:`score_misbehaviour` with score 0).
+Honest misconfiguration (wrong network magic) earns neither: it is logged,
+not scored, and the transport just disconnects.  Misbehaviour is scored by the
+owner of the scores, :meth:`PeerManager.misbehaving
+<dilithion.net.peers.PeerManager.misbehaving>`, which calls
+:meth:`BanMan.discourage` at the threshold (``_cs_banned`` after ``_cs_peers``).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from loguru import logger
 
 from dilithion.node.metrics import NULL_METRICS, Metrics
 __all__ = ["BanMan", "BanEntry", "BANLIST_FILE", "DEFAULT_BANTIME", "DEFAULT_DISCOURAGE_TIME",
-           "MAX_DISCOURAGED", "parse_subnet", "score_misbehaviour"]
+           "MAX_DISCOURAGED", "parse_subnet"]
 
 BANLIST_FILE = "banlist.json"
 #: ``setban`` without a ban time (Core's ``DEFAULT_MISBEHAVING_BANTIME``, 24 h).
@@ -224,41 +227,3 @@ class BanMan:
                 self._banned[str(subnet)] = entry
         self.metrics.banned_hosts.set(len(self._banned))
         logger.info(f"[P2P] Loaded {len(self._banned)} ban(s) from {self.path}")
-
-
-def score_misbehaviour(connman, peer_id: int, howmuch: int, reason: str) -> None:
-    """The body of ``ConnectionManager.misbehaving`` (C++ ``CPeerManager::Misbehaving``
-    plus the disconnect the C++ never does).
-
-    Score 0 is an honest fault (wrong network magic): logged, no score, no
-    metric; the caller disconnects.  Crossing the threshold discourages the
-    host and closes **every** connection from it.  ``reason`` reads
-    ``"<kind>: <detail>"``; ``<kind>`` labels the ``peer_misbehaviour`` metric.
-    """
-    pm = connman.peer_manager
-    peer = pm.get_peer(peer_id)
-    if peer is None:
-        return
-    if howmuch <= 0:
-        logger.bind(**peer.log_fields()).info(
-            f"[P2P] Disconnecting peer {peer_id} ({peer.address()}): {reason} "
-            f"(not scored: a misconfigured node, not an attack)")
-        return
-    crossed = pm.misbehaving(peer_id, howmuch)
-    kind = reason.split(":", 1)[0].strip() or "other"
-    logger.bind(**peer.log_fields()).warning(
-        f"[P2P] Misbehaving peer {peer_id} ({peer.address()}): {reason} "
-        f"(+{howmuch}, score {peer.misbehavior_score})")
-    connman.metrics.misbehaviour_events.labels(reason=kind).inc()
-    if crossed:
-        discouraged(connman, peer, reason)
-
-
-def discouraged(connman, peer, reason: str) -> None:
-    """``peer`` just crossed the threshold: log and close every connection of its host."""
-    host = peer.host
-    logger.bind(**peer.log_fields()).warning(
-        f"[P2P] Discouraging {host} for {connman.peer_manager.ban_time:g} s "
-        f"(peer {peer.id} reached score {peer.misbehavior_score}: {reason}); "
-        f"closing all its connections")
-    connman.disconnect_hosts(lambda h: h == host, f"discouraged: {reason}")

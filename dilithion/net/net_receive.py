@@ -1,10 +1,13 @@
 """The receive path of the network thread: read, budget, frame, hand over (``ReceiveMessages``).
 
-Split out of :mod:`dilithion.net.net_transport` (same class, same thread):
-:class:`ReceivePath` is the part of ``ConnectionManager`` that reads a
-readable socket within the per-peer cap and the node-wide receive budget,
-frames the bytes, scores framing faults and floods, and pushes complete
-messages onto the connection's backlog for the message-handler thread.
+A collaborator of :class:`~dilithion.net.net_transport.ConnectionManager`,
+owned by its network thread: :class:`ReceivePath` reads a readable socket
+within the per-peer cap and the node-wide receive budget, frames the bytes,
+scores framing faults and floods, and hands each complete message to the
+transport's ``deliver`` callback (which queues it for the message-handler
+thread).  It is built with exactly what it needs, as named callbacks: it never
+touches the transport's connection table, selector or sockets other than the
+one it reads.
 
 **Work per pass.**  One pass of the network loop serves every ready socket in
 turn, so what one peer may cost in a pass is what every other peer waits.  A
@@ -19,16 +22,17 @@ honest socket is read and framed in the same pass as the busy ones.
 from __future__ import annotations
 
 import time
+from typing import Callable, Iterable, Protocol
 
 from loguru import logger
 
-from dilithion.net.banman import discouraged
-from dilithion.net.connection import Connection
+from dilithion.net.connection import Connection, TransportConfig
 from dilithion.net.serialize import NetMessage
-from dilithion.net.socket import FrameError
+from dilithion.net.socket import ByteBudget, FrameError
+from dilithion.node.metrics import Metrics
 
-__all__ = ["ReceivePath", "RECEIVE_FLOOR_PER_PEER", "SCORE_TRUNCATED", "SCORE_FLOOD", "READ_BYTES_PER_PASS",
-           "FRAMES_PER_PASS"]
+__all__ = ["ReceivePath", "Misbehaving", "RECEIVE_FLOOR_PER_PEER", "SCORE_TRUNCATED", "SCORE_FLOOD",
+           "READ_BYTES_PER_PASS", "FRAMES_PER_PASS"]
 
 SCORE_TRUNCATED = 20
 SCORE_FLOOD = 1
@@ -59,22 +63,62 @@ FRAMES_PER_PASS = 16
 RECEIVE_FLOOR_PER_PEER = 64 * 1024
 
 
+class Misbehaving(Protocol):
+    """Score bad input of a peer (``ConnectionManager.misbehaving``); ``quiet``
+    scores without the per-event log line and metric (a flood already logged)."""
+
+    def __call__(self, peer_id: int, howmuch: int, reason: str, *, quiet: bool = False) -> None: ...
+
+
 class ReceivePath:
-    """Mixin of :class:`~dilithion.net.net_transport.ConnectionManager`; every
-    method runs on the network thread, which owns each connection's reader
-    and ``charged`` count.  Uses the manager's ``config``, ``peer_manager``,
-    ``receive_buffer``, ``sink``, ``delivery_observers``, ``metrics``, ``misbehaving``,
-    ``_close``, ``_guarded``, ``_snapshot`` and ``_update_interest``, and
-    owns the manager's ``_unframed`` (connection -> the pass that last framed it,
-    for the connections whose buffers may still hold complete messages) and
-    ``_pass`` (the loop's pass counter).
+    """Read, budget and frame on the network thread (``ReceiveMessages``).
+
+    Owner: the network thread; every method runs there.  It owns each
+    connection's reader and ``charged`` count, ``_unframed`` (connection -> the
+    pass that last framed it, for the connections whose buffers may still hold
+    complete messages) and ``_pass`` (the network loop's pass counter, advanced
+    by :meth:`new_pass`).  What it needs from the transport comes in at
+    construction: ``connections()`` (a snapshot of the open connections, to find
+    the largest holder of the budget), ``deliver(conn, msg)`` (queue a framed
+    message for the handler), ``close(conn, reason, category)``,
+    ``update_interest(conn)`` (re-arm the selector after a pause or resume) and
+    ``misbehaving`` (score bad input).
     """
 
-    def _read(self, conn: Connection) -> None:
+    def __init__(self, config: TransportConfig, receive_buffer: ByteBudget, metrics: Metrics, *,
+                 connections: Callable[[], Iterable[Connection]],
+                 deliver: Callable[[Connection, NetMessage], None],
+                 close: Callable[[Connection, str, str], None],
+                 update_interest: Callable[[Connection], None],
+                 misbehaving: Misbehaving) -> None:
+        self.config = config
+        self.receive_buffer = receive_buffer
+        self.metrics = metrics
+        self._connections = connections
+        self._deliver = deliver
+        self._close = close
+        self._update_interest = update_interest
+        self._misbehaving = misbehaving
+        self._unframed: dict[Connection, int] = {}
+        self._pass = 0
+
+    def new_pass(self) -> None:
+        """The network loop starts a pass."""
+        self._pass += 1
+
+    def has_unframed(self) -> bool:
+        """Bytes were read but not framed yet: the loop must not sleep."""
+        return bool(self._unframed)
+
+    def forget(self, conn: Connection) -> None:
+        """``conn`` was closed."""
+        self._unframed.pop(conn, None)
+
+    def read(self, conn: Connection) -> None:
         """Read what the socket has and frame it into messages (``ReceiveMessages``);
         a peer with bytes still to frame is framed instead of read."""
         if conn in self._unframed:
-            self._frame(conn)
+            self.frame(conn)
             return
         free = self._make_room_to_read(conn)
         if free <= 0:
@@ -88,7 +132,7 @@ class ReceivePath:
         if not data:
             partial = conn.reader.pending_bytes()
             if partial:
-                self.misbehaving(conn.peer.id, SCORE_TRUNCATED,
+                self._misbehaving(conn.peer.id, SCORE_TRUNCATED,
                                  f"truncated message: connection closed with {partial} bytes "
                                  f"of an unfinished message")
             self._close(conn, "connection closed by peer", "closed")
@@ -100,9 +144,9 @@ class ReceivePath:
         self.metrics.bytes_received.inc(len(data))
         conn.reader.feed(data)
         self._charge(conn)
-        self._frame(conn)
+        self.frame(conn)
 
-    def _frame(self, conn: Connection) -> None:
+    def frame(self, conn: Connection) -> None:
         """Cut up to :data:`FRAMES_PER_PASS` messages from ``conn``'s buffer and
         hand them over.  While complete messages may be left, ``conn`` stays in
         ``_unframed`` (framed again next pass, its socket not read); a paused
@@ -119,7 +163,7 @@ class ReceivePath:
             except FrameError as e:
                 framed += 1
                 self._charge(conn)
-                self.misbehaving(conn.peer.id, e.score, f"{e.kind}: {e.reason}")
+                self._misbehaving(conn.peer.id, e.score, f"{e.kind}: {e.reason}")
                 if e.fatal:
                     self._close(conn, f"{e.kind}: stream cannot be resynchronised", "misbehaviour")
                     return
@@ -133,14 +177,16 @@ class ReceivePath:
                 continue
             self._deliver(conn, msg)
 
-    def _frame_leftovers(self) -> None:
-        """Frame on for the peers whose buffers still held messages after their
-        turn in an earlier pass (and that were not served in this one)."""
+    def leftovers(self) -> list[Connection]:
+        """The peers to frame on (:meth:`frame`): their buffers still held messages
+        after their turn in an earlier pass, and they were not served in this one."""
+        todo = []
         for conn, framed_in in list(self._unframed.items()):
             if conn.closed:
                 self._unframed.pop(conn, None)
             elif framed_in != self._pass:
-                self._guarded(conn, self._frame, conn)
+                todo.append(conn)
+        return todo
 
     def _charge(self, conn: Connection) -> None:
         """Bring the receive budget up to date with ``conn``'s reader buffer."""
@@ -167,7 +213,7 @@ class ReceivePath:
         held = self._held(conn)
         if held < RECEIVE_FLOOR_PER_PEER:
             return RECEIVE_FLOOR_PER_PEER - held
-        holder = max((c for c in self._snapshot() if not c.closed),
+        holder = max((c for c in self._connections() if not c.closed),
                      key=lambda c: c.charged, default=None)
         if holder is not None and holder.charged > 0:
             logger.warning(f"[P2P] Receive buffer budget of {self.receive_buffer.limit} bytes "
@@ -191,30 +237,22 @@ class ReceivePath:
         detail = f"more than {cfg.msg_rate:g} messages/s (burst {cfg.msg_burst:g})"
         if not conn.flood_logged:
             conn.flood_logged = True
-            self.misbehaving(conn.peer.id, SCORE_FLOOD, f"flood: {detail}; dropping {msg.command}")
+            self._misbehaving(conn.peer.id, SCORE_FLOOD, f"flood: {detail}; dropping {msg.command}")
             return
-        if self.peer_manager.misbehaving(conn.peer.id, SCORE_FLOOD):
-            discouraged(self, conn.peer, f"flood: {detail}")
+        self._misbehaving(conn.peer.id, SCORE_FLOOD, f"flood: {detail}", quiet=True)
 
-    def _deliver(self, conn: Connection, msg: NetMessage) -> None:
-        if msg.command == "pong":
-            conn.ping.pong_framed(msg.payload)
-        if self._log_messages:
-            logger.debug(f"[P2P] recv {msg.command} ({len(msg.payload)} bytes) peer={conn.peer.id}")
-        observer = self.delivery_observers.get(msg.command)
-        if observer is not None:
-            observer(conn.peer, msg.payload)
-        was_empty, pause = conn.backlog.push(msg)
-        if was_empty:
-            self.sink.message_ready(conn)
-        if pause:
-            pending, _bytes = conn.backlog.counts()
-            logger.debug(f"[P2P] Pausing reads from peer {conn.peer.id}: "
-                         f"{pending} messages unprocessed")
-            self._update_interest(conn)
-
-    def _resume_reading(self, conn: Connection) -> None:
+    def resume(self, conn: Connection) -> None:
+        """The handler worked ``conn``'s backlog down: read and frame it again."""
         if not conn.closed and not conn.backlog.paused:
             conn.last_recv_mono = time.monotonic()  # our stall, not the peer's silence
             self._update_interest(conn)
-            self._frame(conn)                       # what was read before the pause
+            self.frame(conn)                        # what was read before the pause
+
+    def resume_if_room(self, conn: Connection, has_room: bool) -> None:
+        """The maintenance tick: read ``conn`` again if it was paused for the
+        receive budget and the budget has room (``has_room``) or ``conn`` holds
+        less than its floor."""
+        if conn.budget_paused and not conn.closed and (
+                has_room or self._held(conn) < RECEIVE_FLOOR_PER_PEER):
+            conn.budget_paused = False
+            self._update_interest(conn)

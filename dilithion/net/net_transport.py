@@ -8,7 +8,13 @@ closes one.  Here the transport half of the C++ ``net.cpp`` runs on one
 peer socket (all non-blocking) and a wake-up socketpair.  It accepts,
 finishes outbound connects, reads and frames bytes, writes queued messages,
 and enforces every timer (connect, handshake, send deadline, keepalive, ping
-timeout, inactivity: :mod:`dilithion.net.timers`).  It is the only thread
+timeout, inactivity: :mod:`dilithion.net.timers`).  This module keeps the
+connection table, the selector loop, connecting, flush requests and closing;
+the other jobs are collaborators built here with named callbacks (never
+mixins): queueing and writing messages (:class:`~dilithion.net.net_send.SendPath`),
+reading and framing (:class:`~dilithion.net.net_receive.ReceivePath`), accepting
+(:class:`~dilithion.net.net_accept.InboundAcceptor`) and acting on the timers
+(:class:`~dilithion.net.timers.ConnectionTimers`).  It is the only thread
 that touches a socket.  It also keeps the node's resources bounded: the
 node-wide receive budget (:class:`~dilithion.net.socket.ByteBudget`)
 and inbound eviction (:mod:`dilithion.net.eviction`) when the inbound slots
@@ -23,7 +29,6 @@ selector.
 """
 from __future__ import annotations
 
-import errno
 import os
 import selectors
 import socket as _stdlib_socket
@@ -34,15 +39,16 @@ from typing import Callable, Protocol
 
 from loguru import logger
 
-from dilithion.net.banman import BanMan, score_misbehaviour
+from dilithion.net.banman import BanMan
 from dilithion.net.connection import Connection, InboundBacklog, TransportConfig
-from dilithion.net.eviction import EvictionCandidate, netgroup, select_node_to_evict
-from dilithion.net.net_receive import RECEIVE_FLOOR_PER_PEER, ReceivePath
+from dilithion.net.net_accept import InboundAcceptor
+from dilithion.net.net_receive import ReceivePath
+from dilithion.net.net_send import SendPath
 from dilithion.net.peers import Peer, PeerManager
-from dilithion.net.protocol import Message, MsgPing
+from dilithion.net.protocol import Message
 from dilithion.net.serialize import MESSAGE_HEADER_SIZE, NetMessage
 from dilithion.net.socket import ByteBudget, FrameReader, SendQueue, Socket, TokenBucket, is_ipv4
-from dilithion.net.timers import check_timers
+from dilithion.net.timers import ConnectionTimers
 from dilithion.node.metrics import NULL_METRICS, Metrics
 
 __all__ = ["ConnectionManager", "MessageSink"]
@@ -52,7 +58,6 @@ State = Peer.State
 #: Pause before accepting again after the process ran out of descriptors: the
 #: pending connection keeps the listener readable, so retrying at once would spin.
 ACCEPT_RETRY_S = 0.5
-_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class MessageSink(Protocol):
@@ -68,12 +73,17 @@ class MessageSink(Protocol):
     def connection_closed(self, conn: Connection, reason: str) -> None: ...
 
 
-class ConnectionManager(ReceivePath):
+class ConnectionManager:
     """All peer connections of one node: the transport half of ``CConnectionManager``.
 
-    Threads: the network thread owns the selector, the listener, every socket,
-    framing (:class:`~dilithion.net.net_receive.ReceivePath`) and timers.  Any thread may call the public methods below; they
-    post work to the network thread or touch only locked state.
+    Threads: the network thread owns the selector, the listener, every socket
+    and the collaborators built here with the callbacks they need: ``sender``
+    (:class:`~dilithion.net.net_send.SendPath`, whose ``enqueue`` any thread
+    calls), ``receiver`` (:class:`~dilithion.net.net_receive.ReceivePath`), ``acceptor``
+    (:class:`~dilithion.net.net_accept.InboundAcceptor`) and ``timers``
+    (:class:`~dilithion.net.timers.ConnectionTimers`).  Any thread may call the
+    public methods below; they post work to the network thread or touch only
+    locked state.
     Locks: ``_cs_conns`` guards the ``_conns`` dict, ``_ops_lock`` the work
     posted to the network thread (``_ops``, ``_flush_ids``).  The peer table
     has its own lock (:class:`PeerManager`), as has the node-wide
@@ -94,7 +104,8 @@ class ConnectionManager(ReceivePath):
         self.metrics = metrics
         self._on_fatal = on_fatal
         self.peer_manager = PeerManager(cfg.max_peers, cfg.max_outbound, cfg.ban_time, banman,
-                                        max_inbound_per_netgroup=cfg.max_inbound_per_netgroup)
+                                        max_inbound_per_netgroup=cfg.max_inbound_per_netgroup,
+                                        metrics=metrics)
         self.receive_buffer = ByteBudget(cfg.max_receive_buffer)
         #: Node-wide bytes queued in every peer's ``SendQueue`` (its own lock).
         self.send_buffer = ByteBudget(cfg.max_send_total)
@@ -111,9 +122,22 @@ class ConnectionManager(ReceivePath):
         self._ops: deque[Callable[[], None]] = deque()
         self._flush_ids: set[int] = set()
         self._ops_lock = threading.Lock()
-        # Network thread only (the receive path's work per pass, net_receive.py).
-        self._unframed: dict[Connection, int] = {}
-        self._pass = 0
+        #: Queues messages (any thread) and writes them (network thread; net_send.py).
+        self.sender = SendPath(magic, metrics, log_messages=self._log_messages,
+                               close=self._close, update_interest=self._update_interest)
+        #: Network thread only: read, budget and frame (net_receive.py).
+        self.receiver = ReceivePath(cfg, self.receive_buffer, metrics,
+                                    connections=self._snapshot, deliver=self._deliver,
+                                    close=self._close, update_interest=self._update_interest,
+                                    misbehaving=self.misbehaving)
+        #: Network thread only: acts on each connection's timers (timers.py).
+        self.timers = ConnectionTimers(cfg, self.send_timeout, metrics,
+                                       send_now=self.sender.send_now, close=self._close)
+        #: Network thread only: accepts inbound connections (net_accept.py).
+        self.acceptor = InboundAcceptor(
+            self.peer_manager, metrics, connections=self._snapshot,
+            add=lambda peer, sock: self._new_connection(peer, sock, connecting=False),
+            opened=self._opened, close=self._close)
 
         self._selector: selectors.BaseSelector | None = None
         self._listener: Socket | None = None
@@ -216,14 +240,14 @@ class ConnectionManager(ReceivePath):
         conn = self._conns.get(peer_id)
         if conn is None or conn.closed or conn.connecting:
             return False
-        if not self._enqueue(conn, msg, on_written):
+        if not self.sender.enqueue(conn, msg, on_written):
             return False
         self._request_flush(conn)
         return True
 
     def resume_reading(self, conn: Connection) -> None:
         """The handler worked the connection's backlog down: read its socket again."""
-        self._post(lambda: self._resume_reading(conn))
+        self._post(lambda: self.receiver.resume(conn))
 
     def connection(self, peer_id: int) -> Connection | None:
         """The open connection of ``peer_id``, or None."""
@@ -240,11 +264,15 @@ class ConnectionManager(ReceivePath):
         return (self.queued_bytes(peer_id) > self.config.max_send_buffer
                 or self.send_buffer.spent())
 
-    def misbehaving(self, peer_id: int, howmuch: int, reason: str) -> None:
-        """Score bad input (:func:`~dilithion.net.banman.score_misbehaviour`): at
-        ``BAN_THRESHOLD`` the host is discouraged and all its connections closed;
-        score 0 only logs.  Any thread."""
-        score_misbehaviour(self, peer_id, howmuch, reason)
+    def misbehaving(self, peer_id: int, howmuch: int, reason: str, *, quiet: bool = False) -> None:
+        """Score bad input (:meth:`PeerManager.misbehaving
+        <dilithion.net.peers.PeerManager.misbehaving>`, which logs and counts it):
+        at ``BAN_THRESHOLD`` the host is discouraged and here all its connections
+        are closed; score 0 only logs.  Any thread."""
+        peer = self.peer_manager.misbehaving(peer_id, howmuch, reason, quiet=quiet)
+        if peer is not None:
+            host = peer.host
+            self.disconnect_hosts(lambda h: h == host, f"discouraged: {reason}")
 
     def disconnect_hosts(self, match: Callable[[str], bool], reason: str) -> None:
         """Close every connection whose host ``match``es (a ban or discouragement
@@ -305,18 +333,25 @@ class ConnectionManager(ReceivePath):
         if threading.current_thread() is not self._net_thread:
             self._wake()
 
-    def _enqueue(self, conn: Connection, msg: Message | NetMessage,
-                 on_written: Callable[[], None] | None = None) -> bool:
-        net_msg = msg if isinstance(msg, NetMessage) else msg.to_net_message(self.magic)
-        data = net_msg.serialize()
-        if not conn.sendq.push(data, on_written):
-            logger.debug(f"[P2P] Send queue of peer {conn.peer.id} full "
-                         f"({conn.sendq.queued_bytes()} bytes): {net_msg.command} refused")
-            return False
+    def _deliver(self, conn: Connection, msg: NetMessage) -> None:
+        """Hand one framed message to the message-handler thread (the receive
+        path's ``deliver``): delivery observers first, then ``conn.backlog``;
+        reads pause when the backlog is full."""
+        if msg.command == "pong":
+            conn.ping.pong_framed(msg.payload)
         if self._log_messages:
-            logger.debug(f"[P2P] send {net_msg.command} ({len(net_msg.payload)} bytes) "
-                         f"peer={conn.peer.id}")
-        return True
+            logger.debug(f"[P2P] recv {msg.command} ({len(msg.payload)} bytes) peer={conn.peer.id}")
+        observer = self.delivery_observers.get(msg.command)
+        if observer is not None:
+            observer(conn.peer, msg.payload)
+        was_empty, pause = conn.backlog.push(msg)
+        if was_empty:
+            self.sink.message_ready(conn)
+        if pause:
+            pending, _bytes = conn.backlog.counts()
+            logger.debug(f"[P2P] Pausing reads from peer {conn.peer.id}: "
+                         f"{pending} messages unprocessed")
+            self._update_interest(conn)
 
     # ======================================================================
     # network thread
@@ -332,9 +367,9 @@ class ConnectionManager(ReceivePath):
         next_maintenance = time.monotonic() + tick
         try:
             while not self.stopping.is_set():
-                self._pass += 1
+                self.receiver.new_pass()
                 # Bytes read but not framed yet: no sleeping until they are.
-                for key, mask in self._selector.select(0 if self._unframed else tick):
+                for key, mask in self._selector.select(0 if self.receiver.has_unframed() else tick):
                     tag = key.data
                     if tag == "wake":
                         self._drain_wake()
@@ -342,7 +377,8 @@ class ConnectionManager(ReceivePath):
                         self._accept_all()
                     elif not tag.closed:
                         self._guarded(tag, self._service, tag, mask)
-                self._frame_leftovers()
+                for conn in self.receiver.leftovers():
+                    self._guarded(conn, self.receiver.frame, conn)
                 self._run_ops()
                 now = time.monotonic()
                 if self._accept_resume_at is not None and now >= self._accept_resume_at:
@@ -383,7 +419,7 @@ class ConnectionManager(ReceivePath):
         for peer_id in flush_ids:
             conn = self._conns.get(peer_id)
             if conn is not None and not conn.closed and not conn.connecting:
-                self._guarded(conn, self._flush, conn)
+                self._guarded(conn, self.sender.flush, conn)
 
     def _guarded(self, conn: Connection | None, fn: Callable, *args) -> None:
         """Run one unit of network-thread work; a bug in it costs at most that
@@ -427,60 +463,17 @@ class ConnectionManager(ReceivePath):
         conn.mask = mask
 
     def _accept_all(self) -> None:
-        """Accept every pending inbound connection (``AcceptConnection``)."""
-        while True:
-            try:
-                accepted = self._listener.accept()
-            except OSError as e:
-                logger.warning(f"[P2P] Failed to accept peer connection: {e}")
-                self.metrics.socket_errors.inc()
-                if e.errno in _OUT_OF_RESOURCES:
-                    self._selector.unregister(self._listener.sock)
-                    self._accept_resume_at = time.monotonic() + ACCEPT_RETRY_S
-                return
-            if accepted is None:
-                return
-            sock, host, port = accepted
-            if self.peer_manager.is_banned(host):
-                logger.info(f"[P2P] Refused connection from banned host {host}:{port}")
-                sock.close()
-                continue
-            refusal = self.peer_manager.inbound_refusal(host)
-            if refusal == "full" and not self.peer_manager.is_discouraged(host) \
-                    and self._evict_inbound():
-                refusal = self.peer_manager.inbound_refusal(host)
-            peer = None if refusal else self.peer_manager.add_peer(
-                host, port, inbound=True, state=State.STATE_CONNECTED)
-            if peer is None:
-                limit = (f"{self.peer_manager.max_inbound_per_netgroup} inbound connections "
-                         f"from {netgroup(host)} already" if refusal == "netgroup" else
-                         f"{self.peer_manager.max_inbound} inbound connections already, "
-                         f"none evictable")
-                logger.info(f"[P2P] Failed to accept peer connection from {host}:{port}: {limit}")
-                sock.close()
-                continue
-            conn = self._new_connection(peer, sock, connecting=False)
-            log = logger.bind(**peer.log_fields())
-            log.info(f"[P2P] New peer connected: {host}:{port}")
-            log.info(f"[P2P] Peer accepted and added to connection pool (peer_id={peer.id})")
-            self._update_interest(conn)
-            self.sink.connection_opened(conn)
+        """Accept every pending inbound connection (``AcceptConnection``,
+        :class:`~dilithion.net.net_accept.InboundAcceptor`); out of descriptors,
+        the listener rests for ``ACCEPT_RETRY_S``."""
+        if not self.acceptor.accept_all(self._listener):
+            self._selector.unregister(self._listener.sock)
+            self._accept_resume_at = time.monotonic() + ACCEPT_RETRY_S
 
-    def _evict_inbound(self) -> bool:
-        """Make room for a new inbound connection by closing one inbound peer
-        (Core's ``AttemptToEvictConnection``); False when every one is protected."""
-        pm = self.peer_manager
-        candidates = [EvictionCandidate(c.peer.id, netgroup(c.peer.host), c.opened,
-                                        c.peer.is_handshake_complete(), c.peer.min_ping_time,
-                                        c.peer.last_block_time, pm.is_discouraged(c.peer.host))
-                      for c in self._snapshot() if c.peer.inbound and not c.closed]
-        victim = select_node_to_evict(candidates)
-        conn = self._conns.get(victim) if victim is not None else None
-        if conn is None:
-            return False
-        self.metrics.peers_evicted.inc()
-        self._close(conn, "evicted to make room for a new inbound connection", "evicted")
-        return True
+    def _opened(self, conn: Connection) -> None:
+        """A connection is up (accepted or connected): arm the selector, tell the processor."""
+        self._update_interest(conn)
+        self.sink.connection_opened(conn)
 
     def _service(self, conn: Connection, mask: int) -> None:
         if conn.connecting:
@@ -488,9 +481,9 @@ class ConnectionManager(ReceivePath):
                 self._finish_connect(conn)
             return
         if mask & selectors.EVENT_READ:
-            self._read(conn)
+            self.receiver.read(conn)
         if mask & selectors.EVENT_WRITE and not conn.closed:
-            self._flush(conn)
+            self.sender.flush(conn)
 
     def _finish_connect(self, conn: Connection) -> None:
         err = conn.sock.finish_connect()
@@ -505,53 +498,17 @@ class ConnectionManager(ReceivePath):
         self.peer_manager.transition(peer, (State.STATE_CONNECTING,), State.STATE_CONNECTED)
         logger.bind(**peer.log_fields()).info(
             f"[P2P] Connected to {peer.address()} (peer_id={peer.id})")
-        self._update_interest(conn)
-        self.sink.connection_opened(conn)
-
-    def _flush(self, conn: Connection) -> None:
-        written, _ = conn.sendq.write_to(conn.sock)
-        if written < 0:
-            self.metrics.socket_errors.inc()
-            self._close(conn, f"socket error: {conn.sock.get_last_error_string()}", "closed")
-            return
-        if written:
-            conn.peer.last_send = time.time()
-            conn.peer.bytes_sent += written
-            self.metrics.bytes_sent.inc(written)
-        self._update_interest(conn)
+        self._opened(conn)
 
     def _maintenance(self, now: float) -> None:
         """Timers and pings of every connection (``PeriodicMaintenance``,
         ``SendPingMessage``); resumes reads paused for the receive budget."""
         has_room = self.receive_buffer.free() > 0
         for conn in self._snapshot():
-            if conn.budget_paused and not conn.closed and (
-                    has_room or self._held(conn) < RECEIVE_FLOOR_PER_PEER):
-                conn.budget_paused = False
-                self._update_interest(conn)
+            self.receiver.resume_if_room(conn, has_room)
             if not conn.closed:
-                self._guarded(conn, self._maintain, conn, now)
+                self._guarded(conn, self.timers.run, conn, now)
         self.metrics.receive_buffer_bytes.set(self.receive_buffer.used())
-
-    def _maintain(self, conn: Connection, now: float) -> None:
-        """Act on the timers of one connection (:func:`dilithion.net.timers.check_timers`)."""
-        action = check_timers(conn, self.config, self.send_timeout, now)
-        if action is None:
-            return
-        if action.kind == "ping":
-            if self._enqueue(conn, MsgPing(conn.ping.start(now))):
-                self._flush(conn)
-            else:
-                conn.ping.cancel()
-            return
-        if action.kind == "send_timeout":
-            peer = conn.peer
-            logger.bind(**peer.log_fields()).warning(
-                f"[P2P] send timeout: peer {peer.id} ({peer.address()}) took no "
-                f"bytes for {self.send_timeout * 1000:.0f} ms with "
-                f"{conn.sendq.queued_bytes()} bytes queued")
-            self.metrics.send_timeout_errors.inc()
-        self._close(conn, action.reason, action.category)
 
     def _close_id(self, peer_id: int, reason: str, category: str) -> None:
         conn = self._conns.get(peer_id)
@@ -575,7 +532,7 @@ class ConnectionManager(ReceivePath):
             conn.mask = 0
         with self._cs_conns:
             self._conns.pop(peer.id, None)
-        self._unframed.pop(conn, None)
+        self.receiver.forget(conn)
         self.receive_buffer.add(-conn.charged)
         conn.charged = 0
         self.peer_manager.remove_peer(peer.id)

@@ -20,6 +20,7 @@ from loguru import logger
 from dilithion.net.banman import BanMan
 from dilithion.net.eviction import netgroup
 from dilithion.net.protocol import CPP_USER_AGENT
+from dilithion.node.metrics import NULL_METRICS, Metrics
 
 __all__ = ["Peer", "PeerManager"]
 
@@ -109,6 +110,8 @@ class PeerManager:
     misbehaviour scores and every ``Peer.state`` (only :meth:`add_peer`,
     :meth:`transition`, :meth:`misbehaving` and :meth:`remove_peer` write it).
     ``_state_changed`` (a condition on that lock) wakes :meth:`wait_for_handshake`.
+    Misbehaviour is scored here (:meth:`misbehaving`, logged and counted in
+    ``metrics``); the transport only closes the connections it returns.
     Peer ids start at 1 and are never reused (``net`` 4.3).  ``banman``
     (:class:`~dilithion.net.banman.BanMan`, its own lock ``_cs_banned``, taken
     after ``_cs_peers``) is set once before the transport starts.
@@ -128,7 +131,8 @@ class PeerManager:
     def __init__(self, max_peers: int = MAX_TOTAL_CONNECTIONS,
                  max_outbound: int = MAX_OUTBOUND_CONNECTIONS,
                  ban_time: float = DEFAULT_BAN_TIME, banman: BanMan | None = None,
-                 max_inbound_per_netgroup: int = 0) -> None:
+                 max_inbound_per_netgroup: int = 0, metrics: Metrics = NULL_METRICS) -> None:
+        self.metrics = metrics
         self.max_peers = max_peers
         self.max_outbound = max_outbound
         self.max_inbound = max(0, max_peers - max_outbound)
@@ -242,25 +246,62 @@ class PeerManager:
             return sum(1 for p in self._peers.values() if p.inbound)
 
     # -- misbehaviour, discouragement and bans ---------------------------------------
-    def misbehaving(self, peer_id: int, howmuch: int) -> bool:
-        """Add to the peer's score; True when this call crossed the threshold.
+    def misbehaving(self, peer_id: int, howmuch: int, reason: str, *,
+                    quiet: bool = False) -> Peer | None:
+        """Score bad input of a peer (C++ ``CPeerManager::Misbehaving``, live here).
 
-        Crossing discourages the peer's host (:meth:`BanMan.discourage`); the
-        caller closes its connections.  False for unknown peers and for peers
-        already past the threshold.
+        Returns the peer when this call crossed :attr:`BAN_THRESHOLD`: its host
+        is now discouraged (:meth:`BanMan.discourage`) and the caller closes
+        **every** connection of that host (the disconnect the C++ never does);
+        None otherwise, and for unknown peers.  Score 0 is an honest fault
+        (wrong network magic): logged, no score, no metric; the caller
+        disconnects.  ``reason`` reads ``"<kind>: <detail>"``; ``<kind>`` labels
+        the ``peer_misbehaviour`` metric.  ``quiet`` scores without that log
+        line and metric (a flood whose first dropped message was logged).
+        Any thread.
         """
+        if quiet:
+            peer, crossed = self._score(peer_id, howmuch)
+        else:
+            peer = self.get_peer(peer_id)
+            if peer is None:
+                return None
+            if howmuch <= 0:
+                logger.bind(**peer.log_fields()).info(
+                    f"[P2P] Disconnecting peer {peer_id} ({peer.address()}): {reason} "
+                    f"(not scored: a misconfigured node, not an attack)")
+                return None
+            _, crossed = self._score(peer_id, howmuch)
+            kind = reason.split(":", 1)[0].strip() or "other"
+            logger.bind(**peer.log_fields()).warning(
+                f"[P2P] Misbehaving peer {peer_id} ({peer.address()}): {reason} "
+                f"(+{howmuch}, score {peer.misbehavior_score})")
+            self.metrics.misbehaviour_events.labels(reason=kind).inc()
+        if not crossed:
+            return None
+        logger.bind(**peer.log_fields()).warning(
+            f"[P2P] Discouraging {peer.host} for {self.ban_time:g} s "
+            f"(peer {peer.id} reached score {peer.misbehavior_score}: {reason}); "
+            f"closing all its connections")
+        return peer
+
+    def _score(self, peer_id: int, howmuch: int) -> tuple[Peer | None, bool]:
+        """Add to the peer's score under ``_cs_peers``: (the peer, whether this
+        call crossed the threshold).  Crossing discourages the host (``_cs_banned``
+        is taken after ``_cs_peers``).  Not crossed for unknown peers and for
+        peers already past the threshold."""
         with self._cs_peers:
             peer = self._peers.get(peer_id)
             if peer is None:
-                return False
+                return None, False
             before = peer.misbehavior_score
             peer.misbehavior_score += howmuch
             if before < self.BAN_THRESHOLD <= peer.misbehavior_score:
                 self.banman.discourage(peer.host)
                 peer.state = Peer.State.STATE_BANNED
                 self._state_changed.notify_all()
-                return True
-            return False
+                return peer, True
+            return peer, False
 
     def is_banned(self, host: str) -> bool:
         return self.banman.is_banned(host)

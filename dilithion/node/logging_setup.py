@@ -45,7 +45,8 @@ STRUCTURED_FIELDS = ("block_hash", "height", "peer", "peer_addr")
 #: Modules whose DEBUG records are the per-message P2P lines (the transport emits
 #: them only when ``DIL_P2P_LOG=1``; ``logger.bind(p2p=True)`` marks others).
 P2P_LOG_MODULES = ("dilithion.net.net_transport", "dilithion.net.net_receive",
-                   "dilithion.net.net_processing", "dilithion.net.socket")
+                   "dilithion.net.net_send", "dilithion.net.net_processing",
+                   "dilithion.net.socket")
 
 _PACKAGE_PREFIX = "dilithion."
 #: Extra key naming the standard-library logger of an intercepted record (its component).
