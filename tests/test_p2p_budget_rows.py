@@ -75,33 +75,6 @@ ROUND = 2 * (ATTACKERS - 1)
 BOUND = {"block": ATTACKERS + 2}
 
 
-class ReadyRecord(Record):
-    """:class:`Record`, plus where in ``handled`` each honest message was when it
-    entered the handler's fair queue (``FairQueue.add``, under the processor's
-    lock).  Between framing and that moment the network thread may wait for the
-    GIL while the handler runs (up to one switch interval, 5 ms: dozens of cheap
-    messages), which no scheduling of peers can change; from that moment on the
-    fair queue decides."""
-
-    def __init__(self, node_cm, processor) -> None:
-        super().__init__(node_cm, processor)
-        self.handled_when_ready: dict[str, int] = {}
-        queue = processor._ready
-        add = queue.add
-
-        def recording_add(conn):
-            if getattr(getattr(conn, "peer", None), "host", None) == HONEST:
-                for msg in list(conn.backlog._items):
-                    self.handled_when_ready.setdefault(msg.command, len(self.handled))
-            add(conn)
-        queue.add = recording_add
-
-    def others_handled_while_ready(self, command: str) -> int:
-        start = self.handled_when_ready[command]
-        end = self.handled.index((HONEST, command), start)
-        return sum(host != HONEST for host, _ in self.handled[start:end])
-
-
 @pytest.fixture
 def victim(inprocess_nodes):
     chain = regtest_chain(2)
@@ -112,7 +85,7 @@ def victim(inprocess_nodes):
 @pytest.mark.parametrize("command", sorted(BACKLOGS))
 def test_a_backlog_of_each_message_type_does_not_hold_back_an_honest_block(victim, command):
     node, chain = victim
-    record = ReadyRecord(node.connman, node.ctx.processor)
+    record = Record(node.connman, node.ctx.processor)
     pm = node.connman.peer_manager
     attackers = [handshaken(node.p2p_port, attacker_host(i), 1) for i in range(ATTACKERS)]
     honest = handshaken(node.p2p_port, HONEST, 1)
