@@ -146,22 +146,26 @@ def strict_schedule(params: ChainParams, network_hs: float) -> StrictSchedule:
 
 
 def duration(seconds: float) -> str:
-    """A duration for people: s, min, h, days or years, about 2-3 significant digits."""
+    """A duration for people: s, min, h, days or years, one decimal (none when it is 0)."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds < 2 * 365.25 * 86400:
-        return f"{seconds / 86400:.1f} days"
-    return f"{seconds / (365.25 * 86400):.1f} years"
+        value, unit = seconds / 3600, "h"
+    elif seconds < 2 * 365.25 * 86400:
+        value, unit = seconds / 86400, "days"
+    else:
+        value, unit = seconds / (365.25 * 86400), "years"
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def count(value: float) -> str:
-    """A count for people: two significant digits below 10, whole numbers above."""
-    if value < 0.01:
-        return f"{value:.0e}".replace("e-0", "e-")
+    """A count or rate for people: < 0.001, three decimals below 0.1, two below 10, whole above."""
+    if value < 0.001:
+        return "< 0.001"
+    if value < 0.1:
+        return f"{value:.3f}"
     return f"{value:.2f}" if value < 10 else f"{value:,.0f}"
 
 
