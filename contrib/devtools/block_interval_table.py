@@ -111,7 +111,7 @@ def shipped_no_block_window_s(alerts: Path = ALERTS) -> int:
 class StrictSchedule:
     """How a network of constant hash rate would retarget if every node ran ``--strict``."""
 
-    first_retarget_s: float     # when the first new nBits applies (2016 blocks at genesis work)
+    first_retarget_s: float     # when the first new nBits applies (2015 blocks at genesis work)
     settled_s: float | None     # when the interval is within SETTLED_TOLERANCE of the target
     #: Shortest and longest mean interval of the last periods simulated (when not settled:
     #: the swing of ``chain D8``, a target whose mantissa has its top bit set halves).
@@ -121,8 +121,9 @@ class StrictSchedule:
 def strict_schedule(params: ChainParams, network_hs: float) -> StrictSchedule:
     """Follow ``pow.retarget`` period by period, each period lasting its expected time.
 
-    The first period is 2016 blocks from genesis; the retarget reads the span of
-    the last 2015 intervals (``chain`` 3.5: the walk goes 2015 steps back).
+    The first new ``nBits`` applies at height 2016, after the 2015 blocks mined on
+    genesis; later periods are 2016 blocks.  Each retarget reads the span of the
+    last 2015 intervals (``chain`` 3.5: the walk goes 2015 steps back).
     """
     span = params.difficulty_adjustment * params.block_time
     bits, elapsed, first, settled = params.genesis_bits, 0.0, None, None
@@ -133,7 +134,8 @@ def strict_schedule(params: ChainParams, network_hs: float) -> StrictSchedule:
         if abs(interval / params.block_time - 1) <= SETTLED_TOLERANCE:
             settled = elapsed
             break
-        elapsed += params.difficulty_adjustment * interval
+        blocks = params.difficulty_adjustment - (1 if first is None else 0)
+        elapsed += blocks * interval
         first = elapsed if first is None else first
         new_bits = retarget(bits, int((params.difficulty_adjustment - 1) * interval), span,
                             params.pow_min_bits, params.pow_max_bits)
