@@ -67,9 +67,13 @@ LEAK_CRITERIA = ("worst node RSS slope beyond chain and VMs (MB/h)",
 
 
 def _slope_per_h(t: np.ndarray, y: np.ndarray) -> float:
-    if len(t) < 2 or t[-1] <= t[0]:
+    if len(t) < 2 or t[-1] <= t[0] or np.isnan(y).any():
         return math.nan
     return float(np.polyfit(t - t[0], y, 1)[0]) * 3600
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _third_growth(values: list[float]) -> float:
@@ -101,8 +105,10 @@ def leak_figures(samples: list[dict]) -> dict:
         t = np.array([r["t"] for r in late], dtype=float)
         window = float(t[-1] - t[0]) if len(t) else 0.0
         rss = np.array([r["rss"] for r in late], dtype=float) / MB
-        vms = np.array([r.get("randomx_vms", 0.0) for r in late], dtype=float)
-        height = np.array([r.get("height", 0.0) for r in late], dtype=float)
+        # a metric the node did not export is nan (missing), never 0: the slope is then
+        # nan and the criterion has no evidence
+        vms = np.array([_num(r.get("randomx_vms")) for r in late], dtype=float)
+        height = np.array([_num(r.get("height")) for r in late], dtype=float)
         net = rss - vms * VM_BYTES / MB - height * CHAIN_BYTES_PER_BLOCK / MB
         fig = {"window_s": round(window, 1), "run_s": round(run_s, 1), "samples": len(late),
                "rss_net_mb_per_h": round(_slope_per_h(t, net), 3),
