@@ -44,7 +44,7 @@ MB = 2**20
 #: over 16 blocks (~5 KiB/block; tracemalloc puts ~1.2 KiB of it in the index and
 #: headers, the rest in bounded caches and the 200-block propagation record).
 CHAIN_BYTES_PER_BLOCK = 5 * 1024
-RSS_LIMIT_MB_PER_H = 2.0
+RSS_LIMIT_MB_PER_H = 1.0
 #: The allocator's granularity: a pymalloc arena is 1 MiB, a VM ~2 MiB.
 RSS_STEP_MB = 2.0
 COUNT_FLICKER = 2

@@ -120,7 +120,12 @@ def measure_span(url: str, window: str) -> Span:
     now_t = float(_get(url, "/api/v1/query", {"query": "time()"})["result"][1])
     spans = {}
     for inst, t_last in last.items():
-        start = max(first.get(inst, t_last), now_t - asked)
+        # the subquery finds a series' start to within one step; data that reaches the
+        # window's first step started before the window
+        start = first.get(inst, t_last)
+        if start <= now_t - asked + parse_duration(step):
+            start = now_t - asked
+        start = max(start, now_t - asked)
         spans[inst] = max(0.0, t_last - start)
     counts = _by_instance(url, f"count_over_time(chain_height[{window}])")
     return Span(asked, spans, int(sum(counts.values())))
