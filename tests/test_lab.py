@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -271,12 +272,15 @@ def test_gate_from_a_real_prometheus_scraping_a_real_node(process_node, tmp_path
         wait_until(scraped, timeout=90)
         out = lab("gate", "--prometheus", url, "--window", "1m")
         assert out.returncode == 1, out.stderr          # one node: "nodes scraped" fails
-        gates = {line.split("  measured:")[0][7:].strip(): line.split()[0]
-                 for line in out.stdout.strip().splitlines()}
+        gates = {m.group(2): m.group(1) for m in (
+            re.match(r"^(PASS|FAIL|NOT RUN|MANUAL)\s+(.*?)\s+measured: ", line)
+            for line in out.stdout.strip().splitlines())}
         assert gates["nodes scraped"] == "FAIL"
         assert gates["send timeouts"] == "PASS" and gates["announcements given up"] == "PASS"
         assert gates["descriptor growth (worst node)"] in ("PASS", "FAIL")
         assert gates["on-call engineer 24/7"] == "MANUAL"
+        assert gates["24-hour run"] == "FAIL"           # a minute of data: no evidence of a day
+        assert "evidence: network: prometheus" in out.stdout
         assert "error" not in out.stderr
     finally:
         prom.terminate()

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Evidence", "Verdict", "LAB", "NETWORK", "PASS", "FAIL", "NOT_RUN", "MANUAL",
-           "EvidenceError"]
+__all__ = ["Evidence", "EvidenceSet", "Verdict", "LAB", "NETWORK", "PASS", "FAIL", "NOT_RUN",
+           "MANUAL", "EvidenceError"]
 
 LAB = "lab"            # loopback regtest runs of dilithion-lab
 NETWORK = "network"    # a Prometheus scraping the nodes of a real network
@@ -151,7 +151,8 @@ def _text(value) -> str:
 
 @dataclass
 class EvidenceSet:
-    """Helper to accumulate evidence over several runs before freezing it."""
+    """Evidence gathered over several runs (a gate over every scenario), frozen into
+    one :class:`Evidence` once complete.  Owned by the one call that builds a gate."""
 
     kind: str
     runs: list[str] = field(default_factory=list)
