@@ -1,10 +1,10 @@
 """Recorded ``dilithion-lab`` results for the gate tests, and the edits a test
 makes to them, each named for what it stands for.
 
-``tests/data/lab/*.json`` are real ``--short`` runs (results version 1, upgraded
-to version 2: ``options.short`` true, ``evidence`` from their own samples: no
-failed sample, no missing metric) with their samples and per-block lists
-trimmed.  :func:`full_set` is the same runs with what only full-length runs
+``tests/data/lab/*.json`` are one real ``dilithion-lab run all --short`` (results
+version 2, 2026-12-07, this machine) trimmed: the last sample of each node and
+the first three blocks kept; every other figure (summary, criteria, counters,
+evidence) as written.  :func:`full_set` is the same runs with what only full-length runs
 reach edited in (said there); :func:`write_run_all` lays results out as
 ``dilithion-lab run all`` does (one folder per scenario, ``run.json`` then
 ``results.json``).
@@ -26,8 +26,8 @@ def recorded() -> dict[str, dict]:
 
 def full_set() -> dict[str, dict]:
     """The recorded runs as full-length runs would have written them.  Edited: not
-    short; every run's sampled span set to its own duration (the trimmed samples
-    span a moment); line 10 complete blocks; load an hour long (3,600 s sampled,
+    short; every run's sampled span set to its own duration (a short peer-kill or
+    partition run ends before a second sample); line 10 complete blocks; load an hour long (3,600 s sampled,
     720 samples) with 52 peers and its leak criteria decided PASS."""
     results = copy.deepcopy(recorded())
     for r in results.values():

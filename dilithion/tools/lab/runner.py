@@ -87,6 +87,7 @@ def run_scenario(name: str, out: Path, opts: dict, *, seed: int = 0, base_port: 
     status, error = "finished", None
     try:
         sc.run(run)
+        lab.sample_now()           # a last sample of every serving node: the sampled span ends here
     except KeyboardInterrupt:
         status = "interrupted"
         raise
