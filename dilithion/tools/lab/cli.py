@@ -53,7 +53,7 @@ def list_cmd() -> None:
 @click.argument("scenario")
 @click.option("--nodes", type=click.IntRange(1, 64), default=None, help="Node processes.")
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
-              help="Seconds (load only; default 600, up to 86400 and more).")
+              help="Seconds (load only; default 600; 3600 for the 1-hour load gate).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default lab-results/<scenario or all>-<time>).")
 @click.option("--seed", type=int, default=0, help="Random seed.")
