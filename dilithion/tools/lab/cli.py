@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from loguru import logger
 
-from dilithion.tools.lab.gate import evaluate_results, format_gates
+from dilithion.tools.lab.gate import evaluate_results, failed, format_gates
 from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.prometheus import evaluate_prometheus
 from dilithion.tools.lab.report import summary_table
@@ -53,7 +53,7 @@ def list_cmd() -> None:
 @click.argument("scenario")
 @click.option("--nodes", type=click.IntRange(1, 64), default=None, help="Node processes.")
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
-              help="Seconds (load only; default 600, up to 86400 and more).")
+              help="Seconds (load only; default 600; 3600 for the 1-hour load gate).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default lab-results/<scenario or all>-<time>).")
 @click.option("--seed", type=int, default=0, help="Random seed.")
@@ -99,9 +99,11 @@ def run_cmd(scenario: str, nodes, duration, out, seed, short, base_port, node_ar
 @click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--prometheus", "prom_url", default=None, metavar="URL",
               help="Evaluate the gates from a live Prometheus server instead.")
-@click.option("--window", default="1h", show_default=True, help="PromQL range for rates.")
+@click.option("--window", default="1h", show_default=True,
+              help="How far back to look; the gates use the span the data covers inside it.")
 def gate_cmd(folders, prom_url, window) -> None:
-    """One line per gate: PASS, FAIL or MANUAL; exit 0 only when nothing FAILs."""
+    """One line per gate: PASS, FAIL, NOT RUN or MANUAL, each with its evidence;
+    exit 0 only when nothing FAILs."""
     if bool(folders) == bool(prom_url):
         _fail("give results folder(s) or --prometheus URL (one of the two)")
     try:
@@ -110,7 +112,7 @@ def gate_cmd(folders, prom_url, window) -> None:
     except LabError as exc:
         _fail(str(exc))
     click.echo(format_gates(gates))
-    sys.exit(1 if any(g.verdict == "FAIL" for g in gates) else 0)
+    sys.exit(1 if failed(gates) else 0)
 
 
 def main() -> None:

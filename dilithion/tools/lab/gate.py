@@ -1,27 +1,85 @@
 """The checklist's gates and decision tree, evaluated on lab results.
 
-Each gate says PASS, FAIL or MANUAL (what no program can check), the measured
-value and the criterion.  A gate whose scenario is missing from the results
-FAILs ("not run"): the checklist asks for every one of them.
+Each gate line is a :class:`~dilithion.tools.lab.verdict.Verdict` with the
+evidence it rests on (runs, nodes, samples, measured span).  The lab's gates
+say what loopback regtest runs prove and nothing more: a ``--short`` run, a
+metric a node did not export, a failed sample, a run without figures is FAIL
+"no evidence"; a scenario missing from the folders is FAIL ("not run": the
+checklist asks for every one).  What only the real network can show — rollout
+block counts, 24 h and 7 d windows, "no alert", monitoring configured — is
+NOT RUN here: ``dilithion-lab gate --prometheus`` judges it
+(:mod:`dilithion.tools.lab.prometheus`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from dilithion.tools.lab.lab import SAMPLED_METRICS
 from dilithion.tools.lab.leaks import LEAK_CRITERIA, LEAK_LIMITS_TEXT
+from dilithion.tools.lab.verdict import LAB, NETWORK, FAIL, Evidence, EvidenceSet, Verdict
 
-__all__ = ["GateResult", "evaluate_results", "format_gates", "FAILURE_SCENARIOS"]
+__all__ = ["evaluate_results", "format_gates", "FAILURE_SCENARIOS", "ROLLOUT_BLOCKS",
+           "LOAD_HOUR_S", "NETWORK_ONLY", "lab_evidence"]
 
 FAILURE_SCENARIOS = ("slow-peer", "peer-kill", "partition", "latency", "burst")
-DAY_S = 86400.0
+#: The one-hour load run (``run load --duration 3600``): its own gate, judged on the
+#: span the samples cover, not on the duration asked for.
+LOAD_HOUR_S = 3600.0
+#: The checklist's rollout block counts: (blocks, stage).  Judged only on the network.
+ROLLOUT_BLOCKS = ((20, "aggressive: basic scenarios"), (50, "week 1: testnet"),
+                  (100, "week 5: private mainnet"), (500, "week 6: limited public"))
+LAB_BLOCKS_ARE_NOT_ROLLOUT = ("lab blocks are loopback regtest blocks, not rollout blocks:"
+                              " dilithion-lab gate --prometheus on the network")
+#: Gates only the live network answers, with the reason given on lab results.
+NETWORK_ONLY = (
+    ("24-hour run", ">= 24 h of the network's data, no alert firing",
+     "a 24 h window is the network's, not a lab run's: dilithion-lab gate --prometheus"),
+    ("7+ days validated on testnet", ">= 7 d of the testnet's data, no alert firing",
+     "testnet history: dilithion-lab gate --prometheus on the testnet's Prometheus"),
+    ("monitoring and alerting configured", "alert rules loaded, every node scraped and up",
+     "read from Prometheus's /api/v1/rules and /api/v1/targets: dilithion-lab gate --prometheus"),
+)
+ALL_METRICS = tuple(SAMPLED_METRICS)
 
 
-@dataclass
-class GateResult:
-    name: str
-    verdict: str            # PASS / FAIL / MANUAL
-    measured: str
-    criterion: str
+def lab_evidence(name: str, r: dict, *, samples: int | None = None, sampled: bool = True,
+                 metrics: tuple[str, ...] = ()) -> Evidence:
+    """What one run shows: its nodes, ``samples`` data points (default: its
+    resource/metric samples), the span its samples cover, and every gap —
+    a ``--short`` run, results that record no evidence (before version 2), and
+    when the gate reads sampled figures (``sampled``) failed samples and the
+    ``metrics`` it reads that a node did not export."""
+    ev = r.get("evidence")
+    gaps = []
+    if ev is None or "short" not in r["options"]:
+        gaps.append(f"{name}: results version {r.get('version', 1)} record no evidence"
+                    " (failed samples, missing metrics, short or not): run it again")
+        ev = ev or {}
+    if r["options"].get("short"):
+        gaps.append(f"{name} is a --short run")
+    if sampled:
+        failures = ev.get("sample_failures") or []
+        if failures:
+            first = failures[0]
+            gaps.append(f"{name}: {len(failures)} failed sample(s) ({first['node']}:"
+                        f" {first['error']})")
+        absent = [m for m in ev.get("missing_metrics") or [] if m.split(" on ")[0] in metrics]
+        if absent:
+            gaps.append(f"{name}: not exported: " + ", ".join(absent))
+    return Evidence(LAB, (name,), tuple(r["nodes"]),
+                    ev.get("samples", 0) if samples is None else samples,
+                    ev.get("sampled_span_s"), tuple(gaps), ev.get("build", ""))
+
+
+def _merge(evidences: list[Evidence]) -> Evidence:
+    acc = EvidenceSet(LAB)
+    for e in evidences:
+        acc.runs += e.runs
+        acc.nodes |= {f"{e.runs[0]}/{n}" for n in e.nodes} if e.runs else set(e.nodes)
+        acc.samples += e.samples
+        acc.span_s += e.span_s or 0.0
+        acc.gaps += e.gaps
+        if e.build:
+            acc.builds.add(e.build)
+    return acc.freeze()
 
 
 def _crit(r: dict | None, prefix: str) -> dict | None:
@@ -34,91 +92,141 @@ def _n(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _check(name: str, criterion: str, ok: bool, measured) -> GateResult:
-    return GateResult(name, "PASS" if ok else "FAIL", _n(measured), criterion)
+def _not_run(name: str, criterion: str, scenario: str) -> Verdict:
+    return Verdict.no_evidence(name, criterion, f"scenario {scenario} not run", needs=LAB)
 
 
-def _not_run(name: str, criterion: str, scenario: str) -> GateResult:
-    return GateResult(name, "FAIL", f"scenario {scenario} not run", criterion)
+def _line_gates(line: dict | None) -> list[Verdict]:
+    gates = (("blocks across 3 nodes", "10+ loopback blocks reached all of 3+ nodes"),
+             ("every block to every node", "<= 10 s (slowest block, loopback)"),
+             ("average propagation", "< 5 s (mean, loopback)"),
+             ("CPU spike during broadcast", "< 10 % of a core (median block)"))
+    if line is None:
+        return [_not_run(name, crit, "line") for name, crit in gates]
+    s = line["summary"]
+    blocks = lab_evidence("line", line, samples=s["complete"], sampled=False)
+    cpu = _crit(line, "relaying node CPU")
+    cpu_ev = lab_evidence("line", line, samples=len(line["extra"].get("cpu_pct_per_block", [])),
+                          sampled=False)
+    if cpu is None or cpu["measured"] is None:
+        cpu_ev = cpu_ev.with_gaps("line: no CPU figure recorded")
+    return [
+        Verdict.judge(gates[0][0], gates[0][1], s["complete"] >= 10 and len(line["nodes"]) >= 3,
+                      f"{s['complete']} blocks over {len(line['nodes'])} nodes", blocks, LAB),
+        Verdict.judge(gates[1][0], gates[1][1], s["max_s"] is not None and s["max_s"] <= 10,
+                      f"max {_n(s['max_s'])} s", blocks, LAB),
+        Verdict.judge(gates[2][0], gates[2][1], s["mean_s"] is not None and s["mean_s"] < 5,
+                      f"mean {_n(s['mean_s'])} s", blocks, LAB),
+        Verdict.judge(gates[3][0], gates[3][1], cpu is not None and cpu["verdict"] == "PASS",
+                      f"{_n(cpu['measured']) if cpu else None} %", cpu_ev, LAB)]
 
 
-def evaluate_results(results: dict[str, dict]) -> list[GateResult]:
+def _scenario_gate(sc: str, r: dict | None) -> Verdict:
+    name, crit = f"scenario {sc}", "all criteria pass, each measured"
+    if r is None:
+        return _not_run(name, crit, sc)
+    ev = lab_evidence(sc, r, metrics=ALL_METRICS)
+    unmeasured = [c["name"] for c in r["criteria"] if c["measured"] is None]
+    if not r["criteria"]:
+        ev = ev.with_gaps(f"{sc}: no criterion recorded")
+    if unmeasured:
+        ev = ev.with_gaps(f"{sc}: measured nothing for " + "; ".join(unmeasured))
+    failed = [c["name"] for c in r["criteria"] if c["verdict"] != "PASS"]
+    return Verdict.judge(name, crit, r["verdict"] == "PASS" and not failed,
+                         "all pass" if not failed else "failed: " + "; ".join(failed), ev, LAB)
+
+
+def _load_gates(load: dict | None) -> list[Verdict]:
+    hour = "1-hour load run (lab)"
+    hour_crit = f"load samples span >= {LOAD_HOUR_S / 3600:g} h (run load --duration 3600)"
+    if load is None:
+        return [_not_run("50+ concurrent peers", ">= 50", "load"),
+                _not_run("no memory, CPU or descriptor leaks", LEAK_LIMITS_TEXT, "load"),
+                Verdict.not_run(hour, hour_crit, "scenario load not run", LAB)]
+    peers = load["extra"].get("concurrent_peers")
+    ev_peers = lab_evidence("load", load, samples=1 if peers is not None else 0, sampled=False)
+    leak = [c for c in load["criteria"] if c["name"] in LEAK_CRITERIA]
+    missing = [n for n in LEAK_CRITERIA if n not in {c["name"] for c in leak}]
+    undecided = [c["name"] for c in leak if c["verdict"] == "N/A" or c["measured"] is None]
+    ev_leak = lab_evidence("load", load, metrics=("randomx_vms", "chain_height")).with_gaps(
+        *[f"{n}: not recorded" for n in missing],
+        *[f"{n}: not decided (run too short or no data)" for n in undecided])
+    bad = [c for c in leak if c["verdict"] == "FAIL"]
+    ev_hour = lab_evidence("load", load)
+    span = ev_hour.span_s or 0.0
+    out = [Verdict.judge("50+ concurrent peers", ">= 50", peers is not None and peers >= 50, peers,
+                         ev_peers, LAB),
+           Verdict.judge("no memory, CPU or descriptor leaks", LEAK_LIMITS_TEXT, not bad,
+                         "; ".join(f"{c['name']} {_n(c['measured'])} ({c['verdict']})"
+                                   for c in leak) or "-", ev_leak, LAB)]
+    if span < LOAD_HOUR_S:
+        out.append(Verdict.no_evidence(hour, hour_crit, f"load sampled {span:.0f} s of the"
+                                       f" {LOAD_HOUR_S:.0f} s needed", ev_hour, LAB,
+                                       f"{span / 3600:.2f} h"))
+    else:
+        failed = [c["name"] for c in load["criteria"] if c["verdict"] != "PASS"]
+        out.append(Verdict.judge(hour, hour_crit, load["verdict"] == "PASS" and not failed,
+                                 f"{span / 3600:.2f} h" + (", failed: " + "; ".join(failed)
+                                                           if failed else ""), ev_hour, LAB))
+    return out
+
+
+def evaluate_results(results: dict[str, dict]) -> list[Verdict]:
     """The gates over ``results`` (scenario -> results); a SKIPPED run counts as not run."""
     results = {k: r for k, r in results.items() if r["verdict"] != "SKIPPED"}
-    g: list[GateResult] = []
-    line, load = results.get("line"), results.get("load")
-    if line is None:
-        for name, crit in (("blocks across 3 nodes", "10+ blocks over 3+ nodes"),
-                           ("every block to every node", "<= 10 s"),
-                           ("average propagation", "< 5 s"),
-                           ("CPU spike during broadcast", "< 10 %")):
-            g.append(_not_run(name, crit, "line"))
-    else:
-        s = line["summary"]
-        g.append(_check("blocks across 3 nodes", "10+ blocks over 3+ nodes",
-                        s["complete"] >= 10 and len(line["nodes"]) >= 3,
-                        f"{s['complete']} blocks over {len(line['nodes'])} nodes"))
-        g.append(_check("every block to every node", "<= 10 s",
-                        s["max_s"] is not None and s["max_s"] <= 10, f"max {_n(s['max_s'])} s"))
-        g.append(_check("average propagation", "< 5 s",
-                        s["mean_s"] is not None and s["mean_s"] < 5, f"mean {_n(s['mean_s'])} s"))
-        cpu = _crit(line, "relaying node CPU")
-        g.append(_check("CPU spike during broadcast", "< 10 %",
-                        cpu is not None and cpu["verdict"] == "PASS",
-                        f"{_n(cpu['measured']) if cpu else None} %"))
-    ran = [r for r in results.values() if r["summary"]["blocks"]]
-    rates = [r["summary"]["success_rate"] for r in ran]
-    g.append(_check("block propagation success rate", "100% in every scenario",
-                    bool(rates) and min(rates) == 1.0,
-                    f"min {_n(min(rates)) if rates else None} over {len(rates)} scenario(s)"))
-    timeouts = sum(r["summary"]["send_timeouts"] for r in results.values())
-    g.append(_check("send timeouts", "0 (timeout rate 0%)", bool(results) and timeouts == 0,
-                    f"{timeouts:g}"))
-    for sc in FAILURE_SCENARIOS:
-        r = results.get(sc)
-        if r is None:
-            g.append(_not_run(f"scenario {sc}", "all criteria pass", sc))
-        else:
-            failed = [c["name"] for c in r["criteria"] if c["verdict"] != "PASS"]
-            g.append(_check(f"scenario {sc}", "all criteria pass", r["verdict"] == "PASS",
-                            "all pass" if not failed else "failed: " + "; ".join(failed)))
-    if load is None:
-        for name, crit in (("50+ concurrent peers", ">= 50"),
-                           ("no memory, CPU or descriptor leaks", LEAK_LIMITS_TEXT),
-                           ("24-hour run", ">= 24 h")):
-            g.append(_not_run(name, crit, "load"))
-    else:
-        peers = load["extra"].get("concurrent_peers")
-        g.append(_check("50+ concurrent peers", ">= 50", peers is not None and peers >= 50, peers))
-        leak = [c for c in load["criteria"] if c["name"] in LEAK_CRITERIA]
-        missing = [n for n in LEAK_CRITERIA if n not in {c["name"] for c in leak}]
-        bad = [c for c in leak if c["verdict"] != "PASS"]
-        g.append(_check("no memory, CPU or descriptor leaks", LEAK_LIMITS_TEXT, not missing and not bad,
-                        "; ".join([f"{c['name']} {_n(c['measured'])} ({c['verdict']})" for c in leak]
-                                  + [f"{n}: not recorded" for n in missing])))
-        hours = load["options"].get("duration", 0) / 3600
-        g.append(_check("24-hour run", ">= 24 h", hours >= 24, f"{hours:.2f} h"))
-    # Decision tree
-    g.append(GateResult("7+ days validated on testnet", "MANUAL", "-", "testnet history"))
+    g: list[Verdict] = _line_gates(results.get("line"))
+    ran = {k: r for k, r in results.items() if r["summary"]["blocks"]}
+    rates = [r["summary"]["success_rate"] for r in ran.values()]
+    g.append(Verdict.judge(
+        "block propagation success rate", "100% in every scenario", bool(rates) and min(rates) == 1.0,
+        f"min {_n(min(rates)) if rates else None} over {len(rates)} scenario(s)",
+        _merge([lab_evidence(k, r, samples=r["summary"]["blocks"], sampled=False)
+                for k, r in ran.items()]), LAB))
+    timeouts = [r["summary"]["send_timeouts"] for r in results.values()]
+    ev = _merge([lab_evidence(k, r, metrics=("send_timeout_errors_total",))
+                 for k, r in results.items()])
+    if None in timeouts:
+        ev = ev.with_gaps("send timeouts not measured in " + ", ".join(
+            k for k, r in results.items() if r["summary"]["send_timeouts"] is None))
+    total = sum(t for t in timeouts if t is not None)
+    unmeasured = [k for k, r in results.items() if r["summary"]["send_timeouts"] is None]
+    g.append(Verdict.judge("send timeouts", "0 (timeout rate 0%)", total == 0,
+                           f"{total:g}" + (f" (missing in {', '.join(unmeasured)})"
+                                           if unmeasured else ""), ev, LAB))
+    g += [_scenario_gate(sc, results.get(sc)) for sc in FAILURE_SCENARIOS]
+    g += _load_gates(results.get("load"))
     sp = _crit(results.get("slow-peer"), "miner: slowest inv")
-    g.append(_check("asynchronous broadcasting", "the miner never waits for a slow peer",
-                    sp is not None and sp["verdict"] == "PASS",
-                    f"slowest inv queued {_n(sp['measured']) if sp else None} ms"))
-    missing = [sc for sc in FAILURE_SCENARIOS if results.get(sc, {}).get("verdict") != "PASS"]
-    g.append(_check("all failure scenarios tested", "each runs and passes", not missing,
-                    "all pass" if not missing else "not passing: " + ", ".join(missing)))
-    g.append(GateResult("monitoring and alerting configured", "MANUAL", "-",
-                        "contrib/prometheus/alerts.yml deployed and scraping every node"))
-    g.append(GateResult("on-call engineer 24/7", "MANUAL", "-", "a rota"))
-    total = sum(r["summary"]["complete"] for r in results.values())
-    for need, stage in ((20, "aggressive: basic scenarios"), (50, "week 1"),
-                        (100, "week 5: private mainnet"), (500, "week 6: limited public")):
-        g.append(_check(f"{need}+ blocks propagated ({stage})", f">= {need} blocks reached every"
-                        " node", total >= need, f"{total} (lab)"))
+    if results.get("slow-peer") is None:
+        g.append(_not_run("asynchronous broadcasting", "the miner never waits for a slow peer",
+                          "slow-peer"))
+    else:
+        ev = lab_evidence("slow-peer", results["slow-peer"], samples=len(results["slow-peer"]
+                                                                        ["blocks"]), sampled=False)
+        if sp is None or sp["measured"] is None:
+            ev = ev.with_gaps("slow-peer: no inv-queued figure recorded")
+        g.append(Verdict.judge("asynchronous broadcasting", "the miner never waits for a slow peer",
+                               sp is not None and sp["verdict"] == "PASS",
+                               f"slowest inv queued {_n(sp['measured']) if sp else None} ms", ev, LAB))
+    scenario_lines = {x.name: x for x in g if x.name.startswith("scenario ")}
+    behind = [sc for sc in FAILURE_SCENARIOS if scenario_lines[f"scenario {sc}"].verdict != "PASS"]
+    g.append(Verdict.judge(
+        "all failure scenarios tested", "each runs and passes, with evidence", not behind,
+        "all pass" if not behind else "not passing: " + ", ".join(behind),
+        _merge([lab_evidence(sc, results[sc]) for sc in FAILURE_SCENARIOS if sc in results]), LAB))
+    for name, crit, why in NETWORK_ONLY:
+        g.append(Verdict.not_run(name, crit, why, NETWORK))
+    g.append(Verdict.manual("on-call engineer 24/7", "a rota"))
+    for need, stage in ROLLOUT_BLOCKS:
+        g.append(Verdict.not_run(f"{need}+ blocks propagated ({stage})",
+                                 f">= {need} blocks reached every node of the network",
+                                 LAB_BLOCKS_ARE_NOT_ROLLOUT, NETWORK))
     return g
 
 
-def format_gates(gates: list[GateResult]) -> str:
+def format_gates(gates: list[Verdict]) -> str:
     width = max(len(x.name) for x in gates)
-    return "\n".join(f"{x.verdict:<6} {x.name:<{width}}  measured: {x.measured}  criterion:"
-                     f" {x.criterion}" for x in gates)
+    return "\n".join(x.line(width) for x in gates)
+
+
+def failed(gates: list[Verdict]) -> bool:
+    return any(x.verdict == FAIL for x in gates)

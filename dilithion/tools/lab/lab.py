@@ -25,7 +25,7 @@ from dilithion.testing.swarm import PeerSwarm
 from dilithion.tools.lab.labnode import START_TIMEOUT_S, LabError, LabNode, check_port_free
 from dilithion.tools.lab.proxy import FaultProxy
 
-__all__ = ["Lab", "BlockRecord", "SAMPLED_METRICS"]
+__all__ = ["Lab", "BlockRecord", "SAMPLED_METRICS", "total"]
 
 #: Metrics sampled over time (name in the node's exposition -> results key).
 SAMPLED_METRICS = {"message_queue_depth": "queue_depth",
@@ -36,6 +36,15 @@ SAMPLED_METRICS = {"message_queue_depth": "queue_depth",
                    "connected_peers_count": "peers",
                    "randomx_vms": "randomx_vms",      # the leak verdict subtracts VMs
                    "chain_height": "height"}          # ... and the chain's own growth
+
+
+def total(values) -> float | None:
+    """The sum of sampled figures, or None ("missing", never 0) when there is none or
+    one of them is missing: a node that exports nothing must not read as a clean one."""
+    values = list(values)
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(values))
 
 
 def payee(name: str) -> str:
@@ -84,6 +93,9 @@ class Lab:
         self.foreign: list = []
         self.sample_interval = sample_interval
         self.samples: list[dict] = []
+        #: Samples of a serving node that could not be read (each: t, node, error):
+        #: a gap in the evidence, recorded instead of skipped.
+        self.sample_failures: list[dict] = []
         self._sampler: threading.Thread | None = None
         self._stop = threading.Event()
         self.magic = {"regtest": ChainParams.regtest, "testnet": ChainParams.testnet}[network]().magic
@@ -205,26 +217,38 @@ class Lab:
             self.sample_now()
 
     def sample_now(self) -> None:
+        """One sample per serving node.  A metric the node does not export is recorded
+        as None and named in the row's ``missing`` (never read as 0); a sample that
+        fails on a node that still runs is recorded in :attr:`sample_failures`
+        (a node stopped or killed meanwhile is not sampled, and is no failure)."""
         t = time.time()
         for node in self.nodes:
-            if not node.is_running():
+            if not (node.is_running() and node.serving):
                 continue
             try:
                 row = {"t": t, "node": node.name, **node.resources()}
                 m = node.metrics()
-                for key, name in SAMPLED_METRICS.items():
-                    row[name] = m.get(key, 0.0)
-            except Exception as exc:   # noqa: BLE001 - a node being killed or restarted
-                logger.debug(f"sample of {node.name} skipped: {exc}")
+            except Exception as exc:   # noqa: BLE001 - recorded, judged by the gate
+                if node.is_running() and node.serving:
+                    self.sample_failures.append({"t": t, "node": node.name,
+                                                 "error": str(exc)[:200]})
+                else:
+                    logger.debug(f"{node.name} stopped while sampled: {exc}")
                 continue
+            missing = [key for key in SAMPLED_METRICS if key not in m]
+            for key, name in SAMPLED_METRICS.items():
+                row[name] = m.get(key)
+            if missing:
+                row["missing"] = missing
             self.samples.append(row)
 
-    def counters(self) -> dict[str, dict[str, float]]:
-        """The last sampled counters per node (send timeouts, socket errors, bytes sent...)."""
+    def counters(self) -> dict[str, dict[str, float | None]]:
+        """The last sampled counters per node (send timeouts, socket errors, bytes
+        sent...); None where the node did not export the metric."""
         last: dict[str, dict] = {}
         for row in self.samples:
             last[row["node"]] = row
-        return {n: {k: row[k] for k in SAMPLED_METRICS.values()} for n, row in last.items()}
+        return {n: {k: row.get(k) for k in SAMPLED_METRICS.values()} for n, row in last.items()}
 
     def close(self) -> None:
         self._stop.set()

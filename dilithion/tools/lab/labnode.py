@@ -44,6 +44,13 @@ class LabNode(PythonNode):
         super().__init__(name, workdir, extra_args or [], network=network, connect=[],
                          env={**os.environ, **(env or {})},
                          p2p_port=p2p, rpc_port=rpc, metrics_port=metrics)
+        #: Set once :meth:`wait_running` saw it serve, cleared by :meth:`launch`: the
+        #: lab samples only a serving node (a start is no failed sample).
+        self.serving = False
+
+    def launch(self) -> "LabNode":
+        self.serving = False
+        return super().launch()
 
     def wait_running(self, deadline: float) -> None:
         """Wait until it runs (the lab starts all its nodes, then waits for all)."""
@@ -51,6 +58,7 @@ class LabNode(PythonNode):
             self.wait_ready(max(deadline - time.monotonic(), 0.0))
         except TargetError as exc:
             raise LabError(str(exc)) from None
+        self.serving = True
 
     def metrics(self) -> dict[str, float]:
         """Every sample, keyed ``name`` or ``name{k=v,...}`` (labels sorted)."""

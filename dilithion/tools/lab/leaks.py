@@ -14,7 +14,7 @@ So, per node, over the samples after the first third (caches filling):
   from the node's ``randomx_vms`` metric) minus ``CHAIN_BYTES_PER_BLOCK`` per
   block of chain height.  Limit: ``RSS_LIMIT_MB_PER_H`` plus one allocator step
   (``RSS_STEP_MB``) spread over the window, since RSS moves in steps of up to that
-  much; the limit tightens as the run gets longer (10 min: ~21 MB/h; 24 h: ~2 MB/h).
+  much; the limit tightens as the run gets longer (10 min: ~18 MB/h; 24 h: ~1.1 MB/h).
 * **Descriptors and threads**: the largest count in the last third minus the
   largest in the first third (a step-robust growth, blind to a flicker that
   spans the run).  Limit: ``COUNT_FLICKER`` plus ``COUNT_LIMIT_PER_H`` per hour
@@ -39,12 +39,21 @@ __all__ = ["leak_figures", "leak_limits", "leak_criteria", "LEAK_CRITERIA", "LEA
            "COUNT_FLICKER", "COUNT_LIMIT_PER_H", "CPU_LIMIT_PCT", "WARMUP_FRACTION"]
 
 MB = 2**20
-#: RSS a node keeps per block of its chain by design (block index entry, header,
-#: hash-cache entries), measured on a regtest node after its VMs existed: +80 KiB
-#: over 16 blocks (~5 KiB/block; tracemalloc puts ~1.2 KiB of it in the index and
-#: headers, the rest in bounded caches and the 200-block propagation record).
-CHAIN_BYTES_PER_BLOCK = 5 * 1024
-RSS_LIMIT_MB_PER_H = 2.0
+#: What a node keeps per connected block by design (block index entry, header,
+#: the UTXO set's new coinbase coin, hash-map slots), measured: an in-process
+#: regtest node with its coins, 300 blocks connected first (so that the bounded
+#: per-block structures, the 200-block propagation record among them, are full),
+#: then tracemalloc over 300 more: 1,096 bytes a block (issue 23;
+#: tests/test_lab_leaks.py::test_the_per_block_allowance_is_what_a_node_keeps_per_connected_block
+#: re-measures it and fails if this allowance is below the measurement or more
+#: than twice it).  1,280 = the measurement plus pymalloc's rounding of each of the
+#: ~15 objects to its 16-byte size class.  It was a flat 5 KiB, which excused
+#: 3.8 KiB a block of leak: 2.7 MB/h at the load scenario's block every 5 s.
+CHAIN_BYTES_PER_BLOCK = 1280
+#: The RSS growth a node may show beyond the chain and its VMs, per hour: half the
+#: slow leak the 24-hour run must catch (2 MB/h, issue 23), so that a clean node's
+#: drift has 1 MB/h and a 2 MB/h leak fails with margin.
+RSS_LIMIT_MB_PER_H = 1.0
 #: The allocator's granularity: a pymalloc arena is 1 MiB, a VM ~2 MiB.
 RSS_STEP_MB = 2.0
 COUNT_FLICKER = 2
@@ -67,9 +76,13 @@ LEAK_CRITERIA = ("worst node RSS slope beyond chain and VMs (MB/h)",
 
 
 def _slope_per_h(t: np.ndarray, y: np.ndarray) -> float:
-    if len(t) < 2 or t[-1] <= t[0]:
+    if len(t) < 2 or t[-1] <= t[0] or np.isnan(y).any():
         return math.nan
     return float(np.polyfit(t - t[0], y, 1)[0]) * 3600
+
+
+def _num(value) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _third_growth(values: list[float]) -> float:
@@ -101,8 +114,10 @@ def leak_figures(samples: list[dict]) -> dict:
         t = np.array([r["t"] for r in late], dtype=float)
         window = float(t[-1] - t[0]) if len(t) else 0.0
         rss = np.array([r["rss"] for r in late], dtype=float) / MB
-        vms = np.array([r.get("randomx_vms", 0.0) for r in late], dtype=float)
-        height = np.array([r.get("height", 0.0) for r in late], dtype=float)
+        # a metric the node did not export is nan (missing), never 0: the slope is then
+        # nan and the criterion has no evidence
+        vms = np.array([_num(r.get("randomx_vms")) for r in late], dtype=float)
+        height = np.array([_num(r.get("height")) for r in late], dtype=float)
         net = rss - vms * VM_BYTES / MB - height * CHAIN_BYTES_PER_BLOCK / MB
         fig = {"window_s": round(window, 1), "run_s": round(run_s, 1), "samples": len(late),
                "rss_net_mb_per_h": round(_slope_per_h(t, net), 3),

@@ -80,12 +80,13 @@ def write_plots(out: Path, r: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     for node in r["nodes"]:
-        rows = [s for s in samples if s["node"] == node]
+        rows = [s for s in samples if s["node"] == node and s["queue_depth"] is not None]
         ax.step([s["t"] - t0 for s in rows], [s["queue_depth"] for s in rows], where="post",
                 label=node)
     ax.set(title=f"Broadcast queue depth — {title}", xlabel="seconds since the first sample",
            ylabel="tasks queued")
-    ax.set_ylim(bottom=0, top=max([1] + [s["queue_depth"] * 1.1 for s in samples]))
+    ax.set_ylim(bottom=0, top=max([1] + [s["queue_depth"] * 1.1 for s in samples
+                                          if s["queue_depth"] is not None]))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     _legend(ax, loc="upper right", fontsize="small")

@@ -74,6 +74,12 @@ def write_report(out: Path, r: dict) -> None:
     for b in r["blocks"]:
         per = ", ".join(f"{n} {v:.3f}" for n, v in sorted(b["propagation_s"].items()))
         lines.append(f"| {b['hash'][:16]}… | {b['miner']} | {fmt(b['to_all_s'])} | {per} |")
+    ev = r.get("evidence") or {}
+    lines += ["", "## Evidence", "",
+              f"- {ev.get('samples', 0)} samples over {fmt(ev.get('sampled_span_s'))} s;"
+              f" short run: {r['options'].get('short')}; {ev.get('build', '')}",
+              "- metrics not exported: " + (", ".join(ev.get("missing_metrics") or []) or "none"),
+              f"- failed samples: {len(ev.get('sample_failures') or [])}"]
     if r["events"]:
         lines += ["", "## Events", ""] + [f"- {e['event']}" for e in r["events"]]
     if r["extra"]:

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from dilithion.tools.lab import (scenarios_basic, scenarios_faults,  # noqa: F401 - register
                                  scenarios_mixed)
-from dilithion.tools.lab.lab import Lab
+from dilithion.testing.node_process import python_node_binary
+from dilithion.tools.lab.lab import Lab, total
 from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.leaks import leak_figures
 from dilithion.tools.lab.measure import block_summary
@@ -28,7 +29,9 @@ from dilithion.tools.lab.scenario import SCENARIOS, Run
 
 __all__ = ["run_scenario", "scenario_options", "write_json"]
 
-RESULTS_VERSION = 1
+#: 2: ``options.short``, ``evidence`` (sample failures, missing metrics, sampled
+#: span, the node program), missing metrics as null instead of 0.
+RESULTS_VERSION = 2
 
 
 def write_json(path: Path, data) -> None:
@@ -42,7 +45,7 @@ def scenario_options(name: str, *, short: bool = False, nodes: int | None = None
     if name not in SCENARIOS:
         raise LabError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
     sc = SCENARIOS[name]
-    opts = {**sc.full, **(sc.short if short else {})}
+    opts = {**sc.full, **(sc.short if short else {}), "short": short}
     if nodes is not None:
         if nodes < sc.min_nodes:
             raise LabError(f"scenario {name} needs at least {sc.min_nodes} nodes, not {nodes}")
@@ -84,6 +87,7 @@ def run_scenario(name: str, out: Path, opts: dict, *, seed: int = 0, base_port: 
     status, error = "finished", None
     try:
         sc.run(run)
+        lab.sample_now()           # a last sample of every serving node: the sampled span ends here
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -105,12 +109,13 @@ def _results(meta: dict, run: Run, status: str, error: str | None) -> dict:
     blocks = run.blocks_json()
     summary = block_summary(blocks)
     counters = run.lab.counters()
+    errors = total(v["socket_errors"] for v in counters.values())
     summary.update(
-        send_timeouts=sum(v["send_timeouts"] for v in counters.values()),
-        socket_errors=sum(v["socket_errors"] for v in counters.values()),
-        socket_errors_per_1000_blocks=(1000 * sum(v["socket_errors"] for v in counters.values())
-                                       / len(blocks)) if blocks else None,
-        bytes_sent=sum(v["bytes_sent"] for v in counters.values()))
+        send_timeouts=total(v["send_timeouts"] for v in counters.values()),
+        socket_errors=errors,
+        socket_errors_per_1000_blocks=(1000 * errors / len(blocks))
+        if blocks and errors is not None else None,
+        bytes_sent=total(v["bytes_sent"] for v in counters.values()))
     leaks = run.extra.get("leaks") or leak_figures(run.lab.samples)
     verdicts = {c["verdict"] for c in run.criteria}
     if run.extra.get("skipped"):
@@ -123,4 +128,15 @@ def _results(meta: dict, run: Run, status: str, error: str | None) -> dict:
             "interrupted": status == "interrupted", "verdict": verdict,
             "nodes": names, "parents": run.parents, "summary": summary, "criteria": run.criteria,
             "extra": run.extra, "leaks": leaks, "counters": counters, "events": run.events,
-            "blocks": blocks, "samples": run.lab.samples}
+            "blocks": blocks, "samples": run.lab.samples, "evidence": _evidence(run)}
+
+
+def _evidence(run: Run) -> dict:
+    """What the gate needs to know about how the figures were measured."""
+    samples = run.lab.samples
+    missing = sorted({(s["node"], m) for s in samples for m in s.get("missing", ())})
+    times = [s["t"] for s in samples]
+    return {"samples": len(samples), "sampled_span_s": (max(times) - min(times)) if times else 0.0,
+            "sample_failures": run.lab.sample_failures,
+            "missing_metrics": [f"{m} on {n}" for n, m in missing],
+            "build": f"dilithion-node {python_node_binary()}"}

@@ -9,7 +9,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from dilithion.tools.lab.lab import BlockRecord, Lab
+from dilithion.tools.lab.lab import BlockRecord, Lab, total
 from dilithion.tools.lab.labnode import LabNode
 from dilithion.tools.lab.measure import block_summary, criterion
 
@@ -69,8 +69,9 @@ class Run:
         names = nodes or self.measured or [n.name for n in self.lab.nodes]
         return [b.to_json(names, self.parents) for b in self.blocks]
 
-    def counters_total(self, key: str, nodes: list[str] | None = None) -> float:
-        return sum(v[key] for n, v in self.lab.counters().items() if nodes is None or n in nodes)
+    def counters_total(self, key: str, nodes: list[str] | None = None) -> float | None:
+        """The sum over the nodes sampled; None when one did not export it (missing)."""
+        return total(v[key] for n, v in self.lab.counters().items() if nodes is None or n in nodes)
 
 
 def _start(run: Run) -> None:
