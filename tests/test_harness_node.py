@@ -5,7 +5,7 @@ cookie, metrics, log lines per run, restart on the same ports, kill, a start
 that fails and says why, a port taken by another program.  The C++ side has no
 binary here, so what it needs no process for is tested: the binary check, its
 command line, and the tip read from its log on the C++ node's own log lines
-(``/work/shared/spec/mining-rpc-cli.md`` 5.3, the hashes of the C++ vector chain).
+(``shared/spec/mining-rpc-cli.md`` 5.3, the hashes of the C++ vector chain).
 """
 from __future__ import annotations
 
