@@ -379,15 +379,19 @@ class PythonNode(NodeProcess):
     ``explicit_ports=False`` passes ``extra_args`` only (the node's own defaults).
     ``light_randomx`` sets ``DIL_RANDOMX=light`` unless the environment sets it: a
     2 GiB full-mode dataset per node costs more than the work it is started for
-    (hashes are the same either way).
+    (hashes are the same either way).  ``node_program`` runs another program in
+    place of ``dilithion-node`` with the same arguments (the tests' defective
+    nodes, ``tests/defective_node.py``); None: the real node.
     """
 
     kind = "python"
 
     def __init__(self, name: str, workdir: Path, extra_args=(), *, network: str = "regtest",
                  connect: list[str] | None = None, bind: str | None = None,
-                 explicit_ports: bool = True, light_randomx: bool = False, **kw) -> None:
+                 explicit_ports: bool = True, light_randomx: bool = False,
+                 node_program: list[str] | None = None, **kw) -> None:
         super().__init__(name, workdir, extra_args, **kw)
+        self.node_program = list(node_program) if node_program else None
         self.network = network
         self.connect = None if connect is None else list(connect)
         self.bind = bind
@@ -396,7 +400,7 @@ class PythonNode(NodeProcess):
             self.env.setdefault("DIL_RANDOMX", "light")
 
     def program(self) -> list[str]:
-        return [str(python_node_binary())]
+        return self.node_program or [str(python_node_binary())]
 
     def args(self) -> list[str]:
         if not self.explicit_ports:

@@ -81,8 +81,12 @@ class Lab:
     """Owns every process, proxy and thread of one scenario run."""
 
     def __init__(self, out: Path, *, network: str = "regtest", base_port: int | None = None,
-                 node_args: list[str] | None = None, sample_interval: float = 2.0) -> None:
+                 node_args: list[str] | None = None, sample_interval: float = 2.0,
+                 node_program: list[str] | None = None) -> None:
         self.out = out
+        #: The program every node runs (None: the real ``dilithion-node``; the tests
+        #: give a defective node here, see ``tests/defective_node.py``).
+        self.node_program = node_program
         self.network = network
         self.base_port = base_port
         self.node_args = list(node_args or [])
@@ -113,7 +117,8 @@ class Lab:
                 check_port_free(p)
         else:
             ports = (free_port(), free_port(), free_port())
-        node = LabNode(f"n{i}", self.out / "nodes", ports, self.network, self.node_args, env)
+        node = LabNode(f"n{i}", self.out / "nodes", ports, self.network, self.node_args, env,
+                       node_program=self.node_program)
         self.nodes.append(node)
         return node
 

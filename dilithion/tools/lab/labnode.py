@@ -39,9 +39,10 @@ class LabNode(PythonNode):
 
     def __init__(self, name: str, workdir: Path, ports: tuple[int, int, int] | None = None,
                  network: str = "regtest", extra_args: list[str] | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, node_program: list[str] | None = None) -> None:
         p2p, rpc, metrics = ports or (None, None, None)
         super().__init__(name, workdir, extra_args or [], network=network, connect=[],
+                         node_program=node_program,
                          env={**os.environ, **(env or {})},
                          p2p_port=p2p, rpc_port=rpc, metrics_port=metrics)
         #: Set once :meth:`wait_running` saw it serve, cleared by :meth:`launch`: the

@@ -65,9 +65,11 @@ def _planned_steps(opts: dict) -> int:
 
 def run_scenario(name: str, out: Path, opts: dict, *, seed: int = 0, base_port: int | None = None,
                  node_args: list[str] | None = None, network: str | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, node_program: list[str] | None = None) -> dict:
     """Run ``name`` with ``opts`` into ``out`` (on the scenario's own network unless
-    ``network`` says otherwise); returns the results written."""
+    ``network`` says otherwise); returns the results written.  ``node_program``
+    runs another program in place of ``dilithion-node`` (the tests' defective
+    nodes); the results' evidence names it as the build."""
     sc = SCENARIOS[name]
     network = network or sc.network
     random.seed(seed)
@@ -80,7 +82,7 @@ def run_scenario(name: str, out: Path, opts: dict, *, seed: int = 0, base_port: 
             "started": time.time(), "version": RESULTS_VERSION}
     write_json(out / "run.json", meta)
     lab = Lab(out, network=network, base_port=base_port, node_args=node_args,
-              sample_interval=opts.get("sample", 2.0))
+              sample_interval=opts.get("sample", 2.0), node_program=node_program)
     bar = tqdm(total=_planned_steps(opts), desc=name, unit="step", disable=not progress,
                leave=True, dynamic_ncols=True)
     run = Run(lab, opts, bar)
@@ -139,4 +141,5 @@ def _evidence(run: Run) -> dict:
     return {"samples": len(samples), "sampled_span_s": (max(times) - min(times)) if times else 0.0,
             "sample_failures": run.lab.sample_failures,
             "missing_metrics": [f"{m} on {n}" for n, m in missing],
-            "build": f"dilithion-node {python_node_binary()}"}
+            "build": (" ".join(run.lab.node_program) if run.lab.node_program
+                      else f"dilithion-node {python_node_binary()}")}
