@@ -125,6 +125,19 @@ def test_a_busy_port_is_one_clear_error(line, process_node, which, message):
     assert "Node Status: RUNNING" not in busy.output()
 
 
+def test_a_hash_in_the_conf_password_is_one_clear_error(process_node):
+    """``rpcpassword=ab#cd`` in dilithion.conf: the node refuses to start and names the
+    line, instead of serving RPC with a cut password that never matches."""
+    node = process_node("hashpw", ["--connect=none"])
+    node.datadir.mkdir(parents=True, exist_ok=True)
+    (node.datadir / "dilithion.conf").write_text("rpcuser=op\nrpcpassword=pa#ss\n")
+    node.start(wait=False)
+    assert node.wait(30) == 1, node.describe()
+    assert "dilithion.conf:2: '#' is not allowed in rpcpassword" in node.errors()
+    assert "Traceback" not in node.errors() + node.output()
+    assert "Node Status: RUNNING" not in node.output()
+
+
 def test_stop_by_rpc_sigterm_and_sigint_then_restart_keeps_the_chain(line, tmp_path):
     a, b, c = line["A"], line["B"], line["C"]
     best, height = c.best_hash(), c.height()

@@ -284,6 +284,15 @@ def test_cli_conf_credentials_and_explicit_datadir(node_server, tmp_path):
     assert (r.returncode, r.stdout) == (0, "0\n")
 
 
+def test_cli_refuses_a_hash_in_the_conf_password(tmp_path):
+    """The cli reads the same rule as the node: one error line, exit 1, no request."""
+    (tmp_path / "dilithion.conf").write_text("rpcuser=bob\nrpcpassword=se#cret\n")
+    r = run_cli(f"--datadir={tmp_path}", "--rpcport=1", "help")
+    assert r.returncode == 1, r.stderr
+    assert "dilithion.conf:2: '#' is not allowed in rpcpassword" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_cli_exit_codes(node_server, tmp_path):
     home, server = node_server
     port = f"--rpcport={server.port}"

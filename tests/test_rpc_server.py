@@ -782,3 +782,21 @@ def test_rpcbind_ipv6_loopback(tmp_path):
             socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
     finally:
         server.stop()
+
+
+def test_hash_inside_rpcpassword_is_refused_not_cut(tmp_path):
+    """``rpcpassword=ab#cd`` would be cut to ``ab`` by the comment rule: the operator
+    gets an error naming the line, never a password that silently does not work."""
+    from dilithion.rpc.auth import ConfigError, read_config
+    conf = tmp_path / "dilithion.conf"
+    conf.write_text("rpcuser=alice\nrpcpassword=s3c#ret\n")
+    with pytest.raises(ConfigError, match=r"dilithion.conf:2: '#' is not allowed in rpcpassword"):
+        read_config(conf)
+    conf.write_text("rpcuser=alice\nrpcpassword=s3cret  # the comment\n")
+    assert read_config(conf)["rpcpassword"] == "s3cret"
+    conf.write_text("rpcuser=alice\nrpcpassword=s3c#ret\n")
+    ctx = NodeContext(chain_params=ChainParams.regtest(), datadir=tmp_path,
+                      hasher=RandomXHasher.for_key())
+    with pytest.raises(ConfigError):
+        RPCServer(ctx, port=0).start()
+    assert not (tmp_path / ".cookie").exists()

@@ -55,6 +55,7 @@ from dilithion.node.utxo_set import UTXOSet, UTXOStorageError
 from dilithion.crypto.mldsa import KeyPair
 from dilithion.node.wallet_key import MINING_KEY_FILE, MiningKeyError, load_or_create_mining_key
 from dilithion.rpc.access import AllowList, is_loopback_host
+from dilithion.rpc.auth import ConfigError
 from dilithion.rpc.server import HTTPLimits, RPCServer
 
 __all__ = ["NodeConfig", "NodeAssembly", "NodeStartupError", "VERSION", "BANNER_RULE",
@@ -447,6 +448,8 @@ class NodeAssembly:
                            allow_ips=cfg.rpc_allow_ips, metrics=ctx.metrics)
         try:
             server.start()
+        except ConfigError as exc:
+            raise NodeStartupError(f"Error: {exc}") from None
         except OSError as exc:
             raise NodeStartupError(f"Failed to start RPC server on port {cfg.rpc_port}",
                                    f"Error: {exc.strerror or exc}")

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from loguru import logger
 
-__all__ = ["COOKIE_USER", "COOKIE_FILENAME", "CONF_FILENAME", "AuthResult", "Authenticator",
+__all__ = ["COOKIE_USER", "COOKIE_FILENAME", "CONF_FILENAME", "ConfigError", "AuthResult",
+           "Authenticator",
            "CookieFile", "read_config", "read_cookie", "parse_basic_auth", "basic_auth_header"]
 
 COOKIE_USER = "__cookie__"
@@ -34,11 +35,28 @@ COOKIE_FILENAME = ".cookie"
 CONF_FILENAME = "dilithion.conf"
 
 
+class ConfigError(ValueError):
+    """A config file the node must not start with; the message names file and line."""
+
+
+def _hash_inside_password(raw: str) -> bool:
+    """``rpcpassword=ab#cd``: a ``#`` glued to the value (not after a space)."""
+    key, sep, value = raw.partition("=")
+    if not sep or key.strip() != "rpcpassword" or "#" not in value:
+        return False
+    before = value.split("#", 1)[0]
+    return bool(before.strip()) and not before[-1].isspace()
+
+
 def read_config(path: Path) -> dict[str, str]:
     """``key=value`` lines of a config file; ``#`` starts a comment; missing file -> {}.
 
     The last occurrence of a key wins.  Lines without ``=`` are ignored with a
-    warning rather than refusing to start.
+    warning rather than refusing to start.  A ``#`` in an ``rpcpassword`` value
+    raises :class:`ConfigError`, as bitcoind does: it would start a comment and
+    silently cut the password, so the operator's password would not work and
+    nothing would say why (a comment after a space, ``rpcpassword=x  # note``,
+    stays a comment).
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -47,6 +65,9 @@ def read_config(path: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
+        if _hash_inside_password(raw):
+            raise ConfigError(f"{path}:{lineno}: '#' is not allowed in rpcpassword (it starts a"
+                              " comment and would cut the password): choose one without '#'")
         if not line:
             continue
         key, sep, value = line.partition("=")

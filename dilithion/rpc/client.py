@@ -27,7 +27,8 @@ from typing import Any
 import click
 
 from dilithion.core.chainparams import params_for
-from dilithion.rpc.auth import CONF_FILENAME, basic_auth_header, read_config, read_cookie
+from dilithion.rpc.auth import (CONF_FILENAME, ConfigError, basic_auth_header, read_config,
+                                read_cookie)
 from dilithion.rpc.params import ParamKind, signature
 
 __all__ = ["RPCClient", "RPCClientError", "UsageError", "ConnectionFailed", "AuthFailed",
@@ -323,7 +324,10 @@ def _resolve_credentials(rpcuser, rpcpassword, datadir: Path) -> tuple[str | Non
         if not (rpcuser and rpcpassword):
             raise UsageError("--rpcuser and --rpcpassword must be given together")
         return rpcuser, rpcpassword
-    conf = read_config(datadir / CONF_FILENAME)
+    try:
+        conf = read_config(datadir / CONF_FILENAME)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     if conf.get("rpcuser") and conf.get("rpcpassword"):
         return conf["rpcuser"], conf["rpcpassword"]
     cookie = read_cookie(datadir)
