@@ -15,7 +15,7 @@ from dilithion.tools.lab.measure import block_summary, criterion
 
 __all__ = ["Scenario", "Run", "SCENARIOS", "register", "mine_and_measure", "line_topology",
            "star_topology",
-           "propagation_criteria", "no_timeouts_criterion"]
+           "propagation_criteria", "no_timeouts_criterion", "block_timeout"]
 
 
 @dataclass
@@ -100,6 +100,13 @@ def star_topology(run: Run, n: int) -> tuple[LabNode, list[LabNode]]:
         run.parents[p.name] = hub.name
     _start(run)
     return hub, peers
+
+
+def block_timeout(run: Run, default: float) -> float:
+    """How long a scenario waits for its blocks to reach every node: option
+    ``block_timeout`` when given, else the scenario's ``default``.  A node that
+    never relays waits this out for every block; the defect tests shorten it."""
+    return float(run.opts.get("block_timeout", default))
 
 
 def collect_burst(run: Run, blocks: list[BlockRecord], timeout: float) -> None:
