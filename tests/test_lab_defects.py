@@ -61,7 +61,7 @@ def test_cpu_spike_fails_the_cpu_gate(tmp_path):
     results = run_defective("line", "broadcast-cpu-spike", tmp_path, blocks=1)
     line = gate_lines({"line": results})["CPU spike during broadcast"]
     assert_measured_fail(line)
-    assert results["extra"]["cpu_pct_per_block"][0] >= 25, results["extra"]
+    assert results["extra"]["cpu_pct_per_block"][0] >= 10, results["extra"]
     # the blocks themselves still went through: only the CPU line fails
     assert gate_lines({"line": results})["block propagation success rate"].verdict == "PASS"
 
@@ -77,7 +77,7 @@ def test_a_metric_not_exported_fails_send_timeouts_for_want_of_evidence(tmp_path
 
 
 def test_a_send_path_that_stalls_fails_send_timeouts(tmp_path):
-    results = run_defective("line", "block-send-stalls", tmp_path, blocks=1, block_timeout=8)
+    results = run_defective("line", "block-send-stalls", tmp_path, blocks=1, block_timeout=10)
     assert results["summary"]["send_timeouts"] >= 1, results["counters"]
     assert_measured_fail(gate_lines({"line": results})["send timeouts"])
 
@@ -117,10 +117,17 @@ def test_real_node_passes_the_line_gates(tmp_path):
 # the failure scenarios
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_late_relay_fails_scenario_slow_peer(tmp_path):
+def test_a_late_relay_fails_scenario_slow_peer_and_asynchronous_broadcasting(tmp_path):
+    """A miner that holds its announcements back 12 s: the healthy peer is late and the
+    inv is queued 12 s after the block connected.  The broadcaster the async line exists
+    for (one blocked by a peer that stops reading) needs that fault in the scenario:
+    the faults slice's; this shows the line fails on its figure."""
     results = run_defective("slow-peer", "relay-delay-12s", tmp_path, blocks=2)
-    assert_measured_fail(gate_lines({"slow-peer": results})["scenario slow-peer"],
-                         "healthy peers: slowest block")
+    gates = gate_lines({"slow-peer": results})
+    assert_measured_fail(gates["scenario slow-peer"], "healthy peers: slowest block")
+    assert_measured_fail(gates["asynchronous broadcasting"], "slowest inv queued")
+    queued = next(c for c in results["criteria"] if c["name"].startswith("miner: slowest inv"))
+    assert queued["measured"] >= 10_000, queued
 
 
 @pytest.mark.slow
@@ -176,6 +183,7 @@ def test_an_inbound_limit_of_a_handful_fails_50_concurrent_peers(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_a_leak_fails_the_leak_gate(tmp_path):
     """144 MB/h for the shortest run the leak verdict decides (MIN_LEAK_RUN_S, 5 min):
     its RSS limit there is ~37 MB/h (tools/lab/leaks.py; see tests/defects/leak.py)."""
@@ -187,6 +195,7 @@ def test_a_leak_fails_the_leak_gate(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(5400)
 def test_a_leak_fails_the_one_hour_load_run(tmp_path):
     """``run load --duration 3600`` on a node leaking 16 MB/h (four times the hour's limit)."""
     results = run_defective("load", "leak-16mb-per-h", tmp_path, duration=3600.0)
