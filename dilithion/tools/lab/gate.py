@@ -104,7 +104,9 @@ def _line_gates(line: dict | None) -> list[Verdict]:
     if line is None:
         return [_not_run(name, crit, "line") for name, crit in gates]
     s = line["summary"]
-    blocks = lab_evidence("line", line, samples=s["complete"], sampled=False)
+    # every block measured is a sample, arrived or not: a node that relays nothing
+    # has 0 complete blocks, a figure, not a lack of evidence
+    blocks = lab_evidence("line", line, samples=s["blocks"], sampled=False)
     cpu = _crit(line, "relaying node CPU")
     cpu_ev = lab_evidence("line", line, samples=len(line["extra"].get("cpu_pct_per_block", [])),
                           sampled=False)

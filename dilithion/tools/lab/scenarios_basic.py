@@ -5,9 +5,9 @@ import time
 
 from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.measure import criterion
-from dilithion.tools.lab.scenario import (Run, collect_burst, line_topology, mine_and_measure,
-                                          no_timeouts_criterion, propagation_criteria, register,
-                                          star_topology)
+from dilithion.tools.lab.scenario import (Run, block_timeout, collect_burst, line_topology,
+                                          mine_and_measure, no_timeouts_criterion,
+                                          propagation_criteria, register, star_topology)
 
 #: The window over which a relaying node's CPU use per block is measured.
 CPU_WINDOW_S = 2.0
@@ -23,7 +23,7 @@ def run_line(run: Run) -> None:
     for i in range(run.opts["blocks"]):
         before = {n.name: n.resources()["cpu_s"] for n in nodes[1:]}
         t0 = time.monotonic()
-        mine_and_measure(run, nodes[0], 1, timeout=60)
+        mine_and_measure(run, nodes[0], 1, timeout=block_timeout(run, 60))
         time.sleep(max(0.0, CPU_WINDOW_S - (time.monotonic() - t0)))
         window = time.monotonic() - t0
         cpu.append(max(100 * (n.resources()["cpu_s"] - before[n.name]) / window for n in nodes[1:]))
@@ -72,7 +72,7 @@ def run_latency(run: Run) -> None:
         proxy.set(delay_s=run.opts["delay_s"])
     run.event(f"every link delayed {run.opts['delay_s']:g} s each way")
     blocks = [b for _ in range(run.opts["blocks"]) for b in lab.mine(nodes[0])]
-    collect_burst(run, blocks, timeout=60)
+    collect_burst(run, blocks, timeout=block_timeout(run, 60))
     propagation_criteria(run, max_s=60.0, mean_s=None)
     run.extra["expected_min_s"] = 3 * run.opts["delay_s"] * (len(nodes) - 1)
     no_timeouts_criterion(run)
@@ -90,7 +90,7 @@ def run_burst(run: Run) -> None:
     blocks = lab.mine(nodes[0], run.opts["blocks"])
     run.extra["mining_s"] = round(time.monotonic() - t0, 3)
     run.event(f"{len(blocks)} blocks mined in {run.extra['mining_s']:g} s")
-    collect_burst(run, blocks, timeout=120)
+    collect_burst(run, blocks, timeout=block_timeout(run, 120))
     propagation_criteria(run, max_s=None, mean_s=None)
     try:
         lab.wait_for(lambda: all(n.metrics().get("message_queue_depth", 1) == 0 for n in nodes),

@@ -1,0 +1,11 @@
+"""Defects of catch-up sync: what ``peer-kill`` and ``partition`` exist to catch."""
+from __future__ import annotations
+
+from defects import defect
+
+
+@defect("no-catch-up", "a peer that is behind is never brought up to our chain after the"
+        " handshake (catch-up sync switched off)")
+def no_catch_up() -> None:
+    from dilithion.net.block_sync import BlockSync
+    BlockSync.on_handshake = lambda self, peer, state: None
