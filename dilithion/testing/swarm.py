@@ -13,7 +13,7 @@ peers come from 127.0.0.1, so one node takes at most its per-host inbound limit
 of them; with ``hosts`` each peer dials from its own loopback address
 (:func:`swarm_host`), so 50+ peers per node fit.
 
-With ``fetch`` the peers are :class:`FetchingPeer`\ s: each answers a block
+With ``fetch`` the peers are :class:`FetchingPeer` objects: each answers a block
 ``inv`` with ``getdata`` and counts the ``block`` messages it receives, like a
 node that downloads every block (the checklist's "50+ peers that fetch blocks").
 """
@@ -48,7 +48,7 @@ class FetchingPeer(WirePeer):
         self.blocks = 0
 
     def on_inv(self, msg: MsgInv) -> None:
-        wanted = [item for item in msg.items if item.type == InvType.MSG_BLOCK_INV]
+        wanted = [item for item in msg.inv if item.type == InvType.MSG_BLOCK_INV]
         with self._fetch_lock:
             wanted = [item for item in wanted if bytes(item.hash) not in self.requested]
             self.requested.update(bytes(item.hash) for item in wanted)

@@ -124,7 +124,8 @@ class _Pipe:
                 break
             f = self.proxy.faults
             if f.blackhole:
-                continue                  # dropped on the floor, silently
+                self.proxy._dropped(len(data))      # on the floor, silently
+                continue
             if not self.towards_listener and f.cut_at_block is not None and self.frames:
                 data, cut = self.frames.feed_until_block(data, CUT_FRACTION)
                 if cut:
@@ -137,7 +138,10 @@ class _Pipe:
                 self.queue.append((due, data))
                 self.buffered += len(data)
                 self.cv.notify_all()
-        self.proxy._drop(self)
+        if self.proxy.faults.blackhole and not self.closed:
+            self.proxy._dead_in_blackhole(self)     # its FIN or RST is lost too
+        else:
+            self.proxy._drop(self)
 
     def _queue_now(self, data: bytes) -> None:
         with self.cv:
@@ -186,7 +190,12 @@ class FaultProxy:
         self._conns: list[tuple[_Pipe, _Pipe]] = []
         #: Connections accepted during a blackhole: held, never forwarded.
         self._held: list[socket.socket] = []
+        #: Pipes whose source closed during a blackhole: the other side is not told
+        #: (the FIN was lost) until the heal, when it gets the reset it would get then.
+        self._dead: list[_Pipe] = []
         self.cuts = 0
+        #: Bytes a blackhole swallowed (tests wait on it instead of on the clock).
+        self.dropped_bytes = 0
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if rcvbuf:
@@ -285,16 +294,29 @@ class FaultProxy:
             raise
         return sock
 
+    def _dead_in_blackhole(self, pipe: _Pipe) -> None:
+        with self._lock:
+            self._dead.append(pipe)
+
     def _release_held(self) -> None:
         """The blackhole healed: the connections opened during it never got through
-        (their dialler times them out or sees them close now), like lost SYNs."""
+        (their dialler times them out or sees them close now), like lost SYNs; a
+        connection one side closed meanwhile is reset towards the other side now
+        (its next packet would meet no connection)."""
         with self._lock:
             held, self._held = self._held, []
+            dead, self._dead = self._dead, []
+        for pipe in dead:
+            self._drop(pipe)
         for s in held:
             try:
                 s.close()
             except OSError:
                 pass
+
+    def _dropped(self, n: int) -> None:
+        with self._lock:
+            self.dropped_bytes += n
 
     def _cut(self, callback: Callable[[], None]) -> None:
         """A block frame was cut: disarm and run the callback (once), off the pipe."""
