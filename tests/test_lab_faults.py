@@ -118,15 +118,18 @@ def test_a_cut_forwards_half_a_block_frame_then_runs_the_callback_once():
     try:
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as c:
             wait_until(lambda: target.conns, timeout=10)
-            proxy.set(cut_at_block=lambda: (calls.append(1), cut.set()))
+            c.settimeout(10)
+            early = frame("block", b"\0" * 300)           # before arming: passes whole
+            target.conns[0].sendall(early[:100])
+            assert _recv_exactly(c, 100) == early[:100]
+            proxy.set(cut_at_block=lambda: (calls.append(1), cut.set()))   # armed mid-frame
             ping, block = frame("ping", b"\1" * 8), frame("block", b"\2" * 1000)
             # split across writes so a header straddles two reads
-            target.conns[0].sendall(ping + block[:10])
+            target.conns[0].sendall(early[100:] + ping + block[:10])
             target.conns[0].sendall(block[10:] + frame("block", b"\3" * 1000))
             assert cut.wait(10)
-            c.settimeout(10)
-            got = _recv_exactly(c, len(ping) + 24 + 500)
-            assert got == ping + block[:24 + 500]
+            got = _recv_exactly(c, len(early) - 100 + len(ping) + 24 + 500)
+            assert got == early[100:] + ping + block[:24 + 500]
             c.settimeout(0.5)
             with pytest.raises(socket.timeout):
                 c.recv(1)                   # nothing more on that connection

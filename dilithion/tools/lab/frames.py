@@ -23,10 +23,12 @@ class FrameWatcher:
         self._left = 0            # payload bytes of the current frame still to come
         self.commands: list[str] = []   # every frame seen (tests read it)
 
-    def feed_until_block(self, data: bytes, fraction: float) -> tuple[bytes, bool]:
-        """Follow ``data``; if a ``block`` frame starts in it, return the bytes up to
-        its header plus ``fraction`` of its payload and True (cut there); else
-        ``(data, False)``."""
+    def feed_until_block(self, data: bytes, fraction: float,
+                         armed: bool = True) -> tuple[bytes, bool]:
+        """Follow ``data``; when ``armed`` and a ``block`` frame starts in it, return
+        the bytes up to its header plus ``fraction`` of its payload and True (cut
+        there); else ``(data, False)``.  Fed every chunk of its direction, armed or
+        not, so it knows where frames begin when it is armed mid-stream."""
         pos = 0
         while pos < len(data):
             if self._left:
@@ -46,7 +48,7 @@ class FrameWatcher:
             if magic != self.magic:     # lost framing: stop watching, forward as is
                 self._left = 1 << 62
                 continue
-            if command == "block" and length:
+            if armed and command == "block" and length:
                 return data[:pos + max(1, int(length * fraction))], True
             self._left = length
         return data, False

@@ -84,7 +84,8 @@ class _Pipe:
         self.queue: deque[tuple[float, bytes]] = deque()
         self.buffered = 0
         self.closed = False
-        #: Frames towards the dialler, watched only while ``cut_at_block`` is armed.
+        #: Frames towards the dialler (with a ``magic``), followed from the first byte
+        #: so that ``cut_at_block`` armed mid-stream knows where frames begin.
         self.frames = FrameWatcher(proxy.magic) if proxy.magic is not None else None
         self.cut = False
 
@@ -126,12 +127,14 @@ class _Pipe:
             if f.blackhole:
                 self.proxy._dropped(len(data))      # on the floor, silently
                 continue
-            if not self.towards_listener and f.cut_at_block is not None and self.frames:
-                data, cut = self.frames.feed_until_block(data, CUT_FRACTION)
+            if not self.towards_listener and self.frames is not None:
+                callback = f.cut_at_block
+                data, cut = self.frames.feed_until_block(data, CUT_FRACTION,
+                                                         armed=callback is not None)
                 if cut:
                     self.cut = True
                     self._queue_now(data)
-                    self.proxy._cut(f.cut_at_block)
+                    self.proxy._cut(callback)
                     continue
             due = time.monotonic() + f.delay_s + (random.uniform(0, f.jitter_s) if f.jitter_s else 0)
             with self.cv:
