@@ -9,7 +9,10 @@ import copy
 import select
 import socket
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +223,14 @@ def test_a_kill_that_missed_the_block_frame_is_no_evidence():
     _crit(results["peer-kill"], "victim SIGKILLed").update(measured=0, verdict="FAIL")
     x = gates(results)["peer killed mid-block catches up"]
     assert x.verdict == "FAIL" and "did not land inside a block frame" in x.reason
+
+
+def test_the_load_block_interval_is_a_minute_by_default_and_an_option():
+    from dilithion.tools.lab.runner import scenario_options
+    assert scenario_options("load")["interval"] == 60.0            # the testnet's rate
+    assert scenario_options("load", short=True)["interval"] == 2.0
+    assert scenario_options("load", interval=7.5)["interval"] == 7.5
+    out = subprocess.run([str(Path(sys.executable).parent / "dilithion-lab"), "run", "line",
+                          "--interval", "5"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip() == \
+        "error: scenario line has no block interval (only load does)", out.stderr
