@@ -4,7 +4,13 @@ makes to them, each named for what it stands for.
 ``tests/data/lab/*.json`` are one real ``dilithion-lab run all --short`` (results
 version 2, 2026-12-07, this machine) trimmed: the last sample of each node and
 the first three blocks kept; every other figure (summary, criteria, counters,
-evidence) as written.  :func:`full_set` is the same runs with what only full-length runs
+evidence) as written.  ``slow-peer``, ``peer-kill``, ``partition``, ``load`` and
+``regions`` were recorded again (same trimming, one ``--short`` run each, same
+day) when those scenarios got the checklist's faults (a peer that stops
+reading, a kill inside a block frame, a silent partition, fetching peers, the
+three regions), so they carry the criteria and extras the fault gate lines
+read (``stuck_link_send_timeouts``, ``miner_held_s``, ...); the build field names
+the venv's ``dilithion-node`` relative to the checkout, as the others do.  :func:`full_set` is the same runs with what only full-length runs
 reach edited in (said there); :func:`write_run_all` lays results out as
 ``dilithion-lab run all`` does (one folder per scenario, ``run.json`` then
 ``results.json``).

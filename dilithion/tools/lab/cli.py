@@ -54,6 +54,8 @@ def list_cmd() -> None:
 @click.option("--nodes", type=click.IntRange(1, 64), default=None, help="Node processes.")
 @click.option("--duration", type=click.FloatRange(min=1), default=None,
               help="Seconds (load only; default 600; 3600 for the 1-hour load gate).")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds between blocks (load only; default 60, the testnet's rate).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Results folder (default lab-results/<scenario or all>-<time>).")
 @click.option("--seed", type=int, default=0, help="Random seed.")
@@ -63,13 +65,15 @@ def list_cmd() -> None:
 @click.option("--node-arg", "node_args", multiple=True,
               help="Extra dilithion-node argument for every node (repeatable).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def run_cmd(scenario: str, nodes, duration, out, seed, short, base_port, node_args,
+def run_cmd(scenario: str, nodes, duration, interval, out, seed, short, base_port, node_args,
             no_progress) -> None:
     """Run SCENARIO (or `all`) on real nodes and write results.json, report.md and plots."""
     names = list(SCENARIOS) if scenario == "all" else [scenario]
     try:
         plans = {n: scenario_options(n, short=short, nodes=nodes,
                                      duration=duration if n == "load" or scenario != "all"
+                                     else None,
+                                     interval=interval if n == "load" or scenario != "all"
                                      else None) for n in names}
     except LabError as exc:
         _fail(str(exc))

@@ -12,9 +12,11 @@ NOT RUN here: ``dilithion-lab gate --prometheus`` judges it
 """
 from __future__ import annotations
 
+from dilithion.tools.lab.gate_evidence import _crit, _merge, _n, _not_run, lab_evidence
+from dilithion.tools.lab.gate_faults import fault_gates, healthy_send_timeouts
 from dilithion.tools.lab.lab import SAMPLED_METRICS
 from dilithion.tools.lab.leaks import LEAK_CRITERIA, LEAK_LIMITS_TEXT
-from dilithion.tools.lab.verdict import LAB, NETWORK, FAIL, Evidence, EvidenceSet, Verdict
+from dilithion.tools.lab.verdict import LAB, NETWORK, FAIL, Verdict
 
 __all__ = ["evaluate_results", "format_gates", "FAILURE_SCENARIOS", "ROLLOUT_BLOCKS",
            "LOAD_HOUR_S", "NETWORK_ONLY", "lab_evidence"]
@@ -38,62 +40,6 @@ NETWORK_ONLY = (
      "read from Prometheus's /api/v1/rules and /api/v1/targets: dilithion-lab gate --prometheus"),
 )
 ALL_METRICS = tuple(SAMPLED_METRICS)
-
-
-def lab_evidence(name: str, r: dict, *, samples: int | None = None, sampled: bool = True,
-                 metrics: tuple[str, ...] = ()) -> Evidence:
-    """What one run shows: its nodes, ``samples`` data points (default: its
-    resource/metric samples), the span its samples cover, and every gap —
-    a ``--short`` run, results that record no evidence (before version 2), and
-    when the gate reads sampled figures (``sampled``) failed samples and the
-    ``metrics`` it reads that a node did not export."""
-    ev = r.get("evidence")
-    gaps = []
-    if ev is None or "short" not in r["options"]:
-        gaps.append(f"{name}: results version {r.get('version', 1)} record no evidence"
-                    " (failed samples, missing metrics, short or not): run it again")
-        ev = ev or {}
-    if r["options"].get("short"):
-        gaps.append(f"{name} is a --short run")
-    if sampled:
-        failures = ev.get("sample_failures") or []
-        if failures:
-            first = failures[0]
-            gaps.append(f"{name}: {len(failures)} failed sample(s) ({first['node']}:"
-                        f" {first['error']})")
-        absent = [m for m in ev.get("missing_metrics") or [] if m.split(" on ")[0] in metrics]
-        if absent:
-            gaps.append(f"{name}: not exported: " + ", ".join(absent))
-    return Evidence(LAB, (name,), tuple(r["nodes"]),
-                    ev.get("samples", 0) if samples is None else samples,
-                    ev.get("sampled_span_s"), tuple(gaps), ev.get("build", ""))
-
-
-def _merge(evidences: list[Evidence]) -> Evidence:
-    acc = EvidenceSet(LAB)
-    for e in evidences:
-        acc.runs += e.runs
-        acc.nodes |= {f"{e.runs[0]}/{n}" for n in e.nodes} if e.runs else set(e.nodes)
-        acc.samples += e.samples
-        acc.span_s += e.span_s or 0.0
-        acc.gaps += e.gaps
-        if e.build:
-            acc.builds.add(e.build)
-    return acc.freeze()
-
-
-def _crit(r: dict | None, prefix: str) -> dict | None:
-    if r is None:
-        return None
-    return next((c for c in r["criteria"] if c["name"].startswith(prefix)), None)
-
-
-def _n(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _not_run(name: str, criterion: str, scenario: str) -> Verdict:
-    return Verdict.no_evidence(name, criterion, f"scenario {scenario} not run", needs=LAB)
 
 
 def _line_gates(line: dict | None) -> list[Verdict]:
@@ -184,31 +130,22 @@ def evaluate_results(results: dict[str, dict]) -> list[Verdict]:
         f"min {_n(min(rates)) if rates else None} over {len(rates)} scenario(s)",
         _merge([lab_evidence(k, r, samples=r["summary"]["blocks"], sampled=False)
                 for k, r in ran.items()]), LAB))
-    timeouts = [r["summary"]["send_timeouts"] for r in results.values()]
+    timeouts = {k: healthy_send_timeouts(r) for k, r in results.items()}
     ev = _merge([lab_evidence(k, r, metrics=("send_timeout_errors_total",))
                  for k, r in results.items()])
-    if None in timeouts:
-        ev = ev.with_gaps("send timeouts not measured in " + ", ".join(
-            k for k, r in results.items() if r["summary"]["send_timeouts"] is None))
-    total = sum(t for t in timeouts if t is not None)
-    unmeasured = [k for k, r in results.items() if r["summary"]["send_timeouts"] is None]
-    g.append(Verdict.judge("send timeouts", "0 (timeout rate 0%)", total == 0,
+    unmeasured = [k for k, t in timeouts.items() if t is None]
+    if unmeasured:
+        ev = ev.with_gaps("send timeouts not measured in " + ", ".join(unmeasured))
+    total = sum(t for t in timeouts.values() if t is not None)
+    stuck = sum(r["extra"].get("stuck_link_send_timeouts") or 0 for r in results.values())
+    g.append(Verdict.judge("send timeouts", "0 on healthy links (timeout rate 0%)", total == 0,
                            f"{total:g}" + (f" (missing in {', '.join(unmeasured)})"
-                                           if unmeasured else ""), ev, LAB))
+                                           if unmeasured else "")
+                           + (f"; {stuck:g} on slow-peer's stuck links, expected there"
+                              if stuck else ""), ev, LAB))
     g += [_scenario_gate(sc, results.get(sc)) for sc in FAILURE_SCENARIOS]
     g += _load_gates(results.get("load"))
-    sp = _crit(results.get("slow-peer"), "miner: slowest inv")
-    if results.get("slow-peer") is None:
-        g.append(_not_run("asynchronous broadcasting", "the miner never waits for a slow peer",
-                          "slow-peer"))
-    else:
-        ev = lab_evidence("slow-peer", results["slow-peer"], samples=len(results["slow-peer"]
-                                                                        ["blocks"]), sampled=False)
-        if sp is None or sp["measured"] is None:
-            ev = ev.with_gaps("slow-peer: no inv-queued figure recorded")
-        g.append(Verdict.judge("asynchronous broadcasting", "the miner never waits for a slow peer",
-                               sp is not None and sp["verdict"] == "PASS",
-                               f"slowest inv queued {_n(sp['measured']) if sp else None} ms", ev, LAB))
+    g += fault_gates(results)
     scenario_lines = {x.name: x for x in g if x.name.startswith("scenario ")}
     behind = [sc for sc in FAILURE_SCENARIOS if scenario_lines[f"scenario {sc}"].verdict != "PASS"]
     g.append(Verdict.judge(

@@ -59,6 +59,9 @@ class BlockRecord:
     mined_at: float                       # wall clock when the miner connected it
     connected: dict[str, float] = field(default_factory=dict)
     miner_peers: list = field(default_factory=list)   # the miner's per-peer record
+    #: Wall clock when the miner's ``generatetoaddress`` returned (last block of a call
+    #: only): how long the mining side was held after the block connected.
+    returned_at: float | None = None
 
     def to_json(self, nodes: list[str], parents: dict[str, str]) -> dict:
         prop = {n: round(t - self.mined_at, 4) for n, t in self.connected.items() if n != self.miner}
@@ -69,7 +72,9 @@ class BlockRecord:
         return {"hash": self.hash, "miner": self.miner, "mined_at": self.mined_at,
                 "propagation_s": prop,   # "to all" = to all of ``nodes``, the ones judged
                 "to_all_s": max(prop[n] for n in others) if complete and others else None,
-                "complete": complete, "hops_s": hops, "miner_peers": self.miner_peers}
+                "complete": complete, "hops_s": hops, "miner_peers": self.miner_peers,
+                "miner_held_s": (round(self.returned_at - self.mined_at, 4)
+                                 if self.returned_at is not None else None)}
 
 
 def _plain(value):
@@ -122,9 +127,10 @@ class Lab:
         self.nodes.append(node)
         return node
 
-    def link(self, a: LabNode, b: LabNode) -> FaultProxy:
-        """``a`` dials ``b`` through a new fault proxy."""
-        proxy = FaultProxy(("127.0.0.1", b.p2p_port), name=f"{a.name}-{b.name}")
+    def link(self, a: LabNode, b: LabNode, rcvbuf: int | None = None) -> FaultProxy:
+        """``a`` dials ``b`` through a new fault proxy (``rcvbuf``: see :class:`FaultProxy`)."""
+        proxy = FaultProxy(("127.0.0.1", b.p2p_port), name=f"{a.name}-{b.name}", rcvbuf=rcvbuf,
+                           magic=self.magic)
         self.proxies[(a.name, b.name)] = proxy
         a.connect.append(proxy.address)
         return proxy
@@ -157,6 +163,14 @@ class Lab:
         self.light.append(swarm.start())
         return swarm
 
+    def add_fetching_peers(self, per_node: int) -> PeerSwarm:
+        """``per_node`` scripted peers on every node, each from its own loopback address,
+        each fetching every block it is told about."""
+        swarm = PeerSwarm(self.magic, [("127.0.0.1", n.p2p_port) for n in self.nodes],
+                          per_node * len(self.nodes), fetch=True, hosts=True)
+        self.light.append(swarm.start())
+        return swarm
+
     def wait_for(self, predicate, timeout: float, what: str) -> None:
         """Poll (bounded) until ``predicate()``; RPC errors of a starting node are retried."""
         deadline = time.monotonic() + timeout
@@ -172,10 +186,13 @@ class Lab:
     # -- mining and measuring ---------------------------------------------------------
     def mine(self, node: LabNode, n: int = 1) -> list[BlockRecord]:
         hashes = node.rpc("generatetoaddress", [n, payee(node.name)], timeout=120 + 2 * n)
+        returned = time.time()
         records = []
         for h in hashes:
             rec = node.rpc("getblockpropagation", [h])
             records.append(BlockRecord(h, node.name, float(rec["connected"])))
+        if records:
+            records[-1].returned_at = returned
         return records
 
     def collect(self, blocks: list[BlockRecord], timeout: float, nodes: list[LabNode] | None = None,

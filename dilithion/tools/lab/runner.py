@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dilithion.tools.lab import (scenarios_basic, scenarios_faults,  # noqa: F401 - register
-                                 scenarios_mixed)
+from dilithion.tools.lab import (scenarios_basic, scenarios_checklist,  # noqa: F401 - register
+                                 scenarios_faults, scenarios_mixed)
 from dilithion.testing.node_process import python_node_binary
 from dilithion.tools.lab.lab import Lab, total
 from dilithion.tools.lab.labnode import LabError
@@ -41,7 +41,7 @@ def write_json(path: Path, data) -> None:
 
 
 def scenario_options(name: str, *, short: bool = False, nodes: int | None = None,
-                     duration: float | None = None) -> dict:
+                     duration: float | None = None, interval: float | None = None) -> dict:
     if name not in SCENARIOS:
         raise LabError(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
     sc = SCENARIOS[name]
@@ -54,6 +54,10 @@ def scenario_options(name: str, *, short: bool = False, nodes: int | None = None
         if "duration" not in opts:
             raise LabError(f"scenario {name} has no duration (only load does)")
         opts["duration"] = duration
+    if interval is not None:
+        if "interval" not in opts:
+            raise LabError(f"scenario {name} has no block interval (only load does)")
+        opts["interval"] = interval
     return opts
 
 

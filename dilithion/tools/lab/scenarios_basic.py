@@ -1,4 +1,5 @@
-"""Scenarios on healthy or slow links: ``line``, ``slow-peer``, ``latency``, ``burst``."""
+"""Scenarios on healthy or slow links: ``line``, ``latency``, ``burst`` (``slow-peer``, a
+peer that stops reading, is in ``scenarios_checklist``)."""
 from __future__ import annotations
 
 import time
@@ -7,7 +8,7 @@ from dilithion.tools.lab.labnode import LabError
 from dilithion.tools.lab.measure import criterion
 from dilithion.tools.lab.scenario import (Run, block_timeout, collect_burst, line_topology,
                                           mine_and_measure, no_timeouts_criterion,
-                                          propagation_criteria, register, star_topology)
+                                          propagation_criteria, register)
 
 #: The window over which a relaying node's CPU use per block is measured.
 CPU_WINDOW_S = 2.0
@@ -33,33 +34,6 @@ def run_line(run: Run) -> None:
     worst = sorted(cpu)[len(cpu) // 2] if cpu else None
     run.criteria.append(criterion("relaying node CPU over a broadcast window (median block)", worst,
                                   "< 10 %", worst is not None and worst < 10, "%"))
-
-
-@register("slow-peer", "the miner has a healthy peer and a peer whose link is delayed 5 s each way",
-          "the healthy peer gets every block within 10 s; the miner never blocks (every inv queued"
-          " within 1 s); the slow peer still gets every block; 0 send timeouts",
-          full={"nodes": 3, "blocks": 10, "delay_s": 5.0}, short={"blocks": 2})
-def run_slow_peer(run: Run) -> None:
-    lab = run.lab
-    miner, peers = star_topology(run, run.opts["nodes"])
-    slow = peers[-1]
-    lab.proxy(slow, miner).set(delay_s=run.opts["delay_s"])
-    run.event(f"{slow.name}'s link delayed {run.opts['delay_s']:g} s each way")
-    healthy = [miner, *peers[:-1]]
-    blocks = mine_and_measure(run, miner, run.opts["blocks"], timeout=30, spacing=1.0,
-                              nodes=healthy)
-    lab.collect(blocks, timeout=30 + 6 * run.opts["delay_s"])
-    data = run.blocks_json()
-    healthy_max = max((v for b in data for n, v in b["propagation_s"].items() if n != slow.name),
-                      default=None)
-    run.criteria.append(criterion("healthy peers: slowest block", healthy_max, "<= 10 s",
-                                  healthy_max is not None and healthy_max <= 10, "s"))
-    queued = [p["inv_queued_ms"] for b in data for p in b["miner_peers"] if "inv_queued_ms" in p]
-    worst = max(queued) if queued else None
-    run.criteria.append(criterion("miner: slowest inv queued after connect", worst, "< 1000 ms",
-                                  worst is not None and worst < 1000, "ms"))
-    propagation_criteria(run, max_s=None, mean_s=None)
-    no_timeouts_criterion(run)
 
 
 @register("latency", "N nodes (3) in a line with 2 s of latency each way on every link",
