@@ -72,6 +72,7 @@ def test_scenario_short(name, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)               # load runs 10 minutes
 @pytest.mark.parametrize("name", MEASURED)
 def test_scenario_full(name, tmp_path):
     results = run_scenario(name, tmp_path, scenario_options(name), progress=False)

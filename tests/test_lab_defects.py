@@ -19,39 +19,48 @@ gate -> defect -> test is in ``docs/LAB.md``.
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from dilithion.tools.lab.gate import evaluate_results
 from dilithion.tools.lab.leaks import MIN_LEAK_RUN_S
-from dilithion.tools.lab.runner import run_scenario, scenario_options
 
-from defects import DEFECTS, defective_program
+from defects import DEFECTS
+from defects.lab import assert_measured_fail, gate_lines, run_defective
 from lab_records import full_set
 
-
-def gate_lines(results: dict[str, dict]) -> dict[str, object]:
-    return {g.name: g for g in evaluate_results(results)}
-
-
-def run_defective(name: str, defect: str | None, tmp_path, **overrides) -> dict:
-    """Scenario ``name`` on the node with ``defect`` (None: the real node), full
-    options with ``overrides``; a run the scenario aborts still returns what it wrote."""
-    opts = {**scenario_options(name), **overrides}
-    program = defective_program(defect) if defect else None
-    return run_scenario(name, tmp_path, opts, progress=False, node_program=program)
-
-
-def assert_measured_fail(line, *fragments: str) -> None:
-    """FAIL on the figure: no evidence gap, and the measured text says why."""
-    print(line.line())                       # the figure, in the test's output (-s)
-    assert line.verdict == "FAIL", line.line()
-    assert line.reason == "", line.line()
-    for f in fragments:
-        assert f in line.measured, (f, line.line())
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_defect_is_documented():
     assert DEFECTS and all(what for what, _ in DEFECTS.values())
+
+
+def _defect_table() -> list[list[str]]:
+    text = (ROOT / "docs" / "LAB.md").read_text()
+    section = text.split("### Every gate can fail", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| ") and "---" not in ln]
+    rows: list[list[str]] = []
+    for ln in lines[1:]:                      # "same": the cell of the row above
+        cells = [c.strip() for c in ln.strip("|").split(" | ")]
+        rows.append([rows[-1][i] if c == "same" and rows else c for i, c in enumerate(cells)])
+    return rows
+
+
+def test_every_gate_line_has_a_defect_row():
+    """docs/LAB.md's gate -> defect -> test table has exactly one row per gate line the
+    gate prints, every defect it names is registered, and every test it names
+    exists: a gate added without a way to fail it shows here."""
+    rows = _defect_table()
+    names = [r[0] for r in rows]
+    assert sorted(names) == sorted(g for g in gate_lines(full_set())), names
+    for row in rows:
+        for name in re.findall(r"`([a-z0-9]+(?:-[a-z0-9]+)+)`", row[1]):
+            assert name in DEFECTS, (row[0], name)
+        for path, test in re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", " ".join(row[3:])):
+            assert re.search(rf"^def {test}\(", (ROOT / path).read_text(), re.M), (path, test)
+    assert all(re.search(r"::test_\w+", r[3]) for r in rows), "a row without a test"
 
 
 # ---------------------------------------------------------------------------

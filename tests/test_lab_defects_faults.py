@@ -9,33 +9,18 @@ measured (never the build label).  Runs that wait out a timeout are ``slow``.
 """
 from __future__ import annotations
 
-import copy
-
 import pytest
 
-from dilithion.tools.lab.gate import evaluate_results
-from dilithion.tools.lab.runner import run_scenario, scenario_options
-
-from defects import defective_program
+from defects.lab import gate_lines as _gate_lines, run_defective as _run_defective
 from lab_records import recorded
 
 
 def gate_lines(results: dict[str, dict]) -> dict[str, object]:
-    """The gate lines as a full-length run with these figures would get them: a
-    ``--short`` run is "no evidence" on every line, so the label is lifted here to
-    show that the line FAILs on what was measured (its reason stays empty)."""
-    full = copy.deepcopy(results)
-    for r in full.values():
-        r["options"]["short"] = False
-    return {g.name: g for g in evaluate_results(full)}
+    return _gate_lines(results, lift_short=True)
 
 
 def run_defective(name: str, defect: str, tmp_path, **overrides) -> dict:
-    opts = {**scenario_options(name, short=True), **overrides}
-    results = run_scenario(name, tmp_path, opts, progress=False,
-                           node_program=defective_program(defect))
-    assert f"defective_node.py {defect}" in results["evidence"]["build"]
-    return results
+    return _run_defective(name, defect, tmp_path, short=True, **overrides)
 
 
 def _criterion(results: dict, prefix: str) -> dict:
