@@ -222,9 +222,13 @@ def test_unreachable_prometheus():
 
 
 def test_ctrl_c_stops_every_node_and_writes_partial_results(tmp_path):
+    # A suite started in the background by a non-interactive shell inherits SIGINT
+    # ignored, and Python keeps an ignored SIGINT: give the lab the default, as a
+    # terminal's Ctrl+C would find it.
     proc = subprocess.Popen([str(LAB), "run", "load", "--short", "--duration", "600",
                              "--no-progress", "--out", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         wait_until(lambda: len(list((tmp_path / "nodes").glob("*.log"))) == 3
                    and all("Node Status: RUNNING" in p.read_text()
