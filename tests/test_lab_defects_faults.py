@@ -27,6 +27,7 @@ def _criterion(results: dict, prefix: str) -> dict:
     return next(c for c in results["criteria"] if c["name"].startswith(prefix))
 
 
+@pytest.mark.slow                       # 26-33 s: the stuck peer's send timeout is waited out
 def test_a_synchronous_broadcaster_fails_asynchronous_broadcasting(tmp_path):
     """The stuck peer's link holds the mining thread until its send timeout."""
     results = run_defective("slow-peer", "sync-broadcast", tmp_path)
