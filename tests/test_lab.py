@@ -69,6 +69,8 @@ def test_scenario_short(name, tmp_path):
     results = run_scenario(name, tmp_path, scenario_options(name, short=True), progress=False)
     _check_run(results, tmp_path)
     assert results["summary"]["blocks"] >= 2
+    if "duration" in results["options"]:      # the span sampled covers the duration asked
+        assert results["evidence"]["sampled_span_s"] >= results["options"]["duration"]
 
 
 @pytest.mark.slow

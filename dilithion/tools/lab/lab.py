@@ -235,6 +235,10 @@ class Lab:
 
     # -- sampling -------------------------------------------------------------------------
     def _sample_loop(self) -> None:
+        """A sample as soon as the nodes serve, then one per interval: the sampled span
+        starts before the scenario's clock does, so a ``load --duration 3600`` covers
+        its hour (waiting an interval first left it a few seconds short)."""
+        self.sample_now()
         while not self._stop.wait(self.sample_interval):
             self.sample_now()
 
