@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from defects.lab import assert_measured_fail
 from defects.lab import gate_lines as _gate_lines, run_defective as _run_defective
 from lab_records import recorded
 
@@ -35,7 +36,7 @@ def test_a_synchronous_broadcaster_fails_asynchronous_broadcasting(tmp_path):
     held = _criterion(results, "miner: generatetoaddress back")
     assert held["verdict"] == "FAIL" and held["measured"] >= 1, held
     line = gate_lines({"slow-peer": results})["asynchronous broadcasting"]
-    assert line.verdict == "FAIL" and line.reason == "", line.line()
+    assert_measured_fail(line)
 
 
 @pytest.mark.slow
@@ -44,7 +45,7 @@ def test_serving_a_block_to_few_peers_fails_the_fetching_peers_line(tmp_path):
     got = _criterion(results, "fetching peers that got every block")
     assert got["verdict"] == "FAIL", got
     line = gate_lines({"load": results})["50+ fetching peers per node"]
-    assert line.verdict == "FAIL" and line.reason == "", line.line()
+    assert_measured_fail(line)
 
 
 @pytest.mark.slow
@@ -53,7 +54,7 @@ def test_a_node_without_catch_up_fails_the_kill_mid_send_line(tmp_path):
     assert _criterion(results, "victim SIGKILLed in the middle")["verdict"] == "PASS"
     assert _criterion(results, "restarted peer caught up")["verdict"] == "FAIL"
     line = gate_lines({"peer-kill": results})["peer killed mid-block catches up"]
-    assert line.verdict == "FAIL" and line.reason == "", line.line()
+    assert_measured_fail(line)
 
 
 @pytest.mark.slow
@@ -62,7 +63,7 @@ def test_a_node_without_a_dead_peer_check_fails_the_dead_link_line(tmp_path):
     found = _criterion(results, "both ends closed the dead link")
     assert found["verdict"] == "FAIL" and found["measured"] is None, found
     line = gate_lines({"partition": results})["dead link found (silent partition)"]
-    assert line.verdict == "FAIL" and line.reason == "", line.line()
+    assert_measured_fail(line)
 
 
 @pytest.mark.slow
@@ -72,4 +73,4 @@ def test_a_late_relay_fails_the_regions_and_p95_lines(tmp_path):
     lines = gate_lines({"regions": results, "line": recorded()["line"]})
     for name in ("regions: every block to every node", "regions: average propagation",
                  "mined -> connected at every node (p50/p95/max)"):
-        assert lines[name].verdict == "FAIL" and lines[name].reason == "", lines[name].line()
+        assert_measured_fail(lines[name])
