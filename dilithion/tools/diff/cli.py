@@ -69,24 +69,30 @@ def cli(log_level: str) -> None:
               default=CATALOGUE, show_default=True, help="the divergence catalogue")
 @click.option("--step-timeout", default=10.0, show_default=True, type=click.FloatRange(1, 600),
               help="seconds a node may take to answer a step before it counts as hung")
-def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> None:
+@click.option("--python-program", default="", metavar="CMD",
+              help="run CMD in place of our dilithion-node on the Python side (same arguments"
+                   " appended): how the harness's own tests run a mutant of our node")
+def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout,
+        python_program) -> None:
     """Run the corpus on both nodes and report every difference."""
     try:
         code = _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path,
-                    step_timeout)
+                    step_timeout, shlex.split(python_program))
     except (CorpusError, CatalogueError, TargetError, UsageFailure) as exc:
         _fail(str(exc))
     sys.exit(code)
 
 
-def diff_python_node(name: str, work: Path, extra_args=()) -> PythonNode:
+def diff_python_node(name: str, work: Path, extra_args=(), program=None) -> PythonNode:
     """Our node as the diff runs it: testnet, on loopback only, dialling nobody, RandomX
-    in light mode unless the environment says otherwise (the hashes are the same)."""
+    in light mode unless the environment says otherwise (the hashes are the same).
+    ``program`` runs another command in its place (a mutant, in the harness's tests)."""
     return PythonNode(name, work, extra_args, network="testnet", bind="127.0.0.1", connect=[],
-                      light_randomx=True)
+                      light_randomx=True, node_program=program or None)
 
 
-def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout) -> int:
+def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout,
+         python_program=()) -> int:
     if self_mode and cpp_path:
         raise UsageFailure("--self and --cpp exclude each other")
     binary = None if self_mode else check_binary(cpp_path or os.environ.get("DILITHION_CPP_NODE"))
@@ -99,7 +105,8 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
     work = Path(tempfile.mkdtemp(prefix="dilithion-diff-"))
     ref = (diff_python_node("python-b", work, shlex.split(self_args)) if self_mode
            else CppNode("cpp", work, binary))
-    runner = Runner(ref, diff_python_node("python", work), catalogue, params, step_timeout)
+    runner = Runner(ref, diff_python_node("python", work, program=python_program), catalogue,
+                    params, step_timeout)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
     results = []
     try:
