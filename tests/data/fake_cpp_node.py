@@ -4,7 +4,9 @@ The real C++ node cannot be made to crash or hang on demand, so the tool's
 handling of those cases is tested with this: it prints the C++ start-up lines
 the tool waits for, answers ``version`` and ``ping`` like the C++ node, and on
 the wire command ``crash`` exits at once (status 3), on ``hang`` stops
-answering on every connection (until killed).
+answering on every connection (until killed), on ``stall`` sends a ``getaddr``
+and then stops answering on that connection only (new connections are served:
+the C++ node after an invalid header, ``net D-03``, with a reply before it).
 """
 import os
 import socket
@@ -49,6 +51,9 @@ def serve(conn: socket.socket) -> None:
                 HANG.set()
             if HANG.is_set():
                 break
+            if command == "stall":
+                conn.sendall(frame("getaddr"))
+                time.sleep(3600)        # this connection only: the others are served
             if command == "version":
                 conn.sendall(frame("version", MsgVersion(user_agent=CPP_USER_AGENT).serialize())
                              + frame("verack"))

@@ -23,7 +23,8 @@ def write_reports(out_dir: Path, header: dict, results: list[StepResult],
     unused = [e.id for e in catalogue.entries if e.exercised and e.id not in hit]
     doc = {**header, "counts": counts, "catalogue_entries_matched": hit,
            "exercised_entries_not_matched": unused,
-           "steps": [{"corpus": r.corpus, "step": r.index, "name": r.name, "outcome": r.outcome,
+           "steps": [{"corpus": r.corpus, "step": r.index, "name": r.name, "on": r.on,
+                      "outcome": r.outcome,
                       "expect_same_failed": r.expect_same_failed,
                       "differences": r.differences, "observations": r.observations}
                      for r in results]}
@@ -38,7 +39,7 @@ def write_reports(out_dir: Path, header: dict, results: list[StepResult],
     if bad:
         lines += ["", "## Unexplained differences", ""]
         for r in bad:
-            lines.append(f"### {Path(r.corpus).name} step {r.index}: {r.name}")
+            lines.append(f"### {Path(r.corpus).name} step {r.index}: {r.name} (`{r.on}`)")
             for k in r.expect_same_failed:
                 lines.append(f"* `expect_same` names `{k}` but it differs")
             for d in r.differences:

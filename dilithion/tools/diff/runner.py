@@ -18,7 +18,7 @@ from loguru import logger
 from dilithion.core.chainparams import ChainParams
 from dilithion.crypto.randomx_hash import RandomXHasher
 from dilithion.node.genesis import create_genesis_block
-from dilithion.primitives.block import Block
+from dilithion.primitives.block import Block, Uint256
 from dilithion.rpc.client import RPCCallError, RPCClientError
 from dilithion.testing.node_process import NodeProcess, TargetError
 from dilithion.testing.wire_peer import LoopbackHosts, NoReply, WirePeer
@@ -26,6 +26,7 @@ from dilithion.testing.wire_peer import LoopbackHosts, NoReply, WirePeer
 from .catalogue import Catalogue
 from .corpus import Corpus, Step
 from .observe import Difference, compare, normalise_rpc, normalise_wire, read_blocks_db
+from .signature import StepSignatures
 
 LOG_TAIL_LINES = 15
 DRIVER_USER_AGENT = b"/dilithion-diff:0.1/"
@@ -40,6 +41,7 @@ class StepResult:
     differences: list[dict] = field(default_factory=list)
     observations: dict = field(default_factory=dict)
     expect_same_failed: list[str] = field(default_factory=list)
+    on: str = ""                                   # the step's signature (signature.py)
 
     @property
     def unexplained(self) -> bool:
@@ -79,9 +81,11 @@ class Side:
         self.target.start()
 
 
-def block_names(corpus: Corpus, params: ChainParams) -> dict[str, str]:
-    """16-digit prefix -> full hash of every block the corpus sends, and the genesis."""
-    hasher = RandomXHasher.for_key()
+def block_names(corpus: Corpus, params: ChainParams,
+                signatures: StepSignatures | None = None) -> dict[str, str]:
+    """16-digit prefix -> full hash of every block the corpus sends, and the genesis
+    (hashed through ``signatures``' cache when given: the step signatures need them too)."""
+    signatures = signatures or StepSignatures(params, RandomXHasher.for_key())
     names = {}
     blocks = [create_genesis_block(params)]
     for step in corpus.steps:
@@ -91,7 +95,7 @@ def block_names(corpus: Corpus, params: ChainParams) -> dict[str, str]:
             except ValueError:
                 continue
     for block in blocks:
-        h = block.get_hash(hasher).get_hex()
+        h = Uint256(signatures.block_hash(block)).get_hex()
         names[h[:16]] = h
     return names
 
@@ -115,6 +119,7 @@ class Runner:
         self.sides = {"cpp": Side(ref, params.magic, step_timeout),
                       "python": Side(py, params.magic, step_timeout)}
         self.catalogue = catalogue
+        self.signatures = StepSignatures(params)
         self.pool = ThreadPoolExecutor(2)
 
     # ---- lifecycle --------------------------------------------------------------
@@ -142,7 +147,7 @@ class Runner:
     # ---- steps ------------------------------------------------------------------
     def run_corpus(self, corpus: Corpus) -> list[StepResult]:
         """Every step of one corpus (after a handshake step of its own)."""
-        names = block_names(corpus, self.params)
+        names = block_names(corpus, self.params, self.signatures)
         steps = list(corpus.steps)
         results = []
         if steps[0].action == "fresh":              # a corpus that starts from the genesis
@@ -204,6 +209,9 @@ class Runner:
                 raise NoReply()
             obs.update(self._tip(side, names))
         except NoReply:
+            if step.action in ("send", "reconnect") and side.peer is not None \
+                    and "wire" not in obs:      # what it did send before giving up is compared
+                obs["wire"] = normalise_wire(side.peer.take_transcript())
             if side.target.is_running() and self._answers_new_connection(side):
                 obs["no_reply"] = True          # this connection is stuck, the node is not
                 if step.action == "send":
@@ -252,9 +260,10 @@ class Runner:
 
     def _classify(self, source: str, step: Step, obs: dict) -> StepResult:
         diffs = compare(obs["cpp"], obs["python"])
+        on = self.signatures.of(step)
         known, unexplained, out = [], 0, []
         for d in diffs:
-            entry = self.catalogue.explain(d, step.name)
+            entry = self.catalogue.explain(d, on)
             row = d.to_json()
             row["known"] = entry.id if entry else None
             out.append(row)
@@ -271,7 +280,7 @@ class Runner:
         else:
             outcome = "same"
         return StepResult(source, step.index, step.name, outcome, out,
-                          {k: _summary(v) for k, v in obs.items()}, failed)
+                          {k: _summary(v) for k, v in obs.items()}, failed, on)
 
 
 def _comparison_of(diff: Difference) -> str:
