@@ -96,7 +96,7 @@ NOT_KNOWN = [
      "wire", "wire.pong", [], [{"nonce": "<nonce>"}]),
     ("cli 3.8: our getpeerinfo answers an error", "rpc getpeerinfo",
      "rpc", "rpc.getpeerinfo", {"result": []},
-     {"error": {"code": -32603, "message": "internal error"}}),
+     {"error": {"code": -8, "message": "Invalid parameter"}}),
     # consensus
     ("a tip difference on a vector block", "send block", "consensus", "tip",
      H["V1"], "924bdb80469e1185814407147bc763a62425cc400bc902ce37d73ffbc3524475"),
