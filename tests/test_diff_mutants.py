@@ -231,3 +231,20 @@ def test_self_with_no_catalogue_explains_nothing(tmp_path, cpp_chain):
 def test_catalogue_and_no_catalogue_together_is_one_line_error(tmp_path):
     one_error_line(run_diff("run", "--self", "--no-catalogue", "--catalogue", str(CATALOGUE),
                             "--out", str(tmp_path)), "--no-catalogue")
+
+
+def test_docs_table_lists_every_mutant_where_it_is_caught_and_the_score():
+    """docs/DIFF.md's mutant table and score say what the tests assert: one row per mutant
+    with its step and difference, 'xfail' exactly for the mutants excused today."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "DIFF.md").read_text()
+    section = text.split("## The harness catches differences: mutants", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split(" | ")] for line in section.splitlines()
+            if line.startswith("| `")]
+    by_name = {r[0].strip("`"): r for r in rows}
+    assert len(rows) == len(by_name) and set(by_name) == set(CAUGHT_AT)
+    for name, row in by_name.items():
+        caught = CAUGHT_AT[name]
+        assert row[2] == caught.step and row[3] == f"{caught.kind} / `{caught.subject}`", row
+        assert ("xfail" in row[5]) == (name in EXCUSED_TODAY), row
+    caught_now = len(CAUGHT_AT) - len(EXCUSED_TODAY)
+    assert f"{caught_now} of {len(CAUGHT_AT)} caught" in section
