@@ -23,7 +23,7 @@ from dilithion.testing.cpp_node import CppNode, check_binary
 from dilithion.testing.node_process import PythonNode, TargetError
 from dilithion.testing.testnet_blocks import DEFAULT_VECTORS
 
-from .catalogue import CatalogueError, check_markdown, load_catalogue
+from .catalogue import Catalogue, CatalogueError, check_markdown, load_catalogue
 from .corpus import CorpusError, load_corpus
 from .report import write_reports
 from .runner import Runner
@@ -62,22 +62,31 @@ def cli(log_level: str) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               default=Path("diff-report"), show_default=True, help="where the reports go")
 @click.option("--self", "self_mode", is_flag=True,
-              help="Python against Python (the harness's own check: nothing may differ)")
+              help="Python against Python (the reference side is our unmutated node); the"
+                   " catalogue still explains differences, as against the C++ node")
 @click.option("--self-args", default="", metavar="ARGS",
               help="with --self: extra dilithion-node arguments for the reference side")
 @click.option("--catalogue", "catalogue_path", type=click.Path(path_type=Path),
               default=CATALOGUE, show_default=True, help="the divergence catalogue")
+@click.option("--no-catalogue", is_flag=True,
+              help="explain nothing: every difference is UNEXPLAINED (with --self: the check"
+                   " that the harness is deterministic)")
 @click.option("--step-timeout", default=10.0, show_default=True, type=click.FloatRange(1, 600),
               help="seconds a node may take to answer a step before it counts as hung")
 @click.option("--python-program", default="", metavar="CMD",
               help="run CMD in place of our dilithion-node on the Python side (same arguments"
                    " appended): how the harness's own tests run a mutant of our node")
-def run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout,
-        python_program) -> None:
+@click.pass_context
+def run(ctx, cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, no_catalogue,
+        step_timeout, python_program) -> None:
     """Run the corpus on both nodes and report every difference."""
     try:
-        code = _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path,
-                    step_timeout, shlex.split(python_program))
+        if no_catalogue and (ctx.get_parameter_source("catalogue_path")
+                             is not click.core.ParameterSource.DEFAULT):
+            raise UsageFailure("--catalogue and --no-catalogue exclude each other")
+        code = _run(cpp_path, corpora, out_dir, self_mode, self_args,
+                    None if no_catalogue else catalogue_path, step_timeout,
+                    shlex.split(python_program))
     except (CorpusError, CatalogueError, TargetError, UsageFailure) as exc:
         _fail(str(exc))
     sys.exit(code)
@@ -98,9 +107,7 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
     binary = None if self_mode else check_binary(cpp_path or os.environ.get("DILITHION_CPP_NODE"))
     files = list(corpora) or list(BUILTIN_CORPORA)
     loaded = [load_corpus(f) for f in files]                # every file checked before a start
-    catalogue = load_catalogue(catalogue_path)
-    if self_mode:
-        catalogue.entries = []                              # Python against Python: no excuses
+    catalogue = Catalogue([]) if catalogue_path is None else load_catalogue(catalogue_path)
     params = ChainParams.testnet()
     work = Path(tempfile.mkdtemp(prefix="dilithion-diff-"))
     ref = (diff_python_node("python-b", work, shlex.split(self_args)) if self_mode
@@ -122,7 +129,8 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
             shutil.copy(log, out_dir / log.name)
         shutil.rmtree(work, ignore_errors=True)
     header = {"reference": "Python (--self)" if self_mode else f"C++ {binary}",
-              "python": "Python", "started": started, "seconds": time.monotonic() - t0,
+              "python": "Python", "catalogue": str(catalogue_path or "none (--no-catalogue)"),
+              "started": started, "seconds": time.monotonic() - t0,
               "corpora": [str(f) for f in files]}
     counts = write_reports(out_dir, header, results, catalogue)
     click.echo(f"{counts['same']} same, {counts['known']} known, {counts['unexplained']}"
