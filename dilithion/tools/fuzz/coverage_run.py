@@ -24,10 +24,10 @@ __all__ = ["atheris_available", "run_atheris"]
 def atheris_available() -> bool:
     """Whether the optional ``fuzz`` extra is installed (and importable)."""
     try:
-        import atheris  # noqa: F401
+        import atheris
     except ImportError:
         return False
-    return True
+    return atheris is not None
 
 
 def run_atheris(target: Target, seeds: list[bytes], seed: int, runs: int | None, seconds: float | None,

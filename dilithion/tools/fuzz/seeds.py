@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import struct
-from pathlib import Path
 
 from dilithion.consensus.fees import MIN_RELAY_TX_FEE
 from dilithion.consensus.validation import parse_block_transactions
@@ -84,7 +83,7 @@ def _frame(command: str, payload: bytes) -> bytes:
 def compactsize_seeds() -> list[bytes]:
     values = [0, 1, 252, 253, 254, 255, 256, 0xFFFE, 0xFFFF, 0x10000, 0xFFFFFFFE, 0xFFFFFFFF,
               2**32, 2**64 - 1]
-    non_minimal = [b"\xfd\xfc\x00", b"\xfe\xfc\x00\x00\x00", b"\xff\xfc" + bytes(7), b"\xfd\x00"]
+    non_minimal = [b"", b"\xfd\xfc\x00", b"\xfe\xfc\x00\x00\x00", b"\xff\xfc" + bytes(7), b"\xfd\x00"]
     return ([ser_compact_size(v) for v in values] + non_minimal
             + [payload[80:89] for payload in block_payloads()])
 

@@ -105,7 +105,7 @@ def fuzz_transaction(data: bytes, subject: TransactionSubject = TransactionSubje
             "input and output counts within limits", f"{len(tx.vin)} in, {len(tx.vout)} out")
     encoded = subject.encode(tx)
     check_reencoding(data[:consumed], encoded, "transaction")
-    again = attempt(lambda: subject.decode(encoded), (), "decoding a re-encoded transaction")
+    again = attempt(lambda: subject.decode(encoded), _DECODE_ERRORS, "decoding a re-encoded transaction")
     require(again == (tx, len(encoded)), "re-encoding decodes to the same transaction")
     require(tx.get_hash() == hashlib.sha3_256(encoded).digest(), "txid is SHA3-256 of the encoding")
     total = sum(out.value for out in tx.vout)
@@ -144,7 +144,7 @@ def fuzz_block(data: bytes, subject: BlockSubject = BlockSubject()) -> None:
     block, consumed = decoded
     encoded = subject.encode(block)
     check_reencoding(data[:consumed], encoded, "block")
-    again = attempt(lambda: subject.decode(encoded), (), "decoding a re-encoded block")
+    again = attempt(lambda: subject.decode(encoded), _DECODE_ERRORS, "decoding a re-encoded block")
     require(again == (block, len(encoded)), "re-encoding decodes to the same block")
     attempt(lambda: parse_block_transactions(block), _DECODE_ERRORS, "parse_block_transactions")
     root = attempt(lambda: committed_merkle_root(block), (), "committed_merkle_root")
@@ -191,9 +191,9 @@ def _check_payload(subject: FrameSubject, command: str, payload: bytes) -> None:
     encoded = decoded.serialize()
     if not type(decoded).allow_trailing:
         check_reencoding(payload, encoded, f"{command!r} payload")
-    again = attempt(lambda: subject.decode_payload(command, encoded), (),
+    again = attempt(lambda: subject.decode_payload(command, encoded), _DECODE_ERRORS,
                     f"decoding a re-encoded {command!r} payload")
-    require(again == decoded and again.serialize() == encoded,
+    require(again == decoded and again is not None and again.serialize() == encoded,
             "payload re-encoding is a fixed point", f"{command!r}")
 
 
@@ -205,6 +205,6 @@ def _check_built_frame(subject: FrameSubject, p: DataProvider) -> None:
     require(len(frame) == MESSAGE_HEADER_SIZE + len(payload), "frame is header plus payload",
             f"{len(frame)} bytes for a {len(payload)}-byte payload")
     require(subject.checksum(payload) == sha3_256d(payload)[:4], "checksum is the first 4 bytes of SHA3d")
-    parsed = attempt(lambda: NetMessage.deserialize(frame, magic), (), "parsing a built frame")
-    require((parsed.header.magic, parsed.command, parsed.payload) == (magic, command, payload),
+    parsed = attempt(lambda: NetMessage.deserialize(frame, magic), _DECODE_ERRORS, "parsing a built frame")
+    require(parsed is not None and (parsed.header.magic, parsed.command, parsed.payload) == (magic, command, payload),
             "built frame parses back to its fields", f"{command!r}, {len(payload)} bytes")
