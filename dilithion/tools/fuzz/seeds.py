@@ -195,6 +195,9 @@ def template_seeds() -> list[bytes]:
         txs = b"".join(block.header.hash_merkle_root + b"sigbytes" + struct.pack(">QQ", 5 * 10**8, 10**6)
                        for _ in range(len(seeds) % 4))
         seeds.append(head + bytes((len(seeds) % 4,)) + txs)
+    # After the subsidy has ended (33 halvings), without fees: the chain D32 case.
+    seeds.append(bytes((1,)) + struct.pack(">II", 7_000_000 - 1, 0) + pkh + b"\x01" * 32
+                 + struct.pack(">I", 1_800_000_000) + b"\x00")
     return seeds
 
 
