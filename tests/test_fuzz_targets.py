@@ -172,7 +172,7 @@ def test_atheris_finds_a_defect_and_writes_it(tmp_path):
 def test_long_atheris_run_finds_nothing(name, tmp_path):
     pytest.importorskip("atheris")
     out = subprocess.run([sys.executable, "-m", "dilithion.tools.fuzz", name, "--engine", "atheris",
-                          "--seconds", "20", "--out", str(tmp_path)],
+                          "--seconds", "10", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.stdout, out.stderr[-3000:])
     assert "Done " in out.stderr and "FAIL" not in out.stdout

@@ -10,8 +10,10 @@ exit with another status).
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import types
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +30,20 @@ def atheris_available() -> bool:
     except ImportError:
         return False
     return atheris is not None
+
+
+def _instrument_node_code(atheris) -> int:
+    """Coverage instrumentation for every loaded function of the ``dilithion`` package.
+
+    ``atheris.instrument_all()`` would also instrument the standard library and
+    every dependency: 48 s before the first input here, for branches that are
+    not ours.  Returns the number of functions instrumented.
+    """
+    functions = [obj for obj in gc.get_objects()
+                 if isinstance(obj, types.FunctionType) and (obj.__module__ or "").startswith("dilithion.")]
+    for function in functions:
+        atheris.instrument_func(function)
+    return len(functions)
 
 
 def run_atheris(target: Target, seeds: list[bytes], seed: int, runs: int | None, seconds: float | None,
@@ -53,6 +69,6 @@ def run_atheris(target: Target, seeds: list[bytes], seed: int, runs: int | None,
     args = [sys.argv[0], f"-seed={max(seed, 1)}", "-max_len=65536", f"-artifact_prefix={out_dir}/"]
     args += [f"-runs={runs}"] if runs is not None else []
     args += [f"-max_total_time={max(1, int(seconds))}"] if seconds is not None else []
-    atheris.instrument_all()
+    _instrument_node_code(atheris)
     atheris.Setup(args + dirs, one_input)
     atheris.Fuzz()
