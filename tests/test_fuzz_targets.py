@@ -134,6 +134,23 @@ def test_cli_bad_usage_is_one_line_and_exit_2(args, words):
     _one_error_line(_fuzz(*args), words)
 
 
+#: Runs the command with ``atheris`` made unimportable (as on an install without the ``fuzz`` extra).
+WITHOUT_ATHERIS = ("import sys\n"
+                   "sys.modules['atheris'] = None\n"
+                   "sys.argv = ['dilithion-fuzz', *sys.argv[1:]]\n"
+                   "from dilithion.tools.fuzz.cli import main\n"
+                   "main()\n")
+
+
+def test_cli_without_atheris_auto_runs_the_loop_and_atheris_is_one_line_exit_2():
+    auto = subprocess.run([sys.executable, "-c", WITHOUT_ATHERIS, "subsidy", "--runs", "100"],
+                          capture_output=True, text=True, timeout=120)
+    assert auto.returncode == 0 and "engine loop" in auto.stdout, (auto.stdout, auto.stderr)
+    asked = subprocess.run([sys.executable, "-c", WITHOUT_ATHERIS, "subsidy", "--engine", "atheris"],
+                           capture_output=True, text=True, timeout=120)
+    _one_error_line(asked, "atheris is not installed")
+
+
 def test_cli_clean_loop_run(tmp_path):
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "one").write_bytes(b"\xfd\x00\x01")
