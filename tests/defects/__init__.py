@@ -46,3 +46,4 @@ def defective_program(name: str) -> list[str]:
 from defects import relay  # noqa: E402,F401 - registers
 from defects import broadcast, leak, metrics, sync, transport  # noqa: E402,F401 - registers (defects slice)
 from defects import faults  # noqa: E402,F401 - registers (the checklist's faults)
+from defects import diff_fuzz  # noqa: E402,F401 - registers (the fuzz slice: dilithion-diff fuzz)

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 from loguru import logger
 
+from dilithion.testing.node_process import TargetError
+
 from .corpus import Step
 from .fuzz_inputs import BlockNames, InputGenerator, Seeds, input_size, step_signature
 from .fuzz_minimise import Budget, minimise
@@ -42,6 +44,8 @@ FUZZ_STEP_TIMEOUT_S = 3.0
 MINIMISE_ATTEMPTS = 40
 MINIMISE_SECONDS = 30.0
 SOURCE = "fuzz"
+#: Errors of the harness itself (a node that will not start again) before a run gives up.
+MAX_HARNESS_ERRORS = 5
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class FuzzStats:
     crashes: Counter = field(default_factory=Counter)        # side -> executions
     hangs: Counter = field(default_factory=Counter)
     findings: list[dict] = field(default_factory=list)       # one per new signature
+    harness_errors: list[str] = field(default_factory=list)
+    aborted: str = ""
 
     @property
     def exec_per_s(self) -> float:
@@ -102,7 +108,7 @@ class FuzzStats:
 
     @property
     def failing(self) -> bool:
-        return bool(self.unexplained or self.crashes or self.hangs)
+        return bool(self.unexplained or self.crashes or self.hangs or self.aborted)
 
 
 class Fuzzer:
@@ -221,7 +227,15 @@ class Fuzzer:
         elapsed)`` is called after each."""
         t0, index = self.clock(), 0
         while (runs is None or index < runs) and (seconds is None or self.clock() - t0 < seconds):
-            self.execute(index)
+            try:
+                self.execute(index)
+            except (TargetError, OSError) as exc:       # the harness lost a node: start again
+                logger.warning("input {}: {}; starting both nodes again", index, exc)
+                self.stats.harness_errors.append(f"input {index}: {exc}")
+                self.dirty = True
+                if len(self.stats.harness_errors) > MAX_HARNESS_ERRORS:
+                    self.stats.aborted = f"{MAX_HARNESS_ERRORS} harness errors; the last: {exc}"
+                    break
             index += 1
             progress(self.stats, self.clock() - t0)
         return self.stats

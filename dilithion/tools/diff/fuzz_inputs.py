@@ -125,8 +125,10 @@ class InputGenerator:
 
     def mutate(self, rng: random.Random, step: Step) -> Step:
         """``step`` with one mutation that applies (the seed itself if none did)."""
-        for _ in range(MUTATION_TRIES):
-            mutated = rng.choice(self.mutators)(rng, step)
+        mutators = [m for m in self.mutators if m.action == step.action]
+        weights = [m.weight for m in mutators]
+        for _ in range(MUTATION_TRIES if mutators else 0):
+            mutated = rng.choices(mutators, weights)[0](rng, step)
             if mutated is not None:
                 return mutated
         return step

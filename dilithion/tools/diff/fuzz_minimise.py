@@ -1,4 +1,4 @@
-"""Minimising a failing input: fewer steps (delta debugging), then fewer bytes.
+"""Minimising a failing input: fewer steps (delta debugging), fewer list entries, fewer bytes.
 
 Pure: ``still_fails(steps) -> bool`` is the only contact with the nodes (in
 ``dilithion-diff fuzz`` it replays the candidate on a new connection and asks
@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import time
 from typing import Callable, Sequence, TypeVar
+
+from dilithion.net.protocol import decode_payload
 
 from .corpus import Step
 
@@ -89,21 +91,47 @@ def shrink_bytes(data: bytes, still_fails: Callable[[bytes], bool], budget: Budg
     return data
 
 
+#: The list a message carries, by command: what :func:`shrink_items` drops entries from.
+ITEM_LISTS = {"inv": "inv", "getdata": "inv", "addr": "addrs", "getblocks": "locator"}
+
+
+def shrink_items(step: Step, still_fails: Callable[[Step], bool], budget: Budget) -> Step:
+    """For a message with a list (``ITEM_LISTS``): fewer entries, the message still
+    decodable (a byte-level cut would break its count).  Only when the payload is
+    exactly the list's serialisation (no trailing bytes to lose)."""
+    attr = ITEM_LISTS.get(step.command) if step.action == "send" else None
+    if attr is None:
+        return step
+    try:
+        msg = decode_payload(step.command, step.payload)
+    except ValueError:
+        return step
+    items = getattr(msg, attr)
+
+    def with_items(sub: list) -> Step:
+        return dataclasses.replace(step, payload=dataclasses.replace(msg, **{attr: sub})
+                                   .serialize())
+    if len(items) < 2 or with_items(items).payload != step.payload:
+        return step
+    return with_items(ddmin(items, lambda sub: still_fails(with_items(sub)), budget))
+
+
 def minimise(steps: list[Step], still_fails: Callable[[list[Step]], bool],
              budget: Budget) -> list[Step]:
-    """Fewer steps, then each ``send`` step's payload shortened, within ``budget``."""
+    """Fewer steps, then for each ``send`` step fewer list entries and fewer payload
+    bytes, within ``budget``."""
     steps = ddmin(steps, still_fails, budget)
     for k in range(len(steps)):
         if steps[k].action != "send" or not steps[k].payload:
             continue
 
-        def payload_fails(payload: bytes, k=k) -> bool:
-            trial = list(steps)
-            trial[k] = dataclasses.replace(steps[k], payload=payload)
-            return still_fails(trial)
-        steps[k] = dataclasses.replace(steps[k], payload=shrink_bytes(steps[k].payload,
-                                                                      payload_fails, budget))
+        def step_fails(step: Step, k=k) -> bool:
+            return still_fails(steps[:k] + [step] + steps[k + 1:])
+        steps[k] = shrink_items(steps[k], step_fails, budget)
+        steps[k] = dataclasses.replace(steps[k], payload=shrink_bytes(
+            steps[k].payload, lambda p, k=k: step_fails(dataclasses.replace(steps[k], payload=p)),
+            budget))
     return steps
 
 
-__all__ = ["Budget", "ddmin", "shrink_bytes", "minimise"]
+__all__ = ["Budget", "ddmin", "shrink_bytes", "shrink_items", "minimise", "ITEM_LISTS"]

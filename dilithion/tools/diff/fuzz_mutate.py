@@ -80,6 +80,7 @@ class MessageMutator:
     """Decode, change one field, serialise again (module docstring)."""
 
     name = "structure"
+    action, weight = "send", 3
 
     def __init__(self, known_hashes: list[bytes], blocks: list[bytes]) -> None:
         self.known_hashes = list(known_hashes)
@@ -247,6 +248,7 @@ class CountMutator:
     or re-encoded non-canonically with its own value."""
 
     name = "count"
+    action, weight = "send", 2
 
     def __call__(self, rng: random.Random, step: Step) -> Step | None:
         offset = COUNT_OFFSETS.get(step.command)
@@ -255,10 +257,10 @@ class CountMutator:
         old, width = read_compact(step.payload, offset)
         if rng.random() < 0.25 and old < 0xFFFFFFFF:
             new = b"\xff" + struct.pack("<Q", old)               # same value, 9 bytes
-            how = f"count@{offset} {old} non-canonical"
+            how = f"count: at {offset}, {old} non-canonical"
         else:
             value = rng.choice(BOUNDARY_COUNTS + (old + 1, max(old - 1, 0)))
-            new, how = ser_compact_size(value), f"count@{offset} {old}->{value}"
+            new, how = ser_compact_size(value), f"count: at {offset}, {old} -> {value}"
         return _payload(step, step.payload[:offset] + new + step.payload[offset + width:], how)
 
 
@@ -276,6 +278,7 @@ class FrameMutator:
     """The frame around the payload: checksum, announced size, magic, command bytes."""
 
     name = "frame"
+    action, weight = "send", 1          # most frame errors end the C++ connection: costly
 
     def __call__(self, rng: random.Random, step: Step) -> Step | None:
         if step.action != "send":
@@ -306,6 +309,7 @@ class ByteMutator:
     """Payload bytes without regard to structure."""
 
     name = "bytes"
+    action, weight = "send", 2
 
     def __call__(self, rng: random.Random, step: Step) -> Step | None:
         if step.action != "send":
@@ -344,6 +348,7 @@ class RpcMutator:
     read-only methods, never one that changes the node (``stop``)."""
 
     name = "rpc"
+    action, weight = "rpc", 1
     EDGE_VALUES = (-1, 0, 6, 7, 2**31 - 1, 2**31, 2**63, 1.5, "1", "", None, True, [], {})
 
     def __init__(self, hashes: list[bytes]) -> None:
@@ -372,7 +377,8 @@ class RpcMutator:
 
 
 def all_mutators(known_hashes: list[bytes], blocks: list[bytes]) -> list:
-    """Every mutator, in a fixed order (the generator draws from it by index)."""
+    """Every mutator, in a fixed order (the generator draws from them by ``action``, the
+    step kind each mutates, and ``weight``, how often it is drawn)."""
     return [MessageMutator(known_hashes, blocks), CountMutator(), FrameMutator(), ByteMutator(),
             RpcMutator(known_hashes)]
 

@@ -53,6 +53,9 @@ def summary_rows(stats: FuzzStats) -> list[tuple[str, str]]:
         rows.append((title, str(sum(counter.values()))))
         rows += [(f"  {title} {k}", str(v)) for k, v in sorted(counter.items())]
     rows.append(("findings written", str(len(stats.findings))))
+    rows.append(("harness errors", str(len(stats.harness_errors))))
+    if stats.aborted:
+        rows.append(("ABORTED", stats.aborted))
     return rows
 
 
@@ -70,7 +73,8 @@ def write_summary(out_dir: Path, header: dict, stats: FuzzStats) -> None:
            "setup_seconds": round(stats.setup_seconds, 1), "rebases": stats.rebases,
            "unexplained": dict(stats.unexplained), "known": dict(stats.known),
            "crashes": dict(stats.crashes), "hangs": dict(stats.hangs),
-           "findings": stats.findings}
+           "findings": stats.findings, "harness_errors": stats.harness_errors,
+           "aborted": stats.aborted}
     (out_dir / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = [f"# dilithion-diff fuzz: {header['reference']} against {header['python']}", "",
              f"Started {header['started']}.", "", "| what | value |", "| --- | --- |"]
