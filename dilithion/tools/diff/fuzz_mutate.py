@@ -48,6 +48,10 @@ BOUNDARY_COUNTS = (0, 1, 100, 101, 102, 252, 253, 0xFFFF, 0x10000, 1000, 1001, 5
 #: Where the first CompactSize of each payload sits (a count or a length).
 COUNT_OFFSETS = {"inv": 0, "getdata": 0, "addr": 0, "getblocks": 4, "block": 80, "tx": 4,
                  "version": 28}
+#: Added to a structure mutation's description when it sets a list or a string one past the
+#: limit the decoders enforce on purpose (the message no longer decodes; every other
+#: structure mutation keeps it decodable).
+OVER = " (over the limit)"
 #: Commands a node parses (the C++ node: all but ``getblocks``).
 PARSED_COMMANDS = ("version", "verack", "ping", "pong", "getaddr", "addr", "inv", "getdata",
                    "block", "tx", "getblocks")
@@ -120,7 +124,8 @@ class MessageMutator:
             value = not msg.relay
         else:
             value = boundary(rng, *widths[field])
-        return dataclasses.replace(msg, **{field: value}).serialize(), f"version.{field}"
+        how = f"version.{field}" + (OVER if field == "user_agent" and len(value) > 256 else "")
+        return dataclasses.replace(msg, **{field: value}).serialize(), how
 
     def _ping(self, rng, msg):
         nonce = boundary(rng, 64)
@@ -146,7 +151,7 @@ class MessageMutator:
             addrs = addrs[1:]
         else:
             addrs = [a] * rng.choice((2, 999, 1000, 1001))
-        return MsgAddr(addrs).serialize(), f"addr.{op}"
+        return MsgAddr(addrs).serialize(), f"addr.{op}" + (OVER if len(addrs) > 1000 else "")
 
     def _inv(self, rng, msg: MsgInv):
         items = list(msg.inv)
@@ -185,7 +190,7 @@ class MessageMutator:
         else:
             op = "long"
             msg = dataclasses.replace(msg, locator=[Uint256(bytes(32))] * rng.choice((101, 102)))
-        return msg.serialize(), f"getblocks.{op}"
+        return msg.serialize(), f"getblocks.{op}" + (OVER if len(msg.locator) > 101 else "")
 
     def _block(self, rng, msg: MsgBlock):
         block = msg.block
@@ -235,8 +240,9 @@ class MessageMutator:
             out = dataclasses.replace(tx.vout[0], value=boundary(rng, 64, True))
             tx = dataclasses.replace(tx, vout=[out] + tx.vout[1:])
         elif tx.vin:
-            op = "script"
-            vin = dataclasses.replace(tx.vin[0], script_sig=bytes(rng.choice((0, 1, 100, 10001))))
+            n = rng.choice((0, 1, 100, 10001))
+            op = "script" + (OVER if n > 10000 else "")
+            vin = dataclasses.replace(tx.vin[0], script_sig=bytes(n))
             tx = dataclasses.replace(tx, vin=[vin] + tx.vin[1:])
         else:
             raise ValueError("nothing to change")
@@ -383,6 +389,6 @@ def all_mutators(known_hashes: list[bytes], blocks: list[bytes]) -> list:
             RpcMutator(known_hashes)]
 
 
-__all__ = ["MAX_PAYLOAD", "BOUNDARY_INTS", "BOUNDARY_COUNTS", "COUNT_OFFSETS", "PARSED_COMMANDS",
+__all__ = ["MAX_PAYLOAD", "OVER", "BOUNDARY_INTS", "BOUNDARY_COUNTS", "COUNT_OFFSETS", "PARSED_COMMANDS",
            "MessageMutator", "CountMutator", "FrameMutator", "ByteMutator", "RpcMutator",
            "all_mutators", "boundary", "fit", "read_compact"]
