@@ -21,7 +21,7 @@ from dilithion.net.protocol import MsgInv, Inv, decode_payload
 from dilithion.testing.testnet_blocks import DEFAULT_VECTORS, MINED_FILE
 from dilithion.tools.diff.cli import BUILTIN_CORPUS
 from dilithion.tools.diff.corpus import Step, parse_corpus
-from dilithion.tools.diff.fuzz import Finding, finding_of
+from dilithion.tools.diff.fuzz import Finding, WideLoopbackHosts, finding_of
 from dilithion.tools.diff.fuzz_inputs import (BlockNames, InputGenerator, load_seeds, step_json,
                                               step_signature)
 from dilithion.tools.diff.fuzz_minimise import Budget, ddmin, minimise, shrink_bytes, shrink_items
@@ -326,3 +326,12 @@ def test_shrink_items_leaves_a_payload_with_trailing_bytes_alone():
     payload = MsgInv([Inv(2, bytes(32)), Inv(2, b"\1" * 32)]).serialize() + b"\0"
     step = Step(1, "inv", "send", command="inv", payload=payload)
     assert shrink_items(step, lambda s: True, Budget(10, 10)) is step
+
+
+def test_wide_loopback_hosts_do_not_come_round_in_an_hour():
+    hosts = WideLoopbackHosts()
+    drawn = [hosts.next() for _ in range(100_000)]
+    assert len(set(drawn)) == len(drawn)
+    for host in drawn[:300] + drawn[-300:]:
+        a, b, c, d = map(int, host.split("."))
+        assert a == 127 and 1 <= b <= 254 and 0 <= c <= 255 and 1 <= d <= 254

@@ -48,6 +48,21 @@ SOURCE = "fuzz"
 MAX_HARNESS_ERRORS = 5
 
 
+class WideLoopbackHosts:
+    """Source addresses ``127.A.B.C`` (A 1..254, B 0..255, C 1..254) in turn: an hour of
+    executions opens tens of thousands of connections, and the runner's 250 addresses
+    would come round again to one a node banned earlier in the same process."""
+
+    def __init__(self) -> None:
+        self._n = 0
+
+    def next(self) -> str:
+        n, self._n = self._n, self._n + 1
+        c, n = n % 254 + 1, n // 254
+        b, a = n % 256, n // 256 % 254 + 1
+        return f"127.{a}.{b}.{c}"
+
+
 @dataclass(frozen=True)
 class Finding:
     cls: str                    # unexplained | crash | hang
@@ -122,6 +137,8 @@ class Fuzzer:
         self.base_tip: tuple | None = None
         self.dirty = True
         self.seen: set[Finding] = set()
+        for side in runner.sides.values():
+            side.hosts = WideLoopbackHosts()
 
     # ---- state ------------------------------------------------------------------
     def start(self) -> None:
@@ -241,5 +258,5 @@ class Fuzzer:
         return self.stats
 
 
-__all__ = ["Finding", "FuzzStats", "Fuzzer", "finding_of", "FUZZ_STEP_TIMEOUT_S",
+__all__ = ["WideLoopbackHosts", "Finding", "FuzzStats", "Fuzzer", "finding_of", "FUZZ_STEP_TIMEOUT_S",
            "MINIMISE_ATTEMPTS", "MINIMISE_SECONDS"]
