@@ -251,6 +251,9 @@ class Fuzzer:
         while (runs is None or index < runs) and (seconds is None or self.clock() - t0 < seconds):
             try:
                 self.execute(index)
+            except KeyboardInterrupt:                    # Ctrl-C: stop, but keep the summary
+                self.stats.aborted = f"interrupted at input {index}"
+                break
             except (TargetError, OSError) as exc:       # the harness lost a node: start again
                 logger.warning("input {}: {}; starting both nodes again", index, exc)
                 self.stats.harness_errors.append(f"input {index}: {exc}")
