@@ -104,17 +104,22 @@ def test_a_mutant_is_found_minimised_and_replayed(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_crashing_mutant_is_a_crash_finding(tmp_path):
+@pytest.mark.parametrize("defect, cls, counter", [
+    ("diff-fuzz-block-trailing-exit", "crash", "crashes"),
+    ("diff-fuzz-block-trailing-hang", "hang", "hangs"),
+])
+def test_a_crashing_or_hanging_mutant_is_reported_as_such(tmp_path, defect, cls, counter):
     out = tmp_path / "out"
-    done = run_diff("fuzz", "--self", "--python-program", mutant("diff-fuzz-block-trailing-exit"),
-                    "--runs", "4", "--seed", str(SEED), "--out", str(out), timeout=580)
+    done = run_diff("fuzz", "--self", "--python-program", mutant(defect), "--runs", "4",
+                    "--seed", str(SEED), "--out", str(out), timeout=580)
     assert done.returncode == 1, done.stdout + done.stderr[-3000:]
     s = summary(out)
-    assert s["crashes"].get("python", 0) >= 1 and "cpp" not in s["crashes"], s
-    finding = next(f for f in s["findings"] if f["class"] == "crash")
+    assert s[counter].get("python", 0) >= 1 and "cpp" not in s[counter], s
+    assert s["unexplained"] == {}, s
+    finding = next(f for f in s["findings"] if f["class"] == cls)
     assert finding["subject"] == "python" and finding["step"] == "send block"
     assert Path(finding["file"]).is_file()
-    assert "crashes" in done.stdout
+    assert counter in done.stdout
 
 
 # ---- the real C++ node (when DILITHION_CPP_NODE is set) ----------------------------------

@@ -47,3 +47,10 @@ def block_trailing_disconnect() -> None:
         " after its vtx (a crash the fuzzer must report as one)")
 def block_trailing_exit() -> None:
     _patch_block_with_trailing_bytes(lambda self, conn: os._exit(CRASH_STATUS))
+
+
+@defect("diff-fuzz-block-trailing-hang", "its message thread stops for good on a block with"
+        " bytes after its vtx: the node answers nothing more (a hang the fuzzer must report)")
+def block_trailing_hang() -> None:
+    import threading
+    _patch_block_with_trailing_bytes(lambda self, conn: threading.Event().wait())
