@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 from loguru import logger
 
 from dilithion.core.chainparams import ChainParams
@@ -210,20 +209,20 @@ def _fuzz(nodes: NodeChoice, seconds, runs, seed, out_dir: Path) -> int:
     fuzzer = Fuzzer(runner, seeds, InputGenerator(seeds, seed), names,
                     FindingWriter(out_dir, seed))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    bar = tqdm(total=runs if runs else int(seconds), unit=" exec" if runs else " s",
-               file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+    bar = click.progressbar(length=runs if runs else int(seconds), file=sys.stderr,
+                            label="fuzz", show_eta=True, item_show_func=lambda text: text)
 
     def progress(stats, elapsed: float) -> None:
-        bar.update((stats.executions if runs else min(int(elapsed), int(seconds))) - bar.n)
-        bar.set_postfix_str(f"{stats.executions} exec, {stats.exec_per_s:.2f} exec/s, "
-                            f"{len(stats.findings)} found")
+        done = stats.executions if runs else min(int(elapsed), int(seconds))
+        bar.update(done - bar.pos, f"{stats.executions} exec, {stats.exec_per_s:.2f} exec/s,"
+                                   f" {len(stats.findings)} found")
     try:
         fuzzer.start()
         stats = fuzzer.run(runs, seconds, progress)
     except TargetError as exc:
         raise UsageFailure(f"a node did not start: {exc}") from None
     finally:
-        bar.close()
+        bar.render_finish()
         runner.close()
         copy_logs(work, out_dir)
     header = {"reference": reference, "python": "Python", "started": started}
