@@ -258,7 +258,7 @@ class Fuzzer:
                 logger.warning("input {}: {}; starting both nodes again", index, exc)
                 self.stats.harness_errors.append(f"input {index}: {exc}")
                 self.dirty = True
-                if len(self.stats.harness_errors) > MAX_HARNESS_ERRORS:
+                if len(self.stats.harness_errors) >= MAX_HARNESS_ERRORS:
                     self.stats.aborted = f"{MAX_HARNESS_ERRORS} harness errors; the last: {exc}"
                     break
             index += 1
@@ -266,5 +266,5 @@ class Fuzzer:
         return self.stats
 
 
-__all__ = ["WideLoopbackHosts", "Finding", "FuzzStats", "Fuzzer", "finding_of", "FUZZ_STEP_TIMEOUT_S",
-           "MINIMISE_ATTEMPTS", "MINIMISE_SECONDS"]
+__all__ = ["WideLoopbackHosts", "Finding", "FuzzStats", "Fuzzer", "finding_of",
+           "FUZZ_STEP_TIMEOUT_S", "MINIMISE_ATTEMPTS", "MINIMISE_SECONDS", "MAX_HARNESS_ERRORS"]

@@ -291,7 +291,8 @@ class FrameMutator:
             return None
         what = rng.choice(("checksum", "checksum", "size", "magic", "command", "command"))
         if what == "checksum":
-            checksum = rng.choice((bytes(4), b"\xff" * 4, bytes(rng.randrange(256) for _ in "1234")))
+            random_checksum = bytes(rng.randrange(256) for _ in range(4))
+            checksum = rng.choice((bytes(4), b"\xff" * 4, random_checksum))
             return _with(step, f"frame: checksum {checksum.hex()}", checksum=checksum)
         if what == "size":
             n = len(step.payload)
@@ -389,6 +390,7 @@ def all_mutators(known_hashes: list[bytes], blocks: list[bytes]) -> list:
             RpcMutator(known_hashes)]
 
 
-__all__ = ["MAX_PAYLOAD", "OVER", "BOUNDARY_INTS", "BOUNDARY_COUNTS", "COUNT_OFFSETS", "PARSED_COMMANDS",
+__all__ = ["MAX_PAYLOAD", "OVER", "BOUNDARY_INTS", "BOUNDARY_COUNTS", "COUNT_OFFSETS",
+           "PARSED_COMMANDS",
            "MessageMutator", "CountMutator", "FrameMutator", "ByteMutator", "RpcMutator",
            "all_mutators", "boundary", "fit", "read_compact"]

@@ -47,7 +47,8 @@ def summary_rows(stats: FuzzStats) -> list[tuple[str, str]]:
             ("executions/s", f"{stats.exec_per_s:.2f}"),
             ("seconds executing", f"{stats.fuzz_seconds:.1f}"),
             ("seconds minimising", f"{stats.minimise_seconds:.1f}"),
-            ("seconds starting and rebasing", f"{stats.setup_seconds:.1f} ({stats.rebases} rebases)")]
+            ("seconds starting and rebasing",
+             f"{stats.setup_seconds:.1f} ({stats.rebases} rebases)")]
     for title, counter in (("UNEXPLAINED", stats.unexplained), ("known", stats.known),
                            ("crashes", stats.crashes), ("hangs", stats.hangs)):
         rows.append((title, str(sum(counter.values()))))
