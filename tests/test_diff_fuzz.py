@@ -7,7 +7,7 @@ same seeds the tool loads (the built-in corpus, the vector chain, the mined bloc
 """
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -21,7 +21,7 @@ from dilithion.net.protocol import MsgInv, Inv, decode_payload
 from dilithion.testing.testnet_blocks import DEFAULT_VECTORS, MINED_FILE
 from dilithion.tools.diff.cli import BUILTIN_CORPUS
 from dilithion.tools.diff.corpus import Step, parse_corpus
-from dilithion.tools.diff.fuzz import Finding, WideLoopbackHosts, finding_of
+from dilithion.tools.diff.fuzz import Finding, WideLoopbackHosts, finding_of, inputs_bytes
 from dilithion.tools.diff.fuzz_inputs import (BlockNames, InputGenerator, load_seeds, step_json,
                                               step_signature)
 from dilithion.tools.diff.fuzz_minimise import Budget, ddmin, minimise, shrink_bytes, shrink_items
@@ -50,7 +50,7 @@ def summary(out: Path) -> dict:
 
 # ---- the smoke run (default suite): Python against Python finds nothing ------------------
 @pytest.mark.timeout(300)
-def test_self_fuzz_for_60_seconds_finds_nothing(tmp_path):
+def test_self_fuzz_for_60_seconds_finds_nothing(tmp_path, seeds):
     out = tmp_path / "out"
     done = run_diff("fuzz", "--self", "--seconds", "60", "--seed", str(SEED), "--out", str(out),
                     timeout=280)
@@ -62,6 +62,11 @@ def test_self_fuzz_for_60_seconds_finds_nothing(tmp_path):
     assert s["known"] == {} and s["findings"] == [] and s["aborted"] == ""
     assert not (out / "found").exists()
     assert "executions/s" in done.stdout and "UNEXPLAINED" in (out / "summary.md").read_text()
+    # The inputs it ran are the ones the seed makes, whatever the nodes answered.
+    generator, digest = InputGenerator(seeds, SEED), hashlib.sha3_256()
+    for i in range(s["executions"]):
+        digest.update(inputs_bytes(generator.input(i)))
+    assert s["inputs_digest"] == digest.hexdigest()
 
 
 # ---- it can fail: mutants of our node (slow: each is a minute or two) ---------------------

@@ -24,6 +24,8 @@ is sent again (``rebase``), so one input's effects do not leak into the next.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +36,8 @@ from loguru import logger
 from dilithion.testing.node_process import TargetError
 
 from .corpus import Step
-from .fuzz_inputs import BlockNames, InputGenerator, Seeds, input_size, step_signature
+from .fuzz_inputs import (BlockNames, InputGenerator, Seeds, input_size, step_json,
+                          step_signature)
 from .fuzz_minimise import Budget, minimise
 from .runner import Runner, StepResult
 
@@ -62,6 +65,11 @@ class WideLoopbackHosts:
         c, n = n % 254 + 1, n // 254
         b, a = n % 256, n // 256 % 254 + 1
         return f"127.{a}.{b}.{c}"
+
+
+def inputs_bytes(steps: list[Step]) -> bytes:
+    """One input as the bytes :attr:`FuzzStats.inputs_digest` hashes (its corpus JSON)."""
+    return json.dumps([step_json(s) for s in steps], sort_keys=True).encode()
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,7 @@ class FuzzStats:
     findings: list[dict] = field(default_factory=list)       # one per new signature
     harness_errors: list[str] = field(default_factory=list)
     aborted: str = ""
+    inputs_digest: str = ""              # of every input run: equal for equal --seed and --runs
 
     @property
     def exec_per_s(self) -> float:
@@ -138,6 +147,7 @@ class Fuzzer:
         self.base_tip: tuple | None = None
         self.dirty = True
         self.seen: set[Finding] = set()
+        self._digest = hashlib.sha3_256()
         for side in runner.sides.values():
             side.hosts = WideLoopbackHosts()
 
@@ -203,6 +213,8 @@ class Fuzzer:
 
     def execute(self, index: int) -> Played:
         steps = self.generator.input(index)
+        self._digest.update(inputs_bytes(steps))
+        self.stats.inputs_digest = self._digest.hexdigest()
         t0 = self.clock()
         played = self.play(steps)
         self.stats.fuzz_seconds += self.clock() - t0
@@ -266,5 +278,5 @@ class Fuzzer:
         return self.stats
 
 
-__all__ = ["WideLoopbackHosts", "Finding", "FuzzStats", "Fuzzer", "finding_of",
+__all__ = ["WideLoopbackHosts", "inputs_bytes", "Finding", "FuzzStats", "Fuzzer", "finding_of",
            "FUZZ_STEP_TIMEOUT_S", "MINIMISE_ATTEMPTS", "MINIMISE_SECONDS", "MAX_HARNESS_ERRORS"]

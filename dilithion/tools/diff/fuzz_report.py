@@ -75,7 +75,7 @@ def write_summary(out_dir: Path, header: dict, stats: FuzzStats) -> None:
            "unexplained": dict(stats.unexplained), "known": dict(stats.known),
            "crashes": dict(stats.crashes), "hangs": dict(stats.hangs),
            "findings": stats.findings, "harness_errors": stats.harness_errors,
-           "aborted": stats.aborted}
+           "aborted": stats.aborted, "inputs_digest": stats.inputs_digest}
     (out_dir / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")
     lines = [f"# dilithion-diff fuzz: {header['reference']} against {header['python']}", "",
              f"Started {header['started']}.", "", "| what | value |", "| --- | --- |"]
