@@ -7,6 +7,7 @@ same seeds the tool loads (the built-in corpus, the vector chain, the mined bloc
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ from dilithion.tools.diff.fuzz import Finding, WideLoopbackHosts, finding_of, in
 from dilithion.tools.diff.fuzz_inputs import (BlockNames, InputGenerator, load_seeds, step_json,
                                               step_signature)
 from dilithion.tools.diff.fuzz_minimise import Budget, ddmin, minimise, shrink_bytes, shrink_items
+from dilithion.primitives.block import Block
 from dilithion.tools.diff.fuzz_mutate import (OVER, ByteMutator, CountMutator, FrameMutator,
                                               MessageMutator, RpcMutator, read_compact)
 from dilithion.tools.diff.runner import StepResult
@@ -345,3 +347,19 @@ def test_wide_loopback_hosts_do_not_come_round_in_an_hour():
     for host in drawn[:300] + drawn[-300:]:
         a, b, c, d = map(int, host.split("."))
         assert a == 127 and 1 <= b <= 254 and 0 <= c <= 255 and 1 <= d <= 254
+
+
+def test_shrink_block_keeps_the_body_length_right(seeds):
+    """A block with one byte after its vtx (what the trailing-bytes mutants trip on): the
+    body shrinks to nothing, the header and the extra byte stay."""
+    block = seeds.base[0]
+    step = dataclasses.replace(block, payload=block.payload + b"\x07")
+
+    def fails(s: Step) -> bool:
+        try:
+            b = Block.deserialize(s.payload, allow_trailing=True)
+        except ValueError:
+            return False
+        return len(b.serialize()) < len(s.payload)
+    out = minimise([step], lambda steps: fails(steps[0]), Budget(200, 60))
+    assert out[0].payload == block.payload[:80] + b"\x00\x07"

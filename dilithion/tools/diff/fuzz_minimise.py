@@ -1,4 +1,5 @@
-"""Minimising a failing input: fewer steps (delta debugging), fewer list entries, fewer bytes.
+"""Minimising a failing input: fewer steps (delta debugging), fewer list entries, a shorter
+block body, fewer bytes.
 
 Pure: ``still_fails(steps) -> bool`` is the only contact with the nodes (in
 ``dilithion-diff fuzz`` it replays the candidate on a new connection and asks
@@ -14,6 +15,7 @@ import time
 from typing import Callable, Sequence, TypeVar
 
 from dilithion.net.protocol import decode_payload
+from dilithion.primitives.block import Block
 
 from .corpus import Step
 
@@ -116,10 +118,29 @@ def shrink_items(step: Step, still_fails: Callable[[Step], bool], budget: Budget
     return with_items(ddmin(items, lambda sub: still_fails(with_items(sub)), budget))
 
 
+def shrink_block(step: Step, still_fails: Callable[[Step], bool], budget: Budget) -> Step:
+    """For a ``block`` that decodes: a shorter ``vtx`` with its length prefix kept right
+    (a byte-level cut inside ``vtx`` only breaks the prefix), the header and any bytes
+    after ``vtx`` kept."""
+    if step.action != "send" or step.command != "block":
+        return step
+    try:
+        block = Block.deserialize(step.payload, allow_trailing=True)
+    except ValueError:
+        return step
+    trailing = step.payload[len(block.serialize()):]
+
+    def with_vtx(vtx: bytes) -> Step:
+        return dataclasses.replace(step, payload=Block(block.header, vtx).serialize() + trailing)
+    if with_vtx(block.vtx).payload != step.payload:     # a non-canonical length prefix: leave it
+        return step
+    return with_vtx(shrink_bytes(block.vtx, lambda vtx: still_fails(with_vtx(vtx)), budget))
+
+
 def minimise(steps: list[Step], still_fails: Callable[[list[Step]], bool],
              budget: Budget) -> list[Step]:
-    """Fewer steps, then for each ``send`` step fewer list entries and fewer payload
-    bytes, within ``budget``."""
+    """Fewer steps, then for each ``send`` step fewer list entries, a shorter block body
+    and fewer payload bytes, within ``budget``."""
     steps = ddmin(steps, still_fails, budget)
     for k in range(len(steps)):
         if steps[k].action != "send" or not steps[k].payload:
@@ -128,10 +149,11 @@ def minimise(steps: list[Step], still_fails: Callable[[list[Step]], bool],
         def step_fails(step: Step, k=k) -> bool:
             return still_fails(steps[:k] + [step] + steps[k + 1:])
         steps[k] = shrink_items(steps[k], step_fails, budget)
+        steps[k] = shrink_block(steps[k], step_fails, budget)
         steps[k] = dataclasses.replace(steps[k], payload=shrink_bytes(
             steps[k].payload, lambda p, k=k: step_fails(dataclasses.replace(steps[k], payload=p)),
             budget))
     return steps
 
 
-__all__ = ["Budget", "ddmin", "shrink_bytes", "shrink_items", "minimise", "ITEM_LISTS"]
+__all__ = ["Budget", "ddmin", "shrink_bytes", "shrink_items", "shrink_block", "minimise", "ITEM_LISTS"]
