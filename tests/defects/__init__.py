@@ -47,3 +47,4 @@ from defects import relay  # noqa: E402,F401 - registers
 from defects import broadcast, leak, metrics, sync, transport  # noqa: E402,F401 - registers (defects slice)
 from defects import faults  # noqa: E402,F401 - registers (the checklist's faults)
 from defects import diff_mutants  # noqa: E402,F401 - registers (the dilithion-diff mutants)
+from defects import diff_fuzz  # noqa: E402,F401 - registers (the fuzz slice: dilithion-diff fuzz)

@@ -1,4 +1,4 @@
-"""``dilithion-diff``: the command line (``run``, ``mine-corpus``).
+"""``dilithion-diff``: the command line (``run``, ``fuzz``, ``mine-corpus``).
 
 Exit status: 0 nothing unexplained, 1 an unexplained difference, 2 the run
 could not be made (bad corpus, missing binary, a node that never starts); the
@@ -12,6 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,10 +22,13 @@ from loguru import logger
 from dilithion.core.chainparams import ChainParams
 from dilithion.testing.cpp_node import CppNode, check_binary
 from dilithion.testing.node_process import PythonNode, TargetError
-from dilithion.testing.testnet_blocks import DEFAULT_VECTORS
+from dilithion.testing.testnet_blocks import DEFAULT_VECTORS, MINED_FILE
 
 from .catalogue import Catalogue, CatalogueError, check_markdown, load_catalogue
 from .corpus import CorpusError, load_corpus
+from .fuzz import FUZZ_STEP_TIMEOUT_S, Fuzzer
+from .fuzz_inputs import BlockNames, InputGenerator, load_seeds
+from .fuzz_report import FindingWriter, format_table, write_summary
 from .report import write_reports
 from .runner import Runner
 
@@ -54,39 +58,100 @@ def cli(log_level: str) -> None:
     logger.add(sys.stderr, level=log_level)
 
 
+def node_options(step_timeout: float, out_default: Path):
+    """The options ``run`` and ``fuzz`` share: the two sides, the catalogue, the step
+    timeout and where the reports go (the values reach :class:`NodeChoice`)."""
+    options = [
+        click.option("--cpp", "cpp_path", default=None, metavar="PATH",
+                     help="the C++ dilithion-node binary (default: $DILITHION_CPP_NODE)"),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+                     default=out_default, show_default=True, help="where the reports go"),
+        click.option("--self", "self_mode", is_flag=True,
+                     help="Python against Python (the reference side is our unmutated node); the"
+                          " catalogue still explains differences, as against the C++ node"),
+        click.option("--self-args", default="", metavar="ARGS",
+                     help="with --self: extra dilithion-node arguments for the reference side"),
+        click.option("--catalogue", "catalogue_path", type=click.Path(path_type=Path),
+                     default=None, show_default="docs/cpp-divergences.toml",
+                     help="the divergence catalogue"),
+        click.option("--no-catalogue", is_flag=True,
+                     help="explain nothing: every difference is UNEXPLAINED (with --self: the"
+                          " check that the harness is deterministic)"),
+        click.option("--step-timeout", default=step_timeout, show_default=True,
+                     type=click.FloatRange(1, 600),
+                     help="seconds a node may take to answer a step before it counts as hung"),
+        click.option("--python-program", default="", metavar="CMD",
+                     help="run CMD in place of our dilithion-node on the Python side (same"
+                          " arguments appended): how the harness's own tests run a mutant"),
+    ]
+
+    def wrap(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return wrap
+
+
+@dataclass
+class NodeChoice:
+    """Which two nodes a command runs, from :func:`node_options`."""
+
+    cpp_path: str | None
+    self_mode: bool
+    self_args: str
+    catalogue_path: Path | None
+    no_catalogue: bool
+    step_timeout: float
+    python_program: str
+    binary: Path | None = field(default=None, init=False)
+    catalogue: Catalogue | None = field(default=None, init=False)
+
+    def check(self) -> Catalogue:
+        """Everything checked before a node starts: the flags, the C++ binary (none with
+        --self) and the catalogue (``--catalogue``, default the real one, also with --self:
+        a mutant of our node must not be excused by it; empty with --no-catalogue);
+        UsageFailure, TargetError or CatalogueError say what is wrong."""
+        if self.self_mode and self.cpp_path:
+            raise UsageFailure("--self and --cpp exclude each other")
+        if self.no_catalogue and self.catalogue_path is not None:
+            raise UsageFailure("--catalogue and --no-catalogue exclude each other")
+        self.binary = None if self.self_mode else check_binary(
+            self.cpp_path or os.environ.get("DILITHION_CPP_NODE"))
+        self.catalogue = (Catalogue([]) if self.no_catalogue
+                          else load_catalogue(self.catalogue_path or CATALOGUE))
+        return self.catalogue
+
+    @property
+    def catalogue_name(self) -> str:
+        """What report.json and summary.json say about the catalogue used."""
+        return "none (--no-catalogue)" if self.no_catalogue else str(self.catalogue_path or CATALOGUE)
+
+    def runner(self, work: Path, params: ChainParams) -> tuple[Runner, str]:
+        """Both nodes (not started) in a runner with the catalogue, and the reference's name
+        (after :meth:`check`)."""
+        ref = (diff_python_node("python-b", work, shlex.split(self.self_args)) if self.self_mode
+               else CppNode("cpp", work, self.binary))
+        py = diff_python_node("python", work, program=shlex.split(self.python_program))
+        return (Runner(ref, py, self.catalogue, params, self.step_timeout),
+                "Python (--self)" if self.self_mode else f"C++ {self.binary}")
+
+
+def copy_logs(work: Path, out_dir: Path) -> None:
+    """The node logs into the reports directory, and the work directory removed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for log in work.glob("*.log"):
+        shutil.copy(log, out_dir / log.name)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 @cli.command()
-@click.option("--cpp", "cpp_path", default=None, metavar="PATH",
-              help="the C++ dilithion-node binary (default: $DILITHION_CPP_NODE)")
 @click.option("--corpus", "corpora", multiple=True, type=click.Path(path_type=Path),
               metavar="FILE", help="a JSON corpus (repeatable; default: the two built-in corpora)")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
-              default=Path("diff-report"), show_default=True, help="where the reports go")
-@click.option("--self", "self_mode", is_flag=True,
-              help="Python against Python (the reference side is our unmutated node); the"
-                   " catalogue still explains differences, as against the C++ node")
-@click.option("--self-args", default="", metavar="ARGS",
-              help="with --self: extra dilithion-node arguments for the reference side")
-@click.option("--catalogue", "catalogue_path", type=click.Path(path_type=Path),
-              default=CATALOGUE, show_default=True, help="the divergence catalogue")
-@click.option("--no-catalogue", is_flag=True,
-              help="explain nothing: every difference is UNEXPLAINED (with --self: the check"
-                   " that the harness is deterministic)")
-@click.option("--step-timeout", default=10.0, show_default=True, type=click.FloatRange(1, 600),
-              help="seconds a node may take to answer a step before it counts as hung")
-@click.option("--python-program", default="", metavar="CMD",
-              help="run CMD in place of our dilithion-node on the Python side (same arguments"
-                   " appended): how the harness's own tests run a mutant of our node")
-@click.pass_context
-def run(ctx, cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, no_catalogue,
-        step_timeout, python_program) -> None:
+@node_options(step_timeout=10.0, out_default=Path("diff-report"))
+def run(corpora, out_dir, **nodes) -> None:
     """Run the corpus on both nodes and report every difference."""
     try:
-        if no_catalogue and (ctx.get_parameter_source("catalogue_path")
-                             is not click.core.ParameterSource.DEFAULT):
-            raise UsageFailure("--catalogue and --no-catalogue exclude each other")
-        code = _run(cpp_path, corpora, out_dir, self_mode, self_args,
-                    None if no_catalogue else catalogue_path, step_timeout,
-                    shlex.split(python_program))
+        code = _run(NodeChoice(**nodes), corpora, out_dir)
     except (CorpusError, CatalogueError, TargetError, UsageFailure) as exc:
         _fail(str(exc))
     sys.exit(code)
@@ -100,20 +165,13 @@ def diff_python_node(name: str, work: Path, extra_args=(), program=None) -> Pyth
                       light_randomx=True, node_program=program or None)
 
 
-def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_timeout,
-         python_program=()) -> int:
-    if self_mode and cpp_path:
-        raise UsageFailure("--self and --cpp exclude each other")
-    binary = None if self_mode else check_binary(cpp_path or os.environ.get("DILITHION_CPP_NODE"))
+def _run(nodes: NodeChoice, corpora, out_dir: Path) -> int:
+    catalogue = nodes.check()
     files = list(corpora) or list(BUILTIN_CORPORA)
     loaded = [load_corpus(f) for f in files]                # every file checked before a start
-    catalogue = Catalogue([]) if catalogue_path is None else load_catalogue(catalogue_path)
     params = ChainParams.testnet()
     work = Path(tempfile.mkdtemp(prefix="dilithion-diff-"))
-    ref = (diff_python_node("python-b", work, shlex.split(self_args)) if self_mode
-           else CppNode("cpp", work, binary))
-    runner = Runner(ref, diff_python_node("python", work, program=python_program), catalogue,
-                    params, step_timeout)
+    runner, reference = nodes.runner(work, params)
     started, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.monotonic()
     results = []
     try:
@@ -124,18 +182,68 @@ def _run(cpp_path, corpora, out_dir, self_mode, self_args, catalogue_path, step_
             results.append(runner.final_storage("end of run"))
     finally:
         runner.close()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for log in work.glob("*.log"):
-            shutil.copy(log, out_dir / log.name)
-        shutil.rmtree(work, ignore_errors=True)
-    header = {"reference": "Python (--self)" if self_mode else f"C++ {binary}",
-              "python": "Python", "catalogue": str(catalogue_path or "none (--no-catalogue)"),
+        copy_logs(work, out_dir)
+    header = {"reference": reference, "python": "Python", "catalogue": nodes.catalogue_name,
               "started": started, "seconds": time.monotonic() - t0,
               "corpora": [str(f) for f in files]}
     counts = write_reports(out_dir, header, results, catalogue)
     click.echo(f"{counts['same']} same, {counts['known']} known, {counts['unexplained']}"
                f" UNEXPLAINED; reports in {out_dir}/report.md and report.json")
     return 1 if counts["unexplained"] else 0
+
+
+@cli.command()
+@click.option("--seconds", type=click.FloatRange(1), default=None, help="run for this long")
+@click.option("--runs", type=click.IntRange(1), default=None, help="run this many executions")
+@click.option("--seed", type=int, default=None,
+              help="the inputs' seed (default: from the clock; logged, in summary.json)")
+@node_options(step_timeout=FUZZ_STEP_TIMEOUT_S, out_default=Path("fuzz-out"))
+def fuzz(seconds, runs, seed, out_dir, **nodes) -> None:
+    """Generated inputs to both nodes; each unexplained difference, crash or hang minimised
+    into DIR/found/ (docs/DIFF.md, "Differential fuzzing")."""
+    try:
+        if (seconds is None) == (runs is None):
+            raise UsageFailure("give exactly one of --seconds N and --runs N")
+        code = _fuzz(NodeChoice(**nodes), seconds, runs, seed, out_dir)
+    except (CatalogueError, CorpusError, TargetError, UsageFailure) as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+def _fuzz(nodes: NodeChoice, seconds, runs, seed, out_dir: Path) -> int:
+    nodes.check()
+    seed = int(time.time()) if seed is None else seed
+    click.echo(f"dilithion-diff fuzz: seed {seed}", err=True)
+    params = ChainParams.testnet()
+    names = BlockNames(params)
+    seeds = load_seeds(BUILTIN_CORPUS, DEFAULT_VECTORS, MINED_FILE, names)
+    work = Path(tempfile.mkdtemp(prefix="dilithion-fuzz-"))
+    runner, reference = nodes.runner(work, params)
+    fuzzer = Fuzzer(runner, seeds, InputGenerator(seeds, seed), names,
+                    FindingWriter(out_dir, seed))
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    bar = click.progressbar(length=runs if runs else int(seconds), file=sys.stderr,
+                            label="fuzz", show_eta=True, item_show_func=lambda text: text)
+
+    def progress(stats, elapsed: float) -> None:
+        done = stats.executions if runs else min(int(elapsed), int(seconds))
+        bar.update(done - bar.pos, f"{stats.executions} exec, {stats.exec_per_s:.2f} exec/s,"
+                                   f" {len(stats.findings)} found")
+    try:
+        fuzzer.start()
+        stats = fuzzer.run(runs, seconds, progress)
+    except TargetError as exc:
+        raise UsageFailure(f"a node did not start: {exc}") from None
+    finally:
+        bar.render_finish()
+        runner.close()
+        copy_logs(work, out_dir)
+    header = {"reference": reference, "python": "Python", "catalogue": nodes.catalogue_name,
+              "started": started}
+    write_summary(out_dir, header, stats)
+    click.echo(format_table(stats))
+    click.echo(f"summary in {out_dir}/summary.md and summary.json")
+    return 1 if stats.failing else 0
 
 
 @cli.command("mine-corpus")

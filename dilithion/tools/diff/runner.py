@@ -162,6 +162,12 @@ class Runner:
         obs = self.stop()
         return self._classify(label, Step(0, "final clean stop: storage", "restart"), obs)
 
+    def run_step(self, source: str, step: Step, names: dict) -> StepResult:
+        """One step on both nodes, observed, compared and classified: what ``dilithion-diff
+        fuzz`` drives, one generated step at a time (``names``: 16-digit block prefix ->
+        full hash, for the C++ tip in its log)."""
+        return self._do(Corpus(source, "testnet", ""), step, names)
+
     def _do(self, corpus: Corpus, step: Step, names: dict) -> StepResult:
         logger.info("step {} ({}): {}", step.index, corpus.source, step.name)
         if step.action in ("restart", "fresh"):
