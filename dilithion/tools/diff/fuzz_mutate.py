@@ -305,8 +305,9 @@ class FrameMutator:
             magic = rng.choice((MAINNET_MAGIC, 0, 0xFFFFFFFF, rng.randrange(1 << 32)))
             return _with(step, f"frame: magic {magic:#x}", magic=magic)
         choices = [c for c in PARSED_COMMANDS if c != step.command]
-        command = rng.choice((rng.choice(choices), step.command.upper(), step.command + "\0x",
-                              step.command[:-1] or "x", (step.command * 3)[:12]))
+        command = rng.choice((rng.choice(choices), step.command.upper(),
+                              (step.command + "\0x")[:12], step.command[:-1] or "x",
+                              (step.command * 3)[:12]))   # the command field holds 12 bytes
         if command == step.command:
             return None
         return _with(step, f"frame: command {command!r}", command=command)
