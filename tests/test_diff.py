@@ -22,6 +22,9 @@ from dilithion.testing.testnet_blocks import MINED_FILE
 DIFF = Path(sys.executable).parent / "dilithion-diff"
 FAKE_NODE = Path(__file__).parent / "data" / "fake_cpp_node.py"
 CPP_NODE = os.environ.get("DILITHION_CPP_NODE", "")
+#: Exercised catalogue entries only the committed fuzz findings make the C++ node show
+#: (dilithion/tools/diff/data/found/; tests/test_diff_found.py holds them to it).
+FOUND_ONLY = frozenset({"net 3.7", "net D-09"})
 
 
 def run_diff(*args: str, env: dict | None = None, timeout: float = 600):
@@ -210,8 +213,9 @@ def test_builtin_corpus_against_the_cpp_node_has_nothing_unexplained(tmp_path):
     assert done.returncode == 0, report_md
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["counts"]["unexplained"] == 0
-    # Every entry the catalogue says the corpus exercises was really seen.
-    assert report["exercised_entries_not_matched"] == [], report_md
+    # Every entry the catalogue says the corpus exercises was really seen (those only
+    # the fuzz findings exercise are held to it by tests/test_diff_found.py).
+    assert set(report["exercised_entries_not_matched"]) <= FOUND_ONLY, report_md
 
 
 # ---- the built-in corpus and the catalogue files ------------------------------------

@@ -144,6 +144,35 @@ NOT_KNOWN = [
      "rpc", "rpc.decoderawtransaction",
      {"error": {"code": -32603, "message": "Invalid hex data"}},
      {"error": {"code": -22, "message": "Invalid hex string"}}),
+    # the widenings of the fuzz findings (dilithion/tools/diff/data/found/README.md)
+    ("net 4.5: our node disconnects the sender of a valid block with trailing bytes",
+     "send block trailing", "disconnect", "disconnect", False, True),
+    ("net D-03: our node disconnects on a bad checksum of a 12-byte command",
+     "send pingpingping bad-checksum", "disconnect", "disconnect", False, True),
+    ("net D-03: the C++ node hangs on a valid inv", "send inv", "wire", "wire.no-reply",
+     True, False),
+    ("net D-09: the C++ node hangs on a valid block", "send block", "process", "process",
+     "hung", None),
+    ("net D-09: our node hangs on the allocation bomb", "send block undecodable", "process",
+     "process", None, "hung"),
+    ("net 3.7: our node requests another block than the duplicated one", "send inv", "wire",
+     "wire.getdata.items", ["2:" + H["V6"], "2:" + H["V6"]], ["2:" + UNKNOWN]),
+    ("net 3.6-3.10: the C++ node requests the block of a clean inv we leave out",
+     "send inv\\x00x", "wire", "wire.getdata", inv_items("2:" + UNKNOWN), []),
+    ("net D-15: a notfound only we send, for the tip, on a NUL-suffixed getdata",
+     "send getdata\\x00x", "wire", "wire.notfound",
+     [], [{"payload_hex": "0102000000" + bytes.fromhex(H["V6"])[::-1].hex()}]),
+    ("cli 3.8: our getblockcount with a parameter answers a height",
+     'rpc getblockcount {"height": 1}', "rpc", "rpc.getblockcount", CPP_NOT_INITIALIZED,
+     {"result": 8}),
+    ("cli 3.8: our parameter error names parameters getblockcount does not take",
+     'rpc getblockcount {"x": 1}', "rpc", "rpc.getblockcount", CPP_NOT_INITIALIZED,
+     {"error": {"code": -32602, "message": "Unknown parameter x for getblockcount (accepted: height)"}}),
+    ("cli 6.3 #29-#32: our getpeerinfo with a parameter answers another error",
+     'rpc getpeerinfo {"x": 1}', "rpc", "rpc.getpeerinfo", {"result": []},
+     {"error": {"code": -8, "message": "Invalid parameter"}}),
+    ("cli 6.3 #37: getnetworkinfo with a parameter is not the constant divergence",
+     'rpc getnetworkinfo {"x": 1}', "rpc", "rpc.getnetworkinfo.result.connections", None, 1),
     # storage and processes
     ("a bestblock record that differs otherwise", "restart", "storage",
      "storage.bestblock.value", {"key": "bestblock", "value": "00"},
@@ -215,6 +244,17 @@ def test_signature_writes_odd_command_bytes_as_escapes():
     assert command_text("a b\\c\x01") == "a\\x20b\\x5cc\\x01"
     assert StepSignatures().of(Step(1, "x", "send", command="tx", payload=b"\x00" * 2_000_000)) \
         == "send tx oversized"
+
+
+def test_signature_tags_the_payload_of_the_command_both_nodes_dispatch_on():
+    """Both nodes read the command field up to its first NUL (the C++ ``GetCommand``), so
+    ``inv\\x00x`` is an ``inv`` to both: its payload gets an ``inv``'s tags (fuzz finding
+    ``found/inv-nul-suffix-trailing-requests-block.json``)."""
+    items = "0102000000" + UNKNOWN
+    trailing = Step(1, "x", "send", command="inv\x00x", payload=bytes.fromhex(items + "44"))
+    assert StepSignatures().of(trailing) == "send inv\\x00x trailing"
+    clean = Step(2, "x", "send", command="inv\x00x", payload=bytes.fromhex(items))
+    assert StepSignatures().of(clean) == "send inv\\x00x"
 
 
 # ---- the loader refuses a matcher that does not name everything ------------------------------

@@ -2,8 +2,9 @@
 
 One ``[[divergence]]`` per row of ``docs/CPP-DIVERGENCES.md`` (``id`` is the
 row's first column, word for word; :func:`check_markdown` keeps the two in
-step), with a one-line ``reason``, ``exercised`` (whether the built-in corpus
-makes the C++ node show it; if not, ``not_exercised`` says why), matchers and,
+step), with a one-line ``reason``, ``exercised`` (whether the built-in corpus or a
+committed fuzz finding, ``data/found/``, makes the C++ node show it; if not,
+``not_exercised`` says why), matchers and,
 for an exercised entry, the cases recorded from a real C++ run:
 
 ```toml

@@ -19,7 +19,9 @@ them; the signature is computed from the step's bytes alone:
     never shares a signature with a valid one.
 
   The command is written as sent; a byte that is not printable ASCII, a space
-  or a backslash is written ``\\xNN``.
+  or a backslash is written ``\\xNN``.  Payload tags are those of the command
+  both nodes dispatch on, the field up to its first NUL (``inv\\x00x`` with a
+  byte after its last item is ``send inv\\x00x trailing``).
 * ``rpc <method>``, then `` <params>`` (canonical JSON) when the step has any;
 * ``reconnect``, ``restart`` (also the final clean stop), ``fresh``, ``sleep``.
 
@@ -46,6 +48,12 @@ def command_text(command: str) -> str:
     """The command as signature text: printable ASCII as is, anything else ``\\xNN``."""
     return "".join(c if "!" <= c <= "~" and c != "\\" else f"\\x{ord(c) & 0xFF:02x}"
                    for c in command.encode("ascii", "replace").decode("ascii"))
+
+
+def dispatched_command(command: str) -> str:
+    """The command both nodes act on: the field up to its first NUL (the C++ ``GetCommand``),
+    so ``block\\x00x`` is read as a ``block`` and its payload gets a ``block``'s tags."""
+    return command.split("\0", 1)[0]
 
 
 def framing_tags(step: Step, params: ChainParams = TESTNET) -> list[str]:
@@ -97,8 +105,9 @@ class StepSignatures:
         tags = framing_tags(step, self.params)
         if tags:
             return tags
-        tags = payload_tags(step.command, step.payload)
-        if step.command == "block" and "undecodable" not in tags and "oversized" not in tags:
+        command = dispatched_command(step.command)
+        tags = payload_tags(command, step.payload)
+        if command == "block" and "undecodable" not in tags and "oversized" not in tags:
             tags += self._proof_of_work_tags(Block.deserialize(step.payload, allow_trailing=True))
         return tags
 
